@@ -1,0 +1,34 @@
+"""chargen: character-level text generation with LSTM/GRU language models.
+
+The public API is the handful of names below; they are imported lazily so
+that ``import chargen`` (and ``chargen --help``) stays fast and does not pull
+in torch until it is needed.
+"""
+
+__version__ = "0.1.0"
+
+from .errors import ChargenError  # noqa: E402  (light: no heavy imports)
+
+_LAZY = {
+    "prepare": ("chargen.data", "prepare"),
+    "PreparedCorpus": ("chargen.data", "PreparedCorpus"),
+    "CharVocab": ("chargen.tokenizer", "CharVocab"),
+    "StatefulStreams": ("chargen.batches", "StatefulStreams"),
+    "RandomWindows": ("chargen.batches", "RandomWindows"),
+}
+
+__all__ = ["ChargenError", "__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'chargen' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

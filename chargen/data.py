@@ -1,0 +1,294 @@
+"""Prepared corpora: character ids on disk, cached by a content fingerprint.
+
+``prepare(source, ...)`` turns a source into three id arrays (train, val, test:
+contiguous, in that order) plus the vocabulary, in a cache folder named by a
+fingerprint of the source bytes and of every option that changes the ids. A
+second call with the same input and options reuses the folder.
+
+The text streams through three passes of bounded memory, so a corpus of any
+size needs only a few copies of one 16 MiB piece:
+
+1. count every character (total length, and which characters occur at all);
+2. count the characters of the training split only (the vocabulary is built
+   from training text, so validation never leaks into it);
+3. encode with a numpy lookup table and append the ids to the split files.
+
+The folder is written under a temporary name and renamed into place, so an
+interrupted run leaves no half-written cache behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from . import __version__
+from .corpus import ERRORS_CHOICES, Source, cache_root, resolve_source
+from .errors import ChargenError
+from .tokenizer import MAX_CODEPOINT, CharVocab, codepoints, make_normalizer
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """Every option that changes the ids, hence part of the fingerprint."""
+
+    val_fraction: float | None = None   # None: the source's default (registry) or 0.1
+    test_fraction: float | None = None  # None: the source's default or 0
+    normalize: str = "none"
+    lowercase: bool = False
+    min_char_count: int = 1
+    encoding: str = "utf-8"
+    errors: str = "strict"
+    text_column: str = "text"
+
+    def __post_init__(self):
+        for name in ("val_fraction", "test_fraction"):
+            v = getattr(self, name)
+            if v is not None and not (0.0 <= v < 1.0):
+                raise ChargenError(f"--{name.replace('_', '-')} must be in [0, 1), got {v}")
+        if (self.val_fraction or 0) + (self.test_fraction or 0) >= 1.0:
+            raise ChargenError("--val-fraction plus --test-fraction must be below 1, leaving text to train on")
+        if self.min_char_count < 1:
+            raise ChargenError(f"--min-char-count must be at least 1, got {self.min_char_count}")
+        if self.errors not in ERRORS_CHOICES:
+            raise ChargenError(f"--errors must be one of {', '.join(ERRORS_CHOICES)}, got {self.errors!r}")
+        try:
+            import codecs
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ChargenError(f"unknown encoding {self.encoding!r}; use a Python codec name such as utf-8 or latin-1") from None
+        make_normalizer(self.normalize, self.lowercase)  # validates the name
+
+
+class PreparedCorpus:
+    """A prepared corpus in its cache folder: vocabulary, split ids, summary."""
+
+    def __init__(self, directory: Path, meta: dict, reused: bool):
+        self.dir = Path(directory)
+        self.meta = meta
+        self.reused = reused
+        self._vocab: CharVocab | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    @property
+    def vocab(self) -> CharVocab:
+        if self._vocab is None:
+            self._vocab = CharVocab.load(self.dir / "tokenizer.json")
+        return self._vocab
+
+    def ids(self, split: str) -> np.ndarray:
+        """The split's ids as a read-only memory map (nothing is loaded into RAM)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}")
+        n = self.meta[f"{split}_chars"]
+        dtype = np.dtype(self.meta["dtype"])
+        if n == 0:
+            return np.zeros(0, dtype=dtype)
+        return np.memmap(self.dir / f"{split}.bin", dtype=dtype, mode="r", shape=(n,))
+
+    @property
+    def train(self) -> np.ndarray:
+        return self.ids("train")
+
+    @property
+    def val(self) -> np.ndarray:
+        return self.ids("val")
+
+    @property
+    def test(self) -> np.ndarray:
+        return self.ids("test")
+
+    def summary(self) -> dict:
+        """What ``chargen prepare --json`` prints."""
+        m = self.meta
+        keys = ("source", "fingerprint", "chars", "vocab_size", "train_chars", "val_chars",
+                "test_chars", "unknown_chars", "dtype", "options")
+        out = {k: m[k] for k in keys}
+        out["cache_dir"] = str(self.dir)
+        out["reused"] = self.reused
+        out["unknown_by_split"] = m["unknown_by_split"]
+        return out
+
+
+def prepare(source: str | os.PathLike | None = None, *,
+            corpora_dirs: Sequence[str | os.PathLike] = (),
+            cache_dir: str | os.PathLike | None = None,
+            offline: bool | None = None,
+            progress: bool = False,
+            **options) -> PreparedCorpus:
+    """Prepare ``source`` (see :func:`chargen.corpus.resolve_source`) and return it.
+
+    ``options`` are the fields of :class:`PrepareOptions`. Reuses the cache when
+    the source bytes and options are unchanged.
+    """
+    opts = PrepareOptions(**options)
+    src = resolve_source(source, corpora_dirs=corpora_dirs, cache_dir=cache_dir,
+                         text_column=opts.text_column, offline=offline)
+    val_fraction = src.val_fraction if opts.val_fraction is None else opts.val_fraction
+    test_fraction = src.test_fraction if opts.test_fraction is None else opts.test_fraction
+    if val_fraction + test_fraction >= 1.0:
+        raise ChargenError("--val-fraction plus --test-fraction must be below 1, leaving text to train on")
+    resolved = dict(asdict(opts), val_fraction=val_fraction, test_fraction=test_fraction)
+    if src.kind != "hf":
+        resolved.pop("text_column")
+
+    key = json.dumps({"format": FORMAT_VERSION, "source": src.identity(), "options": resolved},
+                     sort_keys=True)
+    fingerprint = hashlib.sha256(key.encode()).hexdigest()
+    root = cache_root(cache_dir) / "prepared"
+    final = root / fingerprint[:24]
+    meta = _load_meta(final, fingerprint)
+    if meta is not None:
+        return PreparedCorpus(final, meta, reused=True)
+
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{fingerprint[:24]}.", dir=root))
+    try:
+        meta = _build(src, resolved, tmp, progress)
+        meta.update(source=src.name, fingerprint=fingerprint, format_version=FORMAT_VERSION,
+                    chargen_version=__version__)
+        _write_json(tmp / "meta.json", meta)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            # Another process finished the same corpus first: use its folder.
+            if _load_meta(final, fingerprint) is None:
+                shutil.rmtree(final, ignore_errors=True)
+                os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return PreparedCorpus(final, _load_meta(final, fingerprint) or meta, reused=False)
+
+
+def _load_meta(folder: Path, fingerprint: str) -> dict | None:
+    try:
+        with open(folder / "meta.json", encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if meta.get("fingerprint") != fingerprint or meta.get("format_version") != FORMAT_VERSION:
+        return None
+    for split in SPLITS:
+        n = meta[f"{split}_chars"]
+        size = (folder / f"{split}.bin").stat().st_size if (folder / f"{split}.bin").exists() else -1
+        if size != n * np.dtype(meta["dtype"]).itemsize:
+            return None
+    return meta
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _normalized_pieces(src: Source, opts: dict, progress_bar=None) -> Iterator[str]:
+    norm = make_normalizer(opts["normalize"], opts["lowercase"])
+    for piece in src.pieces(opts["encoding"], opts["errors"]):
+        if progress_bar is not None:
+            progress_bar.update(len(piece))
+        yield norm.normalize_str(piece) if norm is not None else piece
+
+
+def _count(cps: np.ndarray, counts: np.ndarray) -> None:
+    if cps.size:
+        c = np.bincount(cps, minlength=0)
+        counts[: c.size] += c
+
+
+def _build(src: Source, opts: dict, out: Path, progress: bool) -> dict:
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(desc="prepare", unit="char", unit_scale=True, leave=False)
+
+    # Pass 1: every character's count, and the total length.
+    counts = np.zeros(MAX_CODEPOINT + 1, dtype=np.int64)
+    total = 0
+    for piece in _normalized_pieces(src, opts, bar):
+        cps = codepoints(piece)
+        total += cps.size
+        _count(cps, counts)
+    if total == 0:
+        what = "is empty after normalization" if opts["normalize"] != "none" or opts["lowercase"] else "is empty"
+        raise ChargenError(f"{src.name} {what}; pass a source that holds text")
+
+    # Contiguous split: int() of the train share, so 90% of tiny shakespeare is
+    # the standard 1,003,854 characters; test takes the very end.
+    n_train = int(total * (1.0 - opts["val_fraction"] - opts["test_fraction"]))
+    n_test = int(total * opts["test_fraction"])
+    n_val = total - n_train - n_test
+    if n_train < 2:
+        raise ChargenError(f"{src.name} has only {total} characters, leaving {n_train} to train on; "
+                           "pass a longer text or a smaller --val-fraction")
+
+    # Pass 2: counts over the training split only.
+    if n_train == total:
+        train_counts = counts
+    else:
+        train_counts = np.zeros_like(counts)
+        seen = 0
+        for piece in _normalized_pieces(src, opts):
+            cps = codepoints(piece)
+            take = min(cps.size, n_train - seen)
+            _count(cps[:take], train_counts)
+            seen += take
+            if seen >= n_train:
+                break
+
+    kept = np.flatnonzero(train_counts >= opts["min_char_count"])
+    with_unk = bool((counts > 0).sum() > kept.size)
+    vocab = CharVocab.build((chr(c) for c in kept), with_unk=with_unk,
+                            normalize=opts["normalize"], lowercase=opts["lowercase"])
+    dtype = vocab.dtype
+    lut = vocab.lut
+
+    # Pass 3: encode and append to the split files.
+    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val),
+              "test": (n_train + n_val, total)}
+    files = {s: open(out / f"{s}.bin", "wb") for s in SPLITS}
+    unknown = {s: 0 for s in SPLITS}
+    if bar is not None:
+        bar.reset(total=total)
+    try:
+        pos = 0
+        for piece in _normalized_pieces(src, opts, bar):
+            ids = lut[codepoints(piece)].astype(dtype)
+            for s, (lo, hi) in bounds.items():
+                a, b = max(lo - pos, 0), min(hi - pos, ids.size)
+                if a < b:
+                    part = ids[a:b]
+                    files[s].write(part.tobytes())
+                    if with_unk:
+                        unknown[s] += int(np.count_nonzero(part == vocab.unk_id))
+            pos += ids.size
+    finally:
+        for f in files.values():
+            f.close()
+        if bar is not None:
+            bar.close()
+    if pos != total:
+        raise ChargenError(f"{src.name} changed while it was being prepared; run again")
+    vocab.save(out / "tokenizer.json")
+    return {
+        "chars": total, "vocab_size": len(vocab), "dtype": dtype.name,
+        "train_chars": n_train, "val_chars": n_val, "test_chars": n_test,
+        "unknown_chars": sum(unknown.values()), "unknown_by_split": unknown,
+        "has_unk": with_unk, "options": opts,
+    }
