@@ -11,10 +11,10 @@ A source is one of:
 * ``hf:NAME``: a Hugging Face dataset, either local ``.jsonl``/``.json``/
   ``.csv``/``.parquet`` files (or a folder of them) or a hub name.
 
-Several files or documents are concatenated in sorted order with
-``DOCUMENT_SEPARATOR`` between them: each document ends with a newline (one is
-added if missing) and an empty line separates it from the next, so a
-document boundary always reads as a blank line.
+Several files or documents are concatenated in sorted order. Between two
+documents the first is ended with a newline if it lacks one, then
+``DOCUMENT_SEPARATOR`` (one more newline) follows, so a document boundary
+always reads as a blank line. A single file comes through byte for byte.
 
 Text is produced as a stream of pieces that each end at a newline (or at the
 end of a document), so that normalization never sees half a line and the
@@ -128,23 +128,23 @@ class Source:
 
 
 def _join_documents(documents) -> Iterator[str]:
-    """Chain documents (each an iterable of pieces) with the separator rule."""
-    first = True
+    """Chain documents (each an iterable of pieces) with the separator rule.
+
+    A single document comes through unchanged; between two documents the
+    first is ended with a newline if it lacks one, then the separator follows.
+    """
+    previous = None  # last piece of the last non-empty document so far
     for pieces in documents:
-        last = ""
-        started = False
+        last = None
         for piece in pieces:
             if not piece:
                 continue
-            if not started:
-                if not first:
-                    yield DOCUMENT_SEPARATOR
-                first = False
-                started = True
+            if last is None and previous is not None:
+                yield ("" if previous.endswith("\n") else "\n") + DOCUMENT_SEPARATOR
             last = piece
             yield piece
-        if started and not last.endswith("\n"):
-            yield "\n"
+        if last is not None:
+            previous = last
 
 
 def file_sha256(path: Path) -> str:
@@ -167,43 +167,87 @@ def read_text_pieces(path: Path, encoding: str = "utf-8", errors: str = "strict"
     """Decode a file in chunks; each piece but the last ends with a newline.
 
     Strict decoding errors name the file and the byte offset of the first bad
-    byte; a NUL byte marks the file as binary.
+    byte; a NUL byte marks the file as binary. A single line longer than a
+    chunk is cut at a character boundary instead.
     """
-    decoder = codecs.getincrementaldecoder(encoding)(errors)
-    consumed = 0  # bytes handed to the decoder so far
-    carry = ""    # text after the last newline, held for the next piece
     try:
         f = open(path, "rb")
     except OSError as e:
         raise ChargenError(f"cannot read {path}: {e.strerror}; check the path and its permissions") from None
     with f:
-        while True:
-            chunk = f.read(chunk_bytes)
-            final = not chunk
-            nul = chunk.find(b"\x00")
-            if nul >= 0 and encoding.lower().replace("-", "").replace("_", "") in ("utf8", "latin1", "ascii"):
-                raise ChargenError(
-                    f"{path} looks like a binary file (NUL byte at offset {consumed + nul}); "
-                    "pass a text file")
-            buffered = len(decoder.getstate()[0]) if hasattr(decoder, "getstate") else 0
-            try:
-                text = decoder.decode(chunk, final)
-            except UnicodeDecodeError as e:
-                offset = consumed - buffered + e.start
-                raise ChargenError(
-                    f"{path} is not valid {encoding}: undecodable byte at offset {offset}; "
-                    "pass --encoding ENCODING if it is another encoding, or --errors replace") from None
-            consumed += len(chunk)
-            if final:
-                if carry + text:
-                    yield carry + text
-                return
-            cut = text.rfind("\n") + 1
-            if cut == 0:
-                carry += text
+        if "\n".encode(encoding) == b"\n":
+            yield from _pieces_cut_in_bytes(f, path, encoding, errors, chunk_bytes)
+        else:  # UTF-16/32 and the like: a newline is not one byte
+            yield from _pieces_cut_in_text(f, path, encoding, errors, chunk_bytes)
+
+
+def _decode(buf, path, encoding, errors, offset) -> str:
+    try:
+        return str(buf, encoding, errors)
+    except UnicodeDecodeError as e:
+        raise ChargenError(
+            f"{path} is not valid {encoding}: undecodable byte at offset {offset + e.start}; "
+            "pass --encoding ENCODING if it is another encoding, or --errors replace") from None
+
+
+def _pieces_cut_in_bytes(f, path, encoding, errors, chunk_bytes) -> Iterator[str]:
+    # In ASCII-compatible encodings (UTF-8, Latin-1, the CJK codecs) byte 0x0A is
+    # always a newline and never part of a longer character, so cutting the
+    # bytes after it never splits a character and text is decoded only once.
+    utf8 = codecs.lookup(encoding).name == "utf-8"
+    carry = b""
+    start = 0  # file offset of carry[0]
+    while chunk := f.read(chunk_bytes):
+        nul = chunk.find(b"\x00")
+        if nul >= 0:
+            raise ChargenError(f"{path} looks like a binary file (NUL byte at offset "
+                               f"{start + len(carry) + nul}); pass a text file")
+        buf = carry + chunk if carry else chunk
+        cut = buf.rfind(b"\n") + 1
+        if cut == 0:
+            if not utf8 or len(buf) < chunk_bytes:
+                carry = buf
                 continue
-            yield carry + text[:cut]
-            carry = text[cut:]
+            cut = len(buf)  # one very long line: cut before the last character's lead byte
+            while cut > 1 and (buf[cut - 1] & 0xC0) == 0x80:
+                cut -= 1
+            cut -= 1
+        view = memoryview(buf)
+        yield _decode(view[:cut], path, encoding, errors, start)
+        carry = bytes(view[cut:])
+        start += cut
+    if carry:
+        yield _decode(carry, path, encoding, errors, start)
+
+
+def _pieces_cut_in_text(f, path, encoding, errors, chunk_bytes) -> Iterator[str]:
+    decoder = codecs.getincrementaldecoder(encoding)(errors)
+    consumed = 0  # bytes handed to the decoder so far
+    carry = ""    # text after the last newline, held for the next piece
+    while True:
+        chunk = f.read(chunk_bytes)
+        final = not chunk
+        buffered = len(decoder.getstate()[0])
+        try:
+            text = decoder.decode(chunk, final)
+        except UnicodeDecodeError as e:
+            raise ChargenError(
+                f"{path} is not valid {encoding}: undecodable byte at offset {consumed - buffered + e.start}; "
+                "pass --encoding ENCODING if it is another encoding, or --errors replace") from None
+        consumed += len(chunk)
+        if "\x00" in text:
+            raise ChargenError(f"{path} looks like a binary file (it decodes to NUL characters); "
+                               "pass a text file")
+        if final:
+            if carry + text:
+                yield carry + text
+            return
+        cut = text.rfind("\n") + 1
+        if cut == 0:
+            carry += text
+            continue
+        yield carry + text[:cut]
+        carry = text[cut:]
 
 
 # --------------------------------------------------------------------------- resolving

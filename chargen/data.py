@@ -5,13 +5,18 @@ contiguous, in that order) plus the vocabulary, in a cache folder named by a
 fingerprint of the source bytes and of every option that changes the ids. A
 second call with the same input and options reuses the folder.
 
-The text streams through three passes of bounded memory, so a corpus of any
+The text streams through two passes of bounded memory, so a corpus of any
 size needs only a few copies of one 16 MiB piece:
 
-1. count every character (total length, and which characters occur at all);
-2. count the characters of the training split only (the vocabulary is built
-   from training text, so validation never leaks into it);
-3. encode with a numpy lookup table and append the ids to the split files.
+1. count every character, keeping the counts of each piece (sparse);
+2. encode with a numpy lookup table over *every* character of the corpus, in
+   code-point order, appending to ``ids.bin``.
+
+The vocabulary is built from the training split only: its counts are the
+piece counts of pass 1 up to the split, plus a count of the one piece that
+straddles it. When that vocabulary is smaller than the set of all characters
+(validation-only characters, ``--min-char-count``), the ids are remapped in
+one cheap id-to-id pass; otherwise the ids of pass 2 are already final.
 
 The folder is written under a temporary name and renamed into place, so an
 interrupted run leaves no half-written cache behind.
@@ -33,7 +38,7 @@ import numpy as np
 from . import __version__
 from .corpus import ERRORS_CHOICES, Source, cache_root, resolve_source
 from .errors import ChargenError
-from .tokenizer import MAX_CODEPOINT, CharVocab, codepoints, make_normalizer
+from .tokenizer import MAX_CODEPOINT, CharVocab, codepoints, make_normalizer, smallest_uint
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -91,14 +96,16 @@ class PreparedCorpus:
         return self._vocab
 
     def ids(self, split: str) -> np.ndarray:
-        """The split's ids as a read-only memory map (nothing is loaded into RAM)."""
+        """The split's ids: a read-only view of the memory-mapped ``ids.bin``."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}")
-        n = self.meta[f"{split}_chars"]
-        dtype = np.dtype(self.meta["dtype"])
-        if n == 0:
+        m = self.meta
+        start = {"train": 0, "val": m["train_chars"], "test": m["train_chars"] + m["val_chars"]}[split]
+        dtype = np.dtype(m["dtype"])
+        if m[f"{split}_chars"] == 0:
             return np.zeros(0, dtype=dtype)
-        return np.memmap(self.dir / f"{split}.bin", dtype=dtype, mode="r", shape=(n,))
+        return np.memmap(self.dir / "ids.bin", dtype=dtype, mode="r",
+                         offset=start * dtype.itemsize, shape=(m[f"{split}_chars"],))
 
     @property
     def train(self) -> np.ndarray:
@@ -182,11 +189,9 @@ def _load_meta(folder: Path, fingerprint: str) -> dict | None:
         return None
     if meta.get("fingerprint") != fingerprint or meta.get("format_version") != FORMAT_VERSION:
         return None
-    for split in SPLITS:
-        n = meta[f"{split}_chars"]
-        size = (folder / f"{split}.bin").stat().st_size if (folder / f"{split}.bin").exists() else -1
-        if size != n * np.dtype(meta["dtype"]).itemsize:
-            return None
+    path = folder / "ids.bin"
+    if not path.is_file() or path.stat().st_size != meta["chars"] * np.dtype(meta["dtype"]).itemsize:
+        return None
     return meta
 
 
@@ -206,25 +211,20 @@ def _normalized_pieces(src: Source, opts: dict, progress_bar=None) -> Iterator[s
         yield norm.normalize_str(piece) if norm is not None else piece
 
 
-def _count(cps: np.ndarray, counts: np.ndarray) -> None:
-    if cps.size:
-        c = np.bincount(cps, minlength=0)
-        counts[: c.size] += c
-
-
 def _build(src: Source, opts: dict, out: Path, progress: bool) -> dict:
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(desc="prepare", unit="char", unit_scale=True, leave=False)
+        bar = tqdm(desc="prepare: counting", unit="char", unit_scale=True, leave=False)
 
-    # Pass 1: every character's count, and the total length.
-    counts = np.zeros(MAX_CODEPOINT + 1, dtype=np.int64)
-    total = 0
+    # Pass 1: per-piece character counts (sparse: code points, counts).
+    piece_counts: list[tuple[int, np.ndarray, np.ndarray]] = []
     for piece in _normalized_pieces(src, opts, bar):
         cps = codepoints(piece)
-        total += cps.size
-        _count(cps, counts)
+        c = np.bincount(cps)
+        nz = np.flatnonzero(c).astype(np.uint32)
+        piece_counts.append((cps.size, nz, c[nz]))
+    total = sum(n for n, _, _ in piece_counts)
     if total == 0:
         what = "is empty after normalization" if opts["normalize"] != "none" or opts["lowercase"] else "is empty"
         raise ChargenError(f"{src.name} {what}; pass a source that holds text")
@@ -238,53 +238,45 @@ def _build(src: Source, opts: dict, out: Path, progress: bool) -> dict:
         raise ChargenError(f"{src.name} has only {total} characters, leaving {n_train} to train on; "
                            "pass a longer text or a smaller --val-fraction")
 
-    # Pass 2: counts over the training split only.
-    if n_train == total:
-        train_counts = counts
-    else:
-        train_counts = np.zeros_like(counts)
-        seen = 0
-        for piece in _normalized_pieces(src, opts):
-            cps = codepoints(piece)
-            take = min(cps.size, n_train - seen)
-            _count(cps[:take], train_counts)
-            seen += take
-            if seen >= n_train:
-                break
+    # Provisional vocabulary: every character of the corpus, in code-point order.
+    every = np.unique(np.concatenate([nz for _, nz, _ in piece_counts]))
+    prov_dtype = smallest_uint(every.size)
+    prov_lut = np.zeros(MAX_CODEPOINT + 1, dtype=prov_dtype)
+    prov_lut[every] = np.arange(every.size, dtype=prov_dtype)
+    train_counts = np.zeros(every.size, dtype=np.int64)
 
-    kept = np.flatnonzero(train_counts >= opts["min_char_count"])
-    with_unk = bool((counts > 0).sum() > kept.size)
-    vocab = CharVocab.build((chr(c) for c in kept), with_unk=with_unk,
-                            normalize=opts["normalize"], lowercase=opts["lowercase"])
-    dtype = vocab.dtype
-    lut = vocab.lut
-
-    # Pass 3: encode and append to the split files.
-    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val),
-              "test": (n_train + n_val, total)}
-    files = {s: open(out / f"{s}.bin", "wb") for s in SPLITS}
-    unknown = {s: 0 for s in SPLITS}
+    # Pass 2: encode to ids.bin; training counts from pass 1, plus the straddling piece.
     if bar is not None:
+        bar.set_description("prepare: encoding")
         bar.reset(total=total)
-    try:
-        pos = 0
-        for piece in _normalized_pieces(src, opts, bar):
-            ids = lut[codepoints(piece)].astype(dtype)
-            for s, (lo, hi) in bounds.items():
-                a, b = max(lo - pos, 0), min(hi - pos, ids.size)
-                if a < b:
-                    part = ids[a:b]
-                    files[s].write(part.tobytes())
-                    if with_unk:
-                        unknown[s] += int(np.count_nonzero(part == vocab.unk_id))
-            pos += ids.size
-    finally:
-        for f in files.values():
-            f.close()
-        if bar is not None:
-            bar.close()
+    pos = 0
+    with open(out / "ids.bin", "wb") as f:
+        for i, piece in enumerate(_normalized_pieces(src, opts, bar)):
+            ids = prov_lut[codepoints(piece)]
+            f.write(ids.tobytes())
+            n, nz, counts = piece_counts[i]
+            if pos + n <= n_train:
+                np.add.at(train_counts, prov_lut[nz], counts)
+            elif pos < n_train:
+                c = np.bincount(ids[: n_train - pos], minlength=every.size)
+                train_counts += c
+            pos += n
+    if bar is not None:
+        bar.close()
     if pos != total:
         raise ChargenError(f"{src.name} changed while it was being prepared; run again")
+
+    keep = train_counts >= opts["min_char_count"]
+    with_unk = not bool(keep.all())
+    vocab = CharVocab.build((chr(c) for c in every[keep]), with_unk=with_unk,
+                            normalize=opts["normalize"], lowercase=opts["lowercase"])
+    dtype = vocab.dtype
+    unknown = {s: 0 for s in SPLITS}
+    if with_unk:
+        # provisional id -> final id: kept characters shift up by one past UNK (0).
+        remap = np.where(keep, np.cumsum(keep), 0).astype(dtype)
+        unknown = _remap_ids(out / "ids.bin", prov_dtype, remap, dtype,
+                             {"train": n_train, "val": n_val, "test": n_test})
     vocab.save(out / "tokenizer.json")
     return {
         "chars": total, "vocab_size": len(vocab), "dtype": dtype.name,
@@ -292,3 +284,26 @@ def _build(src: Source, opts: dict, out: Path, progress: bool) -> dict:
         "unknown_chars": sum(unknown.values()), "unknown_by_split": unknown,
         "has_unk": with_unk, "options": opts,
     }
+
+
+def _remap_ids(path: Path, src_dtype: np.dtype, remap: np.ndarray, dtype: np.dtype,
+               sizes: dict[str, int], chunk: int = 1 << 24) -> dict[str, int]:
+    """Rewrite ``path`` through an id -> id table; count UNK (0) per split."""
+    bounds, start = {}, 0
+    for s in SPLITS:
+        bounds[s] = (start, start + sizes[s])
+        start += sizes[s]
+    unknown = {s: 0 for s in SPLITS}
+    src = np.memmap(path, dtype=src_dtype, mode="r")
+    tmp = path.with_name(path.name + ".remap")
+    with open(tmp, "wb") as f:
+        for lo in range(0, src.size, chunk):
+            ids = remap[src[lo: lo + chunk]]
+            f.write(ids.tobytes())
+            for s, (a, b) in bounds.items():
+                a, b = max(a - lo, 0), min(b - lo, ids.size)
+                if a < b:
+                    unknown[s] += int(np.count_nonzero(ids[a:b] == 0))
+    del src
+    os.replace(tmp, path)
+    return unknown
