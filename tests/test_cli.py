@@ -73,7 +73,8 @@ def test_prepare_default_is_pystdlib(cli):
     (None, ["tinyshakespeare", "--corpora-dir", "{d}"], ["downloads are off; put tinyshakespeare.txt in one of"]),
     ("jsonl", ["hf:{d}/d.jsonl", "--text-column", "body"], ["has no column 'body'", "--text-column"]),
 ])
-def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, make, args, fragments):
+def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, monkeypatch, make, args, fragments):
+    monkeypatch.delenv("CHARGEN_CORPORA", raising=False)  # so that no named corpus is found
     d = tmp_path
     if make == "empty":
         (d / "empty.txt").write_text("")
