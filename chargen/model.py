@@ -1,0 +1,126 @@
+"""The language model: embedding -> LSTM or GRU stack -> linear head.
+
+``CharRNN.forward(ids, state)`` maps ids (B, T) and a carried state to logits
+(B, T, V) and the state after the last step, so a long sequence can be run in
+chunks: running it whole or chunk by chunk with the state handed on gives the
+same logits (a test checks it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+
+from .errors import ChargenError
+
+CELLS = ("lstm", "gru")
+
+
+
+@dataclass
+class ModelConfig:
+    """Shape of a CharRNN; saved in the run's config.json."""
+
+    vocab_size: int
+    cell: str = "lstm"
+    num_layers: int = 2
+    hidden_size: int = 256
+    embedding_size: int | None = None  # None: the hidden size
+    dropout: float = 0.0
+    tie_weights: bool = False
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ChargenError(f"unknown cell {self.cell!r}; choose lstm or gru")
+        for name in ("vocab_size", "num_layers", "hidden_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ChargenError(f"{name.replace('_', ' ')} must be a whole number of at least 1, "
+                                   f"got {getattr(self, name)!r}")
+        if self.embedding_size is None:
+            self.embedding_size = self.hidden_size
+        if self.embedding_size < 1:
+            raise ChargenError(f"embedding size must be at least 1, got {self.embedding_size}")
+        if not (0.0 <= self.dropout < 1.0):
+            raise ChargenError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.tie_weights and self.embedding_size != self.hidden_size:
+            raise ChargenError("tied weights need the embedding size to equal the hidden size")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class CharRNN(nn.Module):
+    """Embedding -> ``nn.LSTM``/``nn.GRU`` (batch first) -> dropout -> linear head."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = c = config
+        self.embedding = nn.Embedding(c.vocab_size, c.embedding_size)
+        rnn = nn.LSTM if c.cell == "lstm" else nn.GRU
+        # nn.LSTM applies dropout between layers only; the head gets its own below.
+        self.rnn = rnn(c.embedding_size, c.hidden_size, c.num_layers, batch_first=True,
+                       dropout=c.dropout if c.num_layers > 1 else 0.0)
+        self.drop = nn.Dropout(c.dropout)
+        self.head = nn.Linear(c.hidden_size, c.vocab_size)
+        if c.tie_weights:
+            self.head.weight = self.embedding.weight
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.embedding.weight, std=0.1)
+        for name, p in self.rnn.named_parameters():
+            if name.startswith("bias"):
+                nn.init.zeros_(p)
+                if self.config.cell == "lstm":
+                    # Forget-gate bias 1 (gates are i, f, g, o): remember by default early on.
+                    H = self.config.hidden_size
+                    with torch.no_grad():
+                        p[H:2 * H].fill_(0.5)  # b_ih and b_hh both get 0.5: sum 1
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None):
+        """The zero state for ``batch_size`` sequences."""
+        c = self.config
+        device = device if device is not None else self.head.weight.device
+        dtype = dtype or self.head.weight.dtype
+        h = torch.zeros(c.num_layers, batch_size, c.hidden_size, device=device, dtype=dtype)
+        return (h, h.clone()) if c.cell == "lstm" else h
+
+    def forward(self, ids: torch.Tensor, state=None):
+        """ids (B, T) -> logits (B, T, V), state after the last step."""
+        x = self.embedding(ids)                          # (B, T, E)
+        out, state = self.rnn(x, state)                  # (B, T, H)
+        logits = self.head(self.drop(out))               # (B, T, V)
+        return logits, state
+
+
+def detach_state(state):
+    """Cut the graph behind a carried state (truncated BPTT) without copying it."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)
+    return state.detach()
+
+
+def state_tensors(state) -> dict[str, torch.Tensor]:
+    """A state as named tensors, for safetensors."""
+    if isinstance(state, tuple):
+        return {"h": state[0], "c": state[1]}
+    return {"h": state}
+
+
+def state_from_tensors(tensors: dict[str, torch.Tensor], cell: str):
+    return (tensors["h"], tensors["c"]) if cell == "lstm" else tensors["h"]

@@ -1,0 +1,143 @@
+"""Benchmark the trainer's overhead: chargen's chars/s against a bare nn.LSTM loop.
+
+Usage::
+
+    python scripts/bench_train.py                        # the cpu preset's shapes, 3 rounds
+    python scripts/bench_train.py --preset gpu --device cuda --steps 200
+
+Both sides train the same shapes on the same corpus for the same number of
+steps: embedding -> nn.LSTM/GRU -> linear, AdamW, global-norm clipping,
+stateful streams with the state detached between batches. The bare loop is
+the minimum any trainer must do; chargen adds its schedule, the non-finite
+guard, logging and metrics (evaluation and checkpoints are pushed past the
+end so that both time the same work). Rounds alternate the two sides;
+reported are the medians and the ratio chargen / bare (target: >= 0.95).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from chargen.data import prepare  # noqa: E402
+from chargen.trainconfig import PRESETS  # noqa: E402
+
+
+def corpus_source() -> tuple[str, list[str]]:
+    dirs = [d for d in os.environ.get("CHARGEN_CORPORA", "").split(os.pathsep) if d]
+    dirs.append(str(REPO.parent / "shared" / "corpora"))
+    for d in dirs:
+        if (Path(d) / "tinyshakespeare.txt").is_file():
+            return "tinyshakespeare", [d]
+    return "pystdlib", []
+
+
+def bare_loop(ids: torch.Tensor, V: int, cfg: dict, steps: int, warmup: int, device: torch.device) -> float:
+    """chars/s of the plainest stateful TBPTT loop."""
+    B, T, H, L = cfg["batch_size"], cfg["bptt"], cfg["hidden_size"], cfg["num_layers"]
+    E = cfg.get("embedding_size") or H
+    torch.manual_seed(0)
+    rnn_cls = nn.LSTM if cfg["cell"] == "lstm" else nn.GRU
+    emb, rnn, head = nn.Embedding(V, E), rnn_cls(E, H, L, batch_first=True, dropout=cfg.get("dropout", 0.0)), nn.Linear(H, V)
+    drop = nn.Dropout(cfg.get("dropout", 0.0))
+    params = [*emb.parameters(), *rnn.parameters(), *head.parameters()]
+    for m in (emb, rnn, head):
+        m.to(device)
+    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.0)
+    S = (ids.numel() - 1) // B
+    x_all = ids[: B * S].view(B, S).to(device)
+    y_all = ids[1: B * S + 1].view(B, S).to(device)
+    state = None
+    t0 = None
+    for step in range(steps + warmup):
+        if step == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        k = step % (S // T)
+        x, y = x_all[:, k * T:(k + 1) * T], y_all[:, k * T:(k + 1) * T]
+        if k == 0:
+            state = None
+        out, state = rnn(emb(x), state)
+        loss = F.cross_entropy(head(drop(out)).flatten(0, 1), y.flatten())
+        state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * B * T / (time.perf_counter() - t0)
+
+
+def chargen_loop(source: str, dirs: list[str], cfg: dict, steps: int, warmup: int, device: str, cache: str) -> float:
+    """chars/s of chargen's trainer over the same steps (warmup steps excluded)."""
+    from chargen.runs import open_run
+    from chargen.train import Trainer
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = dict(cfg, max_steps=steps + warmup, eval_every=10**9, checkpoint_every=10**9,
+                    log_every=50, preview_chars=0, device=device, warmup_steps=0)
+        run = open_run(source, out=Path(tmp) / "run", corpora_dirs=dirs, cache_dir=cache, options=opts)
+        trainer = Trainer(run, progress=False)
+        trainer.validate = lambda: None           # time training, not the final evaluation
+        trainer.writer.save_best = lambda: None
+        trainer.writer.checkpoint = lambda: None
+        times = []
+        original = trainer.train_step
+
+        def timed(step):
+            if step == warmup:
+                if trainer.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter())
+            return original(step)
+        trainer.train_step = timed
+        trainer.fit()
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - times[0]
+    return steps * cfg["batch_size"] * cfg["bptt"] / elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    source, dirs = corpus_source()
+    cache = tempfile.mkdtemp()
+    corpus = prepare(source, corpora_dirs=dirs, cache_dir=cache)
+    ids = torch.from_numpy(corpus.train.astype("int64"))
+    cfg = {"cell": "lstm", "num_layers": 2, "hidden_size": 256, "dropout": 0.0, "lr": 2e-3,
+           "batch_size": 64, "bptt": 128}
+    cfg.update({k: v for k, v in PRESETS[args.preset].items()
+                if k in ("cell", "num_layers", "hidden_size", "embedding_size", "dropout", "lr", "batch_size", "bptt")})
+    device = torch.device(args.device)
+    print(f"{source}, preset {args.preset}: {cfg}, {args.steps} timed steps, device {device}, "
+          f"{torch.get_num_threads()} threads", flush=True)
+    bare, ours = [], []
+    for r in range(args.rounds):
+        bare.append(bare_loop(ids, len(corpus.vocab), cfg, args.steps, args.warmup, device))
+        ours.append(chargen_loop(source, dirs, cfg, args.steps, args.warmup, args.device, cache))
+        print(f"round {r + 1}: bare {bare[-1]:,.0f} chars/s, chargen {ours[-1]:,.0f} chars/s", flush=True)
+    b, o = statistics.median(bare), statistics.median(ours)
+    print(f"\nmedian: bare nn.LSTM loop {b:,.0f} chars/s, chargen train {o:,.0f} chars/s; ratio {o / b:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""CharRNN: shapes, whole-vs-chunked equality with carried state, config validation."""
+
+import pytest
+import torch
+
+from chargen import ChargenError
+from chargen.model import CharRNN, ModelConfig, detach_state
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("layers", [1, 3])
+def test_whole_sequence_equals_chunks_with_carried_state(cell, layers):
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=17, cell=cell, num_layers=layers, hidden_size=24, dropout=0.3)).eval()
+    ids = torch.randint(0, 17, (3, 50))
+    whole, whole_state = model(ids)
+    pieces, state = [], None
+    for lo, hi in [(0, 1), (1, 8), (8, 9), (9, 31), (31, 50)]:  # ragged chunks, including single steps
+        logits, state = model(ids[:, lo:hi], state)
+        pieces.append(logits)
+        state = detach_state(state)
+    chunked = torch.cat(pieces, dim=1)
+    assert chunked.shape == whole.shape == (3, 50, 17)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    for a, b in zip(whole_state if cell == "lstm" else (whole_state,), state if cell == "lstm" else (state,)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_init_state_is_the_zero_state(cell):
+    model = CharRNN(ModelConfig(vocab_size=9, cell=cell, num_layers=2, hidden_size=8)).eval()
+    ids = torch.randint(0, 9, (4, 6))
+    state = model.init_state(4)
+    shapes = [s.shape for s in (state if cell == "lstm" else (state,))]
+    assert shapes == [(2, 4, 8)] * (2 if cell == "lstm" else 1)
+    torch.testing.assert_close(model(ids, state)[0], model(ids)[0])
+
+
+def test_embedding_defaults_to_hidden_and_tying_shares_the_matrix():
+    cfg = ModelConfig(vocab_size=11, hidden_size=16, tie_weights=True)
+    assert cfg.embedding_size == 16
+    model = CharRNN(cfg)
+    assert model.head.weight is model.embedding.weight
+    untied = CharRNN(ModelConfig(vocab_size=11, hidden_size=16))
+    assert model.num_parameters == untied.num_parameters - 11 * 16
+
+
+def test_config_round_trips_through_dict():
+    cfg = ModelConfig(vocab_size=70, cell="gru", num_layers=3, hidden_size=32, dropout=0.2)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(cell="rnn"), "unknown cell 'rnn'"),
+    (dict(num_layers=0), "num layers must be a whole number of at least 1"),
+    (dict(hidden_size=-4), "hidden size must be a whole number of at least 1"),
+    (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
+    (dict(dropout=-0.1), r"dropout must be in \[0, 1\)"),
+    (dict(tie_weights=True, embedding_size=8, hidden_size=16), "tied weights need"),
+])
+def test_bad_model_configs(kwargs, message):
+    with pytest.raises(ChargenError, match=message):
+        ModelConfig(vocab_size=10, **kwargs)

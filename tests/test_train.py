@@ -1,0 +1,187 @@
+"""The trainer: learning, run folder contents, exact resume, non-finite guard, refusals."""
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from chargen import ChargenError
+from chargen.checkpoint import LAST_FILES, load_model_weights, read_tensors
+from chargen.model import CharRNN, ModelConfig
+from chargen.train import train
+
+TINY = dict(num_layers=1, hidden_size=32, batch_size=8, bptt=16, lr=1e-2, warmup_steps=0,
+            preview_chars=0, eval_every=20, log_every=10)
+
+
+@pytest.fixture
+def text_file(tmp_path) -> Path:
+    """About 20k characters of text with structure a small model learns fast."""
+    rng = random.Random(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "its", "home"]
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) + "." for _ in range(800)]
+    p = tmp_path / "small.txt"
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return p
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_loss_falls_clearly_within_50_steps(text_file, tmp_path, cell):
+    result = train(text_file, out=tmp_path / "run", cell=cell, max_steps=50, **TINY)
+    rows = [r for r in metrics(tmp_path / "run") if "loss" in r]
+    vocab = json.loads((tmp_path / "run" / "config.json").read_text())["model"]["vocab_size"]
+    assert result.steps == 50
+    assert rows[0]["loss"] < math.log(vocab) + 0.1       # starts near uniform
+    assert result.best_val_loss < 2.2 < math.log(vocab)  # and ends far below it (uniform is ln V = 2.8)
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
+
+
+def test_run_folder_holds_exactly_the_documented_files_and_loads(text_file, tmp_path):
+    run = tmp_path / "run"
+    train(text_file, out=run, max_steps=30, **TINY)
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "last", "metrics.jsonl",
+                                                     "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in (run / "last").iterdir()) == sorted(LAST_FILES)
+    config = json.loads((run / "config.json").read_text())
+    assert {"format_version", "model", "train", "corpus", "versions"} <= config.keys()
+    assert config["corpus"]["fingerprint"] and config["corpus"]["train_chars"] > 0
+    model = CharRNN(ModelConfig.from_dict(config["model"]))
+    load_model_weights(model, read_tensors(run / "model.safetensors"), run / "model.safetensors")
+    logits, _ = model(torch.zeros(1, 5, dtype=torch.long))
+    assert logits.shape == (1, 5, config["model"]["vocab_size"])
+    for row in metrics(run):
+        assert "step" in row
+    logged = [r for r in metrics(run) if "loss" in r]
+    assert {"step", "loss", "lr", "grad_norm", "chars_per_sec", "elapsed"} <= logged[0].keys()
+    evals = [r for r in metrics(run) if "val_loss" in r]
+    assert evals and all(abs(r["val_bpc"] - r["val_loss"] / math.log(2)) < 1e-4 for r in evals)
+
+
+def _snapshot(run: Path) -> dict:
+    out = {}
+    for name in ("model", "optimizer", "state"):
+        for k, v in load_file(str(run / "last" / f"{name}.safetensors")).items():
+            if k != "rng_preview":
+                out[f"{name}/{k}"] = v
+    return out
+
+
+@pytest.mark.parametrize("cell,extra", [("lstm", dict(schedule="constant")),
+                                        ("gru", dict(schedule="cosine", decay_steps=40)),
+                                        ("lstm", dict(schedule="cosine", decay_steps=40, layout="random"))])
+def test_resume_is_exact(text_file, tmp_path, cell, extra):
+    opts = dict(TINY, cell=cell, dropout=0.2, num_layers=2, checkpoint_every=7, **extra)
+    train(text_file, out=tmp_path / "straight", max_steps=40, **opts)
+    train(text_file, out=tmp_path / "split", max_steps=20, **opts)
+    train(text_file, out=tmp_path / "split", max_steps=40, resume=True)
+    a, b = _snapshot(tmp_path / "straight"), _snapshot(tmp_path / "split")
+    assert a.keys() == b.keys() and any(k.startswith("state/state.h") for k in a) == (extra.get("layout") != "random")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ta = json.loads((tmp_path / "straight" / "last" / "trainer.json").read_text())
+    tb = json.loads((tmp_path / "split" / "last" / "trainer.json").read_text())
+    assert ta["step"] == tb["step"] == 40 and ta["best_val_loss"] == tb["best_val_loss"]
+    steps = [r["step"] for r in metrics(tmp_path / "split") if "loss" in r]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # no duplicated log lines
+
+
+def test_nonfinite_steps_are_skipped_then_training_stops(text_file, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = CharRNN.forward
+
+    def flaky(self, ids, state=None):
+        logits, state = original(self, ids, state)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] in (5, 6) or calls["n"] >= 30:  # two bad steps, then bad for good
+                logits = logits * float("nan")
+        return logits, state
+
+    monkeypatch.setattr(CharRNN, "forward", flaky)
+    run = tmp_path / "run"
+    with pytest.raises(ChargenError, match=r"training diverged: 5 steps in a row .* last good checkpoint is in"):
+        train(text_file, out=run, max_steps=100, checkpoint_every=10, **TINY)
+    events = [r for r in metrics(run) if r.get("event") == "nonfinite"]
+    assert [e["step"] for e in events[:2]] == [4, 5] and len(events) == 2 + 5
+    trainer = json.loads((run / "last" / "trainer.json").read_text())
+    assert trainer["step"] == 30  # the last checkpoint before it diverged
+    for path in (run / "last" / "model.safetensors", run / "model.safetensors"):
+        assert all(torch.isfinite(v).all() for v in load_file(str(path)).values())
+
+
+def test_existing_run_is_not_clobbered(text_file, tmp_path):
+    run = tmp_path / "run"
+    train(text_file, out=run, max_steps=5, **TINY)
+    with pytest.raises(ChargenError, match="already exists .*--resume.*--overwrite"):
+        train(text_file, out=run, max_steps=5, **TINY)
+    train(text_file, out=run, max_steps=6, overwrite=True, **TINY)
+    assert json.loads((run / "last" / "trainer.json").read_text())["step"] == 6
+    other = tmp_path / "notarun"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    with pytest.raises(ChargenError, match="not a chargen run folder"):
+        train(text_file, out=other, max_steps=5, overwrite=True, **TINY)
+    assert (other / "precious.txt").read_text() == "keep me"
+
+
+def test_resume_refuses_another_corpus_or_changed_options(text_file, tmp_path):
+    run = tmp_path / "run"
+    train(text_file, out=run, max_steps=5, **TINY)
+    other = tmp_path / "other.txt"
+    other.write_text(text_file.read_text().upper())
+    with pytest.raises(ChargenError, match="this corpus differs from the run.s: .*small.txt .*other.txt"):
+        train(other, out=run, max_steps=10, resume=True)
+    with pytest.raises(ChargenError, match="created with hidden-size=32, not 64"):
+        train(text_file, out=run, max_steps=10, resume=True, hidden_size=64)
+    with pytest.raises(ChargenError, match="created with --lr 0.01, not 0.5"):
+        train(text_file, out=run, max_steps=10, resume=True, lr=0.5)
+    result = train(out=run, max_steps=10, resume=True)  # no source: the run's own
+    assert result.steps == 10
+
+
+def test_patience_stops_early(text_file, tmp_path):
+    # lr so high that validation stops improving quickly
+    result = train(text_file, out=tmp_path / "run", max_steps=2000, patience=2,
+                   **dict(TINY, lr=0.5, eval_every=5, clip=100.0))
+    assert result.stopped == "patience" and result.steps < 2000
+
+
+def test_config_file_and_preset_layering(text_file, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('preset = "tiny"\nhidden = 24\nmax-steps = 4\npreview-chars = 0\n')
+    run = tmp_path / "run"
+    train(text_file, out=run, config_file=cfg, num_layers=2)
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["hidden_size"] == 24           # file over preset
+    assert config["model"]["num_layers"] == 2             # option over preset
+    assert config["train"]["batch_size"] == 16            # from the tiny preset
+    assert config["train"]["max_steps"] == 4
+    bad = tmp_path / "bad.toml"
+    bad.write_text("hiden = 3\n")
+    with pytest.raises(ChargenError, match="unknown key 'hiden'"):
+        train(text_file, out=tmp_path / "run2", config_file=bad)
+    assert not (tmp_path / "run2").exists()
+
+
+def test_max_time_budget(text_file, tmp_path):
+    result = train(text_file, out=tmp_path / "run", max_time="1s", **TINY)
+    assert result.stopped == "budget" and 1.0 <= result.elapsed < 3.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
+def test_trains_on_cuda_and_loads_on_cpu(text_file, tmp_path, precision):
+    run = tmp_path / "run"
+    result = train(text_file, out=run, max_steps=40, device="cuda", precision=precision, **TINY)
+    assert result.best_val_loss < 2.5
+    tensors = read_tensors(run / "model.safetensors", device="cpu")
+    assert all(t.device.type == "cpu" for t in tensors.values())
