@@ -10,6 +10,11 @@ __version__ = "0.1.0"
 from .errors import ChargenError  # noqa: E402  (light: no heavy imports)
 
 _LAZY = {
+    "Sampler": ("chargen.sample", "Sampler"),
+    "train": ("chargen.train", "train"),
+    "TrainConfig": ("chargen.trainconfig", "TrainConfig"),
+    "ModelConfig": ("chargen.model", "ModelConfig"),
+    "CharRNN": ("chargen.model", "CharRNN"),
     "prepare": ("chargen.data", "prepare"),
     "PreparedCorpus": ("chargen.data", "PreparedCorpus"),
     "CharVocab": ("chargen.tokenizer", "CharVocab"),
