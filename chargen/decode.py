@@ -42,35 +42,42 @@ def uniforms(seeds: np.ndarray, start: int, count: int) -> np.ndarray:
 def pick(logits: torch.Tensor, u: torch.Tensor | None, temperature: float, top_k: int | None,
          top_p: float | None, banned: int | None) -> torch.Tensor:
     """Next ids (B,) from logits (B, V): greedy at temperature 0, else inverse-CDF sampling with u (B,)."""
-    logits = logits.float()
     if banned is not None:                                 # never emit the unknown token
         logits = logits.index_fill(-1, torch.tensor([banned], device=logits.device), float("-inf"))
     if temperature == 0 or top_k == 1:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    logits = logits.double()
+    if temperature != 1.0:
+        logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]          # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1).double()                      # (B, V)
+    probs = torch.softmax(logits, dim=-1)                               # (B, V)
     if top_p is not None and top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         before = sorted_p.cumsum(dim=-1) - sorted_p                     # mass strictly before each
         sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)           # the first always stays
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
     cdf = probs.cumsum(dim=-1)                                          # (B, V)
-    target = u.to(cdf) * cdf[:, -1]
-    idx = (cdf <= target[:, None]).sum(dim=-1)
-    # Never land on a zero-probability id through rounding at the top end.
-    idx = torch.minimum(idx, (probs > 0).long().cumsum(-1).argmax(-1))
-    return idx
+    total = cdf[:, -1:]
+    # Strictly below the total, so the first id whose cdf exceeds the target always has
+    # probability > 0 (a zero-probability id repeats the cdf before it and is skipped).
+    target = torch.minimum(u.to(cdf)[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True)[:, 0]
 
 
 class FastStep:
-    """One recurrent step of a CharRNN with prepared weights; state is per call."""
+    """One recurrent step of a CharRNN with prepared weights.
+
+    The state is kept as a list of per-layer tensors (``to_fast``/``from_fast``
+    convert from and to the (L, B, H) layout of nn.LSTM/nn.GRU), so a step
+    does no stacking or slicing.
+    """
 
     def __init__(self, model: CharRNN):
         c = model.config
         self.cell, self.L, self.H = c.cell, c.num_layers, c.hidden_size
+        H = c.hidden_size
         rnn = model.rnn
         with torch.no_grad():
             emb = model.embedding.weight                                     # (V, E)
@@ -81,12 +88,15 @@ class FastStep:
                 b_ih = getattr(rnn, f"bias_ih_l{layer}")
                 b_hh = getattr(rnn, f"bias_hh_l{layer}")
                 if c.cell == "lstm":
+                    # tanh(x) = 2 sigmoid(2x) - 1: doubling the g rows lets one sigmoid cover all gates.
+                    scale = torch.ones(4 * H, 1, dtype=w_ih.dtype, device=w_ih.device)
+                    scale[2 * H:3 * H] = 2.0
                     if layer == 0:   # input projection of every id, biases folded in: (V, 4H)
-                        table = torch.addmm(b_ih + b_hh, emb, w_ih.t())
-                        self.layers.append((table, w_hh.t().contiguous()))
+                        table = torch.addmm((b_ih + b_hh), emb, w_ih.t()) * scale.t()
+                        self.layers.append((table, (w_hh * scale).t().contiguous()))
                     else:            # one matmul over [x, h]: (in + H, 4H)
-                        w = torch.cat([w_ih, w_hh], dim=1).t().contiguous()
-                        self.layers.append((b_ih + b_hh, w))
+                        w = (torch.cat([w_ih, w_hh], dim=1) * scale).t().contiguous()
+                        self.layers.append(((b_ih + b_hh) * scale[:, 0], w))
                 else:  # GRU keeps input and hidden parts apart: r gates only the hidden part of n
                     if layer == 0:
                         self.layers.append((torch.addmm(b_ih, emb, w_ih.t()), None, w_hh.t().contiguous(), b_hh))
@@ -96,43 +106,52 @@ class FastStep:
             self.head_b = model.head.bias.clone()
         self.device = self.head_w.device
 
-    @torch.inference_mode()
-    def __call__(self, ids: torch.Tensor, state) -> tuple[torch.Tensor, object]:
-        """ids (B,), state as nn.LSTM/nn.GRU keep it -> logits (B, V), new state."""
-        H = self.H
+    def to_fast(self, state) -> list:
+        """(L, B, H) state(s) of nn.LSTM/nn.GRU -> per-layer lists."""
         if self.cell == "lstm":
-            h_all, c_all = state
-            hs, cs = [], []
-            x = None
+            return [list(state[0].unbind(0)), list(state[1].unbind(0))]
+        return [list(state.unbind(0))]
+
+    def from_fast(self, fast: list):
+        """Per-layer lists -> the (L, B, H) layout of nn.LSTM/nn.GRU."""
+        if self.cell == "lstm":
+            return torch.stack(fast[0]), torch.stack(fast[1])
+        return torch.stack(fast[0])
+
+    @torch.inference_mode()
+    def __call__(self, ids: torch.Tensor, fast: list) -> tuple[torch.Tensor, list]:
+        """ids (B,), per-layer state -> logits (B, V), new per-layer state."""
+        H = self.H
+        x = None
+        if self.cell == "lstm":
+            hs, cs = fast
+            new_h, new_c = [], []
             for layer, (a, w) in enumerate(self.layers):
-                h, c = h_all[layer], c_all[layer]                               # (B, H)
                 if layer == 0:
-                    gates = torch.addmm(a.index_select(0, ids), h, w)           # (B, 4H)
+                    gates = torch.addmm(a.index_select(0, ids), hs[0], w)        # (B, 4H)
                 else:
-                    gates = torch.addmm(a, torch.cat([x, h], dim=1), w)
+                    gates = torch.addmm(a, torch.cat([x, hs[layer]], dim=1), w)
+                gates = gates.sigmoid_()
                 i, f, g, o = gates.split(H, dim=1)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
-                hs.append(h)
-                cs.append(c)
-                x = h
-            new_state = (torch.stack(hs), torch.stack(cs))
+                c = torch.addcmul(f * cs[layer], i, g.mul(2.0).sub_(1.0))      # f*c + i*tanh(g)
+                x = o * c.tanh()
+                new_h.append(x)
+                new_c.append(c)
+            fast = [new_h, new_c]
         else:
-            h_all = state
-            hs = []
-            x = None
+            (hs,) = fast
+            new_h = []
             for layer, (gi_src, w_ih, w_hh, b_hh) in enumerate(self.layers):
-                h = h_all[layer]
+                h = hs[layer]
                 gi = gi_src.index_select(0, ids) if layer == 0 else torch.addmm(gi_src, x, w_ih)  # (B, 3H)
                 gh = torch.addmm(b_hh, h, w_hh)                                  # (B, 3H)
                 i_r, i_z, i_n = gi.split(H, dim=1)
                 h_r, h_z, h_n = gh.split(H, dim=1)
                 r = torch.sigmoid(i_r + h_r)
                 z = torch.sigmoid(i_z + h_z)
-                n = torch.tanh(i_n + r * h_n)
-                h = n + z * (h - n)                                              # (1 - z) * n + z * h
-                hs.append(h)
-                x = h
-            new_state = torch.stack(hs)
+                n = torch.tanh(torch.addcmul(i_n, r, h_n))
+                x = torch.lerp(n, h, z)                                          # (1 - z) * n + z * h
+                new_h.append(x)
+            fast = [new_h]
         logits = torch.addmm(self.head_b, x, self.head_w)                        # (B, V)
-        return logits, new_state
+        return logits, fast

@@ -251,7 +251,7 @@ class RunWriter:
         if not (self.run.dir / "model.safetensors").is_file():
             self.save_best()
         opt_tensors, groups = optimizer_tensors(t.optimizer)
-        extra = {"rng_cpu": torch.get_rng_state(), "rng_preview": t.preview_gen.get_state()}
+        extra = {"rng_cpu": torch.get_rng_state()}
         if torch.cuda.is_available() and t.device.type == "cuda":
             extra["rng_cuda"] = torch.cuda.get_rng_state(t.device)
         if t.state is not None:
@@ -283,7 +283,6 @@ class RunWriter:
             t.evals_since_best, t.bad_streak = int(info["evals_since_best"]), int(info["bad_streak"])
             self.last_eval_step = info.get("last_eval_step")
             torch.set_rng_state(extra["rng_cpu"])
-            t.preview_gen.set_state(extra["rng_preview"])
             if "rng_cuda" in extra and t.device.type == "cuda":
                 torch.cuda.set_rng_state(extra["rng_cuda"], t.device)
             if info.get("scaler") and t.scaler.is_enabled():

@@ -49,7 +49,9 @@ class Score:
     bpc: float              # nats / ln 2
 
 
-def _check_options(length, temperature, top_k, top_p, n):
+def _check_options(length, temperature, top_k, top_p, n, seed=None):
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
+        raise ChargenError(f"seed must be a whole number from 0 to 2**63 - 1, got {seed!r}")
     if not isinstance(length, int) or isinstance(length, bool) or length < 0:
         raise ChargenError(f"length must be a whole number of 0 or more, got {length!r}")
     if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
@@ -129,11 +131,10 @@ class Sampler:
         prompt_ids = self.encode(prompt, unknown)
         if seed is None:
             seed = secrets.randbits(63)
-        if not isinstance(seed, int) or seed < 0:
-            raise ChargenError(f"seed must be a whole number of 0 or more, got {seed!r}")
         seeds = (np.uint64(seed) + np.arange(n, dtype=np.uint64)) if n > 1 else np.array([seed], dtype=np.uint64)
         greedy = temperature == 0 or top_k == 1
         logits, state = self._prime(prompt_ids, n)
+        state = self.step.to_fast(state)
         u_block = None
         for t in range(length):
             u = None
@@ -150,12 +151,20 @@ class Sampler:
                  top_p: float | None = None, stop: str | Sequence[str] | None = None, seed: int | None = None,
                  n: int = 1, unknown: str = "error") -> str | list[str]:
         """The continuation of ``prompt`` (without it): a str, or a list of ``n`` str decoded in one batch."""
-        _check_options(length, temperature, top_k, top_p, n)
+        _check_options(length, temperature, top_k, top_p, n, seed)
         stops = _stops(stop)
         chars = self.vocab.chars
+        steps = self._generate_ids(prompt, length, temperature, top_k, top_p, seed, n, unknown)
+        if not stops:  # nothing to watch for: keep ids on the device, decode once at the end
+            columns = list(steps)
+            if not columns:
+                return "" if n == 1 else [""] * n
+            rows = torch.stack(columns, dim=1).cpu().numpy()                   # (n, length)
+            texts = [self.vocab.decode(row) for row in rows]
+            return texts[0] if n == 1 else texts
         outs = [[] for _ in range(n)]
         done = [False] * n
-        for ids in self._generate_ids(prompt, length, temperature, top_k, top_p, seed, n, unknown):
+        for ids in steps:
             for row, i in enumerate(ids.tolist()):
                 if done[row]:
                     continue
@@ -175,8 +184,12 @@ class Sampler:
         Text that could be the start of a stop string is held back until it is
         known not to be one.
         """
-        _check_options(length, temperature, top_k, top_p, 1)
+        _check_options(length, temperature, top_k, top_p, 1, seed)   # checked now, not at the first next()
         stops = _stops(stop)
+        self.encode(prompt, unknown)
+        return self._stream(prompt, length, temperature, top_k, top_p, stops, seed, unknown)
+
+    def _stream(self, prompt, length, temperature, top_k, top_p, stops, seed, unknown) -> Iterator[str]:
         chars = self.vocab.chars
         pending = ""
         for ids in self._generate_ids(prompt, length, temperature, top_k, top_p, seed, 1, unknown):

@@ -12,8 +12,8 @@ gradient norm, and take an AdamW step at the scheduled learning rate. A
 non-finite loss or gradient skips the step; several in a row stop the run.
 
 Everything a resume needs is in ``last/`` (see checkpoint.py). Batches are a
-pure function of the step, the CPU RNG (dropout) is saved, and previews use
-their own generator, so on CPU a run resumed at step N is bit for bit the run
+pure function of the step, the CPU RNG (dropout) is saved, and previews draw
+from their own counter-based seed, so on CPU a run resumed at step N is bit for bit the run
 that never stopped.
 """
 
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .batches import RandomWindows, StatefulStreams
+from .decode import FastStep, pick, uniforms
 from .errors import ChargenError
 from .model import CharRNN, ModelConfig, detach_state
 from .trainconfig import TrainConfig, resolve_device, resolve_precision
@@ -96,23 +97,23 @@ def evaluate(model: CharRNN, inputs: np.ndarray, targets: np.ndarray, *, batch_s
 
 
 @torch.no_grad()
-def preview(model: CharRNN, vocab, length: int, generator: torch.Generator, temperature: float = 0.8,
-            prompt: str = "\n") -> str:
-    """A short sample to show progress; uses its own generator, never the training RNG."""
+def preview(model: CharRNN, vocab, length: int, seed: int, temperature: float = 0.8) -> str:
+    """A short sample to show progress, drawn from its own seed: the training RNG is never touched."""
     was_training = model.training
     model.eval()
     device = model.head.weight.device
-    known = [c for c in prompt if c in vocab.chars]
-    ids = [vocab.chars.index(c) for c in known] or [0]
-    logits, state = model(torch.tensor([ids], device=device))
+    start = vocab.chars.index("\n") if "\n" in vocab.chars else 0
+    logits, state = model(torch.tensor([[start]], device=device))
+    logits = logits[:, -1]                                                    # (1, V)
+    u = torch.from_numpy(uniforms(np.array([seed], dtype=np.uint64), 0, length)).to(device)
+    step = FastStep(model)
+    state = step.to_fast(state)
     out = []
-    for _ in range(length):
-        probs = torch.softmax(logits[0, -1].float() / temperature, dim=-1).cpu()
-        if vocab.unk_id is not None:
-            probs[vocab.unk_id] = 0.0
-        nxt = int(torch.multinomial(probs, 1, generator=generator))
-        out.append(nxt)
-        logits, state = model(torch.tensor([[nxt]], device=device), state)
+    for t in range(length):
+        nxt = pick(logits, u[:, t], temperature, None, None, vocab.unk_id)   # (1,)
+        out.append(int(nxt))
+        if t + 1 < length:
+            logits, state = step(nxt, state)
     model.train(was_training)
     return vocab.decode(out)
 
@@ -172,7 +173,6 @@ class Trainer:
         self.best_step = None
         self.evals_since_best = 0
         self.bad_streak = 0
-        self.preview_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.writer = RunWriter(run, self)
         if run.resuming:
             self.writer.restore()
@@ -353,7 +353,7 @@ class Trainer:
             self.evals_since_best += 1
         message = f"step {self.step}: val {loss:.4f} nats/char ({bpc:.4f} bpc)"
         if self.run.is_main and self.cfg.preview_chars:
-            text = preview(self.model, self.vocab, self.cfg.preview_chars, self.preview_gen)
+            text = preview(self.model, self.vocab, self.cfg.preview_chars, seed=self.cfg.seed + self.step)
             message += f"\n--- sample ---\n{text}\n--------------"
         w.say(message, bar)
         return self.cfg.patience is not None and self.evals_since_best >= self.cfg.patience

@@ -9,7 +9,10 @@ For each size, on a randomly initialised model (speed does not depend on the
 weights) over a 65-character vocabulary:
 
 * naive: ``logits, state = model(x, state)`` through ``nn.LSTM`` for every
-  character, then the same sampling rule (decode.pick) on its logits;
+  character, then the same sampling rule (decode.pick) on its logits, under
+  ``torch.inference_mode`` (with autograd on, the carried state drags a
+  growing graph along and the loop gets slower the longer it runs, so that
+  baseline depends on the length and is not used);
 * fast: ``Sampler.generate`` (one prompt forward, then FastStep per character).
 
 Both draw the same uniforms, so the texts must be identical; the script says

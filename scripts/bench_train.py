@@ -2,7 +2,7 @@
 
 Usage::
 
-    python scripts/bench_train.py                        # the cpu preset's shapes, 3 rounds
+    python scripts/bench_train.py                        # the cpu preset's shapes, 5 rounds
     python scripts/bench_train.py --preset gpu --device cuda --steps 200
 
 Both sides train the same shapes on the same corpus for the same number of
@@ -116,7 +116,7 @@ def main() -> None:
     ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     source, dirs = corpus_source()
@@ -132,8 +132,13 @@ def main() -> None:
           f"{torch.get_num_threads()} threads", flush=True)
     bare, ours = [], []
     for r in range(args.rounds):
-        bare.append(bare_loop(ids, len(corpus.vocab), cfg, args.steps, args.warmup, device))
-        ours.append(chargen_loop(source, dirs, cfg, args.steps, args.warmup, args.device, cache))
+        # alternate which side goes first, so neither always runs on a warmer (or cooler) machine
+        if r % 2 == 0:
+            bare.append(bare_loop(ids, len(corpus.vocab), cfg, args.steps, args.warmup, device))
+            ours.append(chargen_loop(source, dirs, cfg, args.steps, args.warmup, args.device, cache))
+        else:
+            ours.append(chargen_loop(source, dirs, cfg, args.steps, args.warmup, args.device, cache))
+            bare.append(bare_loop(ids, len(corpus.vocab), cfg, args.steps, args.warmup, device))
         print(f"round {r + 1}: bare {bare[-1]:,.0f} chars/s, chargen {ours[-1]:,.0f} chars/s", flush=True)
     b, o = statistics.median(bare), statistics.median(ours)
     print(f"\nmedian: bare nn.LSTM loop {b:,.0f} chars/s, chargen train {o:,.0f} chars/s; ratio {o / b:.3f}")

@@ -67,10 +67,15 @@ def test_fast_step_equals_nn_rnn_for_every_step():
         ids = torch.randint(0, len(s.vocab), (5, 60), generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             whole, _ = s.model(ids)                                            # (5, 60, V)
-        state = s.model.init_state(5)
+        state = fs.to_fast(s.model.init_state(5))
         for t in range(60):
             logits, state = fs(ids[:, t], state)
             torch.testing.assert_close(logits, whole[:, t], rtol=1e-5, atol=1e-5)
+        # and the state after the last step is the nn.LSTM/nn.GRU state
+        _, nn_state = s.model(ids)
+        for a, b in zip(nn_state if cell == "lstm" else (nn_state,),
+                        fs.from_fast(state) if cell == "lstm" else (fs.from_fast(state),)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def _first_char_counts(s, n, **kw):
@@ -216,12 +221,21 @@ def test_pick_never_returns_zero_probability_ids():
     (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
     (dict(length=-1), "length must be a whole number of 0 or more"),
     (dict(n=0), "n must be at least 1"),
-    (dict(seed=-3), "seed must be a whole number of 0 or more"),
+    (dict(seed=-3), "seed must be a whole number from 0 to 2\\*\\*63 - 1"),
+    (dict(seed=2**64), "seed must be a whole number from 0"),
     (dict(stop=""), "stop strings must be non-empty"),
 ])
 def test_bad_arguments_are_value_errors(sampler, kwargs, message):
     with pytest.raises(ValueError, match=message):
         sampler.generate("a", **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=-1), dict(top_p=2.0), dict(seed=-1), dict(stop=[""])])
+def test_stream_checks_its_arguments_before_the_first_piece(sampler, kwargs):
+    with pytest.raises(ValueError):
+        sampler.stream("a", **kwargs)  # not iterated: the error comes from the call itself
+    with pytest.raises(ChargenError, match="not in the model's vocabulary"):
+        sampler.stream("a\u20ac")
 
 
 def test_unknown_prompt_characters():

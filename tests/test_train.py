@@ -69,8 +69,7 @@ def _snapshot(run: Path) -> dict:
     out = {}
     for name in ("model", "optimizer", "state"):
         for k, v in load_file(str(run / "last" / f"{name}.safetensors")).items():
-            if k != "rng_preview":
-                out[f"{name}/{k}"] = v
+            out[f"{name}/{k}"] = v
     return out
 
 
