@@ -141,7 +141,8 @@ def main() -> None:
             bare.append(bare_loop(ids, len(corpus.vocab), cfg, args.steps, args.warmup, device))
         print(f"round {r + 1}: bare {bare[-1]:,.0f} chars/s, chargen {ours[-1]:,.0f} chars/s", flush=True)
     b, o = statistics.median(bare), statistics.median(ours)
-    print(f"\nmedian: bare nn.LSTM loop {b:,.0f} chars/s, chargen train {o:,.0f} chars/s; ratio {o / b:.3f}")
+    cell = "nn.LSTM" if cfg["cell"] == "lstm" else "nn.GRU"
+    print(f"\nmedian: bare {cell} loop {b:,.0f} chars/s, chargen train {o:,.0f} chars/s; ratio {o / b:.3f}")
 
 
 if __name__ == "__main__":
