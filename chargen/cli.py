@@ -4,6 +4,7 @@ Usage::
 
     chargen prepare [SOURCE] [--json] ...          # text -> vocabulary + cached ids
     chargen train [SOURCE] --out RUN [...]         # train an LSTM/GRU on it
+    torchrun --nproc_per_node N -m chargen train ...   # the same on N processes (DDP)
     chargen sample RUN [--prompt TEXT] [...]       # generate text, streamed to stdout
     chargen eval RUN FILE [--json]                 # loss of a text under the model
     chargen info RUN [--json]                      # what a run is and how far it got
@@ -171,6 +172,8 @@ def cmd_train(args) -> int:
     result = train(args.source, out=args.out, resume=args.resume, overwrite=args.overwrite,
                    progress=args.progress, corpora_dirs=args.corpora_dir, cache_dir=args.cache_dir,
                    config_file=args.config, preset=args.preset, **options)
+    if not result.main:  # one summary per run, from rank 0
+        return 0
     best = ("no validation split" if result.best_val_loss is None else
             f"best val {result.best_val_loss:.4f} nats/char ({result.best_val_bpc:.4f} bpc)")
     print(f"trained {result.steps} steps in {result.elapsed:.0f}s ({result.chars_per_sec:,.0f} chars/s, "

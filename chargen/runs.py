@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .checkpoint import (FORMAT_VERSION, check_run_dir, last_dir, load_model_weights, load_optimizer,
                          model_state_dict, optimizer_tensors, read_config, read_json, read_tensors,
                          write_json, write_last, write_tensors)
@@ -44,16 +44,20 @@ class Run:
     decay_time: float | None
     resuming: bool
     source: str | None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     rank: int = 0
     world_size: int = 1
-    argv: list[str] = field(default_factory=list)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
     def wrap_model(self, model):
-        return model
+        """DistributedDataParallel with several processes; the model itself otherwise."""
+        if self.world_size == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def resume_hint(self) -> str:
         return f"chargen train --out {shlex.quote(str(self.dir))} --resume"
@@ -110,7 +114,9 @@ def open_run(source=None, *, out, resume=False, overwrite=False, corpora_dirs=()
     ModelConfig(vocab_size=1, **model_opts)          # bad model options fail before any work
     device = resolve_device(train_cfg.device)
     resolve_precision(train_cfg.precision, device)
-    corpus = prepare(src, corpora_dirs=corpora_dirs, cache_dir=cache_dir, **prep_opts)
+    rank, world, device = distributed.init(device)
+    corpus = distributed.main_first(world, rank, lambda: prepare(
+        src, corpora_dirs=corpora_dirs, cache_dir=cache_dir, **prep_opts))
     model_cfg = ModelConfig(vocab_size=len(corpus.vocab), **model_opts)
     batches_per_epoch = _check_batches(corpus, train_cfg)
 
@@ -124,9 +130,6 @@ def open_run(source=None, *, out, resume=False, overwrite=False, corpora_dirs=()
         decay_steps = min(budgets) if budgets else None
         decay_time = train_cfg.max_time
 
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     config = {
         "format_version": FORMAT_VERSION,
         "model": model_cfg.to_dict(),
@@ -138,9 +141,18 @@ def open_run(source=None, *, out, resume=False, overwrite=False, corpora_dirs=()
     }
     config["corpus"].pop("cache_dir", None)
     config["corpus"].pop("reused", None)
-    write_json(out / "config.json", config)
-    corpus.vocab.save(out / "tokenizer.json")
-    return Run(out, corpus, model_cfg, train_cfg, decay_steps, decay_time, resuming=False, source=src)
+    config["world_size"] = world
+
+    def create():
+        if overwrite and out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", config)
+        corpus.vocab.save(out / "tokenizer.json")
+
+    distributed.main_first(world, rank, create, others=False)
+    return Run(out, corpus, model_cfg, train_cfg, decay_steps, decay_time, resuming=False, source=src,
+               device=device, rank=rank, world_size=world)
 
 
 def _check_batches(corpus: PreparedCorpus, cfg: TrainConfig) -> int:
@@ -171,10 +183,13 @@ def _resume(out, src, model_opts, train_opts, prep_opts, explicit, corpora_dirs,
             merged_train[k] = v
     train_cfg = TrainConfig(**merged_train)
     model_cfg = ModelConfig.from_dict(stored_model)
-    resolve_precision(train_cfg.precision, resolve_device(train_cfg.device))
+    device = resolve_device(train_cfg.device)
+    resolve_precision(train_cfg.precision, device)
+    rank, world, device = distributed.init(device)
 
     source = src if src is not None else config["corpus"].get("requested_source")
-    corpus = prepare(source, corpora_dirs=corpora_dirs, cache_dir=cache_dir, **stored_prep)
+    corpus = distributed.main_first(world, rank, lambda: prepare(
+        source, corpora_dirs=corpora_dirs, cache_dir=cache_dir, **stored_prep))
     stored = config["corpus"]
     if corpus.fingerprint != stored.get("fingerprint"):
         raise ChargenError(
@@ -190,7 +205,7 @@ def _resume(out, src, model_opts, train_opts, prep_opts, explicit, corpora_dirs,
     _check_batches(corpus, train_cfg)
     sched = config.get("schedule", {})
     return Run(out, corpus, model_cfg, train_cfg, sched.get("decay_steps"), sched.get("decay_time"),
-               resuming=True, source=source)
+               resuming=True, source=source, device=device, rank=rank, world_size=world)
 
 
 class RunWriter:
@@ -245,23 +260,29 @@ class RunWriter:
                           {"step": self.t.step, "val_loss": self.t.best_val})
 
     def checkpoint(self):
+        """Write last/. With several processes every rank must call it: states and RNGs are gathered."""
+        t, world = self.t, self.run.world_size
+        carried = state_tensors(t.state) if t.state is not None else {}
+        rng = {"rng_cpu": torch.get_rng_state()}
+        if t.device.type == "cuda":
+            rng["rng_cuda"] = torch.cuda.get_rng_state(t.device)
+        if world > 1:  # the full (L, B, H) state, and every rank's RNG
+            carried = {k: distributed.gather_rows(v, world, dim=1) for k, v in carried.items()}
+            rng = {f"{k}.{r}": v for k, v in rng.items()
+                   for r, v in enumerate(distributed.gather_cpu_bytes(v, world))}
         if not self.run.is_main:
             return
-        t = self.t
         if not (self.run.dir / "model.safetensors").is_file():
             self.save_best()
         opt_tensors, groups = optimizer_tensors(t.optimizer)
-        extra = {"rng_cpu": torch.get_rng_state()}
-        if torch.cuda.is_available() and t.device.type == "cuda":
-            extra["rng_cuda"] = torch.cuda.get_rng_state(t.device)
-        if t.state is not None:
-            extra.update({f"state.{k}": v for k, v in state_tensors(t.state).items()})
+        extra = dict(rng)
+        extra.update({f"state.{k}": v for k, v in carried.items()})
         trainer = {
             "step": t.step, "elapsed": t.elapsed, "best_val_loss": t.best_val, "best_step": t.best_step,
             "evals_since_best": t.evals_since_best, "bad_streak": t.bad_streak,
             "last_eval_step": self.last_eval_step, "optimizer_groups": groups,
             "scaler": t.scaler.state_dict() if t.scaler.is_enabled() else None,
-            "has_state": t.state is not None,
+            "has_state": t.state is not None, "world_size": world,
         }
         write_last(self.run.dir, {
             "model.safetensors": (self._weights(), {"step": t.step}),
@@ -272,8 +293,13 @@ class RunWriter:
 
     def restore(self):
         t, d = self.t, last_dir(self.run.dir)
+        world, rank = self.run.world_size, self.run.rank
         load_model_weights(t.model, read_tensors(d / "model.safetensors"), d / "model.safetensors")
         info = read_json(d / "trainer.json")
+        saved_world = info.get("world_size", 1)
+        if saved_world != world:
+            raise ChargenError(f"{self.run.dir} was checkpointed by {saved_world} process(es); resume it with "
+                               f"the same number (this is {world})")
         try:
             opt = read_tensors(d / "optimizer.safetensors", device=t.device)
             load_optimizer(t.optimizer, opt, info["optimizer_groups"])
@@ -282,18 +308,22 @@ class RunWriter:
             t.best_val, t.best_step = info["best_val_loss"], info["best_step"]
             t.evals_since_best, t.bad_streak = int(info["evals_since_best"]), int(info["bad_streak"])
             self.last_eval_step = info.get("last_eval_step")
-            torch.set_rng_state(extra["rng_cpu"])
-            if "rng_cuda" in extra and t.device.type == "cuda":
-                torch.cuda.set_rng_state(extra["rng_cuda"], t.device)
+            suffix = f".{rank}" if world > 1 else ""
+            torch.set_rng_state(extra["rng_cpu" + suffix])
+            if "rng_cuda" + suffix in extra and t.device.type == "cuda":
+                torch.cuda.set_rng_state(extra["rng_cuda" + suffix], t.device)
             if info.get("scaler") and t.scaler.is_enabled():
                 t.scaler.load_state_dict(info["scaler"])
             if info["has_state"]:
-                st = {k.split(".", 1)[1]: v.to(t.device) for k, v in extra.items() if k.startswith("state.")}
+                rows = getattr(t.batches, "rows", slice(None))  # this rank's streams
+                st = {k.split(".", 1)[1]: v[:, rows].contiguous().to(t.device)
+                      for k, v in extra.items() if k.startswith("state.")}
                 t.state = state_from_tensors(st, self.run.model_config.cell)
         except (KeyError, TypeError, ValueError) as e:
             raise ChargenError(f"{d} is incomplete or corrupt ({type(e).__name__}: {e}); "
                                "start a new run with --overwrite") from None
-        self._truncate_metrics(t.step)
+        if self.run.is_main:
+            self._truncate_metrics(t.step)
 
     def _truncate_metrics(self, step: int):
         """Drop log lines written after the checkpoint by a run that then died."""

@@ -32,7 +32,8 @@ from .batches import RandomWindows, StatefulStreams
 from .decode import FastStep, pick, uniforms
 from .errors import ChargenError
 from .model import CharRNN, ModelConfig, detach_state
-from .trainconfig import TrainConfig, resolve_device, resolve_precision
+from . import distributed
+from .trainconfig import TrainConfig, resolve_precision
 from .runs import RunWriter, open_run
 
 
@@ -45,6 +46,7 @@ class TrainResult:
     stopped: str          # "budget", "patience", "interrupted"
     chars_per_sec: float
     elapsed: float
+    main: bool = True     # False on the other processes of a multi-process run
 
 
 def schedule_lr(cfg: TrainConfig, step: int, elapsed: float, decay_steps: int | None,
@@ -132,7 +134,10 @@ def train(source=None, *, out, resume: bool = False, overwrite: bool = False,
                    cache_dir=cache_dir, config_file=config_file, preset=preset, options=options)
     if progress is None:
         progress = sys.stderr.isatty()
-    return Trainer(run, progress=progress).fit()
+    try:
+        return Trainer(run, progress=progress).fit()
+    finally:
+        distributed.shutdown()
 
 
 class Trainer:
@@ -142,7 +147,7 @@ class Trainer:
         self.run = run
         cfg: TrainConfig = run.train_config
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.device = run.device
         self.precision = resolve_precision(cfg.precision, self.device)
         self.progress = progress
         corpus = run.corpus
@@ -173,6 +178,7 @@ class Trainer:
         self.best_step = None
         self.evals_since_best = 0
         self.bad_streak = 0
+        self.stop_reason = None  # set by evaluation (patience) on rank 0
         self.writer = RunWriter(run, self)
         if run.resuming:
             self.writer.restore()
@@ -241,16 +247,24 @@ class Trainer:
         run_chars, run_time = 0, 0.0
         # The time budget is wall-clock (evaluation and checkpoints included), carried across resumes.
         wall_start = time.perf_counter() - self.elapsed
+        world = self.run.world_size
         try:
             while True:
-                if total is not None and self.step >= total:
-                    break
-                if cfg.max_time is not None and self.elapsed >= cfg.max_time:
+                stop = ((total is not None and self.step >= total) or
+                        (cfg.max_time is not None and self.elapsed >= cfg.max_time) or
+                        self.stop_reason is not None)
+                if world > 1:  # rank 0 decides, so every process stops at the same step
+                    stop = distributed.broadcast_flag(stop, self.device)
+                if stop:
                     break
                 t0 = time.perf_counter()
                 loss, grad_norm, lr = self.train_step(self.step)
                 # One host sync per step: the finite check decides whether to step.
-                finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
+                if world > 1:
+                    loss, any_bad = distributed.mean_and_any_bad(loss, world)
+                    finite = not any_bad and bool(torch.isfinite(grad_norm))
+                else:
+                    finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
                 if finite:
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
@@ -285,30 +299,25 @@ class Trainer:
                     bar.update(1)
                 at_end = (total is not None and self.step >= total) or \
                          (cfg.max_time is not None and self.elapsed >= cfg.max_time)
+                evaluate = self.step % cfg.eval_every == 0 or at_end
                 if self.step % cfg.log_every == 0 or at_end:
                     train_loss = float(loss_sum) / max(1, logged_steps)
                     row = dict(step=self.step, loss=round(train_loss, 5), lr=last_lr,
                                grad_norm=round(float(last_norm), 5),
                                chars_per_sec=round(log_chars / max(log_time, 1e-9), 1),
                                elapsed=round(self.elapsed, 3))
-                    if self.step % cfg.eval_every == 0 or at_end:
-                        stop = self.evaluate_and_save(row, bar)
-                        if stop:
-                            stopped = "patience"
+                    loss_sum.zero_()
+                    logged_steps, log_chars, log_time = 0, 0, 0.0
+                elif evaluate:
+                    row = dict(step=self.step, elapsed=round(self.elapsed, 3))
+                else:
+                    row = None
+                if evaluate:
+                    self.evaluate_and_save(row, bar)
+                if row is not None:
                     w.metrics(row)
                     if bar is not None:
                         bar.set_postfix_str(self._postfix(row, total))
-                    loss_sum.zero_()
-                    logged_steps, log_chars, log_time = 0, 0, 0.0
-                    if stopped == "patience":
-                        break
-                elif self.step % cfg.eval_every == 0:
-                    row = dict(step=self.step, elapsed=round(self.elapsed, 3))
-                    if self.evaluate_and_save(row, bar):
-                        stopped = "patience"
-                        w.metrics(row)
-                        break
-                    w.metrics(row)
                 if self.step % cfg.checkpoint_every == 0:
                     w.checkpoint()
                 self.elapsed = time.perf_counter() - wall_start
@@ -317,13 +326,19 @@ class Trainer:
             if bar is not None:
                 bar.close()
                 bar = None
-            w.checkpoint()
-            w.event("stopped", reason="interrupted")
-            w.say(f"interrupted at step {self.step}; checkpoint saved. Resume with: {self.run.resume_hint()}")
+            if world == 1:
+                w.checkpoint()
+                w.event("stopped", reason="interrupted")
+                w.say(f"interrupted at step {self.step}; checkpoint saved. Resume with: {self.run.resume_hint()}")
+            else:  # the other processes may be anywhere: gathering a checkpoint now could hang
+                w.say(f"interrupted at step {self.step}; the last periodic checkpoint stands. "
+                      f"Resume with: {self.run.resume_hint()}")
             raise
         finally:
             if bar is not None:
                 bar.close()
+        if self.stop_reason is not None:
+            stopped = self.stop_reason
         # The final state of the run is always checkpointed and evaluated.
         if self.step and (not w.last_eval_step or w.last_eval_step != self.step):
             row = dict(step=self.step, elapsed=round(self.elapsed, 3))
@@ -334,16 +349,21 @@ class Trainer:
         return TrainResult(run_dir=str(self.run.dir), steps=self.step, best_val_loss=self.best_val,
                            best_val_bpc=None if self.best_val is None else self.best_val / math.log(2),
                            stopped=stopped, chars_per_sec=run_chars / max(run_time, 1e-9),
-                           elapsed=self.elapsed)
+                           elapsed=self.elapsed, main=self.run.is_main)
 
-    def evaluate_and_save(self, row: dict, bar) -> bool:
-        """Validate, keep the best weights, print a preview; True when patience ran out."""
+    def evaluate_and_save(self, row: dict, bar) -> None:
+        """Validate, keep the best weights, print a preview; asks to stop when patience runs out.
+
+        Only rank 0 evaluates; the others carry on to the next step's broadcast.
+        """
         w = self.writer
         w.last_eval_step = self.step
+        if not self.run.is_main:
+            return
         result = self.validate()
         if result is None:
             w.save_best()  # no validation split: the latest weights are the best we know
-            return False
+            return
         loss, bpc = result
         row.update(val_loss=round(loss, 5), val_bpc=round(bpc, 5))
         if self.best_val is None or loss < self.best_val:
@@ -356,7 +376,8 @@ class Trainer:
             text = preview(self.model, self.vocab, self.cfg.preview_chars, seed=self.cfg.seed + self.step)
             message += f"\n--- sample ---\n{text}\n--------------"
         w.say(message, bar)
-        return self.cfg.patience is not None and self.evals_since_best >= self.cfg.patience
+        if self.cfg.patience is not None and self.evals_since_best >= self.cfg.patience:
+            self.stop_reason = "patience"
 
     def _postfix(self, row: dict, total: int | None) -> str:
         parts = []
