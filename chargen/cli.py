@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import ChargenError
@@ -336,6 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _leave_process_group_quietly() -> None:
+    """Under torchrun, exit now: tearing down a process group whose peers are also failing can
+    abort in C++ destructors after the one-line message, which is all the user should see."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_USAGE)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``chargen`` command; returns the exit status."""
     parser = build_parser()
@@ -344,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ChargenError as e:
         print(f"chargen {args.command}: error: {e}", file=sys.stderr)
+        _leave_process_group_quietly()
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"chargen {args.command}: interrupted", file=sys.stderr)

@@ -29,7 +29,6 @@ import glob
 import hashlib
 import json
 import os
-import shutil
 import sys
 import sysconfig
 import tempfile
@@ -45,7 +44,6 @@ DOCUMENT_SEPARATOR = "\n"  # written after a document's own trailing newline
 READ_CHUNK_BYTES = 16 << 20
 DEFAULT_VAL_FRACTION = 0.1
 DEFAULT_SOURCE = "pystdlib"
-HF_EXTENSIONS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 ERRORS_CHOICES = ("strict", "replace", "ignore")
 
 # Standard-library folders that hold tests, or other environments' packages.
@@ -263,7 +261,8 @@ def resolve_source(source: str | os.PathLike | None = None, *,
         source = DEFAULT_SOURCE
     text = str(source)
     if text.startswith("hf:"):
-        return _hf_source(text[3:], text_column)
+        from .hf import hf_source  # datasets stays unimported unless an hf: source is used
+        return hf_source(text[3:], text_column)
     path = Path(text).expanduser()
     if path.is_file():
         return Source(name=text, kind="files", files=[path])
@@ -380,77 +379,3 @@ def download(url: str, target: Path, sha256: str, *, name: str, hint: str, timeo
         if os.path.exists(tmp):
             os.unlink(tmp)
     print(f"chargen: downloaded {name} to {target}", file=sys.stderr)
-
-
-# --------------------------------------------------------------------------- Hugging Face
-
-
-def _hf_source(name: str, text_column: str) -> Source:
-    if not name:
-        raise ChargenError("hf: needs a dataset name or local files, e.g. hf:data/train.jsonl")
-    path = Path(name).expanduser()
-    if path.exists():
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix in HF_EXTENSIONS and p.is_file())
-            if not files:
-                raise ChargenError(f"folder {name} holds no {'/'.join(HF_EXTENSIONS)} files")
-        else:
-            files = [path]
-        builders = {HF_EXTENSIONS.get(p.suffix) for p in files}
-        if None in builders or len(builders) != 1:
-            raise ChargenError(f"hf:{name}: local datasets must be all .jsonl/.json, all .csv or "
-                               "all .parquet files")
-        builder = builders.pop()
-
-        def load():
-            return _hf_load(builder, name, data_files=[str(p) for p in files])
-        root = path if path.is_dir() else path.parent
-        src = Source(name=f"hf:{name}", kind="hf", files=files, root=root,
-                     hf_identity=f"{builder}:{text_column}")
-    else:
-        def load():
-            return _hf_load(name, name)
-        src = Source(name=f"hf:{name}", kind="hf", hf_identity=f"hub:{name}:{text_column}")
-
-    def documents(_encoding: str) -> Iterator[str]:
-        ds = load()
-        if text_column not in ds.column_names:
-            raise ChargenError(f"hf:{name} has no column {text_column!r} (columns: "
-                               f"{', '.join(ds.column_names)}); pass --text-column COL")
-        for batch in ds.iter(batch_size=1024):
-            for value in batch[text_column]:
-                if value is None:
-                    continue
-                if not isinstance(value, str):
-                    raise ChargenError(f"hf:{name}: column {text_column!r} holds "
-                                       f"{type(value).__name__} values, not text; pass --text-column COL")
-                yield value
-
-    src.hf_documents = documents
-    if not src.files:
-        # A hub dataset is identified by the fingerprint datasets gives its files.
-        src.hf_identity += ":" + str(getattr(load(), "_fingerprint", ""))
-    return src
-
-
-def _hf_load(builder: str, name: str, data_files=None):
-    try:
-        import datasets  # heavy: imported only when an hf: source is used
-    except ImportError:
-        raise ChargenError("hf: sources need the 'datasets' package; pip install datasets") from None
-    datasets.disable_progress_bars()
-    try:
-        if data_files is not None:
-            return datasets.load_dataset(builder, data_files=data_files, split="train")
-        return datasets.load_dataset(builder, split="train")
-    except ChargenError:
-        raise
-    except Exception as e:  # datasets raises many types; all mean "could not load"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ChargenError(f"could not load Hugging Face dataset {name}: {first}; "
-                           "check the name, or use local files (hf:path/to/data.jsonl)") from None
-
-
-def remove_tree_quietly(path: Path) -> None:
-    """Remove a temporary folder, ignoring errors: used on failure paths."""
-    shutil.rmtree(path, ignore_errors=True)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .batches import RandomWindows, StatefulStreams
 from .decode import FastStep, pick, uniforms
 from .errors import ChargenError
-from .model import CharRNN, ModelConfig, detach_state
+from .model import CharRNN, detach_state
 from . import distributed
 from .trainconfig import TrainConfig, resolve_precision
 from .runs import RunWriter, open_run
@@ -134,10 +134,13 @@ def train(source=None, *, out, resume: bool = False, overwrite: bool = False,
                    cache_dir=cache_dir, config_file=config_file, preset=preset, options=options)
     if progress is None:
         progress = sys.stderr.isatty()
-    try:
-        return Trainer(run, progress=progress).fit()
-    finally:
-        distributed.shutdown()
+    result = Trainer(run, progress=progress).fit()
+    # Every process reaches the end before any leaves the group: tearing it down while rank 0
+    # still writes the last checkpoint aborts the others ("terminate called ..."). On an error
+    # the group is left to the exiting process, so each rank still prints its one line.
+    distributed.barrier()
+    distributed.shutdown()
+    return result
 
 
 class Trainer:

@@ -55,7 +55,7 @@ def test_strict_decoding_error_names_file_and_offset(tmp_path):
     data = ("é" * 40).encode() + b"\xff" + b"rest\n"  # bad byte at offset 80
     p.write_bytes(data)
     for chunk in (7, 16, 1 << 20):  # the offset is right whatever the chunking
-        with pytest.raises(ChargenError, match=rf"bad.txt is not valid utf-8: undecodable byte at offset 80;"):
+        with pytest.raises(ChargenError, match=r"bad.txt is not valid utf-8: undecodable byte at offset 80;"):
             list(read_text_pieces(p, chunk_bytes=chunk))
     assert text_of(resolve_source(str(p)), errors="replace").startswith("é" * 40 + "\ufffd")
     assert text_of(resolve_source(str(p)), encoding="latin-1").startswith("Ã©")
