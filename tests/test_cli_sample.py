@@ -103,3 +103,20 @@ def test_sample_from_a_damaged_run(cli, run, tmp_path, damage, fragments):
     one_error_line(err, *fragments)
     code, _, err = cli("eval", broken, broken.parent / "x.txt")
     assert code == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_a_run_trained_on_cuda_samples_on_cpu_and_cuda(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("to be or not to be, that is the question.\n" * 200)
+    out = tmp_path / "run"
+    train(corpus, out=out, num_layers=2, hidden_size=32, batch_size=8, bptt=16, max_steps=40, device="cuda",
+          preview_chars=0, lr=1e-2, warmup_steps=0)
+    cpu = Sampler.load(out, device="cpu")
+    gpu = Sampler.load(out, device="cuda")
+    assert len(cpu.generate("to", length=50, seed=1)) == 50
+    assert gpu.generate("to", length=200, seed=3) == gpu.generate("to", length=200, seed=3)
+    assert gpu.generate("to", length=100, temperature=0) == cpu.generate("to", length=100, temperature=0)
+    batch = gpu.generate("to", length=40, n=8, seed=5)
+    assert batch[3] == gpu.generate("to", length=40, seed=8)

@@ -184,3 +184,30 @@ def test_trains_on_cuda_and_loads_on_cpu(text_file, tmp_path, precision):
     assert result.best_val_loss < 2.5
     tensors = read_tensors(run / "model.safetensors", device="cpu")
     assert all(t.device.type == "cpu" for t in tensors.values())
+
+
+def test_ctrl_c_checkpoints_prints_how_to_resume_and_resumes_exactly(text_file, tmp_path, monkeypatch, cli):
+    from chargen.train import Trainer
+    opts = dict(TINY, schedule="constant", checkpoint_every=100)
+    train(text_file, out=tmp_path / "straight", max_steps=30, **opts)
+    original = Trainer.train_step
+
+    def interrupted(self, step):
+        if step == 13:
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    run = tmp_path / "run"
+    args = ["train", text_file, "--out", run, "--max-steps", "30", "--layers", "1", "--hidden", "32",
+            "--batch-size", "8", "--bptt", "16", "--lr", "1e-2", "--warmup-steps", "0", "--preview-chars", "0",
+            "--eval-every", "20", "--log-every", "10", "--schedule", "constant", "--checkpoint-every", "100"]
+    code, _, err = cli(*args)
+    assert code == 130
+    assert f"interrupted at step 13; checkpoint saved. Resume with: chargen train --out {run} --resume" in err
+    assert json.loads((run / "last" / "trainer.json").read_text())["step"] == 13
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert train(out=run, max_steps=30, resume=True).steps == 30
+    a, b = _snapshot(tmp_path / "straight"), _snapshot(run)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
