@@ -82,6 +82,7 @@ class CharVocab:
             chars[i] = token
         self.chars: list[str] = chars  # id -> character (UNK -> "<unk>", as tokenizers decodes it)
         self._lut: np.ndarray | None = None
+        self._cp_table: np.ndarray | None = None
         self._norm = tokenizer.normalizer
 
     # -- construction -------------------------------------------------------
@@ -189,8 +190,19 @@ class CharVocab:
 
     def decode(self, ids) -> str:
         """Text of ``ids``, exactly as ``tokenizers`` decodes them (UNK -> "<unk>")."""
-        chars = self.chars
-        return "".join(chars[i] for i in (ids.tolist() if hasattr(ids, "tolist") else ids))
+        ids = np.asarray(ids.cpu() if hasattr(ids, "cpu") else ids, dtype=np.int64).ravel()
+        if self.unk_id is not None and np.any(ids == self.unk_id):
+            chars = self.chars  # "<unk>" is five characters: no one-code-point table for it
+            return "".join(chars[i] for i in ids.tolist())
+        # One code point per id: a table lookup and one UTF-32 decode, no per-character Python.
+        return self._codepoints[ids].tobytes().decode("utf-32-le")
+
+    @property
+    def _codepoints(self) -> np.ndarray:
+        if self._cp_table is None:
+            self._cp_table = np.array([ord(c) if i != self.unk_id else 0 for i, c in enumerate(self.chars)],
+                                      dtype="<u4")
+        return self._cp_table
 
 
 def _show(chars: list[str], limit: int = 10) -> str:

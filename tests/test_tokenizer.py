@@ -92,3 +92,13 @@ def test_load_rejects_garbage(tmp_path):
         CharVocab.load(bad)
     with pytest.raises(ChargenError, match="missing"):
         CharVocab.load(tmp_path / "absent.json")
+
+
+def test_decode_accepts_lists_arrays_and_tensors_and_keeps_unk():
+    import torch
+    vocab = CharVocab.build("ab😀\n", with_unk=True)
+    ids = vocab.encode("a😀\nb")
+    for form in (ids, np.array(ids, dtype=np.uint8), torch.tensor(ids)):
+        assert vocab.decode(form) == "a😀\nb"
+    assert vocab.decode([vocab.unk_id, ids[0]]) == "<unk>a" == vocab.tokenizer.decode([vocab.unk_id, ids[0]])
+    assert vocab.decode([]) == ""
