@@ -39,6 +39,30 @@ def uniforms(seeds: np.ndarray, start: int, count: int) -> np.ndarray:
     return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))     # (rows, count)
 
 
+_BLOCK = 256  # steps of uniforms drawn at a time
+
+
+def decode_ids(step: "FastStep", logits: torch.Tensor, state: list, length: int, seeds: np.ndarray,
+               temperature: float, top_k: int | None = None, top_p: float | None = None,
+               banned: int | None = None):
+    """Yield the next ids (B,) ``length`` times, from primed logits (B, V) and a per-layer state.
+
+    Row ``i`` draws from ``seeds[i]``; one fast step per character after the first.
+    """
+    greedy = temperature == 0 or top_k == 1
+    u_block = None
+    for t in range(length):
+        u = None
+        if not greedy:
+            if t % _BLOCK == 0:
+                u_block = torch.from_numpy(uniforms(seeds, t, _BLOCK)).to(logits.device)  # (B, BLOCK)
+            u = u_block[:, t % _BLOCK]
+        ids = pick(logits, u, temperature, top_k, top_p, banned)                          # (B,)
+        yield ids
+        if t + 1 < length:
+            logits, state = step(ids, state)
+
+
 def pick(logits: torch.Tensor, u: torch.Tensor | None, temperature: float, top_k: int | None,
          top_p: float | None, banned: int | None) -> torch.Tensor:
     """Next ids (B,) from logits (B, V): greedy at temperature 0, else inverse-CDF sampling with u (B,)."""

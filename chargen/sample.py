@@ -31,13 +31,10 @@ import numpy as np
 import torch
 
 from .checkpoint import check_run_dir, load_model_weights, read_config, read_tensors
-from .decode import FastStep, pick, uniforms
+from .decode import FastStep, decode_ids
 from .errors import ChargenError
 from .model import CharRNN, ModelConfig
 from .tokenizer import CharVocab
-
-_BLOCK = 256  # steps of uniforms drawn at a time
-
 
 @dataclass
 class Score:
@@ -132,20 +129,9 @@ class Sampler:
         if seed is None:
             seed = secrets.randbits(63)
         seeds = (np.uint64(seed) + np.arange(n, dtype=np.uint64)) if n > 1 else np.array([seed], dtype=np.uint64)
-        greedy = temperature == 0 or top_k == 1
         logits, state = self._prime(prompt_ids, n)
-        state = self.step.to_fast(state)
-        u_block = None
-        for t in range(length):
-            u = None
-            if not greedy:
-                if t % _BLOCK == 0:
-                    u_block = torch.from_numpy(uniforms(seeds, t, _BLOCK)).to(self.device)   # (n, BLOCK)
-                u = u_block[:, t % _BLOCK]
-            ids = pick(logits, u, temperature, top_k, top_p, self.vocab.unk_id)             # (n,)
-            yield ids
-            if t + 1 < length:
-                logits, state = self.step(ids, state)
+        yield from decode_ids(self.step, logits, self.step.to_fast(state), length, seeds, temperature,
+                              top_k, top_p, self.vocab.unk_id)
 
     def generate(self, prompt: str = "", length: int = 200, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, stop: str | Sequence[str] | None = None, seed: int | None = None,

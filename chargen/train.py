@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .batches import RandomWindows, StatefulStreams
-from .decode import FastStep, pick, uniforms
+from .decode import FastStep, decode_ids
 from .errors import ChargenError
 from .model import CharRNN, detach_state
 from . import distributed
@@ -106,18 +106,11 @@ def preview(model: CharRNN, vocab, length: int, seed: int, temperature: float = 
     device = model.head.weight.device
     start = vocab.chars.index("\n") if "\n" in vocab.chars else 0
     logits, state = model(torch.tensor([[start]], device=device))
-    logits = logits[:, -1]                                                    # (1, V)
-    u = torch.from_numpy(uniforms(np.array([seed], dtype=np.uint64), 0, length)).to(device)
     step = FastStep(model)
-    state = step.to_fast(state)
-    out = []
-    for t in range(length):
-        nxt = pick(logits, u[:, t], temperature, None, None, vocab.unk_id)   # (1,)
-        out.append(int(nxt))
-        if t + 1 < length:
-            logits, state = step(nxt, state)
+    out = list(decode_ids(step, logits[:, -1], step.to_fast(state), length,
+                          np.array([seed], dtype=np.uint64), temperature, banned=vocab.unk_id))
     model.train(was_training)
-    return vocab.decode(out)
+    return vocab.decode(torch.cat(out)) if out else ""
 
 
 def train(source=None, *, out, resume: bool = False, overwrite: bool = False,
