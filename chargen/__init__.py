@@ -11,12 +11,13 @@ from .errors import ChargenError  # noqa: E402  (light: no heavy imports)
 
 _LAZY = {
     "Sampler": ("chargen.sample", "Sampler"),
-    "train": ("chargen.train", "train"),
-    "TrainConfig": ("chargen.trainconfig", "TrainConfig"),
-    "ModelConfig": ("chargen.model", "ModelConfig"),
+    "SampleOptions": ("chargen.config", "SampleOptions"),
+    "train": ("chargen.trainer", "train"),
+    "TrainConfig": ("chargen.config", "TrainConfig"),
+    "ModelConfig": ("chargen.config", "ModelConfig"),
     "CharRNN": ("chargen.model", "CharRNN"),
-    "prepare": ("chargen.data", "prepare"),
-    "PreparedCorpus": ("chargen.data", "PreparedCorpus"),
+    "prepare": ("chargen.prepared", "prepare"),
+    "PreparedCorpus": ("chargen.prepared", "PreparedCorpus"),
     "CharVocab": ("chargen.tokenizer", "CharVocab"),
     "StatefulStreams": ("chargen.batches", "StatefulStreams"),
     "RandomWindows": ("chargen.batches", "RandomWindows"),

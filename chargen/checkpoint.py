@@ -1,92 +1,62 @@
-"""The run directory: written atomically, loaded safely (no pickle anywhere).
+"""Weights and the resume checkpoint ``last/``: written atomically, loaded safely (no pickle anywhere).
 
 ::
 
-    RUN/
-      config.json          model config, train config, corpus summary, versions, format version
-      tokenizer.json       the vocabulary (tokenizers.Tokenizer.from_file loads it)
-      model.safetensors    best weights so far by validation loss, CPU tensors
-      last/                what --resume needs
-        model.safetensors      weights
-        optimizer.safetensors  AdamW moments and step counts
-        state.safetensors      carried hidden state, RNG states
-        trainer.json           step, elapsed time, best loss, schedule, optimizer hyperparameters
-      metrics.jsonl        one JSON object per log line
+    RUN/last/
+      model.safetensors      weights
+      optimizer.safetensors  AdamW moments and step counts
+      state.safetensors      carried hidden state (full (L, B, H), every process's streams), RNG states
+      trainer.json           step, elapsed time, best loss, patience and non-finite counts, optimizer
+                             hyperparameters, grad-scaler state, process count
 
-Every file is written under a temporary name and renamed into place; ``last/``
-is written as a whole new folder and swapped in, so a crash at any moment
-leaves the previous checkpoint readable.
+``last/`` is written as a whole new folder and swapped in, so a crash at any
+moment leaves the previous checkpoint readable (``last.old/`` between the two
+renames). The stream position is the step: batches are a pure function of it.
+
+Everything :func:`save_last` writes and :func:`load_last` returns, beyond the
+model and optimizer themselves, is one :class:`ResumeState`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .errors import ChargenError
-
-FORMAT_VERSION = 1
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+from .files import atomic_write, temporary_dir, write_json
+from .rundir import last_dir, read_json
 
 
-_FILE_MODE = 0o666 & ~_umask()  # mkstemp makes 0600 files; run files get the usual permissions
-RUN_FILES = ("config.json", "tokenizer.json", "model.safetensors")
-LAST_FILES = ("model.safetensors", "optimizer.safetensors", "state.safetensors", "trainer.json")
+@dataclass
+class ResumeState:
+    """Where a run stands, beyond its weights and optimizer: what a resume restores."""
+
+    step: int = 0
+    elapsed: float = 0.0                      # wall-clock seconds, carried across resumes
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+    bad_streak: int = 0                       # non-finite steps in a row
+    last_eval_step: int | None = None
+    world_size: int = 1
+    rng: dict[str, torch.Tensor] = field(default_factory=dict)      # "rng_cpu", "rng_cuda" (".R" per rank)
+    carried: dict[str, torch.Tensor] = field(default_factory=dict)  # "h" (and "c"): (L, B, H), all streams
 
 
-def write_json(path: Path, obj) -> None:
-    """Write JSON atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+# --------------------------------------------------------------------------- tensors and weights
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     """Write safetensors atomically; tensors go to CPU and are made contiguous."""
-    path = Path(path)
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(cpu, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise ChargenError(f"{path} is missing; the run folder is incomplete") from None
-    except (OSError, ValueError) as e:
-        raise ChargenError(f"{path} is not readable JSON ({e}); the run folder is corrupt") from None
-    if not isinstance(data, dict):
-        raise ChargenError(f"{path} does not hold a JSON object; the run folder is corrupt")
-    return data
+    with atomic_write(path) as tmp:
+        save_file(cpu, str(tmp), metadata=_metadata(metadata))
 
 
 def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -95,29 +65,42 @@ def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, to
     try:
         return load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ChargenError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]}); "
+        raise _unreadable(path, e) from None
+
+
+def _metadata(metadata: dict | None) -> dict[str, str]:
+    return {k: str(v) for k, v in (metadata or {}).items()}
+
+
+def _unreadable(path, e: Exception) -> ChargenError:
+    return ChargenError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]}); "
+                        "the run folder is corrupt")
+
+
+def save_weights(model: torch.nn.Module, path: Path, metadata: dict | None = None) -> None:
+    """Write a model's weights atomically. Tied weights are stored once (safetensors drops the
+    duplicate), and non-finite weights are never written over a good file."""
+    bad = [k for k, v in model.state_dict().items() if not torch.isfinite(v).all()]
+    if bad:
+        raise ChargenError(f"weights became non-finite ({', '.join(bad[:3])}); nothing was saved over the "
+                           f"last good checkpoint in {Path(path).parent}: lower --lr and resume")
+    with atomic_write(path) as tmp:
+        save_model(model, str(tmp), metadata=_metadata(metadata))
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load weights saved by :func:`save_weights`, checking names, shapes and finiteness."""
+    if not Path(path).is_file():
+        raise ChargenError(f"{path} is missing; the run folder is incomplete")
+    try:
+        load_model(model, str(path), strict=True)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _unreadable(path, e) from None
+    except RuntimeError as e:  # names or shapes that do not fit the model
+        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        raise ChargenError(f"{path} does not fit the model in config.json ({detail}); "
                            "the run folder is corrupt") from None
-
-
-def model_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Weights without duplicates: tied weights are stored once (safetensors refuses shared memory)."""
-    sd = model.state_dict()
-    if getattr(model.config, "tie_weights", False):
-        sd = {k: v for k, v in sd.items() if k != "head.weight"}
-    return sd
-
-
-def load_model_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Load weights, checking names and shapes, with a user-level error when they do not fit."""
-    expected = model_state_dict(model)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
-    if missing or unexpected or wrong:
-        raise ChargenError(f"{path} does not fit the model in config.json (missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}); the run folder is corrupt")
-    model.load_state_dict(tensors, strict=not getattr(model.config, "tie_weights", False))
-    for k, v in tensors.items():
+    for k, v in model.state_dict().items():
         if not torch.isfinite(v).all():
             raise ChargenError(f"{path} holds non-finite values in {k}; the run folder is corrupt")
 
@@ -132,9 +115,7 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
     for index, st in sd["state"].items():
         for key, value in st.items():
             tensors[f"{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    groups = []
-    for g in sd["param_groups"]:
-        groups.append({k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()})
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
     return tensors, groups
 
 
@@ -153,63 +134,58 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
 
 # --------------------------------------------------------------------------- last/
 
+_COUNTERS = ("step", "elapsed", "best_val_loss", "best_step", "evals_since_best", "bad_streak",
+             "last_eval_step", "world_size")
 
-def write_last(run_dir: Path, files: dict[str, dict | tuple]) -> None:
-    """Write ``last/`` as a new folder and swap it in.
 
-    ``files`` maps a file name to a JSON object, or to ``(tensors, metadata)``
-    for safetensors.
-    """
+def save_last(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler,
+              rs: ResumeState) -> None:
+    """Write ``last/`` as a new folder and swap it in."""
     run_dir = Path(run_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=".last.", dir=run_dir))
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
-        for name, content in files.items():
-            if name.endswith(".json"):
-                write_json(tmp / name, content)
-            else:
-                tensors, meta = content
-                write_tensors(tmp / name, tensors, meta)
+    opt_tensors, groups = optimizer_tensors(optimizer)
+    trainer = {k: getattr(rs, k) for k in _COUNTERS}
+    trainer.update(optimizer_groups=groups, scaler=scaler.state_dict() if scaler.is_enabled() else None,
+                   has_state=bool(rs.carried))
+    with temporary_dir(run_dir, prefix=".last.") as tmp:
+        save_weights(model, tmp / "model.safetensors", {"step": rs.step})
+        write_tensors(tmp / "optimizer.safetensors", opt_tensors)
+        write_tensors(tmp / "state.safetensors", {**rs.rng, **{f"state.{k}": v for k, v in rs.carried.items()}})
+        write_json(tmp / "trainer.json", trainer)
         last, old = run_dir / "last", run_dir / "last.old"
         if last.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.rename(last, old)
         os.rename(tmp, last)
         shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def last_dir(run_dir: Path) -> Path:
-    """``last/``, or ``last.old/`` if a crash hit between the two renames of a swap."""
-    run_dir = Path(run_dir)
-    for name in ("last", "last.old"):
-        d = run_dir / name
-        if all((d / f).is_file() for f in LAST_FILES):
-            return d
-    raise ChargenError(f"{run_dir} has no complete last/ checkpoint to resume from; "
-                       "start a new run (pass --overwrite to replace this one)")
+def load_last(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler,
+              device: torch.device, world_size: int) -> ResumeState:
+    """Load ``last/`` into the model, optimizer and scaler; return the rest as a ResumeState.
 
-
-def check_run_dir(run_dir: Path) -> Path:
-    """The run folder, if it holds the documented files; else a ChargenError saying what is missing."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ChargenError(f"run folder {run_dir} does not exist; train one with chargen train --out {run_dir}")
-    missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]
-    if missing:
-        raise ChargenError(f"{run_dir} is not a complete run folder (missing {', '.join(missing)}); "
-                           "train it again or point at another run")
-    return run_dir
-
-
-def read_config(run_dir: Path) -> dict:
-    config = read_json(Path(run_dir) / "config.json")
-    version = config.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ChargenError(f"{run_dir}/config.json has format version {version!r}; this chargen reads "
-                           f"version {FORMAT_VERSION}: upgrade chargen or retrain")
-    for key in ("model", "train", "corpus"):
-        if not isinstance(config.get(key), dict):
-            raise ChargenError(f"{run_dir}/config.json has no {key!r} section; the run folder is corrupt")
-    return config
+    The carried state and RNG tensors come back on the CPU, whole (every
+    process's streams): the trainer takes its own rows.
+    """
+    d = last_dir(run_dir)
+    load_weights(model, d / "model.safetensors")
+    info = read_json(d / "trainer.json")
+    saved_world = info.get("world_size", 1)
+    if saved_world != world_size:
+        raise ChargenError(f"{run_dir} was checkpointed by {saved_world} process(es); resume it with "
+                           f"the same number (this is {world_size})")
+    try:
+        load_optimizer(optimizer, read_tensors(d / "optimizer.safetensors", device=device), info["optimizer_groups"])
+        extra = read_tensors(d / "state.safetensors")
+        if info.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(info["scaler"])
+        rs = ResumeState(step=int(info["step"]), elapsed=float(info["elapsed"]),
+                         best_val_loss=info["best_val_loss"], best_step=info["best_step"],
+                         evals_since_best=int(info["evals_since_best"]), bad_streak=int(info["bad_streak"]),
+                         last_eval_step=info.get("last_eval_step"), world_size=saved_world)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ChargenError(f"{d} is incomplete or corrupt ({type(e).__name__}: {e}); "
+                           "start a new run with --overwrite") from None
+    rs.rng = {k: v for k, v in extra.items() if k.startswith("rng_")}
+    if info.get("has_state"):
+        rs.carried = {k.split(".", 1)[1]: v for k, v in extra.items() if k.startswith("state.")}
+    return rs

@@ -19,7 +19,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .config import DEFAULT_TEMPERATURE, SampleOptions
 from .model import CharRNN
+
+__all__ = ["FastStep", "SampleOptions", "pick", "preview", "sample_ids", "uniforms"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -42,10 +45,10 @@ def uniforms(seeds: np.ndarray, start: int, count: int) -> np.ndarray:
 _BLOCK = 256  # steps of uniforms drawn at a time
 
 
-def decode_ids(step: "FastStep", logits: torch.Tensor, state: list, length: int, seeds: np.ndarray,
+def sample_ids(step: "FastStep", logits: torch.Tensor, state: list, length: int, seeds: np.ndarray,
                temperature: float, top_k: int | None = None, top_p: float | None = None,
                banned: int | None = None):
-    """Yield the next ids (B,) ``length`` times, from primed logits (B, V) and a per-layer state.
+    """Draw the next ids (B,) ``length`` times, from primed logits (B, V) and a per-layer state.
 
     Row ``i`` draws from ``seeds[i]``; one fast step per character after the first.
     """
@@ -61,6 +64,20 @@ def decode_ids(step: "FastStep", logits: torch.Tensor, state: list, length: int,
         yield ids
         if t + 1 < length:
             logits, state = step(ids, state)
+
+
+@torch.no_grad()
+def preview(model: CharRNN, vocab, length: int, seed: int, temperature: float = DEFAULT_TEMPERATURE) -> str:
+    """A short sample from a model in training, to show progress; drawn from its own seed, so the
+    training RNG is never touched."""
+    was_training = model.training
+    model.eval()
+    logits, state = model(torch.tensor([[vocab.start_id]], device=model.head.weight.device))
+    step = FastStep(model)
+    out = list(sample_ids(step, logits[:, -1], step.to_fast(state), length, np.array([seed], dtype=np.uint64),
+                          temperature, banned=vocab.unk_id))
+    model.train(was_training)
+    return vocab.decode(torch.cat(out)) if out else ""
 
 
 def pick(logits: torch.Tensor, u: torch.Tensor | None, temperature: float, top_k: int | None,

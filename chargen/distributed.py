@@ -50,6 +50,14 @@ def init(device: torch.device) -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def wrap_model(model: torch.nn.Module, device: torch.device, world: int) -> torch.nn.Module:
+    """DistributedDataParallel with several processes; the model itself otherwise."""
+    if world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def main_first(world: int, rank: int, fn: Callable[[], T], others: bool = True) -> T:
     """Run ``fn`` on rank 0, then (if ``others``) on the other ranks; a ChargenError on rank 0
     reaches every rank.

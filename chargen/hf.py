@@ -3,65 +3,89 @@
 Local ``.jsonl``/``.json``/``.csv``/``.parquet`` files (or a folder of them)
 are loaded through ``datasets`` with the matching builder; the text is in
 ``--text-column``. ``datasets`` is imported only here, only when needed.
+
+This module hands back an :class:`HFDataset`: its documents and the identity
+that goes into the corpus fingerprint. It knows nothing of the other source
+kinds (``corpus.py`` wraps it like any other source).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-from .corpus import Source
 from .errors import ChargenError
+from .files import file_sha256
 
 HF_EXTENSIONS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-def hf_source(name: str, text_column: str) -> Source:
+@dataclass
+class HFDataset:
+    """A dataset's documents (text values in order) and its fingerprint identity."""
+
+    name: str
+    documents: Callable[[], Iterator[str]]
+    identity: Callable[[], list]
+    files: list[Path] = field(default_factory=list)  # local files; empty for a hub dataset
+
+
+def hf_dataset(name: str, text_column: str) -> HFDataset:
+    """Resolve ``hf:NAME``: local files when ``NAME`` is a path, else a hub dataset."""
     if not name:
         raise ChargenError("hf: needs a dataset name or local files, e.g. hf:data/train.jsonl")
     path = Path(name).expanduser()
     if path.exists():
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix in HF_EXTENSIONS and p.is_file())
-            if not files:
-                raise ChargenError(f"folder {name} holds no {'/'.join(HF_EXTENSIONS)} files")
-        else:
-            files = [path]
-        builders = {HF_EXTENSIONS.get(p.suffix) for p in files}
-        if None in builders or len(builders) != 1:
-            raise ChargenError(f"hf:{name}: local datasets must be all .jsonl/.json, all .csv or "
-                               "all .parquet files")
-        builder = builders.pop()
+        return _local_dataset(name, path, text_column)
 
-        def load():
-            return _hf_load(builder, name, data_files=[str(p) for p in files])
-        root = path if path.is_dir() else path.parent
-        src = Source(name=f"hf:{name}", kind="hf", files=files, root=root,
-                     hf_identity=f"{builder}:{text_column}")
+    def load():
+        return _hf_load(name, name)
+
+    # A hub dataset is identified by the fingerprint ``datasets`` gives its files. That is a
+    # private attribute (``Dataset._fingerprint``); without it the identity is the name alone,
+    # so a changed hub dataset would reuse a stale cache rather than fail.
+    identity = ["hf", f"hub:{name}:{text_column}:{getattr(load(), '_fingerprint', '')}"]
+    return HFDataset(f"hf:{name}", lambda: _texts(load(), name, text_column), lambda: identity)
+
+
+def _local_dataset(name: str, path: Path, text_column: str) -> HFDataset:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in HF_EXTENSIONS and p.is_file())
+        if not files:
+            raise ChargenError(f"folder {name} holds no {'/'.join(HF_EXTENSIONS)} files")
     else:
-        def load():
-            return _hf_load(name, name)
-        src = Source(name=f"hf:{name}", kind="hf", hf_identity=f"hub:{name}:{text_column}")
+        files = [path]
+    builders = {HF_EXTENSIONS.get(p.suffix) for p in files}
+    if None in builders or len(builders) != 1:
+        raise ChargenError(f"hf:{name}: local datasets must be all .jsonl/.json, all .csv or "
+                           "all .parquet files")
+    builder = builders.pop()
+    root = path if path.is_dir() else path.parent
 
-    def documents(_encoding: str) -> Iterator[str]:
-        ds = load()
-        if text_column not in ds.column_names:
-            raise ChargenError(f"hf:{name} has no column {text_column!r} (columns: "
-                               f"{', '.join(ds.column_names)}); pass --text-column COL")
-        for batch in ds.iter(batch_size=1024):
-            for value in batch[text_column]:
-                if value is None:
-                    continue
-                if not isinstance(value, str):
-                    raise ChargenError(f"hf:{name}: column {text_column!r} holds "
-                                       f"{type(value).__name__} values, not text; pass --text-column COL")
-                yield value
+    def identity() -> list:
+        return ["hf", *([p.relative_to(root).as_posix(), file_sha256(p)] for p in files),
+                f"{builder}:{text_column}"]
 
-    src.hf_documents = documents
-    if not src.files:
-        # A hub dataset is identified by the fingerprint datasets gives its files.
-        src.hf_identity += ":" + str(getattr(load(), "_fingerprint", ""))
-    return src
+    def documents() -> Iterator[str]:
+        ds = _hf_load(builder, name, data_files=[str(p) for p in files])
+        return _texts(ds, name, text_column)
+
+    return HFDataset(f"hf:{name}", documents, identity, files)
+
+
+def _texts(ds, name: str, text_column: str) -> Iterator[str]:
+    if text_column not in ds.column_names:
+        raise ChargenError(f"hf:{name} has no column {text_column!r} (columns: "
+                           f"{', '.join(ds.column_names)}); pass --text-column COL")
+    for batch in ds.iter(batch_size=1024):
+        for value in batch[text_column]:
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise ChargenError(f"hf:{name}: column {text_column!r} holds "
+                                   f"{type(value).__name__} values, not text; pass --text-column COL")
+            yield value
 
 
 def _hf_load(builder: str, name: str, data_files=None):

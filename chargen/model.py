@@ -8,52 +8,12 @@ same logits (a test checks it).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-
 import torch
 import torch.nn as nn
 
-from .errors import ChargenError
+from .config import ModelConfig
 
-CELLS = ("lstm", "gru")
-
-
-
-@dataclass
-class ModelConfig:
-    """Shape of a CharRNN; saved in the run's config.json."""
-
-    vocab_size: int
-    cell: str = "lstm"
-    num_layers: int = 2
-    hidden_size: int = 256
-    embedding_size: int | None = None  # None: the hidden size
-    dropout: float = 0.0
-    tie_weights: bool = False
-
-    def __post_init__(self):
-        if self.cell not in CELLS:
-            raise ChargenError(f"unknown cell {self.cell!r}; choose lstm or gru")
-        for name in ("vocab_size", "num_layers", "hidden_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ChargenError(f"{name.replace('_', ' ')} must be a whole number of at least 1, "
-                                   f"got {getattr(self, name)!r}")
-        if self.embedding_size is None:
-            self.embedding_size = self.hidden_size
-        if self.embedding_size < 1:
-            raise ChargenError(f"embedding size must be at least 1, got {self.embedding_size}")
-        if not (0.0 <= self.dropout < 1.0):
-            raise ChargenError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.tie_weights and self.embedding_size != self.hidden_size:
-            raise ChargenError("tied weights need the embedding size to equal the hidden size")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+__all__ = ["CharRNN", "ModelConfig", "detach_state", "state_tensors", "state_from_tensors"]
 
 
 class CharRNN(nn.Module):

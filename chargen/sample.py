@@ -15,6 +15,10 @@ An empty prompt starts from the zero state fed a newline (the character that
 starts lines and documents), which is not part of the result; ``score`` scores
 the first character of a text the same way.
 
+Options (length, temperature, top-k, top-p, stop strings, n, seed, the
+unknown-character policy) are one validated ``SampleOptions``; the keyword
+arguments of ``generate`` and ``stream`` are its fields.
+
 Seeding rule: sample ``i`` of ``generate(..., n=N, seed=s)`` is the text that
 ``generate(..., seed=s + i)`` returns. ``seed=None`` draws a fresh seed.
 """
@@ -23,42 +27,32 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from .checkpoint import check_run_dir, load_model_weights, read_config, read_tensors
-from .decode import FastStep, decode_ids
+from .checkpoint import load_weights
+from .config import SampleOptions
+from .decode import FastStep, sample_ids
+from .devices import resolve_device
 from .errors import ChargenError
-from .model import CharRNN, ModelConfig
+from .evaluate import StreamScorer
+from .model import CharRNN
+from .rundir import open_run_dir
 from .tokenizer import CharVocab
+
 
 @dataclass
 class Score:
     """Per-character log-probabilities (natural log) of a text, and their mean loss."""
 
-    logprobs: np.ndarray    # (N,), one per character (after normalization)
-    chars: int
+    logprobs: np.ndarray    # (N,), one per character (after normalization); empty for score_file
+    count: int              # characters scored
     nats: float             # mean negative log-probability per character
     bpc: float              # nats / ln 2
-
-
-def _check_options(length, temperature, top_k, top_p, n, seed=None):
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
-        raise ChargenError(f"seed must be a whole number from 0 to 2**63 - 1, got {seed!r}")
-    if not isinstance(length, int) or isinstance(length, bool) or length < 0:
-        raise ChargenError(f"length must be a whole number of 0 or more, got {length!r}")
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-        raise ChargenError(f"temperature must be a finite number of 0 or more, got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ChargenError(f"top_k must be a whole number of at least 1, got {top_k!r}")
-    if top_p is not None and (not isinstance(top_p, (int, float)) or not (0.0 < top_p <= 1.0)):
-        raise ChargenError(f"top_p must be in (0, 1], got {top_p!r}")
-    if not isinstance(n, int) or n < 1:
-        raise ChargenError(f"n must be at least 1, got {n!r}")
 
 
 class Sampler:
@@ -70,50 +64,32 @@ class Sampler:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.vocab = vocab
-        self.step = FastStep(self.model)
-        self._start = vocab.chars.index("\n") if "\n" in vocab.chars else 0
+        self.fast_step = FastStep(self.model)
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str | torch.device = "cpu", checkpoint: str = "best") -> "Sampler":
         """Load a run folder: config, vocabulary and weights (``best`` or ``last``); no pickle."""
-        run_dir = check_run_dir(Path(run_dir))
         if checkpoint not in ("best", "last"):
             raise ChargenError(f"checkpoint must be best or last, got {checkpoint!r}")
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ChargenError("device cuda asked for, but this machine has no CUDA device; use cpu")
-        config = read_config(run_dir)
-        try:
-            model_config = ModelConfig.from_dict(config["model"])
-        except TypeError as e:
-            raise ChargenError(f"{run_dir}/config.json has a bad model section ({e}); the run folder is corrupt") from None
-        vocab = CharVocab.load(run_dir / "tokenizer.json")
-        if len(vocab) != model_config.vocab_size:
-            raise ChargenError(f"{run_dir}/tokenizer.json has {len(vocab)} characters but the model expects "
-                               f"{model_config.vocab_size}; the run folder is corrupt")
-        path = run_dir / "model.safetensors" if checkpoint == "best" else run_dir / "last" / "model.safetensors"
-        model = CharRNN(model_config)
-        load_model_weights(model, read_tensors(path), path)
-        return cls(model, vocab, device)
+        run = open_run_dir(run_dir)
+        device = resolve_device(device)
+        path = run.dir / "model.safetensors" if checkpoint == "best" else run.dir / "last" / "model.safetensors"
+        model = CharRNN(run.model_config)
+        load_weights(model, path)
+        return cls(model, run.vocab, device)
 
     # -- encoding ----------------------------------------------------------
 
     def encode(self, text: str, unknown: str = "error") -> np.ndarray:
         """Ids of ``text``; characters outside the vocabulary are an error (or UNK with ``unknown="unk"``)."""
-        missing = self.vocab.unknown_chars(text)
-        if missing and (unknown != "unk" or self.vocab.unk_id is None):
-            shown = " ".join(repr(c) for c in missing[:10]) + (" ..." if len(missing) > 10 else "")
-            hint = ("pass unknown='unk' (--unknown unk) to map them to the unknown token"
-                    if self.vocab.unk_id is not None else "remove them: this vocabulary has no unknown token")
-            raise ChargenError(f"characters not in the model's vocabulary: {shown}; {hint}")
-        return self.vocab.encode_array(text).astype(np.int64)
+        return self.vocab.encode_array(text, strict=unknown != "unk").astype(np.int64)
 
     @torch.inference_mode()
     def _prime(self, prompt_ids: np.ndarray, batch: int):
         """One forward call over [start, prompt]: logits (batch, V) for the next character, and the state."""
-        ids = torch.from_numpy(np.concatenate([[self._start], prompt_ids]).astype(np.int64)).to(self.device)
-        logits, state = self.model(ids[None, :])                     # (1, T, V)
-        logits = logits[:, -1].expand(batch, -1).contiguous()        # (batch, V)
+        ids = np.concatenate([[self.vocab.start_id], prompt_ids]).astype(np.int64)
+        logits, state = self.model(torch.from_numpy(ids).to(self.device)[None, :])   # (1, T, V)
+        logits = logits[:, -1].expand(batch, -1).contiguous()                         # (batch, V)
         if isinstance(state, tuple):
             state = tuple(s.expand(-1, batch, -1).contiguous() for s in state)
         else:
@@ -122,63 +98,68 @@ class Sampler:
 
     # -- generation --------------------------------------------------------
 
-    def _generate_ids(self, prompt: str, length: int, temperature: float, top_k, top_p, seed, n: int,
-                      unknown: str) -> Iterator[torch.Tensor]:
-        """Yield the next ids (n,) step by step, ``length`` times."""
-        prompt_ids = self.encode(prompt, unknown)
-        if seed is None:
-            seed = secrets.randbits(63)
-        seeds = (np.uint64(seed) + np.arange(n, dtype=np.uint64)) if n > 1 else np.array([seed], dtype=np.uint64)
-        logits, state = self._prime(prompt_ids, n)
-        yield from decode_ids(self.step, logits, self.step.to_fast(state), length, seeds, temperature,
-                              top_k, top_p, self.vocab.unk_id)
+    def _options(self, options: SampleOptions | None, settings: dict) -> SampleOptions:
+        opts = SampleOptions(**settings) if options is None else replace(options, **settings)
+        return opts if opts.seed is not None else replace(opts, seed=secrets.randbits(63))
 
-    def generate(self, prompt: str = "", length: int = 200, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, stop: str | Sequence[str] | None = None, seed: int | None = None,
-                 n: int = 1, unknown: str = "error") -> str | list[str]:
-        """The continuation of ``prompt`` (without it): a str, or a list of ``n`` str decoded in one batch."""
-        _check_options(length, temperature, top_k, top_p, n, seed)
-        stops = _stops(stop)
-        chars = self.vocab.chars
-        steps = self._generate_ids(prompt, length, temperature, top_k, top_p, seed, n, unknown)
-        if not stops:  # nothing to watch for: keep ids on the device, decode once at the end
+    def _ids(self, prompt: str, opts: SampleOptions) -> Iterator[torch.Tensor]:
+        """The next ids (n,) step by step, ``length`` times."""
+        prompt_ids = self.encode(prompt, opts.unknown)
+        seeds = np.uint64(opts.seed) + np.arange(opts.n, dtype=np.uint64)
+        logits, state = self._prime(prompt_ids, opts.n)
+        return sample_ids(self.fast_step, logits, self.fast_step.to_fast(state), opts.length, seeds,
+                          opts.temperature, opts.top_k, opts.top_p, self.vocab.unk_id)
+
+    def generate(self, prompt: str = "", options: SampleOptions | None = None, **settings) -> str | list[str]:
+        """The continuation of ``prompt`` (without it): a str, or a list of ``n`` str decoded in one batch.
+
+        ``settings`` are :class:`SampleOptions` fields (``length``, ``temperature``,
+        ``top_k``, ``top_p``, ``stop``, ``n``, ``seed``, ``unknown``), given alone
+        or over an ``options`` object.
+        """
+        opts = self._options(options, settings)
+        steps = self._ids(prompt, opts)
+        if not opts.stop:  # nothing to watch for: keep ids on the device, decode once at the end
             columns = list(steps)
             if not columns:
-                return "" if n == 1 else [""] * n
+                return "" if opts.n == 1 else [""] * opts.n
             rows = torch.stack(columns, dim=1).cpu().numpy()                   # (n, length)
             texts = [self.vocab.decode(row) for row in rows]
-            return texts[0] if n == 1 else texts
-        outs = [[] for _ in range(n)]
-        done = [False] * n
+        else:
+            texts = self._until_stops(steps, opts)
+        return texts[0] if opts.n == 1 else texts
+
+    def _until_stops(self, steps: Iterator[torch.Tensor], opts: SampleOptions) -> list[str]:
+        chars, stops = self.vocab.chars, opts.stop
+        outs = [[] for _ in range(opts.n)]
+        done = [False] * opts.n
         for ids in steps:
             for row, i in enumerate(ids.tolist()):
                 if done[row]:
                     continue
                 outs[row].append(chars[i])
-                if stops and _ends_with_stop(outs[row], stops):
+                if _ends_with_stop(outs[row], stops):
                     done[row] = True
             if all(done):
                 break
-        texts = [_cut_at_stop("".join(o), stops) for o in outs]
-        return texts[0] if n == 1 else texts
+        return [_cut_at_stop("".join(o), stops) for o in outs]
 
-    def stream(self, prompt: str = "", length: int = 200, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None, stop: str | Sequence[str] | None = None, seed: int | None = None,
-               unknown: str = "error") -> Iterator[str]:
+    def stream(self, prompt: str = "", options: SampleOptions | None = None, **settings) -> Iterator[str]:
         """Yield the continuation in pieces as it is produced; joined, they equal ``generate``.
 
         Text that could be the start of a stop string is held back until it is
-        known not to be one.
+        known not to be one. Options are checked now, not at the first piece.
         """
-        _check_options(length, temperature, top_k, top_p, 1, seed)   # checked now, not at the first next()
-        stops = _stops(stop)
-        self.encode(prompt, unknown)
-        return self._stream(prompt, length, temperature, top_k, top_p, stops, seed, unknown)
+        opts = self._options(options, settings)
+        if opts.n != 1:
+            raise ChargenError(f"stream produces one sample; pass n=1 (got n={opts.n}), or use generate")
+        self.encode(prompt, opts.unknown)
+        return self._stream(prompt, opts)
 
-    def _stream(self, prompt, length, temperature, top_k, top_p, stops, seed, unknown) -> Iterator[str]:
-        chars = self.vocab.chars
+    def _stream(self, prompt: str, opts: SampleOptions) -> Iterator[str]:
+        chars, stops = self.vocab.chars, opts.stop
         pending = ""
-        for ids in self._generate_ids(prompt, length, temperature, top_k, top_p, seed, 1, unknown):
+        for ids in self._ids(prompt, opts):
             pending += chars[int(ids[0])]
             if not stops:
                 yield pending
@@ -198,58 +179,38 @@ class Sampler:
 
     # -- scoring -----------------------------------------------------------
 
+    def _scorer(self) -> StreamScorer:
+        return StreamScorer(self.model, torch.tensor([self.vocab.start_id], device=self.device))
+
     @torch.inference_mode()
     def score(self, text: str, unknown: str = "error") -> Score:
         """Log-probability of every character of ``text`` (normalized as the corpus was)."""
         ids = self.encode(text, unknown)
-        logprobs, _ = self._score_ids(ids, None)
-        return _make_score(logprobs)
+        if ids.size == 0:
+            return _make_score(np.zeros(0), 0.0, 0)
+        lp = self._scorer()(torch.from_numpy(ids).to(self.device)[None, :])[0].cpu().numpy()
+        return _make_score(lp, float(lp.sum()), lp.size)
 
     @torch.inference_mode()
-    def _score_ids(self, ids: np.ndarray, carry):
-        """Log-probs of ``ids`` given the state and last id carried from the text before (or the start)."""
-        if carry is None:
-            prev, state = self._start, None
-        else:
-            prev, state = carry
-        if ids.size == 0:
-            return np.zeros(0), carry
-        x = torch.from_numpy(np.concatenate([[prev], ids[:-1]]).astype(np.int64)).to(self.device)
-        y = torch.from_numpy(ids.astype(np.int64)).to(self.device)
-        logits, state = self.model(x[None, :], state)                             # (1, T, V)
-        lp = torch.log_softmax(logits[0].float(), dim=-1).gather(1, y[:, None])[:, 0]   # (T,)
-        return lp.double().cpu().numpy(), (int(ids[-1]), state)
-
     def score_file(self, path: str | Path, chunk_chars: int = 1 << 16, unknown: str = "unk") -> Score:
         """Score a whole file, streaming through it with the state carried: memory stays small."""
-        from .corpus import read_text_pieces
+        from .files import read_text_pieces
+        scorer = self._scorer()
         total, count = 0.0, 0
-        carry = None
         for piece in read_text_pieces(Path(path)):
-            ids = self.encode(piece, unknown)
-            for lo in range(0, ids.size, chunk_chars):
-                lp, carry = self._score_ids(ids[lo: lo + chunk_chars], carry)
+            ids = torch.from_numpy(self.encode(piece, unknown)).to(self.device)
+            for lo in range(0, ids.numel(), chunk_chars):
+                lp = scorer(ids[None, lo: lo + chunk_chars])
                 total += float(lp.sum())
-                count += lp.size
+                count += lp.numel()
         if count == 0:
             raise ChargenError(f"{path} is empty; pass a file with text to score")
-        nats = -total / count
-        return Score(logprobs=np.zeros(0), chars=count, nats=nats, bpc=nats / math.log(2))
+        return _make_score(np.zeros(0), total, count)
 
 
-def _make_score(logprobs: np.ndarray) -> Score:
-    n = int(logprobs.size)
-    nats = float(-logprobs.mean()) if n else float("nan")
-    return Score(logprobs=logprobs, chars=n, nats=nats, bpc=nats / math.log(2))
-
-
-def _stops(stop) -> tuple[str, ...]:
-    if stop is None:
-        return ()
-    stops = (stop,) if isinstance(stop, str) else tuple(stop)
-    if any(not isinstance(s, str) or not s for s in stops):
-        raise ChargenError("stop strings must be non-empty text")
-    return stops
+def _make_score(logprobs: np.ndarray, total: float, count: int) -> Score:
+    nats = -total / count if count else float("nan")
+    return Score(logprobs=logprobs, count=count, nats=nats, bpc=nats / math.log(2))
 
 
 def _ends_with_stop(chars: list[str], stops: tuple[str, ...]) -> bool:

@@ -19,17 +19,16 @@ the same.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+from .config import NORMALIZE_CHOICES
 from .errors import ChargenError
+from .files import atomic_write
 
 UNK = "<unk>"
-NORMALIZE_CHOICES = ("none", "nfc", "nfkc")
 MAX_CODEPOINT = 0x10FFFF
 
 
@@ -56,12 +55,9 @@ def codepoints(text: str) -> np.ndarray:
     return np.array([text]).view(np.uint32)
 
 
-def smallest_uint(n: int) -> np.dtype:
-    """The smallest unsigned dtype that holds ids ``0 .. n-1``."""
-    for dt in (np.uint8, np.uint16, np.uint32):
-        if n - 1 <= np.iinfo(dt).max:
-            return np.dtype(dt)
-    raise ValueError(f"vocabulary of {n} does not fit in uint32")
+def id_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned dtype that holds ids ``0 .. vocab_size - 1``."""
+    return np.min_scalar_type(max(vocab_size - 1, 0))
 
 
 class CharVocab:
@@ -120,14 +116,8 @@ class CharVocab:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``tokenizer.json`` atomically (temporary name, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_write(path) as tmp:
             self.tokenizer.save(str(tmp), pretty=True)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
 
     # -- properties ---------------------------------------------------------
 
@@ -137,7 +127,13 @@ class CharVocab:
     @property
     def dtype(self) -> np.dtype:
         """Smallest unsigned dtype for this vocabulary's ids."""
-        return smallest_uint(len(self))
+        return id_dtype(len(self))
+
+    @property
+    def start_id(self) -> int:
+        """The id fed before a text with no context: newline, which starts lines and documents
+        (id 0 when the vocabulary has no newline)."""
+        return self.chars.index("\n") if "\n" in self.chars else 0
 
     def normalize(self, text: str) -> str:
         """Apply the vocabulary's normalizer (NFC/NFKC/lowercase), if any."""
@@ -170,23 +166,32 @@ class CharVocab:
         """Ids through ``tokenizers`` itself (normalizes first). Unknown characters
         become UNK, or raise ChargenError when the vocabulary has none."""
         if self.unk_id is None:
-            missing = self.unknown_chars(text)
-            if missing:
-                raise ChargenError(f"characters not in the vocabulary: {_show(missing)}")
+            self.check_known(text)
         return self.tokenizer.encode(text).ids
 
-    def encode_array(self, text: str, *, normalized: bool = False, dtype=None) -> np.ndarray:
+    def encode_array(self, text: str, *, normalized: bool = False, strict: bool = False,
+                     dtype=None) -> np.ndarray:
         """Vectorized ids of ``text``: the same ids as :meth:`encode`.
 
         ``normalized=True`` skips normalization (the caller already did it).
-        Unknown characters become UNK; without UNK they raise ChargenError.
+        Unknown characters become UNK; without UNK, or with ``strict=True``,
+        they raise ChargenError.
         """
         if not normalized:
             text = self.normalize(text)
         ids = self.lut[codepoints(text)]
-        if self.unk_id is None and ids.size and ids.max() == self._missing:
-            raise ChargenError(f"characters not in the vocabulary: {_show(self.unknown_chars(text))}")
+        if ids.size and (strict or self.unk_id is None) and (ids == self._missing).any():
+            self.check_known(text)
         return ids.astype(dtype or self.dtype, copy=False)
+
+    def check_known(self, text: str) -> None:
+        """Raise ChargenError naming the characters of ``text`` outside the vocabulary, if any."""
+        missing = self.unknown_chars(text)
+        if not missing:
+            return
+        hint = ("pass unknown='unk' (--unknown unk) to map them to the unknown token"
+                if self.unk_id is not None else "remove them: this vocabulary has no unknown token")
+        raise ChargenError(f"characters not in the vocabulary: {_show(missing)}; {hint}")
 
     def decode(self, ids) -> str:
         """Text of ``ids``, exactly as ``tokenizers`` decodes them (UNK -> "<unk>")."""
@@ -206,5 +211,5 @@ class CharVocab:
 
 
 def _show(chars: list[str], limit: int = 10) -> str:
-    shown = " ".join(json.dumps(c, ensure_ascii=True) for c in chars[:limit])
+    shown = " ".join(repr(c) for c in chars[:limit])
     return shown + (f" and {len(chars) - limit} more" if len(chars) > limit else "")

@@ -50,7 +50,7 @@ def sync(device):
 @torch.inference_mode()
 def naive(sampler: Sampler, prompt: str, length: int, seed: int, temperature: float) -> tuple[str, float]:
     model, vocab, device = sampler.model, sampler.vocab, sampler.device
-    ids = [sampler._start] + vocab.encode(prompt)
+    ids = [sampler.vocab.start_id] + vocab.encode(prompt)
     u = torch.from_numpy(uniforms(np.array([seed], dtype=np.uint64), 0, length)).to(device)
     sync(device)
     t0 = time.perf_counter()

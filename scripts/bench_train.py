@@ -31,8 +31,8 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from chargen.data import prepare  # noqa: E402
-from chargen.trainconfig import PRESETS  # noqa: E402
+from chargen.prepared import prepare  # noqa: E402
+from chargen.config import PRESETS  # noqa: E402
 
 
 def corpus_source() -> tuple[str, list[str]]:
@@ -85,7 +85,7 @@ def bare_loop(ids: torch.Tensor, V: int, cfg: dict, steps: int, warmup: int, dev
 def chargen_loop(source: str, dirs: list[str], cfg: dict, steps: int, warmup: int, device: str, cache: str) -> float:
     """chars/s of chargen's trainer over the same steps (warmup steps excluded)."""
     from chargen.runs import open_run
-    from chargen.train import Trainer
+    from chargen.trainer import Trainer
     with tempfile.TemporaryDirectory() as tmp:
         opts = dict(cfg, max_steps=steps + warmup, eval_every=10**9, checkpoint_every=10**9,
                     log_every=50, preview_chars=0, device=device, warmup_steps=0)

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from chargen import Sampler
-from chargen.train import train
+from chargen.trainer import train
 
 from test_cli import one_error_line
 
@@ -60,16 +60,19 @@ def test_eval_matches_score(cli, run, tmp_path):
 
 
 @pytest.mark.parametrize("args,fragments", [
-    (["--temperature", "-1"], ["temperature must be a finite number of 0 or more"]),
-    (["--temperature", "nan"], ["temperature must be a finite number"]),
-    (["--top-k", "0"], ["top_k must be a whole number of at least 1"]),
-    (["--top-p", "1.5"], ["top_p must be in (0, 1]"]),
-    (["--length", "-1"], ["length must be a whole number of 0 or more"]),
-    (["--prompt", "QXZ€"], ["not in the model's vocabulary", "'€'"]),
+    (["--temperature", "-1"], ["argument --temperature: must be at least 0, got -1.0"]),
+    (["--temperature", "nan"], ["argument --temperature: must be a finite number"]),
+    (["--top-k", "0"], ["argument --top-k: must be at least 1, got 0"]),
+    (["--top-p", "1.5"], ["argument --top-p: must be in (0, 1], got 1.5"]),
+    (["--length", "-1"], ["argument --length: must be at least 0, got -1"]),
+    (["-n", "0"], ["argument -n: must be at least 1, got 0"]),
+    (["--seed", "-1"], ["argument --seed: must be in [0, 2**63 - 1], got -1"]),
+    (["--device", "foo"], ["unknown device 'foo'"]),
+    (["--prompt", "QXZ€"], ["not in the vocabulary", "'€'"]),
     (["--prompt-file", "/no/such/prompt.txt"], ["cannot read prompt file /no/such/prompt.txt"]),
     (["--prompt", "a", "--prompt-file", "x"], ["pass --prompt or --prompt-file, not both"]),
     (["--device", "cuda"] if not __import__("torch").cuda.is_available() else ["--top-k", "-1"],
-     ["cuda"] if not __import__("torch").cuda.is_available() else ["top_k"]),
+     ["cuda"] if not __import__("torch").cuda.is_available() else ["--top-k"]),
 ])
 def test_bad_sample_input(cli, run, args, fragments):
     code, out, err = cli("sample", run, *args)

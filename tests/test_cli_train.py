@@ -36,23 +36,23 @@ def test_train_then_info(cli, corpus, tmp_path):
 
 
 @pytest.mark.parametrize("args,fragments", [
-    (["--hidden", "0"], ["hidden size must be a whole number of at least 1"]),
-    (["--layers", "-2"], ["num layers must be a whole number of at least 1"]),
-    (["--batch-size", "0"], ["--batch-size must be at least 1"]),
-    (["--bptt", "-5"], ["--bptt must be at least 1"]),
-    (["--lr", "0"], ["--lr must be a positive number"]),
-    (["--lr", "nan"], ["--lr must be a positive number"]),
-    (["--max-steps", "0"], ["--max-steps must be at least 1"]),
-    (["--epochs", "-1"], ["--epochs must be positive"]),
+    (["--hidden", "0"], ["argument --hidden: must be at least 1, got 0"]),
+    (["--layers", "-2"], ["argument --layers: must be at least 1, got -2"]),
+    (["--batch-size", "0"], ["argument --batch-size: must be at least 1"]),
+    (["--bptt", "-5"], ["argument --bptt: must be at least 1"]),
+    (["--lr", "0"], ["argument --lr: must be greater than 0"]),
+    (["--lr", "nan"], ["argument --lr: must be a finite number"]),
+    (["--max-steps", "0"], ["argument --max-steps: must be at least 1"]),
+    (["--epochs", "-1"], ["argument --epochs: must be greater than 0"]),
     (["--max-time", "soon"], ["--max-time takes a duration such as 90s, 5m or 1h"]),
-    (["--dropout", "1.0"], ["dropout must be in [0, 1)"]),
-    (["--dropout", "-0.5"], ["dropout must be in [0, 1)"]),
+    (["--dropout", "1.0"], ["argument --dropout: must be in [0, 1), got 1.0"]),
+    (["--dropout", "-0.5"], ["argument --dropout: must be in [0, 1), got -0.5"]),
     (["--cell", "rnn"], ["invalid choice: 'rnn'"]),
     (["--device", "tpu"], ["invalid choice: 'tpu'"]),
     (["--preset", "huge"], ["unknown preset 'huge'"]),
     (["--batch-size", "64", "--bptt", "128"], ["too short for one batch", "needs at least 8,193"]),
     (["--config", "/no/such.toml"], ["config file /no/such.toml does not exist"]),
-    (["--hidden", "ten"], ["argument --hidden: invalid int value: 'ten'"]),
+    (["--hidden", "ten"], ["argument --hidden: expected a whole number, got 'ten'"]),
 ])
 def test_bad_train_input(cli, corpus, tmp_path, args, fragments):
     run = tmp_path / "run"

@@ -7,8 +7,9 @@ import pytest
 
 from chargen import ChargenError
 from chargen import corpus as corpus_mod
-from chargen.corpus import (DOCUMENT_SEPARATOR, find_named_corpus, read_text_pieces,
-                            registry, resolve_source, stdlib_files)
+from chargen.corpus import DOCUMENT_SEPARATOR, resolve_source
+from chargen.files import read_text_pieces
+from chargen.registry import find_named_corpus, registry, stdlib_files
 
 
 def text_of(src, **kw) -> str:

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from chargen.train import train
+from chargen.trainer import train
 
 from conftest import REPO
 

@@ -51,11 +51,13 @@ def test_config_round_trips_through_dict():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(cell="rnn"), "unknown cell 'rnn'"),
-    (dict(num_layers=0), "num layers must be a whole number of at least 1"),
-    (dict(hidden_size=-4), "hidden size must be a whole number of at least 1"),
+    (dict(cell="rnn"), "--cell must be one of lstm, gru, got 'rnn'"),
+    (dict(num_layers=0), "--layers must be at least 1, got 0"),
+    (dict(hidden_size=-4), "--hidden must be at least 1, got -4"),
     (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
     (dict(dropout=-0.1), r"dropout must be in \[0, 1\)"),
+    (dict(num_layers=2.5), "--layers must be a whole number, got 2.5"),
+    (dict(tie_weights="yes"), "--tie must be true or false, got 'yes'"),
     (dict(tie_weights=True, embedding_size=8, hidden_size=16), "tied weights need"),
 ])
 def test_bad_model_configs(kwargs, message):

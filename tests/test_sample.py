@@ -37,7 +37,7 @@ def sampler(request):
 
 def reference_logits(s: Sampler, text: str) -> torch.Tensor:
     """Next-character logits after the start character and ``text``, with nn.LSTM/nn.GRU whole."""
-    ids = [s._start] + s.vocab.encode(text)
+    ids = [s.vocab.start_id] + s.vocab.encode(text)
     with torch.no_grad():
         return s.model(torch.tensor([ids]))[0][0, -1]
 
@@ -178,7 +178,7 @@ def test_empty_prompt_and_zero_length(sampler):
 def test_score_matches_the_model(sampler):
     text = "the cat sat."
     score = sampler.score(text)
-    assert score.chars == len(text) and score.logprobs.shape == (len(text),)
+    assert score.count == len(text) and score.logprobs.shape == (len(text),)
     for i in range(len(text)):
         logits = reference_logits(sampler, text[:i])
         expected = float(torch.log_softmax(logits.double(), -1)[sampler.vocab.chars.index(text[i])])
@@ -193,7 +193,7 @@ def test_score_file_streams_with_carried_state(sampler, tmp_path):
     p.write_text(text)
     whole = sampler.score(text)
     streamed = sampler.score_file(p, chunk_chars=37)
-    assert streamed.chars == len(text)
+    assert streamed.count == len(text)
     assert streamed.nats == pytest.approx(whole.nats, rel=1e-5)
 
 
@@ -213,16 +213,18 @@ def test_pick_never_returns_zero_probability_ids():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(temperature=-0.1), "temperature must be a finite number of 0 or more"),
+    (dict(temperature=-0.1), "temperature must be at least 0, got -0.1"),
     (dict(temperature=float("nan")), "temperature must be a finite number"),
     (dict(temperature=float("inf")), "temperature must be a finite number"),
-    (dict(top_k=0), "top_k must be a whole number of at least 1"),
+    (dict(top_k=0), "top_k must be at least 1, got 0"),
+    (dict(top_k=2.5), "top_k must be a whole number, got 2.5"),
     (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
     (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
-    (dict(length=-1), "length must be a whole number of 0 or more"),
+    (dict(length=-1), "length must be at least 0, got -1"),
     (dict(n=0), "n must be at least 1"),
-    (dict(seed=-3), "seed must be a whole number from 0 to 2\\*\\*63 - 1"),
-    (dict(seed=2**64), "seed must be a whole number from 0"),
+    (dict(seed=-3), r"seed must be in \[0, 2\*\*63 - 1\], got -3"),
+    (dict(seed=2**64), r"seed must be in \[0, 2\*\*63 - 1\]"),
+    (dict(unknown="drop"), "unknown must be one of error, unk"),
     (dict(stop=""), "stop strings must be non-empty"),
 ])
 def test_bad_arguments_are_value_errors(sampler, kwargs, message):
@@ -234,13 +236,13 @@ def test_bad_arguments_are_value_errors(sampler, kwargs, message):
 def test_stream_checks_its_arguments_before_the_first_piece(sampler, kwargs):
     with pytest.raises(ValueError):
         sampler.stream("a", **kwargs)  # not iterated: the error comes from the call itself
-    with pytest.raises(ChargenError, match="not in the model's vocabulary"):
+    with pytest.raises(ChargenError, match="not in the vocabulary"):
         sampler.stream("a\u20ac")
 
 
 def test_unknown_prompt_characters():
     s = make_sampler("lstm")
-    with pytest.raises(ChargenError, match=r"not in the model's vocabulary: 'Z' '€'; remove them"):
+    with pytest.raises(ChargenError, match=r"not in the vocabulary: 'Z' '€'; remove them"):
         s.generate("aZ€", length=5)
     with_unk = make_sampler("lstm", with_unk=True)
     with pytest.raises(ChargenError, match="pass unknown='unk'"):

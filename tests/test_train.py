@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from chargen import ChargenError
-from chargen.checkpoint import LAST_FILES, load_model_weights, read_tensors
+from chargen.checkpoint import load_weights, read_tensors
+from chargen.rundir import LAST_FILES
 from chargen.model import CharRNN, ModelConfig
-from chargen.train import train
+from chargen.trainer import train
 
 TINY = dict(num_layers=1, hidden_size=32, batch_size=8, bptt=16, lr=1e-2, warmup_steps=0,
             preview_chars=0, eval_every=20, log_every=10)
@@ -54,7 +55,7 @@ def test_run_folder_holds_exactly_the_documented_files_and_loads(text_file, tmp_
     assert {"format_version", "model", "train", "corpus", "versions"} <= config.keys()
     assert config["corpus"]["fingerprint"] and config["corpus"]["train_chars"] > 0
     model = CharRNN(ModelConfig.from_dict(config["model"]))
-    load_model_weights(model, read_tensors(run / "model.safetensors"), run / "model.safetensors")
+    load_weights(model, run / "model.safetensors")
     logits, _ = model(torch.zeros(1, 5, dtype=torch.long))
     assert logits.shape == (1, 5, config["model"]["vocab_size"])
     for row in metrics(run):
@@ -187,7 +188,7 @@ def test_trains_on_cuda_and_loads_on_cpu(text_file, tmp_path, precision):
 
 
 def test_ctrl_c_checkpoints_prints_how_to_resume_and_resumes_exactly(text_file, tmp_path, monkeypatch, cli):
-    from chargen.train import Trainer
+    from chargen.trainer import Trainer
     opts = dict(TINY, schedule="constant", checkpoint_every=100)
     train(text_file, out=tmp_path / "straight", max_steps=30, **opts)
     original = Trainer.train_step

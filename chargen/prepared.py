@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -36,44 +35,15 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from . import __version__
-from .corpus import ERRORS_CHOICES, Source, cache_root, resolve_source
+from .corpus import Source, resolve_source
 from .errors import ChargenError
-from .tokenizer import MAX_CODEPOINT, CharVocab, codepoints, make_normalizer, smallest_uint
+from .files import atomic_write, temporary_dir, write_json
+from .registry import cache_root
+from .config import PrepareOptions
+from .tokenizer import MAX_CODEPOINT, CharVocab, codepoints, id_dtype, make_normalizer
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class PrepareOptions:
-    """Every option that changes the ids, hence part of the fingerprint."""
-
-    val_fraction: float | None = None   # None: the source's default (registry) or 0.1
-    test_fraction: float | None = None  # None: the source's default or 0
-    normalize: str = "none"
-    lowercase: bool = False
-    min_char_count: int = 1
-    encoding: str = "utf-8"
-    errors: str = "strict"
-    text_column: str = "text"
-
-    def __post_init__(self):
-        for name in ("val_fraction", "test_fraction"):
-            v = getattr(self, name)
-            if v is not None and not (0.0 <= v < 1.0):
-                raise ChargenError(f"--{name.replace('_', '-')} must be in [0, 1), got {v}")
-        if (self.val_fraction or 0) + (self.test_fraction or 0) >= 1.0:
-            raise ChargenError("--val-fraction plus --test-fraction must be below 1, leaving text to train on")
-        if self.min_char_count < 1:
-            raise ChargenError(f"--min-char-count must be at least 1, got {self.min_char_count}")
-        if self.errors not in ERRORS_CHOICES:
-            raise ChargenError(f"--errors must be one of {', '.join(ERRORS_CHOICES)}, got {self.errors!r}")
-        try:
-            import codecs
-            codecs.lookup(self.encoding)
-        except LookupError:
-            raise ChargenError(f"unknown encoding {self.encoding!r}; use a Python codec name such as utf-8 or latin-1") from None
-        make_normalizer(self.normalize, self.lowercase)  # validates the name
 
 
 class PreparedCorpus:
@@ -163,12 +133,11 @@ def prepare(source: str | os.PathLike | None = None, *,
         return PreparedCorpus(final, meta, reused=True)
 
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{fingerprint[:24]}.", dir=root))
-    try:
+    with temporary_dir(root, prefix=f".{fingerprint[:24]}.") as tmp:
         meta = _build(src, resolved, tmp, progress)
         meta.update(source=src.name, fingerprint=fingerprint, format_version=FORMAT_VERSION,
                     chargen_version=__version__)
-        _write_json(tmp / "meta.json", meta)
+        write_json(tmp / "meta.json", meta)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -176,8 +145,6 @@ def prepare(source: str | os.PathLike | None = None, *,
             if _load_meta(final, fingerprint) is None:
                 shutil.rmtree(final, ignore_errors=True)
                 os.rename(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return PreparedCorpus(final, _load_meta(final, fingerprint) or meta, reused=False)
 
 
@@ -195,14 +162,6 @@ def _load_meta(folder: Path, fingerprint: str) -> dict | None:
     return meta
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def _normalized_pieces(src: Source, opts: dict, progress_bar=None) -> Iterator[str]:
     norm = make_normalizer(opts["normalize"], opts["lowercase"])
     for piece in src.pieces(opts["encoding"], opts["errors"]):
@@ -212,18 +171,12 @@ def _normalized_pieces(src: Source, opts: dict, progress_bar=None) -> Iterator[s
 
 
 def _build(src: Source, opts: dict, out: Path, progress: bool) -> dict:
+    """Write ``ids.bin`` and ``tokenizer.json`` into ``out``; return the summary for meta.json."""
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(desc="prepare: counting", unit="char", unit_scale=True, leave=False)
-
-    # Pass 1: per-piece character counts (sparse: code points, counts).
-    piece_counts: list[tuple[int, np.ndarray, np.ndarray]] = []
-    for piece in _normalized_pieces(src, opts, bar):
-        cps = codepoints(piece)
-        c = np.bincount(cps)
-        nz = np.flatnonzero(c).astype(np.uint32)
-        piece_counts.append((cps.size, nz, c[nz]))
+    piece_counts = _count_pieces(src, opts, bar)
     total = sum(n for n, _, _ in piece_counts)
     if total == 0:
         what = "is empty after normalization" if opts["normalize"] != "none" or opts["lowercase"] else "is empty"
@@ -233,38 +186,16 @@ def _build(src: Source, opts: dict, out: Path, progress: bool) -> dict:
     # the standard 1,003,854 characters; test takes the very end.
     n_train = int(total * (1.0 - opts["val_fraction"] - opts["test_fraction"]))
     n_test = int(total * opts["test_fraction"])
-    n_val = total - n_train - n_test
+    sizes = {"train": n_train, "val": total - n_train - n_test, "test": n_test}
     if n_train < 2:
         raise ChargenError(f"{src.name} has only {total} characters, leaving {n_train} to train on; "
                            "pass a longer text or a smaller --val-fraction")
 
     # Provisional vocabulary: every character of the corpus, in code-point order.
     every = np.unique(np.concatenate([nz for _, nz, _ in piece_counts]))
-    prov_dtype = smallest_uint(every.size)
-    prov_lut = np.zeros(MAX_CODEPOINT + 1, dtype=prov_dtype)
-    prov_lut[every] = np.arange(every.size, dtype=prov_dtype)
-    train_counts = np.zeros(every.size, dtype=np.int64)
-
-    # Pass 2: encode to ids.bin; training counts from pass 1, plus the straddling piece.
-    if bar is not None:
-        bar.set_description("prepare: encoding")
-        bar.reset(total=total)
-    pos = 0
-    with open(out / "ids.bin", "wb") as f:
-        for i, piece in enumerate(_normalized_pieces(src, opts, bar)):
-            ids = prov_lut[codepoints(piece)]
-            f.write(ids.tobytes())
-            n, nz, counts = piece_counts[i]
-            if pos + n <= n_train:
-                np.add.at(train_counts, prov_lut[nz], counts)
-            elif pos < n_train:
-                c = np.bincount(ids[: n_train - pos], minlength=every.size)
-                train_counts += c
-            pos += n
+    train_counts = _encode(src, opts, bar, piece_counts, every, n_train, out / "ids.bin")
     if bar is not None:
         bar.close()
-    if pos != total:
-        raise ChargenError(f"{src.name} changed while it was being prepared; run again")
 
     keep = train_counts >= opts["min_char_count"]
     with_unk = not bool(keep.all())
@@ -275,15 +206,58 @@ def _build(src: Source, opts: dict, out: Path, progress: bool) -> dict:
     if with_unk:
         # provisional id -> final id: kept characters shift up by one past UNK (0).
         remap = np.where(keep, np.cumsum(keep), 0).astype(dtype)
-        unknown = _remap_ids(out / "ids.bin", prov_dtype, remap, dtype,
-                             {"train": n_train, "val": n_val, "test": n_test})
+        unknown = _remap_ids(out / "ids.bin", id_dtype(every.size), remap, dtype, sizes)
     vocab.save(out / "tokenizer.json")
     return {
         "chars": total, "vocab_size": len(vocab), "dtype": dtype.name,
-        "train_chars": n_train, "val_chars": n_val, "test_chars": n_test,
+        "train_chars": sizes["train"], "val_chars": sizes["val"], "test_chars": sizes["test"],
         "unknown_chars": sum(unknown.values()), "unknown_by_split": unknown,
         "has_unk": with_unk, "options": opts,
     }
+
+
+def _count_pieces(src: Source, opts: dict, bar) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Pass 1: for every piece, its length and its sparse character counts (code points, counts)."""
+    piece_counts = []
+    for piece in _normalized_pieces(src, opts, bar):
+        cps = codepoints(piece)
+        c = np.bincount(cps)
+        nz = np.flatnonzero(c).astype(np.uint32)
+        piece_counts.append((cps.size, nz, c[nz]))
+    return piece_counts
+
+
+def _encode(src: Source, opts: dict, bar, piece_counts, every: np.ndarray, n_train: int,
+            path: Path) -> np.ndarray:
+    """Pass 2: write provisional ids (indices into ``every``) to ``path``; return the training counts.
+
+    The training counts come from pass 1's piece counts, plus a count of the one
+    piece that straddles the end of the training split.
+    """
+    prov_dtype = id_dtype(every.size)
+    prov_lut = np.zeros(MAX_CODEPOINT + 1, dtype=prov_dtype)
+    prov_lut[every] = np.arange(every.size, dtype=prov_dtype)
+    train_counts = np.zeros(every.size, dtype=np.int64)
+    if bar is not None:
+        bar.set_description("prepare: encoding")
+        bar.reset(total=sum(n for n, _, _ in piece_counts))
+    pos = written = 0
+    with open(path, "wb") as f:
+        for i, piece in enumerate(_normalized_pieces(src, opts, bar)):
+            ids = prov_lut[codepoints(piece)]
+            f.write(ids.tobytes())
+            written += ids.size
+            if i >= len(piece_counts):
+                break  # the source grew since pass 1: reported below
+            n, nz, counts = piece_counts[i]
+            if pos + n <= n_train:
+                np.add.at(train_counts, prov_lut[nz], counts)
+            elif pos < n_train:
+                train_counts += np.bincount(ids[: n_train - pos], minlength=every.size)
+            pos += n
+    if written != sum(n for n, _, _ in piece_counts):
+        raise ChargenError(f"{src.name} changed while it was being prepared; run again")
+    return train_counts
 
 
 def _remap_ids(path: Path, src_dtype: np.dtype, remap: np.ndarray, dtype: np.dtype,
@@ -295,8 +269,7 @@ def _remap_ids(path: Path, src_dtype: np.dtype, remap: np.ndarray, dtype: np.dty
         start += sizes[s]
     unknown = {s: 0 for s in SPLITS}
     src = np.memmap(path, dtype=src_dtype, mode="r")
-    tmp = path.with_name(path.name + ".remap")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
         for lo in range(0, src.size, chunk):
             ids = remap[src[lo: lo + chunk]]
             f.write(ids.tobytes())
@@ -305,5 +278,4 @@ def _remap_ids(path: Path, src_dtype: np.dtype, remap: np.ndarray, dtype: np.dty
                 if a < b:
                     unknown[s] += int(np.count_nonzero(ids[a:b] == 0))
     del src
-    os.replace(tmp, path)
     return unknown

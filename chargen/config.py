@@ -1,0 +1,244 @@
+"""Every user-facing option, defined once: the config dataclasses, presets, and how option layers combine.
+
+Each option is a field declared with ``options.option`` (flag, help, checks,
+whether it may change on resume); the ``prepare``, ``train`` and ``sample``
+flags, TOML keys and presets are all checked against these fields.
+
+* ``PrepareOptions``: what changes a corpus's ids (and its cache fingerprint);
+* ``ModelConfig``: the shape of a CharRNN;
+* ``TrainConfig``: how to train;
+* ``SampleOptions``: how to sample.
+
+Options are layered, each layer overriding the one before: the dataclass
+defaults, a named preset (``--preset``), a TOML file (``--config``; its keys
+are the flag names, with dashes or underscores), then the flags or keyword
+options themselves.
+
+This module is light (no torch, numpy or tokenizers), so that building the
+command line costs nothing.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import asdict, dataclass, fields
+
+from .errors import ChargenError
+from .options import check_fields, keys, load_toml, option, parse_duration, resumable, specs
+
+CELLS = ("lstm", "gru")
+NORMALIZE_CHOICES = ("none", "nfc", "nfkc")
+ERRORS_CHOICES = ("strict", "replace", "ignore")
+LAYOUTS = ("stateful", "random")
+SCHEDULES = ("cosine", "constant")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEFAULT_EPOCHS = 10  # the budget when none is given
+# Headings of the flags in ``chargen train --help``.
+OPTIMIZATION, BUDGET = "optimization", f"budget (whichever comes first; default --epochs {DEFAULT_EPOCHS})"
+EVALUATION, DEVICE = "evaluation and checkpoints", "device"
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """Every option that changes the ids, hence part of the fingerprint."""
+
+    val_fraction: float | None = option(
+        None, "share of the text, after the training part, that validates (default: the corpus's "
+              "registry split, else 0.1)", minimum=0.0, below=1.0, metavar="F", group="corpus")
+    test_fraction: float | None = option(None, "share at the very end held out for testing (default 0)",
+                                         minimum=0.0, below=1.0, metavar="F", group="corpus")
+    normalize: str = option("none", "Unicode normalization applied before anything else",
+                            choices=NORMALIZE_CHOICES, group="corpus")
+    lowercase: bool = option(False, "lowercase the text", group="corpus")
+    min_char_count: int = option(1, "characters seen fewer than N times in training become the unknown token",
+                                 minimum=1, metavar="N", group="corpus")
+    encoding: str = option("utf-8", "text encoding of the files", group="corpus")
+    errors: str = option("strict", "what to do with undecodable bytes; strict stops at the first, naming its offset",
+                         choices=ERRORS_CHOICES, group="corpus")
+    text_column: str = option("text", "column holding the text, for hf: sources", metavar="COL", group="corpus")
+
+    def __post_init__(self):
+        check_fields(self)
+        if (self.val_fraction or 0) + (self.test_fraction or 0) >= 1.0:
+            raise ChargenError("--val-fraction plus --test-fraction must be below 1, leaving text to train on")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ChargenError(f"unknown encoding {self.encoding!r}; use a Python codec name such as utf-8 "
+                               "or latin-1") from None
+
+
+@dataclass
+class ModelConfig:
+    """Shape of a CharRNN; saved in the run's config.json."""
+
+    vocab_size: int   # set from the corpus, not an option
+    cell: str = option("lstm", "recurrent cell", choices=CELLS, group="model")
+    num_layers: int = option(2, "stacked layers", flag="layers", minimum=1, metavar="L", group="model")
+    hidden_size: int = option(256, "hidden size", flag="hidden", minimum=1, metavar="H", group="model")
+    embedding_size: int | None = option(None, "embedding size (default: the hidden size)", flag="embedding",
+                                        minimum=1, metavar="E", group="model")
+    dropout: float = option(0.0, "dropout between layers and before the head", minimum=0.0, below=1.0,
+                            metavar="P", group="model")
+    tie_weights: bool = option(False, "tie the embedding and head weights", flag="tie", group="model")
+
+    def __post_init__(self):
+        if not isinstance(self.vocab_size, int) or isinstance(self.vocab_size, bool) or self.vocab_size < 1:
+            raise ChargenError(f"vocab size must be a whole number of at least 1, got {self.vocab_size!r}")
+        check_fields(self)
+        if self.embedding_size is None:
+            self.embedding_size = self.hidden_size
+        if self.tie_weights and self.embedding_size != self.hidden_size:
+            raise ChargenError("tied weights need the embedding size to equal the hidden size")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class TrainConfig:
+    """How to train; saved in the run's config.json. ``resumable`` options may change on --resume."""
+
+    batch_size: int = option(64, "streams per batch", minimum=1, metavar="B", group=OPTIMIZATION)
+    bptt: int = option(128, "steps per batch; gradients stop after T", minimum=1, metavar="T",
+                       group=OPTIMIZATION)
+    lr: float = option(2e-3, "peak learning rate of AdamW", above=0.0, group=OPTIMIZATION)
+    weight_decay: float = option(0.0, "AdamW weight decay", minimum=0.0, metavar="WD", group=OPTIMIZATION)
+    clip: float = option(1.0, "clip the global gradient norm at C", above=0.0, metavar="C",
+                         group=OPTIMIZATION)
+    warmup_steps: int = option(100, "linear warmup steps", minimum=0, metavar="N", group=OPTIMIZATION)
+    schedule: str = option("cosine", "learning-rate schedule", choices=SCHEDULES, group=OPTIMIZATION)
+    decay_steps: int | None = option(None, "cosine length (default: the step or time budget the run is "
+                                           "created with)", minimum=1, metavar="N", group=OPTIMIZATION)
+    min_lr_ratio: float = option(0.1, "the cosine ends at lr times this", minimum=0.0, maximum=1.0,
+                                 metavar="R", group=OPTIMIZATION)
+    layout: str = option("stateful", "stateful streams with carried state, or random windows from the "
+                                      "zero state", choices=LAYOUTS, group=OPTIMIZATION)
+    seed: int = option(1337, "random seed", minimum=0, maximum=2**63 - 1, metavar="S", group=OPTIMIZATION)
+    max_steps: int | None = option(None, "stop after N steps", minimum=1, resumable=True, metavar="N",
+                                   group=BUDGET)
+    epochs: float | None = option(None, "stop after N passes over the training split", above=0.0,
+                                  resumable=True, metavar="N", group=BUDGET)
+    max_time: float | None = option(None, "wall-clock budget: 90s, 5m, 1h", above=0.0, resumable=True,
+                                    metavar="DURATION", parse=parse_duration, group=BUDGET)
+    eval_every: int = option(500, "validate every N steps", minimum=1, resumable=True, metavar="N",
+                             group=EVALUATION)
+    eval_batch_size: int = option(32, "validation streams", minimum=1, resumable=True, metavar="N",
+                                  group=EVALUATION)
+    patience: int | None = option(None, "stop after N evaluations without improvement", minimum=1,
+                                  resumable=True, metavar="N", group=EVALUATION)
+    checkpoint_every: int = option(1000, "write last/ every N steps", minimum=1, resumable=True,
+                                   metavar="N", group=EVALUATION)
+    log_every: int = option(50, "metrics line every N steps", minimum=1, resumable=True, metavar="N",
+                            group=EVALUATION)
+    preview_chars: int = option(200, "sample length shown at each evaluation", minimum=0, resumable=True,
+                                metavar="N", group=EVALUATION)
+    max_bad_steps: int = option(5, "stop after N non-finite steps in a row", minimum=1, resumable=True,
+                                metavar="N", group=EVALUATION)
+    device: str = option("auto", "auto: CUDA when present", choices=DEVICES, resumable=True, group=DEVICE)
+    precision: str = option("auto", "auto: fp32 on CPU, bf16 (else fp16) on CUDA", choices=PRECISIONS,
+                            resumable=True, group=DEVICE)
+
+    def __post_init__(self):
+        check_fields(self)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+OPTION_CLASSES = (ModelConfig, TrainConfig, PrepareOptions)  # what chargen train takes
+# Options that may change when a run is resumed; everything else is fixed by the run.
+RESUMABLE = resumable(TrainConfig)
+
+PRESETS: dict[str, dict] = {
+    # The best model for tiny shakespeare in about five minutes on a laptop CPU (2 cores). A GRU
+    # beat every LSTM tried at equal time (val 1.59 against 1.70-1.75 after 2 minutes), and at this
+    # budget more, smaller updates beat larger batches: see the README for the measurements.
+    "cpu": dict(cell="gru", num_layers=2, hidden_size=320, embedding_size=64, dropout=0.0, batch_size=32,
+                bptt=100, lr=4e-3, warmup_steps=50, eval_every=250, weight_decay=0.0),
+    # A single-GPU model for tiny shakespeare: wide LSTM, dropout against overfitting.
+    "gpu": dict(cell="lstm", num_layers=3, hidden_size=1024, dropout=0.3, batch_size=128, bptt=256,
+                lr=2e-3, warmup_steps=200, eval_every=250, weight_decay=0.0),
+    # Seconds on any machine; for smoke tests and trying the pipeline.
+    "tiny": dict(cell="lstm", num_layers=1, hidden_size=64, batch_size=16, bptt=32, lr=3e-3,
+                 warmup_steps=10, eval_every=50, preview_chars=80),
+}
+
+
+def preset(name: str) -> dict:
+    if name not in PRESETS:
+        raise ChargenError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
+
+
+@dataclass
+class Options:
+    """The layered options of a train call, split by the config they belong to."""
+
+    source: str | None
+    model: dict
+    train: dict
+    prepare: dict
+    explicit: set    # the keys the user gave (flags, keyword options, TOML), not defaults or a preset
+
+
+def layer_options(source, config_file, preset_name, options: dict) -> Options:
+    """Merge preset < TOML file < options (user spellings allowed), and split them by config."""
+    file_opts = load_toml(config_file, OPTION_CLASSES, extra=("source", "preset")) if config_file else {}
+    preset_name = preset_name or file_opts.get("preset")
+    file_source = file_opts.pop("source", None)
+    file_opts.pop("preset", None)
+    table = keys(*OPTION_CLASSES)
+    given = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        name = table.get(key.replace("-", "_"))
+        if name is None:
+            raise ChargenError(f"unknown option {key!r}")
+        given[name] = value
+    if isinstance(given.get("max_time"), str):
+        given["max_time"] = parse_duration(given["max_time"])
+    merged = {**(preset(preset_name) if preset_name else {}), **file_opts, **given}
+
+    def part(cls) -> dict:
+        return {k: v for k, v in merged.items() if k in specs(cls)}
+
+    return Options(source if source is not None else file_source, part(ModelConfig), part(TrainConfig),
+                   part(PrepareOptions), set(file_opts) | set(given))
+
+
+DEFAULT_TEMPERATURE = 0.8  # the one default: the CLI, the Python API and training previews
+
+
+@dataclass
+class SampleOptions:
+    """How to sample: one validated set of options for ``Sampler.generate``/``stream`` and the CLI."""
+
+    length: int = option(500, "characters to generate", minimum=0, metavar="N")
+    temperature: float = option(DEFAULT_TEMPERATURE, "softmax temperature; 0 is greedy", minimum=0.0,
+                                metavar="T")
+    top_k: int | None = option(None, "sample from the K likeliest characters", minimum=1, metavar="K")
+    top_p: float | None = option(None, "sample from the smallest set whose probability reaches P",
+                                 above=0.0, maximum=1.0, metavar="P")
+    stop: tuple[str, ...] = option((), "stop when TEXT appears (not printed; repeatable; \\n escapes "
+                                       "allowed)", metavar="TEXT")
+    n: int = option(1, "samples, decoded together in one batch", minimum=1, metavar="N")
+    seed: int | None = option(None, "same seed, same text (default: random)", minimum=0, maximum=2**63 - 1)
+    unknown: str = option("error", "prompt characters outside the vocabulary: an error, or the unknown "
+                                   "token", choices=("error", "unk"))
+
+    def __post_init__(self):
+        if isinstance(self.stop, str) or self.stop is None:
+            self.stop = () if self.stop is None else (self.stop,)
+        elif isinstance(self.stop, (list, tuple)):
+            self.stop = tuple(self.stop)
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ChargenError("stop strings must be non-empty text")
+        check_fields(self, by="name")

@@ -1,0 +1,54 @@
+"""Devices and numeric precision: what ``--device`` and ``--precision`` resolve to, in one place."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .errors import ChargenError
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` is CUDA when present, else the CPU; ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` are
+    checked against this machine. A device that is not here is a ChargenError."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ChargenError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ChargenError(f"--device {name} asked for, but this machine has no CUDA device (or torch was "
+                               "built without CUDA); use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ChargenError(f"--device {name} asked for, but this machine has {torch.cuda.device_count()} "
+                               "CUDA device(s); use cuda:0 or another that exists")
+    elif device.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ChargenError("--device mps asked for, but MPS is not available here; use --device cpu or auto")
+    elif device.type != "cpu":
+        raise ChargenError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto``: fp32 on the CPU, bf16 on CUDA where supported (else fp16 with a grad scaler)."""
+    if name == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise ChargenError("--precision fp16 needs a CUDA device; use fp32 or bf16 here")
+    return name
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context for a resolved precision: bf16/fp16 compute, or plain fp32."""
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, enabled=False)

@@ -1,0 +1,194 @@
+"""File helpers every stage shares: atomic writes, hashing, and decoding text in pieces.
+
+This is a leaf module: it imports nothing from chargen but the error type, so
+any stage may use it.
+
+Atomic writes: a file is written under a temporary name in its own folder and
+renamed over the target (``os.replace`` is atomic on POSIX and Windows), so a
+reader sees the old file or the new one, never half of either.
+
+Decoding: :func:`read_text_pieces` yields a file's text as pieces that end at
+newlines, so normalization never sees half a line and a corpus is never held
+in memory whole; a strict decoding error names the byte offset.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .errors import ChargenError
+
+READ_CHUNK_BYTES = 16 << 20
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp/mkdtemp make private (0600/0700) entries; what we publish gets the usual permissions.
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
+
+    On an exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as indented UTF-8 JSON, atomically."""
+    with atomic_write(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 text atomically."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+@contextmanager
+def temporary_dir(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
+    """A new folder inside ``parent`` (same filesystem, so it can be renamed into place).
+
+    Whatever is still there when the block ends (an error, or a folder that was
+    not renamed away) is removed.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(tmp, DIR_MODE)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def looks_binary(path: str | os.PathLike) -> bool:
+    """True when the first 8 KiB hold a NUL byte, as in every binary format."""
+    with open(path, "rb") as f:
+        return b"\x00" in f.read(8192)
+
+
+# --------------------------------------------------------------------------- decoding in pieces
+
+
+def read_text_pieces(path: Path, encoding: str = "utf-8", errors: str = "strict",
+                     chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[str]:
+    """Decode a file in chunks; each piece but the last ends with a newline.
+
+    Strict decoding errors name the file and the byte offset of the first bad
+    byte; a NUL byte marks the file as binary. A single line longer than a
+    chunk is cut at a character boundary instead.
+    """
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise ChargenError(f"cannot read {path}: {e.strerror}; check the path and its permissions") from None
+    with f:
+        if "\n".encode(encoding) == b"\n":
+            yield from _pieces_cut_in_bytes(f, path, encoding, errors, chunk_bytes)
+        else:  # UTF-16/32 and the like: a newline is not one byte
+            yield from _pieces_cut_in_text(f, path, encoding, errors, chunk_bytes)
+
+
+def _not_valid(path, encoding: str, offset: int) -> ChargenError:
+    return ChargenError(f"{path} is not valid {encoding}: undecodable byte at offset {offset}; "
+                        "pass --encoding ENCODING if it is another encoding, or --errors replace")
+
+
+def _decode(buf, path, encoding, errors, offset) -> str:
+    try:
+        return str(buf, encoding, errors)
+    except UnicodeDecodeError as e:
+        raise _not_valid(path, encoding, offset + e.start) from None
+
+
+def _pieces_cut_in_bytes(f, path, encoding, errors, chunk_bytes) -> Iterator[str]:
+    # In ASCII-compatible encodings (UTF-8, Latin-1, the CJK codecs) byte 0x0A is
+    # always a newline and never part of a longer character, so cutting the
+    # bytes after it never splits a character and text is decoded only once.
+    utf8 = codecs.lookup(encoding).name == "utf-8"
+    carry = b""
+    start = 0  # file offset of carry[0]
+    while chunk := f.read(chunk_bytes):
+        nul = chunk.find(b"\x00")
+        if nul >= 0:
+            raise ChargenError(f"{path} looks like a binary file (NUL byte at offset "
+                               f"{start + len(carry) + nul}); pass a text file")
+        buf = carry + chunk if carry else chunk
+        cut = buf.rfind(b"\n") + 1
+        if cut == 0:
+            if not utf8 or len(buf) < chunk_bytes:
+                carry = buf
+                continue
+            cut = len(buf)  # one very long line: cut before the last character's lead byte
+            while cut > 1 and (buf[cut - 1] & 0xC0) == 0x80:
+                cut -= 1
+            cut -= 1
+        view = memoryview(buf)
+        yield _decode(view[:cut], path, encoding, errors, start)
+        carry = bytes(view[cut:])
+        start += cut
+    if carry:
+        yield _decode(carry, path, encoding, errors, start)
+
+
+def _pieces_cut_in_text(f, path, encoding, errors, chunk_bytes) -> Iterator[str]:
+    decoder = codecs.getincrementaldecoder(encoding)(errors)
+    consumed = 0  # bytes handed to the decoder so far
+    carry = ""    # text after the last newline, held for the next piece
+    while True:
+        chunk = f.read(chunk_bytes)
+        final = not chunk
+        buffered = len(decoder.getstate()[0])
+        try:
+            text = decoder.decode(chunk, final)
+        except UnicodeDecodeError as e:
+            raise _not_valid(path, encoding, consumed - buffered + e.start) from None
+        consumed += len(chunk)
+        if "\x00" in text:
+            raise ChargenError(f"{path} looks like a binary file (it decodes to NUL characters); "
+                               "pass a text file")
+        if final:
+            if carry + text:
+                yield carry + text
+            return
+        cut = text.rfind("\n") + 1
+        if cut == 0:
+            carry += text
+            continue
+        yield carry + text[:cut]
+        carry = text[cut:]

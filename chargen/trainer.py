@@ -1,0 +1,393 @@
+"""Training: stateful truncated BPTT with clipping, evaluation, checkpoints and exact resume.
+
+Usage (the CLI is a thin layer over this)::
+
+    from chargen import train
+    result = train("tinyshakespeare", out="runs/shakespeare", preset="cpu", max_time=300)
+
+One step: take batch k of the B streams (see batches.py), start from the
+state batch k-1 ended with, detached so gradients stop at T steps (reset to
+zeros where the streams restart), run forward and backward, clip the global
+gradient norm, and take an AdamW step at the scheduled learning rate. A
+non-finite loss or gradient skips the step; several in a row stop the run.
+
+Everything a resume needs is in ``last/`` (see checkpoint.py). Batches are a
+pure function of the step, the CPU RNG (dropout) is saved, and previews draw
+from their own counter-based seed, so on CPU a run resumed at step N is bit
+for bit the run that never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import distributed
+from .batches import RandomWindows, StatefulStreams
+from .checkpoint import ResumeState, load_last, save_last, save_weights
+from .decode import preview
+from .devices import autocast
+from .errors import ChargenError
+from .evaluate import mean_loss, streams_loss
+from .metrics import Meter, MetricsLog
+from .model import CharRNN, detach_state, state_from_tensors, state_tensors
+from .runs import Run, open_run
+from .config import TrainConfig
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    steps: int
+    best_val_loss: float | None
+    best_val_bpc: float | None
+    stopped: str          # "budget", "patience", "interrupted"
+    chars_per_sec: float
+    elapsed: float
+    main: bool = True     # False on the other processes of a multi-process run
+
+
+def schedule_lr(cfg: TrainConfig, step: int, elapsed: float, decay_steps: int | None,
+                decay_time: float | None) -> float:
+    """Linear warmup, then constant or cosine down to ``min_lr_ratio * lr``.
+
+    Written by hand rather than with ``torch.optim.lr_scheduler`` because the
+    cosine's length can be wall-clock time (a ``--max-time`` budget), which a
+    step-counting scheduler cannot follow, and because the rate must be a pure
+    function of (step, elapsed) for an exact resume.
+    """
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = 0.0
+    if decay_steps:
+        progress = (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps)
+    if decay_time:
+        progress = max(progress, elapsed / decay_time)
+    progress = min(max(progress, 0.0), 1.0)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train(source=None, *, out, resume: bool = False, overwrite: bool = False,
+          progress: bool | None = None, corpora_dirs=(), cache_dir=None, config_file=None,
+          preset: str | None = None, **options) -> TrainResult:
+    """Train a CharRNN on ``source`` into the run folder ``out``.
+
+    ``options`` are fields of :class:`TrainConfig`, :class:`ModelConfig`
+    (``cell``, ``num_layers``, ``hidden_size``, ``dropout``, ...) and of the
+    prepare options (``val_fraction``, ``normalize``, ...), by field or flag
+    name; ``preset`` and ``config_file`` (TOML) supply defaults that
+    ``options`` override.
+    """
+    run = open_run(source, out=out, resume=resume, overwrite=overwrite, corpora_dirs=corpora_dirs,
+                   cache_dir=cache_dir, config_file=config_file, preset=preset, options=options)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    try:
+        result = Trainer(run, show_bar=progress).fit()
+    finally:
+        run.close()
+    # Every process reaches the end before any leaves the group: tearing it down while rank 0
+    # still writes the last checkpoint aborts the others ("terminate called ..."). On an error
+    # the group is left to the exiting process, so each rank still prints its one line.
+    distributed.barrier()
+    distributed.shutdown()
+    return result
+
+
+class Trainer:
+    """The training loop over an opened run (see runs.open_run); ``fit`` tells the story."""
+
+    def __init__(self, run: Run, show_bar: bool = False):
+        self.run, self.cfg, self.device = run, run.train_config, run.device
+        self.show_bar = show_bar
+        self.vocab = run.corpus.vocab
+        cfg = self.cfg
+        layout = StatefulStreams if cfg.layout == "stateful" else RandomWindows
+        extra = {"seed": cfg.seed} if cfg.layout == "random" else {}
+        self.batches = layout(run.corpus.train, cfg.batch_size, cfg.bptt, rank=run.rank,
+                              world_size=run.world_size, device=self.device, **extra)
+        self.total_steps = self._total_steps()
+        torch.manual_seed(cfg.seed)
+        self.model = CharRNN(run.model_config).to(self.device)
+        self.model.train()
+        # beta2 0.99 rather than Adam's 0.999: a shorter memory of squared gradients adapts faster in
+        # the short, high-learning-rate runs chargen is tuned for, with no loss of stability measured.
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
+                                           weight_decay=cfg.weight_decay, **fused)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=run.precision == "fp16")
+        self.ddp_model = distributed.wrap_model(self.model, self.device, run.world_size)
+        self.carried = None        # the hidden state the last batch ended with (stateful layout)
+        self.progress = ResumeState(world_size=run.world_size)
+        self.stop_reason = None    # set by evaluation (patience), on rank 0
+        self.log = MetricsLog(run.dir, run.is_main)
+        self.meter = Meter(self.device)
+        if run.resuming:
+            self._restore()
+
+    def autocast(self):
+        return autocast(self.run.precision, self.device)
+
+    def _total_steps(self) -> int | None:
+        limits = []
+        if self.cfg.max_steps is not None:
+            limits.append(self.cfg.max_steps)
+        if self.cfg.epochs is not None:
+            limits.append(math.ceil(self.cfg.epochs * len(self.batches)))
+        return min(limits) if limits else None
+
+    # -- the story of a run ----------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        self.log.open()
+        self._open_bar()
+        # The time budget is wall-clock (evaluation and checkpoints included), carried across resumes.
+        self.wall_start = time.perf_counter() - self.progress.elapsed
+        try:
+            while not self._should_stop():
+                self._step()
+                self._log_and_evaluate()
+                if self.progress.step % self.cfg.checkpoint_every == 0:
+                    self._checkpoint()
+                self.progress.elapsed = time.perf_counter() - self.wall_start
+        except KeyboardInterrupt:
+            self._on_interrupt()
+            raise
+        finally:
+            self._close_bar()
+        return self._finish()
+
+    def _budget_spent(self) -> bool:
+        p, cfg = self.progress, self.cfg
+        return ((self.total_steps is not None and p.step >= self.total_steps) or
+                (cfg.max_time is not None and p.elapsed >= cfg.max_time))
+
+    def _should_stop(self) -> bool:
+        stop = self._budget_spent() or self.stop_reason is not None
+        if self.run.world_size > 1:  # rank 0 decides, so every process stops at the same step
+            stop = distributed.broadcast_flag(stop, self.device)
+        return stop
+
+    def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Forward and backward on batch ``step``, clipped; returns (loss, pre-clip grad norm, lr).
+
+        The optimizer step itself is taken by the caller, once the values are known to be finite.
+        """
+        cfg = self.cfg
+        x, y, starts = self.batches.get(step)                             # (B, T) each
+        if starts:
+            self.carried = None                                           # zero state: streams restart
+        lr = schedule_lr(cfg, step, self.progress.elapsed, self.run.decay_steps, self.run.decay_time)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self.autocast():
+            logits, state = self.ddp_model(x, self.carried)               # (B, T, V)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        # Detach: the next batch starts from this state, but gradients stop here (truncated BPTT).
+        # Random windows always start from zeros, so there is nothing to carry.
+        self.carried = detach_state(state) if cfg.layout == "stateful" else None
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+        return loss.detach(), grad_norm, lr
+
+    def _step(self) -> None:
+        """One training step, skipped when anything is non-finite; advances the step and the clock."""
+        t0 = time.perf_counter()
+        loss, grad_norm, lr = self.train_step(self.progress.step)
+        # One host sync per step: the finite check decides whether to step.
+        if self.run.world_size > 1:
+            loss, any_bad = distributed.mean_and_any_bad(loss, self.run.world_size)
+            finite = not any_bad and bool(torch.isfinite(grad_norm))
+        else:
+            finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        if finite:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.progress.bad_streak = 0
+        else:
+            self._skip_nonfinite(loss, grad_norm)
+        self.progress.step += 1
+        now = time.perf_counter()
+        self.progress.elapsed = now - self.wall_start
+        self.meter.add(loss if finite else None, grad_norm, lr,
+                       self.batches.chars_per_batch * self.run.world_size, now - t0)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def _skip_nonfinite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        p = self.progress
+        self.optimizer.zero_grad(set_to_none=True)
+        self.carried = None
+        p.bad_streak += 1
+        self.log.event(p.step, "nonfinite", loss=float(loss), grad_norm=float(grad_norm))
+        if self.scaler.is_enabled():
+            self.scaler.update(self.scaler.get_scale() / 2)
+        if p.bad_streak >= self.cfg.max_bad_steps:
+            self.log.event(p.step, "stopped", reason="nonfinite")
+            raise ChargenError(
+                f"training diverged: {p.bad_streak} steps in a row with a non-finite loss or "
+                f"gradient at step {p.step}; the last good checkpoint is in {self.run.dir}/last; "
+                "lower --lr or --clip and resume or start again")
+
+    def _log_and_evaluate(self) -> None:
+        """Write a metrics line every --log-every steps, and evaluate every --eval-every, and at the end."""
+        step, cfg = self.progress.step, self.cfg
+        at_end = self._budget_spent()
+        due = step % cfg.eval_every == 0 or at_end
+        if step % cfg.log_every == 0 or at_end:
+            row = self.meter.line(step, self.progress.elapsed)
+        elif due:
+            row = dict(step=step, elapsed=round(self.progress.elapsed, 3))
+        else:
+            return
+        if due:
+            self._evaluate(row)
+        self.log.write(row)
+        if self.bar is not None:
+            self.bar.set_postfix_str(self._postfix(row))
+
+    def _finish(self) -> TrainResult:
+        """The final state of the run is always evaluated and checkpointed."""
+        p = self.progress
+        stopped = self.stop_reason or "budget"
+        if p.step and p.last_eval_step != p.step:
+            row = dict(step=p.step, elapsed=round(p.elapsed, 3))
+            self._evaluate(row)
+            self.log.write(row)
+        self._checkpoint()
+        self.log.event(p.step, "stopped", reason=stopped)
+        self.log.close()
+        best = p.best_val_loss
+        return TrainResult(run_dir=str(self.run.dir), steps=p.step, best_val_loss=best,
+                           best_val_bpc=None if best is None else best / math.log(2), stopped=stopped,
+                           chars_per_sec=self.meter.chars_per_sec, elapsed=p.elapsed, main=self.run.is_main)
+
+    def _on_interrupt(self) -> None:
+        self._close_bar()
+        hint = self.run.resume_hint()
+        if self.run.world_size == 1:
+            self._checkpoint()
+            self.log.event(self.progress.step, "stopped", reason="interrupted")
+            self.log.say(f"interrupted at step {self.progress.step}; checkpoint saved. Resume with: {hint}")
+        else:  # the other processes may be anywhere: gathering a checkpoint now could hang
+            self.log.say(f"interrupted at step {self.progress.step}; the last periodic checkpoint stands. "
+                         f"Resume with: {hint}")
+
+    # -- evaluation ------------------------------------------------------------
+
+    def _evaluate(self, row: dict) -> None:
+        """Validate, keep the best weights, print a preview; asks to stop when patience runs out.
+
+        Only rank 0 evaluates; the others carry on to the next step's broadcast.
+        """
+        p = self.progress
+        p.last_eval_step = p.step
+        if not self.run.is_main:
+            return
+        val = self.run.corpus.val
+        if len(val) == 0:
+            self._save_best()  # no validation split: the latest weights are the best we know
+            return
+        total, n = streams_loss(self.model, val, int(self.run.corpus.train[-1]),
+                                batch_size=self.cfg.eval_batch_size, device=self.device, autocast=self.autocast)
+        loss, bpc = mean_loss(total, n)
+        row.update(val_loss=round(loss, 5), val_bpc=round(bpc, 5))
+        if p.best_val_loss is None or loss < p.best_val_loss:
+            p.best_val_loss, p.best_step, p.evals_since_best = loss, p.step, 0
+            self._save_best()
+        else:
+            p.evals_since_best += 1
+        message = f"step {p.step}: val {loss:.4f} nats/char ({bpc:.4f} bpc)"
+        if self.cfg.preview_chars:
+            text = preview(self.model, self.vocab, self.cfg.preview_chars, seed=self.cfg.seed + p.step)
+            message += f"\n--- sample ---\n{text}\n--------------"
+        self.log.say(message)
+        if self.cfg.patience is not None and p.evals_since_best >= self.cfg.patience:
+            self.stop_reason = "patience"
+
+    # -- checkpoints -----------------------------------------------------------
+
+    def _save_best(self) -> None:
+        if self.run.is_main:
+            save_weights(self.model, self.run.dir / "model.safetensors",
+                         {"step": self.progress.step, "val_loss": self.progress.best_val_loss})
+
+    def _checkpoint(self) -> None:
+        """Write last/. With several processes every rank must call it: states and RNGs are gathered."""
+        world = self.run.world_size
+        carried = state_tensors(self.carried) if self.carried is not None else {}
+        rng = {"rng_cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        if world > 1:  # the full (L, B, H) state, and every rank's RNG
+            carried = {k: distributed.gather_rows(v, world, dim=1) for k, v in carried.items()}
+            rng = {f"{k}.{r}": v for k, v in rng.items()
+                   for r, v in enumerate(distributed.gather_cpu_bytes(v, world))}
+        if not self.run.is_main:
+            return
+        if not (self.run.dir / "model.safetensors").is_file():
+            self._save_best()
+        self.progress.rng, self.progress.carried = rng, carried
+        save_last(self.run.dir, self.model, self.optimizer, self.scaler, self.progress)
+        self.progress.rng, self.progress.carried = {}, {}
+
+    def _restore(self) -> None:
+        run = self.run
+        self.progress = load_last(run.dir, self.model, self.optimizer, self.scaler, self.device, run.world_size)
+        suffix = f".{run.rank}" if run.world_size > 1 else ""
+        try:
+            torch.set_rng_state(self.progress.rng["rng_cpu" + suffix])
+        except KeyError:
+            raise ChargenError(f"{run.dir}/last/state.safetensors has no RNG state; the run folder is corrupt: "
+                               "start a new run with --overwrite") from None
+        if "rng_cuda" + suffix in self.progress.rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(self.progress.rng["rng_cuda" + suffix], self.device)
+        if self.progress.carried:
+            rows = getattr(self.batches, "rows", slice(None))  # this rank's streams
+            mine = {k: v[:, rows].contiguous().to(self.device) for k, v in self.progress.carried.items()}
+            self.carried = state_from_tensors(mine, run.model_config.cell)
+        self.progress.rng, self.progress.carried = {}, {}
+        self.log.truncate(self.progress.step)
+
+    # -- the progress bar ------------------------------------------------------
+
+    def _open_bar(self) -> None:
+        self.bar = None
+        if self.show_bar and self.run.is_main:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.total_steps, initial=self.progress.step, unit="step", dynamic_ncols=True,
+                            file=sys.stderr)
+        self.log.bar = self.bar
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = self.log.bar = None
+
+    def _postfix(self, row: dict) -> str:
+        parts = []
+        if "loss" in row:
+            parts.append(f"loss {row['loss']:.3f}")
+        if "val_loss" in row:
+            parts.append(f"val {row['val_loss']:.3f}")
+        if "chars_per_sec" in row:
+            parts.append(f"{row['chars_per_sec'] / 1000:.1f}k chars/s")
+        p, left = self.progress, []
+        if self.cfg.max_time is not None:
+            left.append(self.cfg.max_time - p.elapsed)
+        if self.total_steps is not None and p.step:
+            left.append((self.total_steps - p.step) * p.elapsed / p.step)
+        if left:
+            s = max(0, int(min(left)))
+            parts.append(f"left {s // 60}:{s % 60:02d}")
+        return ", ".join(parts)
