@@ -5,7 +5,7 @@ that ``import chargen`` (and ``chargen --help``) stays fast and does not pull
 in torch until it is needed.
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
 from .errors import ChargenError  # noqa: E402  (light: no heavy imports)
 

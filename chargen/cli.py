@@ -210,7 +210,7 @@ def _add_sample_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     parser = _Parser(prog="chargen", description="Character-level text generation with LSTM/GRU models.")
     parser.add_argument("--version", action="version", version=f"chargen {__version__}")

@@ -34,7 +34,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .corpus import Source, resolve_source
 from .errors import ChargenError
 from .files import atomic_write, temporary_dir, write_json

@@ -155,9 +155,8 @@ class RunLock:
                 self._fd = fd
             else:
                 os.close(fd)
-        command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
         os.ftruncate(self._fd, 0)
-        os.write(self._fd, f"process {os.getpid()} on {socket.gethostname()} ({command})\n".encode())
+        os.write(self._fd, f"process {os.getpid()} on {socket.gethostname()} ({_command()})\n".encode())
 
     def release(self) -> None:
         """Remove the lock file and let go of the lock (idempotent)."""
@@ -172,3 +171,12 @@ class RunLock:
 
     def __del__(self):
         self.release()
+
+
+def _command(limit: int = 200) -> str:
+    """This process's command line as the user typed it (``chargen train ...``), shortened."""
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    if program in ("chargen", "__main__.py"):
+        program = "chargen"
+    text = " ".join([program, *sys.argv[1:]])
+    return text if len(text) <= limit else text[: limit - 1] + "…"

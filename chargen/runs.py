@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, distributed
+from . import distributed
+from .version import __version__
 from .batches import RandomWindows, StatefulStreams
 from .devices import resolve_device, resolve_precision
 from .errors import ChargenError
@@ -201,11 +202,11 @@ def _corpus_summary(corpus: PreparedCorpus, opts: Options) -> dict:
 def _resume(out: Path, opts: Options, where: dict) -> Run:
     folder = open_run_dir(check_run_dir(out))
     config = folder.config
-    last_dir(out)  # a resume needs a complete checkpoint
     train_cfg = _resumed_train_config(config, opts)
     device, precision, rank, world = _devices(train_cfg)
     lock = distributed.main_first(world, rank, lambda: RunLock(out), others=False)
     try:
+        last_dir(out)  # a resume needs a complete checkpoint
         stored_prep = config["corpus"].get("prepare", {})
         source = opts.source if opts.source is not None else config["corpus"].get("requested_source")
         corpus = distributed.main_first(world, rank, lambda: prepare(source, **where, **stored_prep))
