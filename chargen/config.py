@@ -21,6 +21,7 @@ command line costs nothing.
 from __future__ import annotations
 
 import codecs
+import math
 from dataclasses import asdict, dataclass, fields
 
 from .errors import ChargenError
@@ -150,6 +151,39 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def schedule_lr(cfg: TrainConfig, step: int, elapsed: float, decay_steps: int | None,
+                decay_time: float | None) -> float:
+    """Linear warmup, then constant or cosine down to ``min_lr_ratio * lr``.
+
+    Written by hand rather than with ``torch.optim.lr_scheduler`` because the
+    cosine's length can be wall-clock time (a ``--max-time`` budget), which a
+    step-counting scheduler cannot follow, and because the rate must be a pure
+    function of (step, elapsed) for an exact resume.
+    """
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = 0.0
+    if decay_steps:
+        progress = (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps)
+    if decay_time:
+        progress = max(progress, elapsed / decay_time)
+    progress = min(max(progress, 0.0), 1.0)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def step_budget(cfg: TrainConfig, batches_per_epoch: int) -> int | None:
+    """The run's length in steps, from --max-steps and --epochs (whichever is smaller), or None."""
+    limits = []
+    if cfg.max_steps is not None:
+        limits.append(cfg.max_steps)
+    if cfg.epochs is not None:
+        limits.append(math.ceil(cfg.epochs * batches_per_epoch))
+    return min(limits) if limits else None
 
 
 OPTION_CLASSES = (ModelConfig, TrainConfig, PrepareOptions)  # what chargen train takes

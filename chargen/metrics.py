@@ -108,3 +108,44 @@ class Meter:
     @property
     def chars_per_sec(self) -> float:
         return self.run_chars / max(self.run_seconds, 1e-9)
+
+
+class ProgressBar:
+    """A tqdm bar over the run's steps, with loss, throughput and time left after each log line."""
+
+    def __init__(self, total: int | None, initial: int):
+        from tqdm import tqdm
+        self.total = total
+        self.tqdm = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    @classmethod
+    def open(cls, show: bool, total: int | None, initial: int) -> "ProgressBar | None":
+        return cls(total, initial) if show else None
+
+    def update(self, n: int = 1) -> None:
+        self.tqdm.update(n)
+
+    def write(self, text: str, file=sys.stderr) -> None:
+        self.tqdm.write(text, file=file)
+
+    def close(self) -> None:
+        self.tqdm.close()
+
+    def show(self, row: dict, max_time: float | None, elapsed: float) -> None:
+        """Loss, validation loss, throughput and the time left, from a metrics line."""
+        parts = []
+        if "loss" in row:
+            parts.append(f"loss {row['loss']:.3f}")
+        if "val_loss" in row:
+            parts.append(f"val {row['val_loss']:.3f}")
+        if "chars_per_sec" in row:
+            parts.append(f"{row['chars_per_sec'] / 1000:.1f}k chars/s")
+        step, left = row["step"], []
+        if max_time is not None:
+            left.append(max_time - elapsed)
+        if self.total is not None and step:
+            left.append((self.total - step) * elapsed / step)
+        if left:
+            s = max(0, int(min(left)))
+            parts.append(f"left {s // 60}:{s % 60:02d}")
+        self.tqdm.set_postfix_str(", ".join(parts))

@@ -11,7 +11,6 @@ the resumable options (budget, evaluation, device) change.
 
 from __future__ import annotations
 
-import math
 import shlex
 import shutil
 import sys
@@ -29,7 +28,7 @@ from .files import write_json
 from .prepared import PreparedCorpus, prepare
 from .rundir import FORMAT_VERSION, LOCK_FILE, RunLock, check_run_dir, last_dir, open_run_dir
 from .config import (DEFAULT_EPOCHS, RESUMABLE, ModelConfig, Options, PrepareOptions, TrainConfig,
-                     layer_options)
+                     layer_options, step_budget)
 
 
 @dataclass
@@ -183,12 +182,7 @@ def _decay(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int | None, float 
     """The cosine's length: --decay-steps, else the budget the run is created with (steps or time)."""
     if cfg.decay_steps is not None:
         return cfg.decay_steps, None
-    budgets = []
-    if cfg.max_steps is not None:
-        budgets.append(cfg.max_steps)
-    if cfg.epochs is not None:
-        budgets.append(math.ceil(cfg.epochs * batches_per_epoch))
-    return (min(budgets) if budgets else None), cfg.max_time
+    return step_budget(cfg, batches_per_epoch), cfg.max_time
 
 
 def _corpus_summary(corpus: PreparedCorpus, opts: Options) -> dict:

@@ -30,14 +30,14 @@ import torch.nn.functional as F
 from . import distributed
 from .batches import RandomWindows, StatefulStreams
 from .checkpoint import ResumeState, load_last, save_last, save_weights
+from .config import schedule_lr, step_budget
 from .decode import preview
 from .devices import autocast
 from .errors import ChargenError
 from .evaluate import mean_loss, streams_loss
-from .metrics import Meter, MetricsLog
+from .metrics import Meter, MetricsLog, ProgressBar
 from .model import CharRNN, detach_state, state_from_tensors, state_tensors
 from .runs import Run, open_run
-from .config import TrainConfig
 
 
 @dataclass
@@ -50,29 +50,6 @@ class TrainResult:
     chars_per_sec: float
     elapsed: float
     main: bool = True     # False on the other processes of a multi-process run
-
-
-def schedule_lr(cfg: TrainConfig, step: int, elapsed: float, decay_steps: int | None,
-                decay_time: float | None) -> float:
-    """Linear warmup, then constant or cosine down to ``min_lr_ratio * lr``.
-
-    Written by hand rather than with ``torch.optim.lr_scheduler`` because the
-    cosine's length can be wall-clock time (a ``--max-time`` budget), which a
-    step-counting scheduler cannot follow, and because the rate must be a pure
-    function of (step, elapsed) for an exact resume.
-    """
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return cfg.lr
-    progress = 0.0
-    if decay_steps:
-        progress = (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps)
-    if decay_time:
-        progress = max(progress, elapsed / decay_time)
-    progress = min(max(progress, 0.0), 1.0)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def train(source=None, *, out, resume: bool = False, overwrite: bool = False,
@@ -114,7 +91,7 @@ class Trainer:
         extra = {"seed": cfg.seed} if cfg.layout == "random" else {}
         self.batches = layout(run.corpus.train, cfg.batch_size, cfg.bptt, rank=run.rank,
                               world_size=run.world_size, device=self.device, **extra)
-        self.total_steps = self._total_steps()
+        self.total_steps = step_budget(cfg, len(self.batches))
         torch.manual_seed(cfg.seed)
         self.model = CharRNN(run.model_config).to(self.device)
         self.model.train()
@@ -136,19 +113,12 @@ class Trainer:
     def autocast(self):
         return autocast(self.run.precision, self.device)
 
-    def _total_steps(self) -> int | None:
-        limits = []
-        if self.cfg.max_steps is not None:
-            limits.append(self.cfg.max_steps)
-        if self.cfg.epochs is not None:
-            limits.append(math.ceil(self.cfg.epochs * len(self.batches)))
-        return min(limits) if limits else None
-
     # -- the story of a run ----------------------------------------------------
 
     def fit(self) -> TrainResult:
         self.log.open()
-        self._open_bar()
+        self.bar = ProgressBar.open(self.show_bar and self.run.is_main, self.total_steps, self.progress.step)
+        self.log.bar = self.bar
         # The time budget is wall-clock (evaluation and checkpoints included), carried across resumes.
         self.wall_start = time.perf_counter() - self.progress.elapsed
         try:
@@ -164,6 +134,11 @@ class Trainer:
         finally:
             self._close_bar()
         return self._finish()
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = self.log.bar = None
 
     def _budget_spent(self) -> bool:
         p, cfg = self.progress, self.cfg
@@ -254,7 +229,7 @@ class Trainer:
             self._evaluate(row)
         self.log.write(row)
         if self.bar is not None:
-            self.bar.set_postfix_str(self._postfix(row))
+            self.bar.show(row, self.cfg.max_time, self.progress.elapsed)
 
     def _finish(self) -> TrainResult:
         """The final state of the run is always evaluated and checkpointed."""
@@ -358,36 +333,3 @@ class Trainer:
             self.carried = state_from_tensors(mine, run.model_config.cell)
         self.progress.rng, self.progress.carried = {}, {}
         self.log.truncate(self.progress.step)
-
-    # -- the progress bar ------------------------------------------------------
-
-    def _open_bar(self) -> None:
-        self.bar = None
-        if self.show_bar and self.run.is_main:
-            from tqdm import tqdm
-            self.bar = tqdm(total=self.total_steps, initial=self.progress.step, unit="step", dynamic_ncols=True,
-                            file=sys.stderr)
-        self.log.bar = self.bar
-
-    def _close_bar(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        self.bar = self.log.bar = None
-
-    def _postfix(self, row: dict) -> str:
-        parts = []
-        if "loss" in row:
-            parts.append(f"loss {row['loss']:.3f}")
-        if "val_loss" in row:
-            parts.append(f"val {row['val_loss']:.3f}")
-        if "chars_per_sec" in row:
-            parts.append(f"{row['chars_per_sec'] / 1000:.1f}k chars/s")
-        p, left = self.progress, []
-        if self.cfg.max_time is not None:
-            left.append(self.cfg.max_time - p.elapsed)
-        if self.total_steps is not None and p.step:
-            left.append((self.total_steps - p.step) * p.elapsed / p.step)
-        if left:
-            s = max(0, int(min(left)))
-            parts.append(f"left {s // 60}:{s % 60:02d}")
-        return ", ".join(parts)

@@ -256,3 +256,20 @@ def test_sampler_import_does_not_pull_datasets(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert r.stdout.strip() == "False", r.stderr
+
+
+def test_an_options_object_equals_the_same_keywords(sampler):
+    from chargen import SampleOptions
+    opts = SampleOptions(length=40, seed=4, top_k=5, temperature=1.1)
+    assert sampler.generate("the", opts) == sampler.generate("the", length=40, seed=4, top_k=5, temperature=1.1)
+    assert sampler.generate("the", opts, n=2) == sampler.generate("the", length=40, seed=4, top_k=5,
+                                                                 temperature=1.1, n=2)
+    assert "".join(sampler.stream("the", opts, stop="e")) == sampler.generate("the", opts, stop="e")
+    with pytest.raises(ValueError, match="stream produces one sample"):
+        sampler.stream("the", opts, n=2)
+
+
+def test_the_default_temperature_is_the_clis(sampler):
+    from chargen.config import DEFAULT_TEMPERATURE
+    assert sampler.generate("a", length=60, seed=9) == sampler.generate("a", length=60, seed=9,
+                                                                        temperature=DEFAULT_TEMPERATURE)

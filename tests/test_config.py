@@ -1,0 +1,105 @@
+"""Options are defined once: TOML keys, presets and Python keywords are checked against the config fields."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from chargen import ChargenError, SampleOptions
+from chargen.config import (OPTION_CLASSES, PRESETS, ModelConfig, PrepareOptions, TrainConfig, layer_options,
+                            step_budget)
+from chargen.options import specs
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_key_is_an_option_and_builds_valid_configs(name):
+    opts = layer_options(None, None, name, {})
+    assert set(PRESETS[name]) == set(opts.model) | set(opts.train) | set(opts.prepare)
+    ModelConfig(vocab_size=65, **opts.model)
+    TrainConfig(**opts.train)
+
+
+@pytest.mark.parametrize("line,fragment", [
+    ('dropout = "0.1"', "dropout must be a finite number, got '0.1'"),
+    ('val_fraction = "0.1"', "val_fraction must be a finite number, got '0.1'"),
+    ("encoding = 5", "encoding must be text, got 5"),
+    ("embedding = 2.5", "embedding must be a whole number, got 2.5"),
+    ('seed = "1"', "seed must be a whole number, got '1'"),
+    ('lowercase = "no"', "lowercase must be true or false, got 'no'"),
+    ('cell = "rnn"', "cell must be one of lstm, gru, got 'rnn'"),
+    ("hidden = 0", "hidden must be at least 1, got 0"),
+    ('max-time = "soon"', "--max-time takes a duration such as 90s, 5m or 1h"),
+    ("hiden = 3", "unknown key 'hiden'"),
+])
+def test_toml_values_are_checked_like_their_flags(tmp_path, line, fragment):
+    toml = tmp_path / "c.toml"
+    toml.write_text(line + "\n")
+    with pytest.raises(ChargenError) as e:
+        layer_options(None, toml, None, {})
+    assert fragment in str(e.value)
+
+
+def test_toml_layers_between_preset_and_options(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('preset = "tiny"\nhidden = 48\nmax-time = "2m"\nnormalize = "nfc"\nsource = "x.txt"\n')
+    opts = layer_options(None, toml, None, {"hidden": 40, "lr": 0.01})
+    assert opts.source == "x.txt"
+    assert opts.model == {**{k: v for k, v in PRESETS["tiny"].items() if k in specs(ModelConfig)}, "hidden_size": 40}
+    assert opts.train["max_time"] == 120.0 and opts.train["lr"] == 0.01
+    assert opts.prepare == {"normalize": "nfc"}
+    assert opts.explicit == {"hidden_size", "max_time", "normalize", "lr"}
+
+
+def test_python_keywords_take_flag_or_field_names_and_reject_others():
+    assert layer_options(None, None, None, {"layers": 3}).model == {"num_layers": 3}
+    assert layer_options(None, None, None, {"num_layers": 3}).model == {"num_layers": 3}
+    with pytest.raises(ChargenError, match="unknown option 'hiddn'"):
+        layer_options(None, None, None, {"hiddn": 3})
+
+
+def test_resumable_options_are_the_budget_evaluation_and_device():
+    from chargen.config import RESUMABLE
+    assert RESUMABLE == {"max_steps", "epochs", "max_time", "eval_every", "eval_batch_size", "checkpoint_every",
+                         "log_every", "patience", "max_bad_steps", "preview_chars", "device", "precision"}
+
+
+def test_each_option_class_round_trips_through_its_checks():
+    for cls in (*OPTION_CLASSES, SampleOptions):
+        kwargs = {"vocab_size": 10} if cls is ModelConfig else {}
+        cls(**kwargs)  # the defaults are valid
+        for name, spec in specs(cls).items():
+            assert spec.problem(spec.default) is None, (cls.__name__, name)
+
+
+def test_step_budget_is_the_smaller_of_steps_and_epochs():
+    assert step_budget(TrainConfig(max_steps=50, epochs=2.0), 30) == 50
+    assert step_budget(TrainConfig(max_steps=50, epochs=1.5), 30) == 45
+    assert step_budget(TrainConfig(max_time=60.0), 30) is None
+
+
+def test_sample_options_object_equals_keywords():
+    opts = SampleOptions(length=5, temperature=0.5, stop="\n", seed=3)
+    assert opts.stop == ("\n",)
+    with pytest.raises(ChargenError, match="stop strings must be non-empty"):
+        SampleOptions(stop=["a", ""])
+    assert PrepareOptions(val_fraction=0.2).val_fraction == 0.2
+
+
+@pytest.mark.parametrize("command", [["sample", "RUN"], ["info", "RUN"], ["eval", "RUN", "corpus.txt"],
+                                     ["train", "corpus.txt", "--out", "RUN", "--resume"]])
+def test_a_newer_run_format_is_refused_with_a_clear_message(tmp_path, cli, monkeypatch, command):
+    run = tmp_path / "run"
+    shutil.copytree(GOLDEN / "run", run)
+    shutil.copy(GOLDEN / "corpus.txt", tmp_path / "corpus.txt")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "format_version": 2}))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(*[a.replace("RUN", "run") for a in command])
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1
+    assert "run was written by a newer chargen (run format 2; this chargen reads format 1): upgrade chargen" in err
