@@ -36,6 +36,9 @@ def _to_device_source(ids: np.ndarray, device: torch.device, on_device: bool | N
         free, _ = torch.cuda.mem_get_info(device)
         if ids.nbytes * 2 > free // 4:
             return None
+    # uint8 ids go up as they are; wider ones as int32, because torch's uint16/uint32 tensors support
+    # too few operations (no indexing on CUDA in older releases) and int64 would double the memory.
+    # Batches are widened to int64, which nn.Embedding needs, one (B, T) slice at a time.
     dtype = np.uint8 if ids.dtype == np.uint8 else np.int32
     return torch.from_numpy(np.ascontiguousarray(ids, dtype=dtype)).to(device)
 
