@@ -45,24 +45,24 @@ def uniforms(seeds: np.ndarray, start: int, count: int) -> np.ndarray:
 _BLOCK = 256  # steps of uniforms drawn at a time
 
 
-def sample_ids(step: "FastStep", logits: torch.Tensor, state: list, length: int, seeds: np.ndarray,
-               temperature: float, top_k: int | None = None, top_p: float | None = None,
+def sample_ids(step: "FastStep", logits: torch.Tensor, state: list, seeds: np.ndarray, opts: SampleOptions,
                banned: int | None = None):
-    """Draw the next ids (B,) ``length`` times, from primed logits (B, V) and a per-layer state.
+    """Draw the next ids (B,) ``opts.length`` times, from primed logits (B, V) and a per-layer state.
 
-    Row ``i`` draws from ``seeds[i]``; one fast step per character after the first.
+    Row ``i`` draws from ``seeds[i]``; one fast step per character after the first. ``banned``
+    (the unknown token) is never drawn.
     """
-    greedy = temperature == 0 or top_k == 1
+    greedy = opts.temperature == 0 or opts.top_k == 1
     u_block = None
-    for t in range(length):
+    for t in range(opts.length):
         u = None
         if not greedy:
             if t % _BLOCK == 0:
                 u_block = torch.from_numpy(uniforms(seeds, t, _BLOCK)).to(logits.device)  # (B, BLOCK)
             u = u_block[:, t % _BLOCK]
-        ids = pick(logits, u, temperature, top_k, top_p, banned)                          # (B,)
+        ids = pick(logits, u, opts.temperature, opts.top_k, opts.top_p, banned)          # (B,)
         yield ids
-        if t + 1 < length:
+        if t + 1 < opts.length:
             logits, state = step(ids, state)
 
 
@@ -74,8 +74,8 @@ def preview(model: CharRNN, vocab, length: int, seed: int, temperature: float = 
     model.eval()
     logits, state = model(torch.tensor([[vocab.start_id]], device=model.head.weight.device))
     step = FastStep(model)
-    out = list(sample_ids(step, logits[:, -1], step.to_fast(state), length, np.array([seed], dtype=np.uint64),
-                          temperature, banned=vocab.unk_id))
+    out = list(sample_ids(step, logits[:, -1], step.to_fast(state), np.array([seed], dtype=np.uint64),
+                          SampleOptions(length=length, temperature=temperature), banned=vocab.unk_id))
     model.train(was_training)
     return vocab.decode(torch.cat(out)) if out else ""
 

@@ -107,8 +107,7 @@ class Sampler:
         prompt_ids = self.encode(prompt, opts.unknown)
         seeds = np.uint64(opts.seed) + np.arange(opts.n, dtype=np.uint64)
         logits, state = self._prime(prompt_ids, opts.n)
-        return sample_ids(self.fast_step, logits, self.fast_step.to_fast(state), opts.length, seeds,
-                          opts.temperature, opts.top_k, opts.top_p, self.vocab.unk_id)
+        return sample_ids(self.fast_step, logits, self.fast_step.to_fast(state), seeds, opts, self.vocab.unk_id)
 
     def generate(self, prompt: str = "", options: SampleOptions | None = None, **settings) -> str | list[str]:
         """The continuation of ``prompt`` (without it): a str, or a list of ``n`` str decoded in one batch.
