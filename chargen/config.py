@@ -20,8 +20,8 @@ command line costs nothing.
 
 from __future__ import annotations
 
-import codecs
 import math
+import os
 from dataclasses import asdict, dataclass, fields
 
 from .errors import ChargenError
@@ -64,9 +64,10 @@ class PrepareOptions:
         if (self.val_fraction or 0) + (self.test_fraction or 0) >= 1.0:
             raise ChargenError("--val-fraction plus --test-fraction must be below 1, leaving text to train on")
         try:
-            codecs.lookup(self.encoding)
-        except LookupError:
-            raise ChargenError(f"unknown encoding {self.encoding!r}; use a Python codec name such as utf-8 "
+            "\n".encode(self.encoding)  # also refuses codecs that are not text encodings (rot13, hex)
+        except LookupError as e:
+            what = "is not a text encoding" if "text encoding" in str(e) else "is an unknown encoding"
+            raise ChargenError(f"{self.encoding!r} {what}; use a Python codec name such as utf-8 "
                                "or latin-1") from None
 
 
@@ -101,6 +102,30 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
+    @property
+    def num_tensors(self) -> int:
+        """How many tensors the weights file holds (tied weights are stored once)."""
+        return 2 + 4 * self.num_layers + (0 if self.tie_weights else 1)
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The stored tensors' names and shapes, as CharRNN names them (nn.LSTM/nn.GRU layout)."""
+        V, E, H, G = self.vocab_size, self.embedding_size, self.hidden_size, 4 if self.cell == "lstm" else 3
+        shapes = {"embedding.weight": (V, E), "head.bias": (V,)}
+        if not self.tie_weights:
+            shapes["head.weight"] = (V, H)
+        for k in range(self.num_layers):
+            shapes.update({f"rnn.weight_ih_l{k}": (G * H, E if k == 0 else H), f"rnn.weight_hh_l{k}": (G * H, H),
+                           f"rnn.bias_ih_l{k}": (G * H,), f"rnn.bias_hh_l{k}": (G * H,)})
+        return shapes
+
+    @property
+    def num_parameters(self) -> int:
+        """The parameter count, computed without building anything (closed form, any size)."""
+        V, E, H, L = self.vocab_size, self.embedding_size, self.hidden_size, self.num_layers
+        G = 4 if self.cell == "lstm" else 3
+        rnn = G * H * (E + H + 2) + (L - 1) * G * H * (2 * H + 2)
+        return V * E + rnn + V + (0 if self.tie_weights else V * H)
+
 
 @dataclass
 class TrainConfig:
@@ -124,7 +149,7 @@ class TrainConfig:
     seed: int = option(1337, "random seed", minimum=0, maximum=2**63 - 1, metavar="S", group=OPTIMIZATION)
     max_steps: int | None = option(None, "stop after N steps", minimum=1, resumable=True, metavar="N",
                                    group=BUDGET)
-    epochs: float | None = option(None, "stop after N passes over the training split", above=0.0,
+    epochs: float | None = option(None, "stop after N passes over the training split", above=0.0, maximum=1e9,
                                   resumable=True, metavar="N", group=BUDGET)
     max_time: float | None = option(None, "wall-clock budget: 90s, 5m, 1h", above=0.0, resumable=True,
                                     metavar="DURATION", parse=parse_duration, group=BUDGET)
@@ -206,7 +231,7 @@ PRESETS: dict[str, dict] = {
 
 
 def preset(name: str) -> dict:
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise ChargenError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return dict(PRESETS[name])
 
@@ -220,6 +245,7 @@ class Options:
     train: dict
     prepare: dict
     explicit: set    # the keys the user gave (flags, keyword options, TOML), not defaults or a preset
+    preset: str | None = None
 
 
 def layer_options(source, config_file, preset_name, options: dict) -> Options:
@@ -228,6 +254,10 @@ def layer_options(source, config_file, preset_name, options: dict) -> Options:
     preset_name = preset_name or file_opts.get("preset")
     file_source = file_opts.pop("source", None)
     file_opts.pop("preset", None)
+    for where, value in (("SOURCE", source), (f"source in {config_file}", file_source)):
+        if value is not None and (not isinstance(value, (str, os.PathLike)) or str(value) == ""):
+            raise ChargenError(f"{where} must be a path, glob or corpus name, got {value!r}; leave it out for "
+                               "the default corpus (pystdlib)")
     table = keys(*OPTION_CLASSES)
     given = {}
     for key, value in options.items():
@@ -245,7 +275,7 @@ def layer_options(source, config_file, preset_name, options: dict) -> Options:
         return {k: v for k, v in merged.items() if k in specs(cls)}
 
     return Options(source if source is not None else file_source, part(ModelConfig), part(TrainConfig),
-                   part(PrepareOptions), set(file_opts) | set(given))
+                   part(PrepareOptions), set(file_opts) | set(given), preset_name)
 
 
 DEFAULT_TEMPERATURE = 0.8  # the one default: the CLI, the Python API and training previews
@@ -263,7 +293,7 @@ class SampleOptions:
                                  above=0.0, maximum=1.0, metavar="P")
     stop: tuple[str, ...] = option((), "stop when TEXT appears (not printed; repeatable; \\n escapes "
                                        "allowed)", metavar="TEXT")
-    n: int = option(1, "samples, decoded together in one batch", minimum=1, metavar="N")
+    n: int = option(1, "samples, decoded together in one batch", minimum=1, maximum=1 << 16, metavar="N")
     seed: int | None = option(None, "same seed, same text (default: random)", minimum=0, maximum=2**63 - 1)
     unknown: str = option("error", "prompt characters outside the vocabulary: an error, or the unknown "
                                    "token", choices=("error", "unk"))

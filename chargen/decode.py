@@ -89,7 +89,9 @@ def pick(logits: torch.Tensor, u: torch.Tensor | None, temperature: float, top_k
         return logits.argmax(dim=-1)
     logits = logits.double()
     if temperature != 1.0:
-        logits = logits / temperature
+        # Shift the maximum to 0 before dividing: a tiny temperature then sends every other logit to
+        # -inf (greedy in the limit) instead of overflowing the maximum to +inf (NaN probabilities).
+        logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]          # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -235,7 +235,7 @@ def load_toml(path, classes, extra: typing.Iterable[str] = ()) -> dict:
             raw = tomllib.load(f)
     except FileNotFoundError:
         raise ChargenError(f"config file {path} does not exist") from None
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ChargenError(f"config file {path} is not valid TOML: {e}") from None
     table = keys(*classes)
     by_name = {name: spec for cls in classes for name, spec in specs(cls).items()}

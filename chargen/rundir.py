@@ -26,9 +26,10 @@ import json
 import os
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .config import ModelConfig, PrepareOptions, TrainConfig
 from .errors import ChargenError
 from .files import FILE_MODE
 
@@ -71,7 +72,7 @@ def read_config(run_dir: Path) -> dict:
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise ChargenError(f"{run_dir} was written by a newer chargen (run format {version}; this chargen "
                            f"reads format {FORMAT_VERSION}): upgrade chargen (pip install -U chargen)")
-    if version != FORMAT_VERSION:
+    if version != FORMAT_VERSION or not isinstance(version, int) or isinstance(version, bool):
         raise ChargenError(f"{run_dir}/config.json has format version {version!r}; this chargen reads "
                            f"version {FORMAT_VERSION}: the run folder is corrupt, retrain it")
     for key in ("model", "train", "corpus"):
@@ -93,30 +94,83 @@ def last_dir(run_dir: Path) -> Path:
 
 @dataclass
 class RunFolder:
-    """A validated run folder: its config, model config and vocabulary."""
+    """A validated run folder: its config (raw and as dataclasses) and its vocabulary."""
 
     dir: Path
     config: dict
-    model_config: "ModelConfig"  # noqa: F821 (imported lazily: torch)
-    vocab: "CharVocab"           # noqa: F821
+    model_config: ModelConfig
+    train_config: TrainConfig
+    prepare: dict                 # the corpus options the run was created with (only those given)
+    vocab: "CharVocab"            # noqa: F821 (tokenizers is imported lazily)
 
 
 def open_run_dir(run_dir: str | os.PathLike) -> RunFolder:
     """Read and check a run folder (see the module docstring); any problem is a ChargenError."""
-    from .config import ModelConfig
     from .tokenizer import CharVocab
 
     run_dir = check_run_dir(Path(run_dir))
     config = read_config(run_dir)
-    try:
-        model_config = ModelConfig.from_dict(config["model"])
-    except (TypeError, ChargenError) as e:
-        raise ChargenError(f"{run_dir}/config.json has a bad model section ({e}); the run folder is corrupt") from None
+    corpus = config["corpus"]
+    prepare = corpus.get("prepare", {})
+    schedule = config.get("schedule", {})
+    model_config = _section(run_dir, "model", lambda: ModelConfig(**_complete(ModelConfig, config["model"])))
+    train_config = _section(run_dir, "train", lambda: TrainConfig(**_complete(TrainConfig, config["train"])))
+    _section(run_dir, "corpus", lambda: PrepareOptions(**prepare))
+    if not (isinstance(corpus.get("fingerprint"), str) and _whole(corpus.get("chars"))):
+        raise ChargenError(f"{run_dir}/config.json has a bad corpus section (fingerprint, chars); "
+                           "the run folder is corrupt")
+    if not (isinstance(schedule, dict) and all(v is None or _number(v) for v in schedule.values())):
+        raise ChargenError(f"{run_dir}/config.json has a bad schedule section; the run folder is corrupt")
+    check_weights_header(run_dir / "model.safetensors", model_config)
     vocab = CharVocab.load(run_dir / "tokenizer.json")
     if len(vocab) != model_config.vocab_size:
         raise ChargenError(f"{run_dir}/tokenizer.json has {len(vocab)} characters but the model expects "
                            f"{model_config.vocab_size}; the run folder is corrupt")
-    return RunFolder(run_dir, config, model_config, vocab)
+    return RunFolder(run_dir, config, model_config, train_config, prepare, vocab)
+
+
+def check_weights_header(path: Path, model_config: ModelConfig) -> None:
+    """Compare the tensor names and shapes in a weights file's header with the config, before
+    anything is allocated: a config.json edited to ask for a huge model fails here, cheaply."""
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ChargenError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]}); "
+                           "the run folder is corrupt") from None
+    expected = model_config.parameter_shapes() if len(stored) == model_config.num_tensors else {}
+    if stored != expected:
+        wrong = sorted(set(stored) ^ set(expected)) or sorted(k for k in stored if stored[k] != expected[k])
+        raise ChargenError(f"{path} does not fit the model in config.json ({len(stored)} tensors; first "
+                           f"mismatch: {wrong[0] if wrong else '?'}); the run folder is corrupt")
+
+
+def _section(run_dir: Path, name: str, build):
+    try:
+        return build()
+    except (TypeError, ValueError) as e:  # ChargenError is a ValueError
+        raise ChargenError(f"{run_dir}/config.json has a bad {name} section ({e}); "
+                           "the run folder is corrupt") from None
+
+
+def _complete(cls, section) -> dict:
+    """The section's values for ``cls``; every field must be there (a run writes them all)."""
+    if not isinstance(section, dict):
+        raise TypeError("not a JSON object")
+    names = [f.name for f in fields(cls)]
+    missing = [n for n in names if n not in section]
+    if missing:
+        raise TypeError(f"missing {', '.join(missing)}")
+    return {n: section[n] for n in names}
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # --------------------------------------------------------------------------- the lock
@@ -137,7 +191,11 @@ class RunLock:
         except ImportError:  # Windows: no flock; runs are not locked there
             return
         while self._fd is None:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            except OSError as e:
+                raise ChargenError(f"cannot lock {run_dir}: {e.strerror} ({self.path}); check the folder's "
+                                   "permissions or choose another --out") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:

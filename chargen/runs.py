@@ -11,10 +11,11 @@ the resumable options (budget, evaluation, device) change.
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from .batches import RandomWindows, StatefulStreams
 from .devices import resolve_device, resolve_precision
 from .errors import ChargenError
 from .files import write_json
+from .options import specs
 from .prepared import PreparedCorpus, prepare
 from .rundir import FORMAT_VERSION, LOCK_FILE, RunLock, check_run_dir, last_dir, open_run_dir
 from .config import (DEFAULT_EPOCHS, RESUMABLE, ModelConfig, Options, PrepareOptions, TrainConfig,
@@ -47,6 +49,7 @@ class Run:
     rank: int = 0
     world_size: int = 1
     lock: RunLock | None = None   # rank 0's lock on the folder
+    claim: RunClaim | None = None  # rank 0's claim on a new run's folder, until its first checkpoint
 
     @property
     def is_main(self) -> bool:
@@ -61,10 +64,18 @@ class Run:
             self.lock.release()
             self.lock = None
 
+    def abandon_if_unstarted(self) -> None:
+        """A new run that fails (or is interrupted) before its first checkpoint leaves nothing behind."""
+        if self.claim is not None and not (self.dir / "last").exists():
+            self.claim.abandon()
+            self.lock = None
+
 
 def open_run(source=None, *, out, resume=False, overwrite=False, corpora_dirs=(), cache_dir=None,
              config_file=None, preset=None, options=None) -> Run:
     """Layer and check the options, lock the folder, prepare the corpus, and create or reopen the run."""
+    if not isinstance(out, (str, os.PathLike)) or str(out) == "":
+        raise ChargenError(f"--out must name a run folder, got {out!r}")
     opts = layer_options(source, config_file, preset, dict(options or {}))
     if resume and overwrite:
         raise ChargenError("--resume and --overwrite contradict each other; pass one")
@@ -80,10 +91,11 @@ def _create(out: Path, opts: Options, overwrite: bool, where: dict) -> Run:
     ModelConfig(vocab_size=1, **opts.model)            # bad options fail before any work
     PrepareOptions(**opts.prepare)
     device, precision, rank, world = _devices(train_cfg)
-    claim = distributed.main_first(world, rank, lambda: _Claim(out, overwrite), others=False)
+    claim = distributed.main_first(world, rank, lambda: RunClaim(out, overwrite), others=False)
     try:
         corpus = distributed.main_first(world, rank, lambda: prepare(opts.source, **where, **opts.prepare))
         model_cfg = ModelConfig(vocab_size=len(corpus.vocab), **opts.model)
+        _check_fits(model_cfg, device)
         decay_steps, decay_time = _decay(train_cfg, _batches_per_epoch(corpus, train_cfg))
         config = {
             "format_version": FORMAT_VERSION,
@@ -100,26 +112,34 @@ def _create(out: Path, opts: Options, overwrite: bool, where: dict) -> Run:
             claim.abandon()
         raise
     return Run(out, corpus, model_cfg, train_cfg, decay_steps, decay_time, resuming=False, device=device,
-               precision=precision, rank=rank, world_size=world, lock=claim.lock if claim else None)
+               precision=precision, rank=rank, world_size=world, lock=claim.lock if claim else None, claim=claim)
 
 
-class _Claim:
-    """Rank 0's hold on a new run's folder: made if missing, locked, checked, and undone on failure."""
+class RunClaim:
+    """Rank 0's hold on a new run's folder: made if missing, locked, checked; undone if the run never starts.
+
+    Until the run's first checkpoint, :meth:`abandon` removes what this claim
+    made (the run's files, the folder and any parents it created, when empty)
+    and nothing else: a folder it could not lock is never touched.
+    """
 
     def __init__(self, out: Path, overwrite: bool):
+        if out.is_symlink() and not out.exists():
+            raise ChargenError(f"{out} is a symbolic link to a missing folder; choose another --out")
         if out.exists() and not out.is_dir():
-            if overwrite:
-                raise ChargenError(f"{out} exists and is not a chargen run folder; --overwrite only replaces "
-                                   "runs. Choose another --out")
-            raise ChargenError(f"{out} already exists (not empty); pass --resume to continue it, --overwrite to "
-                               "replace it, or choose another --out")
-        self.out, self.overwrite = out, overwrite
-        self.created = _make_dirs(out)                 # the top folder this call made, if any
+            raise ChargenError(f"{out} is a file, not a run folder; choose another --out")
+        self.out, self.overwrite, self.filled = out, overwrite, False
+        self.made = _make_dirs(out)                    # folders this call created, deepest first
         try:
             self.lock = RunLock(out)
+        except BaseException:
+            self._prune()
+            raise
+        try:
             self._check_contents()
         except BaseException:
-            self._remove_created()
+            self.lock.release()
+            self._prune()
             raise
 
     def _check_contents(self) -> None:
@@ -137,31 +157,70 @@ class _Claim:
     def fill(self, config: dict, corpus: PreparedCorpus) -> None:
         """Replace whatever the folder held (with --overwrite) by the new run's config and vocabulary."""
         if self.overwrite:
-            for p in self.out.iterdir():
-                if p.name != LOCK_FILE:
-                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            self._empty()
+        self.filled = True
         write_json(self.out / "config.json", config)
         corpus.vocab.save(self.out / "tokenizer.json")
 
     def abandon(self) -> None:
-        """Undo what this claim made, and let go of the lock."""
-        self._remove_created()
+        """Undo this claim (the run never reached its first checkpoint), and let go of the lock."""
+        if self.filled:  # everything in the folder is this run's: it was empty, or emptied by fill
+            self._empty()
         self.lock.release()
+        self._prune()
 
-    def _remove_created(self) -> None:
-        if self.created is not None:
-            shutil.rmtree(self.created, ignore_errors=True)
+    def _empty(self) -> None:
+        for p in self.out.iterdir():
+            if p.name != LOCK_FILE:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+    def _prune(self) -> None:
+        """Remove the folders this claim created, deepest first, as long as they are empty."""
+        for d in self.made:
+            try:
+                d.rmdir()
+            except OSError:  # not empty: another run lives there now
+                break
 
 
-def _make_dirs(path: Path) -> Path | None:
-    """``mkdir -p path``; the topmost folder that did not exist before, or None."""
-    top = None
+def _make_dirs(path: Path) -> list[Path]:
+    """``mkdir -p path``; the folders that did not exist before, deepest first."""
+    missing = []
     for p in [path, *path.parents]:
-        if p.exists():
+        if p.exists() or p.is_symlink():
             break
-        top = p
-    path.mkdir(parents=True, exist_ok=True)
-    return top
+        missing.append(p)
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue  # made by another process just now: not ours to remove
+        except OSError as e:
+            for made in missing[missing.index(d) + 1:]:
+                try:
+                    made.rmdir()
+                except OSError:
+                    break
+            raise ChargenError(f"cannot create {d}: {e.strerror}; check the permissions of its parent "
+                               "or choose another --out") from None
+    return missing
+
+
+def _check_fits(cfg: ModelConfig, device: torch.device) -> None:
+    """Refuse, before anything is allocated, a model whose training state cannot fit in memory."""
+    need = cfg.num_parameters * 4 * 4  # fp32 weights, gradients and AdamW's two moments
+    try:
+        if device.type == "cuda":
+            have = torch.cuda.get_device_properties(device).total_memory
+        else:
+            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no way to know here: let the allocator decide
+        return
+    if need > have:
+        raise ChargenError(f"a {cfg.cell.upper()} {cfg.num_layers}x{cfg.hidden_size} model (embedding "
+                           f"{cfg.embedding_size}) has {cfg.num_parameters:,} parameters, about {need // 2**30:,} "
+                           f"GiB to train, more than the {have / 2**30:,.1f} GiB of {device.type} memory here; "
+                           "use a smaller --hidden, --layers or --embedding")
 
 
 def _devices(cfg: TrainConfig) -> tuple[torch.device, str, int, int]:
@@ -195,16 +254,15 @@ def _corpus_summary(corpus: PreparedCorpus, opts: Options) -> dict:
 
 def _resume(out: Path, opts: Options, where: dict) -> Run:
     folder = open_run_dir(check_run_dir(out))
-    config = folder.config
-    train_cfg = _resumed_train_config(config, opts)
+    train_cfg = _resumed_train_config(folder, opts)
     device, precision, rank, world = _devices(train_cfg)
     lock = distributed.main_first(world, rank, lambda: RunLock(out), others=False)
     try:
         last_dir(out)  # a resume needs a complete checkpoint
-        stored_prep = config["corpus"].get("prepare", {})
-        source = opts.source if opts.source is not None else config["corpus"].get("requested_source")
-        corpus = distributed.main_first(world, rank, lambda: prepare(source, **where, **stored_prep))
-        _check_same_corpus(config["corpus"], corpus)
+        corpus_summary = folder.config["corpus"]
+        source = opts.source if opts.source is not None else corpus_summary.get("requested_source")
+        corpus = distributed.main_first(world, rank, lambda: prepare(source, **where, **folder.prepare))
+        _check_same_corpus(corpus_summary, corpus)
         if folder.vocab.chars != corpus.vocab.chars:
             raise ChargenError("the run's tokenizer.json differs from the corpus vocabulary; the run folder was "
                                "changed by hand: start a new run")
@@ -213,27 +271,30 @@ def _resume(out: Path, opts: Options, where: dict) -> Run:
         if lock is not None:
             lock.release()
         raise
-    sched = config.get("schedule", {})
+    sched = folder.config.get("schedule", {})
     return Run(out, corpus, folder.model_config, train_cfg, sched.get("decay_steps"), sched.get("decay_time"),
                resuming=True, device=device, precision=precision, rank=rank, world_size=world, lock=lock)
 
 
-def _resumed_train_config(config: dict, opts: Options) -> TrainConfig:
+def _resumed_train_config(folder, opts: Options) -> TrainConfig:
     """The run's own TrainConfig with the resumable options the user gave; any other change is refused."""
-    stored_prep = config["corpus"].get("prepare", {})
-    for given, stored, what in ((opts.model, config["model"], "model"), (opts.prepare, stored_prep, "corpus")):
+    if opts.preset is not None:
+        raise ChargenError(f"--preset {opts.preset} applies when a run is created; a resumed run keeps its "
+                           "options (drop --preset)")
+    created = {"model": folder.model_config.to_dict(), "train": folder.train_config.to_dict(),
+               "corpus": asdict(PrepareOptions(**folder.prepare))}
+    for what, cls, given in (("model", ModelConfig, opts.model), ("corpus", PrepareOptions, opts.prepare),
+                             ("train", TrainConfig, opts.train)):
         for k, v in given.items():
-            if k in opts.explicit and stored.get(k) != v:
-                raise ChargenError(f"the run was created with {k.replace('_', '-')}={stored.get(k)!r}, "
-                                   f"not {v!r}; a resumed run keeps its {what} options (drop the flag)")
-    merged = dict(config["train"])
-    for k, v in opts.train.items():
-        if k not in opts.explicit:
-            continue
-        if k not in RESUMABLE and merged.get(k) != v:
-            raise ChargenError(f"the run was created with --{k.replace('_', '-')} {merged.get(k)!r}, "
-                               f"not {v!r}; only budget, evaluation and device options change on resume")
-        merged[k] = v
+            if k not in opts.explicit or created[what][k] == v or k in RESUMABLE:
+                continue
+            flag = specs(cls)[k].flag
+            rule = ("only budget, evaluation and device options change on resume" if what == "train" else
+                    f"a resumed run keeps its {what} options")
+            raise ChargenError(f"the run was created with --{flag} {created[what][k]!r}, not {v!r}; {rule} "
+                               "(drop the flag)")
+    merged = created["train"]
+    merged.update({k: v for k, v in opts.train.items() if k in opts.explicit and k in RESUMABLE})
     return TrainConfig(**merged)
 
 

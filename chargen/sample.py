@@ -26,8 +26,9 @@ Seeding rule: sample ``i`` of ``generate(..., n=N, seed=s)`` is the text that
 from __future__ import annotations
 
 import math
+import os
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -71,6 +72,8 @@ class Sampler:
         """Load a run folder: config, vocabulary and weights (``best`` or ``last``); no pickle."""
         if checkpoint not in ("best", "last"):
             raise ChargenError(f"checkpoint must be best or last, got {checkpoint!r}")
+        if not isinstance(run_dir, (str, os.PathLike)):
+            raise ChargenError(f"run_dir must be the path of a run folder, got {run_dir!r}")
         run = open_run_dir(run_dir)
         device = resolve_device(device)
         path = run.dir / "model.safetensors" if checkpoint == "best" else run.dir / "last" / "model.safetensors"
@@ -82,6 +85,10 @@ class Sampler:
 
     def encode(self, text: str, unknown: str = "error") -> np.ndarray:
         """Ids of ``text``; characters outside the vocabulary are an error (or UNK with ``unknown="unk"``)."""
+        if unknown not in ("error", "unk"):
+            raise ChargenError(f"unknown must be error or unk, got {unknown!r}")
+        if not isinstance(text, str):
+            raise ChargenError(f"text must be a str, got {type(text).__name__}")
         return self.vocab.encode_array(text, strict=unknown != "unk").astype(np.int64)
 
     @torch.inference_mode()
@@ -98,7 +105,16 @@ class Sampler:
 
     # -- generation --------------------------------------------------------
 
-    def _options(self, options: SampleOptions | None, settings: dict) -> SampleOptions:
+    def _options(self, prompt: str, options: SampleOptions | None, settings: dict) -> SampleOptions:
+        if not isinstance(prompt, str):
+            raise ChargenError(f"the prompt must be text (str), got {type(prompt).__name__}")
+        if options is not None and not isinstance(options, SampleOptions):
+            raise ChargenError(f"options must be a SampleOptions, got {type(options).__name__}; "
+                               "or pass the settings as keywords")
+        unknown = sorted(set(settings) - {f.name for f in fields(SampleOptions)})
+        if unknown:
+            raise ChargenError(f"unknown sampling option(s) {', '.join(unknown)}; the options are "
+                               f"{', '.join(f.name for f in fields(SampleOptions))}")
         opts = SampleOptions(**settings) if options is None else replace(options, **settings)
         return opts if opts.seed is not None else replace(opts, seed=secrets.randbits(63))
 
@@ -116,7 +132,7 @@ class Sampler:
         ``top_k``, ``top_p``, ``stop``, ``n``, ``seed``, ``unknown``), given alone
         or over an ``options`` object.
         """
-        opts = self._options(options, settings)
+        opts = self._options(prompt, options, settings)
         steps = self._ids(prompt, opts)
         if not opts.stop:  # nothing to watch for: keep ids on the device, decode once at the end
             columns = list(steps)
@@ -149,7 +165,7 @@ class Sampler:
         Text that could be the start of a stop string is held back until it is
         known not to be one. Options are checked now, not at the first piece.
         """
-        opts = self._options(options, settings)
+        opts = self._options(prompt, options, settings)
         if opts.n != 1:
             raise ChargenError(f"stream produces one sample; pass n=1 (got n={opts.n}), or use generate")
         self.encode(prompt, opts.unknown)

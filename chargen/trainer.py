@@ -69,6 +69,9 @@ def train(source=None, *, out, resume: bool = False, overwrite: bool = False,
         progress = sys.stderr.isatty()
     try:
         result = Trainer(run, show_bar=progress).fit()
+    except BaseException:
+        run.abandon_if_unstarted()
+        raise
     finally:
         run.close()
     # Every process reaches the end before any leaves the group: tearing it down while rank 0

@@ -69,7 +69,7 @@ def test_prepare_default_is_pystdlib(cli):
     (None, ["--val-fraction", "1.5"], ["argument --val-fraction: must be in [0, 1)"]),
     (None, ["--min-char-count", "0"], ["must be at least 1"]),
     (None, ["--normalize", "nfx"], ["invalid choice: 'nfx'"]),
-    (None, ["--encoding", "klingon"], ["unknown encoding 'klingon'"]),
+    (None, ["--encoding", "klingon"], ["'klingon' is an unknown encoding"]),
     (None, ["tinyshakespeare", "--corpora-dir", "{d}"], ["downloads are off; put tinyshakespeare.txt in one of"]),
     ("jsonl", ["hf:{d}/d.jsonl", "--text-column", "body"], ["has no column 'body'", "--text-column"]),
 ])

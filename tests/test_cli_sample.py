@@ -65,7 +65,7 @@ def test_eval_matches_score(cli, run, tmp_path):
     (["--top-k", "0"], ["argument --top-k: must be at least 1, got 0"]),
     (["--top-p", "1.5"], ["argument --top-p: must be in (0, 1], got 1.5"]),
     (["--length", "-1"], ["argument --length: must be at least 0, got -1"]),
-    (["-n", "0"], ["argument -n: must be at least 1, got 0"]),
+    (["-n", "0"], ["argument -n: must be in [1, 65536], got 0"]),
     (["--seed", "-1"], ["argument --seed: must be in [0, 2**63 - 1], got -1"]),
     (["--device", "foo"], ["unknown device 'foo'"]),
     (["--prompt", "QXZ€"], ["not in the vocabulary", "'€'"]),

@@ -139,8 +139,14 @@ def test_resume_refuses_another_corpus_or_changed_options(text_file, tmp_path):
     other.write_text(text_file.read_text().upper())
     with pytest.raises(ChargenError, match="this corpus differs from the run.s: .*small.txt .*other.txt"):
         train(other, out=run, max_steps=10, resume=True)
-    with pytest.raises(ChargenError, match="created with hidden-size=32, not 64"):
+    with pytest.raises(ChargenError, match="created with --hidden 32, not 64; a resumed run keeps its model"):
         train(text_file, out=run, max_steps=10, resume=True, hidden_size=64)
+    with pytest.raises(ChargenError, match="created with --lowercase False, not True; .* keeps its corpus"):
+        train(text_file, out=run, max_steps=10, resume=True, lowercase=True)
+    with pytest.raises(ChargenError, match="--preset tiny applies when a run is created"):
+        train(text_file, out=run, max_steps=10, resume=True, preset="tiny")
+    # giving an option its value (the default, here) is not a change
+    assert train(text_file, out=run, max_steps=6, resume=True, normalize="none", lr=0.01).steps == 6
     with pytest.raises(ChargenError, match="created with --lr 0.01, not 0.5"):
         train(text_file, out=run, max_steps=10, resume=True, lr=0.5)
     result = train(out=run, max_steps=10, resume=True)  # no source: the run's own
