@@ -82,12 +82,12 @@ def main_first(world: int, rank: int, fn: Callable[[], T], others: bool = True) 
     return result
 
 
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """Rank 0's decision (stop now?), the same on every rank."""
+def broadcast_flags(flags: list[bool], device: torch.device) -> list[bool]:
+    """Rank 0's decisions (stop now? interrupted?), the same on every rank, in one broadcast."""
     import torch.distributed as dist
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     dist.broadcast(t, src=0)
-    return bool(t.item())
+    return [bool(v) for v in t.tolist()]
 
 
 def mean_and_any_bad(loss: torch.Tensor, world: int) -> tuple[torch.Tensor, bool]:

@@ -19,8 +19,11 @@ for bit the run that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -109,6 +112,7 @@ class Trainer:
         self.carried = None        # the hidden state the last batch ended with (stateful layout)
         self.progress = ResumeState(world_size=run.world_size)
         self.stop_reason = None    # set by evaluation (patience), on rank 0
+        self.interrupted = False   # Ctrl-C asked the loop to stop after this step
         self.log = MetricsLog(run.dir, run.is_main)
         self.meter = Meter(self.device)
         if run.resuming:
@@ -126,18 +130,44 @@ class Trainer:
         # The time budget is wall-clock (evaluation and checkpoints included), carried across resumes.
         self.wall_start = time.perf_counter() - self.progress.elapsed
         try:
-            while not self._should_stop():
-                self._step()
-                self._log_and_evaluate()
-                if self.progress.step % self.cfg.checkpoint_every == 0:
-                    self._checkpoint()
-                self.progress.elapsed = time.perf_counter() - self.wall_start
-        except KeyboardInterrupt:
-            self._on_interrupt()
+            with self._interrupts_between_steps():
+                while not self._should_stop():
+                    self._step()
+                    self._log_and_evaluate()
+                    if self.progress.step % self.cfg.checkpoint_every == 0:
+                        self._checkpoint()
+                    self.progress.elapsed = time.perf_counter() - self.wall_start
+        except KeyboardInterrupt:  # a second Ctrl-C: the step it hit may be half done, so nothing is saved
+            self._close_bar()
+            self.log.say(f"interrupted again, inside step {self.progress.step + 1}; not saved, the last checkpoint "
+                         f"stands. Resume with: {self.run.resume_hint()}")
             raise
         finally:
             self._close_bar()
+        if self.interrupted:
+            self._on_interrupt()
+            raise KeyboardInterrupt
         return self._finish()
+
+    @contextlib.contextmanager
+    def _interrupts_between_steps(self):
+        """Ctrl-C (SIGINT) asks the loop to stop at the end of the current step, where the run can be
+        checkpointed exactly; a second Ctrl-C stops at once. Only the main thread receives signals."""
+        self.interrupted = False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _close_bar(self) -> None:
         if self.bar is not None:
@@ -152,8 +182,8 @@ class Trainer:
     def _should_stop(self) -> bool:
         stop = self._budget_spent() or self.stop_reason is not None
         if self.run.world_size > 1:  # rank 0 decides, so every process stops at the same step
-            stop = distributed.broadcast_flag(stop, self.device)
-        return stop
+            stop, self.interrupted = distributed.broadcast_flags([stop, self.interrupted], self.device)
+        return stop or self.interrupted
 
     def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Forward and backward on batch ``step``, clipped; returns (loss, pre-clip grad norm, lr).
@@ -252,15 +282,12 @@ class Trainer:
                            chars_per_sec=self.meter.chars_per_sec, elapsed=p.elapsed, main=self.run.is_main)
 
     def _on_interrupt(self) -> None:
-        self._close_bar()
-        hint = self.run.resume_hint()
-        if self.run.world_size == 1:
-            self._checkpoint()
-            self.log.event(self.progress.step, "stopped", reason="interrupted")
-            self.log.say(f"interrupted at step {self.progress.step}; checkpoint saved. Resume with: {hint}")
-        else:  # the other processes may be anywhere: gathering a checkpoint now could hang
-            self.log.say(f"interrupted at step {self.progress.step}; the last periodic checkpoint stands. "
-                         f"Resume with: {hint}")
+        """Stopped by Ctrl-C between two steps (every process at the same one): checkpoint exactly."""
+        self._checkpoint()
+        self.log.event(self.progress.step, "stopped", reason="interrupted")
+        self.log.close()
+        self.log.say(f"interrupted at step {self.progress.step}; checkpoint saved. "
+                     f"Resume with: {self.run.resume_hint()}")
 
     # -- evaluation ------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The trainer: learning, run folder contents, exact resume, non-finite guard, refusals."""
 
 import json
+import signal
 import math
 import random
 from pathlib import Path
@@ -200,8 +201,8 @@ def test_ctrl_c_checkpoints_prints_how_to_resume_and_resumes_exactly(text_file, 
     original = Trainer.train_step
 
     def interrupted(self, step):
-        if step == 13:
-            raise KeyboardInterrupt
+        if step == 13:  # Ctrl-C arrives in the middle of step 13: the step finishes, then the run stops
+            signal.raise_signal(signal.SIGINT)
         return original(self, step)
 
     monkeypatch.setattr(Trainer, "train_step", interrupted)
@@ -211,10 +212,45 @@ def test_ctrl_c_checkpoints_prints_how_to_resume_and_resumes_exactly(text_file, 
             "--eval-every", "20", "--log-every", "10", "--schedule", "constant", "--checkpoint-every", "100"]
     code, _, err = cli(*args)
     assert code == 130
-    assert f"interrupted at step 13; checkpoint saved. Resume with: chargen train --out {run} --resume" in err
-    assert json.loads((run / "last" / "trainer.json").read_text())["step"] == 13
+    assert f"interrupted at step 14; checkpoint saved. Resume with: chargen train --out {run} --resume" in err
+    assert json.loads((run / "last" / "trainer.json").read_text())["step"] == 14
     monkeypatch.setattr(Trainer, "train_step", original)
     assert train(out=run, max_steps=30, resume=True).steps == 30
     a, b = _snapshot(tmp_path / "straight"), _snapshot(run)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("where", ["clip", "optimizer"])
+def test_ctrl_c_inside_a_step_still_resumes_exactly(text_file, tmp_path, monkeypatch, where):
+    """Ctrl-C while clipping, or just after the optimizer step: the step completes, then the run stops."""
+    opts = dict(TINY, schedule="constant", checkpoint_every=100, dropout=0.1, num_layers=2)
+    train(text_file, out=tmp_path / "straight", max_steps=12, **opts)
+    calls = {"n": 0}
+    if where == "clip":
+        original = torch.nn.utils.clip_grad_norm_
+
+        def patched(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 6:
+                signal.raise_signal(signal.SIGINT)
+            return original(*args, **kwargs)
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", patched)
+    else:
+        original = torch.optim.AdamW.step
+
+        def patched(self, *args, **kwargs):
+            result = original(self, *args, **kwargs)
+            calls["n"] += 1
+            if calls["n"] == 6:
+                signal.raise_signal(signal.SIGINT)
+            return result
+        monkeypatch.setattr(torch.optim.AdamW, "step", patched)
+    with pytest.raises(KeyboardInterrupt):
+        train(text_file, out=tmp_path / "run", max_steps=12, **opts)
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "run" / "last" / "trainer.json").read_text())["step"] == 6
+    train(out=tmp_path / "run", max_steps=12, resume=True)
+    a, b = _snapshot(tmp_path / "straight"), _snapshot(tmp_path / "run")
     for k in a:
         assert torch.equal(a[k], b[k]), k
