@@ -66,13 +66,13 @@ class CharRNN(nn.Module):
         return logits, state
 
 
-def detach_state(state):
-    """Cut the graph behind a carried state (truncated BPTT) without copying it."""
+def detach_state(state, dtype: torch.dtype | None = None):
+    """Cut the graph behind a carried state (truncated BPTT), optionally in ``dtype``; no copy otherwise."""
     if state is None:
         return None
     if isinstance(state, tuple):
-        return tuple(s.detach() for s in state)
-    return state.detach()
+        return tuple(s.detach().to(dtype) if dtype else s.detach() for s in state)
+    return state.detach().to(dtype) if dtype else state.detach()
 
 
 def state_tensors(state) -> dict[str, torch.Tensor]:

@@ -81,6 +81,20 @@ def read_config(run_dir: Path) -> dict:
     return config
 
 
+def looks_like_run(path: Path) -> bool:
+    """Whether ``path`` bears a chargen run's own marks: a config.json with a format version and model,
+    train and corpus sections, beside a tokenizer.json. Only such a folder may be overwritten."""
+    try:
+        with open(Path(path) / "config.json", encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return (isinstance(config, dict) and isinstance(config.get("format_version"), int)
+            and not isinstance(config.get("format_version"), bool)
+            and all(isinstance(config.get(k), dict) for k in ("model", "train", "corpus"))
+            and (Path(path) / "tokenizer.json").is_file())
+
+
 def last_dir(run_dir: Path) -> Path:
     """``last/``, or ``last.old/`` if a crash hit between the two renames of a swap."""
     run_dir = Path(run_dir)

@@ -28,7 +28,7 @@ from .errors import ChargenError
 from .files import write_json
 from .options import specs
 from .prepared import PreparedCorpus, prepare
-from .rundir import FORMAT_VERSION, LOCK_FILE, RunLock, check_run_dir, last_dir, open_run_dir
+from .rundir import FORMAT_VERSION, LOCK_FILE, RunLock, check_run_dir, last_dir, looks_like_run, open_run_dir
 from .config import (DEFAULT_EPOCHS, RESUMABLE, ModelConfig, Options, PrepareOptions, TrainConfig,
                      layer_options, step_budget)
 
@@ -145,7 +145,7 @@ class RunClaim:
     def _check_contents(self) -> None:
         if not any(p.name != LOCK_FILE for p in self.out.iterdir()):
             return
-        is_run = (self.out / "config.json").is_file()
+        is_run = looks_like_run(self.out)
         if not self.overwrite:
             what = "a run" if is_run else "not empty"
             raise ChargenError(f"{self.out} already exists ({what}); pass --resume to continue it, --overwrite to "

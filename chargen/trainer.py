@@ -109,7 +109,8 @@ class Trainer:
                                            weight_decay=cfg.weight_decay, **fused)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=run.precision == "fp16")
         self.ddp_model = distributed.wrap_model(self.model, self.device, run.world_size)
-        self.carried = None        # the hidden state the last batch ended with (stateful layout)
+        self.carried = None        # the hidden state the last batch ended with (stateful layout), float32
+        self.state_dtype = self._state_dtype()
         self.progress = ResumeState(world_size=run.world_size)
         self.stop_reason = None    # set by evaluation (patience), on rank 0
         self.interrupted = False   # Ctrl-C asked the loop to stop after this step
@@ -120,6 +121,18 @@ class Trainer:
 
     def autocast(self):
         return autocast(self.run.precision, self.device)
+
+    @torch.no_grad()
+    def _state_dtype(self) -> torch.dtype:
+        """The dtype of the state the RNN returns under this precision (bf16/fp16 kernels on some devices,
+        float32 on others), found with one tiny forward in eval mode, which draws no random numbers."""
+        if self.run.precision == "fp32":
+            return torch.float32
+        self.model.eval()
+        with self.autocast():
+            _, state = self.model(torch.zeros(1, 1, dtype=torch.long, device=self.device))
+        self.model.train()
+        return (state[0] if isinstance(state, tuple) else state).dtype
 
     # -- the story of a run ----------------------------------------------------
 
@@ -197,12 +210,17 @@ class Trainer:
         lr = schedule_lr(cfg, step, self.progress.elapsed, self.run.decay_steps, self.run.decay_time)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        carried = self.carried
+        if carried is not None and self.state_dtype != torch.float32:  # the dtype the RNN kernel works in
+            carried = detach_state(carried, self.state_dtype)
         with self.autocast():
-            logits, state = self.ddp_model(x, self.carried)               # (B, T, V)
+            logits, state = self.ddp_model(x, carried)                    # (B, T, V)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         # Detach: the next batch starts from this state, but gradients stop here (truncated BPTT).
-        # Random windows always start from zeros, so there is nothing to carry.
-        self.carried = detach_state(state) if cfg.layout == "stateful" else None
+        # It is kept (and saved) in float32 whatever the autocast dtype, so that a run can resume at
+        # another precision; under bf16/fp16 it is cast back when fed in (exactly, so training is the
+        # same). Random windows always start from zeros, so there is nothing to carry.
+        self.carried = detach_state(state, torch.float32) if cfg.layout == "stateful" else None
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)

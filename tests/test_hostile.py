@@ -168,3 +168,16 @@ def test_a_huge_n_is_one_line(cli, golden):
 def test_a_run_lock_cannot_be_taken_in_a_folder_that_is_gone(tmp_path):
     with pytest.raises(ChargenError, match="cannot lock"):
         RunLock(tmp_path / "missing")
+
+
+def test_overwrite_never_deletes_a_folder_that_only_looks_like_a_run(cli, corpus, tmp_path):
+    """Issue 8, item 2: a project folder with a config.json of its own is not a run."""
+    proj = tmp_path / "proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "config.json").write_text('{"name": "my app"}')
+    (proj / "src" / "main.py").write_text("precious\n")
+    code, _, err = cli("train", corpus, "--out", proj, "--overwrite", *SMALL)
+    assert code == 2
+    one_error_line(err, "is not a chargen run folder; --overwrite only replaces runs")
+    assert (proj / "src" / "main.py").read_text() == "precious\n"
+    assert sorted(p.name for p in proj.iterdir()) == ["config.json", "src"]

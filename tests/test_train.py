@@ -254,3 +254,25 @@ def test_ctrl_c_inside_a_step_still_resumes_exactly(text_file, tmp_path, monkeyp
     a, b = _snapshot(tmp_path / "straight"), _snapshot(tmp_path / "run")
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def _bf16_lstm_runs_here() -> bool:
+    model = torch.nn.LSTM(4, 4, batch_first=True)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(torch.zeros(1, 2, 4))
+        return True
+    except RuntimeError:  # oneDNN without bf16 LSTM kernels on this CPU
+        return False
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_carried_state_is_float32_and_a_bf16_run_resumes_in_fp32(text_file, tmp_path, cell):
+    """Issue 8, item 3: the state was kept and saved in the autocast dtype."""
+    if cell == "lstm" and not _bf16_lstm_runs_here():
+        pytest.skip("this CPU has no bf16 LSTM kernel")
+    run = tmp_path / "run"
+    train(text_file, out=run, max_steps=6, precision="bf16", cell=cell, **TINY)
+    state = load_file(str(run / "last" / "state.safetensors"))
+    assert all(v.dtype == torch.float32 for k, v in state.items() if k.startswith("state."))
+    assert train(out=run, max_steps=10, resume=True, precision="fp32").steps == 10
