@@ -45,6 +45,7 @@ class ResumeState:
     bad_streak: int = 0                       # non-finite steps in a row
     last_eval_step: int | None = None
     world_size: int = 1
+    stopped: str | None = None                # why a finished run stopped (budget, patience); None while running
     rng: dict[str, torch.Tensor] = field(default_factory=dict)      # "rng_cpu", "rng_cuda" (".R" per rank)
     carried: dict[str, torch.Tensor] = field(default_factory=dict)  # "h" (and "c"): (L, B, H), all streams
 
@@ -135,7 +136,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
 # --------------------------------------------------------------------------- last/
 
 _COUNTERS = ("step", "elapsed", "best_val_loss", "best_step", "evals_since_best", "bad_streak",
-             "last_eval_step", "world_size")
+             "last_eval_step", "world_size", "stopped")
 
 
 def save_last(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler,
@@ -181,7 +182,8 @@ def load_last(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
         rs = ResumeState(step=int(info["step"]), elapsed=float(info["elapsed"]),
                          best_val_loss=info["best_val_loss"], best_step=info["best_step"],
                          evals_since_best=int(info["evals_since_best"]), bad_streak=int(info["bad_streak"]),
-                         last_eval_step=info.get("last_eval_step"), world_size=saved_world)
+                         last_eval_step=info.get("last_eval_step"), world_size=saved_world,
+                         stopped=info.get("stopped"))
     except (KeyError, TypeError, ValueError) as e:
         raise ChargenError(f"{d} is incomplete or corrupt ({type(e).__name__}: {e}); "
                            "start a new run with --overwrite") from None

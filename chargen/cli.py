@@ -146,7 +146,7 @@ def _prompt(args) -> str:
     if args.prompt_file is None:
         return _unescape(args.prompt) if args.prompt is not None else ""
     try:
-        with open(args.prompt_file, encoding="utf-8") as f:
+        with open(args.prompt_file, encoding="utf-8-sig") as f:  # a leading BOM (Windows editors) is not text
             return f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise ChargenError(f"cannot read prompt file {args.prompt_file}: "

@@ -154,16 +154,31 @@ def _pieces_cut_in_bytes(f, path, encoding, errors, chunk_bytes) -> Iterator[str
             if not utf8 or len(buf) < chunk_bytes:
                 carry = buf
                 continue
-            cut = len(buf)  # one very long line: cut before the last character's lead byte
-            while cut > 1 and (buf[cut - 1] & 0xC0) == 0x80:
-                cut -= 1
-            cut -= 1
+            cut = _safe_cut(buf)
         view = memoryview(buf)
         yield _decode(view[:cut], path, encoding, errors, start)
         carry = bytes(view[cut:])
         start += cut
     if carry:
         yield _decode(carry, path, encoding, errors, start)
+
+
+def _safe_cut(buf: bytes, window: int = 1 << 16) -> int:
+    """Where to cut one very long UTF-8 line: before its last ASCII byte when there is one near the
+    end, else before the last character's lead byte.
+
+    Normalization (NFC, NFKC) can join a character with the marks that follow it, so a piece must
+    not end between them; no composition joins anything to a following ASCII character (ASCII is
+    never a combining mark), so a cut before one is safe for every normalizer.
+    """
+    lo = max(0, len(buf) - window)
+    ascii_at = max(buf.rfind(bytes([c]), lo) for c in range(0x80))
+    if ascii_at > 0:
+        return ascii_at
+    cut = len(buf)
+    while cut > 1 and (buf[cut - 1] & 0xC0) == 0x80:
+        cut -= 1
+    return cut - 1
 
 
 def _pieces_cut_in_text(f, path, encoding, errors, chunk_bytes) -> Iterator[str]:

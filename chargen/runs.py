@@ -28,7 +28,8 @@ from .errors import ChargenError
 from .files import write_json
 from .options import specs
 from .prepared import PreparedCorpus, prepare
-from .rundir import FORMAT_VERSION, LOCK_FILE, RunLock, check_run_dir, last_dir, looks_like_run, open_run_dir
+from .rundir import (FORMAT_VERSION, LOCK_FILE, RunLock, check_run_dir, last_dir, looks_like_run, open_run_dir,
+                     read_json)
 from .config import (DEFAULT_EPOCHS, RESUMABLE, ModelConfig, Options, PrepareOptions, TrainConfig,
                      layer_options, step_budget)
 
@@ -258,7 +259,7 @@ def _resume(out: Path, opts: Options, where: dict) -> Run:
     device, precision, rank, world = _devices(train_cfg)
     lock = distributed.main_first(world, rank, lambda: RunLock(out), others=False)
     try:
-        last_dir(out)  # a resume needs a complete checkpoint
+        _check_not_finished(last_dir(out), opts)  # a resume needs a complete checkpoint, of a run to go on with
         corpus_summary = folder.config["corpus"]
         source = opts.source if opts.source is not None else corpus_summary.get("requested_source")
         corpus = distributed.main_first(world, rank, lambda: prepare(source, **where, **folder.prepare))
@@ -296,6 +297,14 @@ def _resumed_train_config(folder, opts: Options) -> TrainConfig:
     merged = created["train"]
     merged.update({k: v for k, v in opts.train.items() if k in opts.explicit and k in RESUMABLE})
     return TrainConfig(**merged)
+
+
+def _check_not_finished(last: Path, opts: Options) -> None:
+    """A run that finished (its budget spent, or stopped by --patience) goes on only with a new budget."""
+    info = read_json(last / "trainer.json")
+    if info.get("stopped") and not ({"max_steps", "epochs", "max_time"} & opts.explicit):
+        raise ChargenError(f"{last.parent} already finished (stopped: {info['stopped']} at step {info.get('step')}); "
+                           "to train on, give it a new budget (--max-steps, --epochs or --max-time)")
 
 
 def _check_same_corpus(stored: dict, corpus: PreparedCorpus) -> None:

@@ -286,7 +286,7 @@ class Trainer:
     def _finish(self) -> TrainResult:
         """The final state of the run is always evaluated and checkpointed."""
         p = self.progress
-        stopped = self.stop_reason or "budget"
+        stopped = p.stopped = self.stop_reason or "budget"
         if p.step and p.last_eval_step != p.step:
             row = dict(step=p.step, elapsed=round(p.elapsed, 3))
             self._evaluate(row)
@@ -381,4 +381,7 @@ class Trainer:
             mine = {k: v[:, rows].contiguous().to(self.device) for k, v in self.progress.carried.items()}
             self.carried = state_from_tensors(mine, run.model_config.cell)
         self.progress.rng, self.progress.carried = {}, {}
+        if self.progress.stopped == "patience":  # extended with a new budget: patience starts over
+            self.progress.evals_since_best = 0
+        self.progress.stopped = None
         self.log.truncate(self.progress.step)

@@ -202,3 +202,17 @@ def test_undecodable_offset_in_a_later_chunk(tmp_path):
     p.write_bytes(b"ok line\n" * 1000 + b"bad \xc3( here\n")
     with pytest.raises(ChargenError, match="undecodable byte at offset 8004;"):
         list(read_text_pieces(p, chunk_bytes=100))
+
+
+@pytest.mark.parametrize("normalize", ["nfc", "nfkc"])
+def test_a_line_longer_than_a_chunk_is_never_cut_inside_a_normalization(tmp_path, normalize):
+    """Issue 8, item 9: 'e' + U+0301 split across two pieces stayed two code points under NFC."""
+    from chargen.tokenizer import make_normalizer
+    text = ("caf" + "e\u0301" + " " + "\u212b" + "x\u0308\u0323" + "ﬁ") * 50    # one line, no newline
+    p = tmp_path / "long.txt"
+    p.write_text(text, encoding="utf-8")
+    norm = make_normalizer(normalize)
+    for chunk in (5, 7, 11, 64):
+        pieces = list(read_text_pieces(p, chunk_bytes=chunk))
+        assert "".join(pieces) == text and len(pieces) > 1
+        assert "".join(norm.normalize_str(x) for x in pieces) == norm.normalize_str(text), chunk

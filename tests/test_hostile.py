@@ -181,3 +181,12 @@ def test_overwrite_never_deletes_a_folder_that_only_looks_like_a_run(cli, corpus
     one_error_line(err, "is not a chargen run folder; --overwrite only replaces runs")
     assert (proj / "src" / "main.py").read_text() == "precious\n"
     assert sorted(p.name for p in proj.iterdir()) == ["config.json", "src"]
+
+
+def test_a_bom_at_the_start_of_a_prompt_file_is_not_text(cli, golden, tmp_path):
+    """Issue 8, item 10."""
+    (tmp_path / "p.txt").write_bytes("\ufeffthe ".encode("utf-8"))
+    code, out, err = cli("sample", golden, "--prompt-file", tmp_path / "p.txt", "--length", "10", "--seed", "1")
+    assert code == 0, err
+    code2, out2, _ = cli("sample", golden, "--prompt", "the ", "--length", "10", "--seed", "1")
+    assert out == out2 and out.startswith("the ")

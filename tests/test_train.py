@@ -161,6 +161,23 @@ def test_patience_stops_early(text_file, tmp_path):
     assert result.stopped == "patience" and result.steps < 2000
 
 
+def test_a_finished_run_is_not_trained_on_without_a_new_budget(text_file, tmp_path):
+    """Issue 8, item 7: a stop by --patience was forgotten, and a resume trained on over the best weights."""
+    run = tmp_path / "run"
+    first = train(text_file, out=run, max_steps=2000, patience=2, **dict(TINY, lr=0.5, eval_every=5, clip=100.0))
+    assert first.stopped == "patience"
+    assert json.loads((run / "last" / "trainer.json").read_text())["stopped"] == "patience"
+    best = (run / "model.safetensors").read_bytes()
+    with pytest.raises(ChargenError, match=f"already finished \\(stopped: patience at step {first.steps}\\); "
+                                           "to train on, give it a new budget"):
+        train(out=run, resume=True)
+    assert (run / "model.safetensors").read_bytes() == best
+    again = train(out=run, resume=True, max_steps=first.steps + 10)   # an explicit budget extends it
+    assert again.steps == first.steps + 10  # patience started over: it could not stop before 2 evaluations
+    with pytest.raises(ChargenError, match="already finished \\(stopped: "):
+        train(out=run, resume=True)
+
+
 def test_config_file_and_preset_layering(text_file, tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('preset = "tiny"\nhidden = 24\nmax-steps = 4\npreview-chars = 0\n')
