@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-IGNORE = -100  # a padded target: not scored
+WARMUP = 256  # ids each validation stream reads before it is scored
 
 
 class StreamScorer:
@@ -28,24 +28,31 @@ class StreamScorer:
         self.autocast = autocast
 
     @torch.no_grad()
-    def __call__(self, targets: torch.Tensor) -> torch.Tensor:
-        """targets (B, t) int64, IGNORE where padded -> log-probabilities (B, t) float64, 0 where padded."""
-        x = torch.cat([self.prev[:, None], targets[:, :-1]], dim=1).clamp(min=0)   # (B, t)
+    def __call__(self, targets: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
+        """targets (B, t) int64 -> log-probabilities (B, t) float64; 0 where ``scored`` (B, t) is False.
+
+        Every target is read (it is the next step's input); only the scored ones count.
+        """
+        x = torch.cat([self.prev[:, None], targets[:, :-1]], dim=1)               # (B, t)
         with self.autocast():
             logits, self.state = self.model(x, self.state)                         # (B, t, V)
         lp = torch.log_softmax(logits.float(), dim=-1)
-        lp = lp.gather(-1, targets.clamp(min=0)[..., None])[..., 0].double()        # (B, t)
+        lp = lp.gather(-1, targets[..., None])[..., 0].double()                    # (B, t)
         self.prev = targets[:, -1]
-        return lp.masked_fill(targets == IGNORE, 0.0)
+        return lp if scored is None else lp.masked_fill(~scored, 0.0)
 
 
-def streams_loss(model: torch.nn.Module, ids: np.ndarray, prev_id: int, *, batch_size: int = 32,
-                 chunk: int = 256, device: torch.device, autocast=contextlib.nullcontext) -> tuple[float, int]:
-    """Summed loss (nats) over every id of ``ids``, the first predicted from ``prev_id``.
+def streams_loss(model: torch.nn.Module, ids: np.ndarray, context: np.ndarray, *, batch_size: int = 32,
+                 chunk: int = 256, warmup: int = WARMUP, device: torch.device,
+                 autocast=contextlib.nullcontext) -> tuple[float, int]:
+    """Summed loss (nats) over every id of ``ids``, which follow ``context`` (the end of the training split).
 
-    The ids are cut into ``batch_size`` contiguous streams of equal length (the
-    last padded with ignored targets), each read start to end in chunks of
-    ``chunk`` steps with its state carried, so every id is scored exactly once.
+    The ids are cut into ``batch_size`` contiguous streams of equal length,
+    each read start to end in chunks of ``chunk`` steps with its state carried,
+    so every id is scored exactly once. Each stream first reads the ``warmup``
+    ids before its first target without scoring them, so it starts from a state
+    that has seen real context rather than zeros, and the figure barely depends
+    on ``batch_size`` (a test holds it within 1e-3 from 1 to 32 streams).
     Returns ``(total nats, count)``.
     """
     n = len(ids)
@@ -53,17 +60,26 @@ def streams_loss(model: torch.nn.Module, ids: np.ndarray, prev_id: int, *, batch
         return 0.0, 0
     B = max(1, min(batch_size, n // max(1, chunk) or 1))
     S = -(-n // B)
-    y = np.full(B * S, IGNORE, dtype=np.int64)
-    y[:n] = ids
-    # Stream b's first target is ids[b*S]; the id before it is ids[b*S - 1] (prev_id for stream 0).
-    first = np.concatenate([[prev_id], y[S - 1:(B - 1) * S:S]]).astype(np.int64)
-    targets = torch.from_numpy(y).view(B, S).to(device)                             # (B, S)
+    W = warmup
+    # full = [pad..., context tail, ids, pad...]: stream b reads full[P + b*S - W - 1 : P + (b + 1)*S],
+    # where P is the index of ids[0]; the pads are never scored.
+    tail = np.asarray(context[-(W + 1):] if W + 1 <= len(context) else context, dtype=np.int64)
+    pad = int(tail[0]) if len(tail) else int(ids[0])
+    P = W + 1
+    full = np.full(P + B * S, pad, dtype=np.int64)
+    full[P - len(tail):P] = tail
+    full[P:P + n] = ids
+    rows = np.stack([full[P + b * S - W - 1: P + (b + 1) * S] for b in range(B)])         # (B, 1 + W + S)
+    scored = np.zeros((B, W + S), dtype=bool)
+    scored[:, W:] = (np.arange(B * S) < n).reshape(B, S)
+    targets = torch.from_numpy(rows[:, 1:]).to(device)                                   # (B, W + S)
+    mask = torch.from_numpy(scored).to(device)
     was_training = model.training
     model.eval()
-    scorer = StreamScorer(model, torch.from_numpy(first).to(device), autocast)
+    scorer = StreamScorer(model, torch.from_numpy(rows[:, 0]).to(device), autocast)
     total = torch.zeros((), dtype=torch.float64, device=device)
-    for lo in range(0, S, chunk):
-        total += scorer(targets[:, lo:lo + chunk]).sum()
+    for lo in range(0, W + S, chunk):
+        total += scorer(targets[:, lo:lo + chunk], mask[:, lo:lo + chunk]).sum()
     model.train(was_training)
     return -float(total), n
 

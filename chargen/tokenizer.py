@@ -137,7 +137,13 @@ class CharVocab:
 
     def normalize(self, text: str) -> str:
         """Apply the vocabulary's normalizer (NFC/NFKC/lowercase), if any."""
-        return self._norm.normalize_str(text) if self._norm is not None else text
+        if self._norm is None:
+            return text
+        try:
+            return self._norm.normalize_str(text)
+        except UnicodeEncodeError:  # lone surrogates: how Python carries bytes that were not UTF-8
+            raise ChargenError("the text is not valid Unicode (it holds bytes that were not UTF-8, or a lone "
+                               "surrogate); pass UTF-8 text") from None
 
     def unknown_chars(self, text: str) -> list[str]:
         """Distinct characters of ``text`` (after normalization) outside the vocabulary."""

@@ -37,7 +37,7 @@ from .config import schedule_lr, step_budget
 from .decode import preview
 from .devices import autocast
 from .errors import ChargenError
-from .evaluate import mean_loss, streams_loss
+from .evaluate import WARMUP, mean_loss, streams_loss
 from .metrics import Meter, MetricsLog, ProgressBar
 from .model import CharRNN, detach_state, state_from_tensors, state_tensors
 from .runs import Run, open_run
@@ -322,7 +322,7 @@ class Trainer:
         if len(val) == 0:
             self._save_best()  # no validation split: the latest weights are the best we know
             return
-        total, n = streams_loss(self.model, val, int(self.run.corpus.train[-1]),
+        total, n = streams_loss(self.model, val, self.run.corpus.train[-(WARMUP + 1):],
                                 batch_size=self.cfg.eval_batch_size, device=self.device, autocast=self.autocast)
         loss, bpc = mean_loss(total, n)
         row.update(val_loss=round(loss, 5), val_bpc=round(bpc, 5))

@@ -190,3 +190,15 @@ def test_a_bom_at_the_start_of_a_prompt_file_is_not_text(cli, golden, tmp_path):
     assert code == 0, err
     code2, out2, _ = cli("sample", golden, "--prompt", "the ", "--length", "10", "--seed", "1")
     assert out == out2 and out.startswith("the ")
+
+
+def test_a_prompt_of_bytes_that_were_not_utf8_is_one_line(cli, tmp_path):
+    """Issue 8, item 8: on a run built with --normalize nfc, such a prompt gave UnicodeEncodeError."""
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 100)
+    run = tmp_path / "run"
+    code, _, err = cli("train", text, "--out", run, "--normalize", "nfc", *SMALL)
+    assert code == 0, err
+    code, out, err = cli("sample", run, "--prompt", "the \udcff", "--length", "5")   # how argv carries byte 0xff
+    assert code == 2 and out == ""
+    one_error_line(err, "the text is not valid Unicode")
