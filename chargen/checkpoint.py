@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .errors import ChargenError
-from .files import atomic_write, temporary_dir, write_json
+from .files import atomic_write, fsync_dir, temporary_dir, write_json
 from .rundir import last_dir, read_json
 
 
@@ -157,6 +157,7 @@ def save_last(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
             shutil.rmtree(old, ignore_errors=True)
             os.rename(last, old)
         os.rename(tmp, last)
+        fsync_dir(run_dir)  # the swap survives a power cut: never an empty last/ with the old one gone
         shutil.rmtree(old, ignore_errors=True)
 
 

@@ -53,6 +53,8 @@ def sample_ids(step: "FastStep", logits: torch.Tensor, state: list, seeds: np.nd
     (the unknown token) is never drawn.
     """
     greedy = opts.temperature == 0 or opts.top_k == 1
+    if banned is not None:  # made once on the device: a host-to-device copy per character would block on CUDA
+        banned = torch.tensor([banned], device=logits.device)
     u_block = None
     for t in range(opts.length):
         u = None
@@ -81,10 +83,12 @@ def preview(model: CharRNN, vocab, length: int, seed: int, temperature: float = 
 
 
 def pick(logits: torch.Tensor, u: torch.Tensor | None, temperature: float, top_k: int | None,
-         top_p: float | None, banned: int | None) -> torch.Tensor:
+         top_p: float | None, banned: int | torch.Tensor | None) -> torch.Tensor:
     """Next ids (B,) from logits (B, V): greedy at temperature 0, else inverse-CDF sampling with u (B,)."""
     if banned is not None:                                 # never emit the unknown token
-        logits = logits.index_fill(-1, torch.tensor([banned], device=logits.device), float("-inf"))
+        if not isinstance(banned, torch.Tensor):
+            banned = torch.tensor([banned], device=logits.device)
+        logits = logits.index_fill(-1, banned, float("-inf"))
     if temperature == 0 or top_k == 1:
         return logits.argmax(dim=-1)
     logits = logits.double()
@@ -97,7 +101,8 @@ def pick(logits: torch.Tensor, u: torch.Tensor | None, temperature: float, top_k
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)                               # (B, V)
     if top_p is not None and top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # A stable sort: among tied probabilities at the cut, the lower ids stay, on every device.
+        sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
         before = sorted_p.cumsum(dim=-1) - sorted_p                     # mass strictly before each
         sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)           # the first always stays
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)

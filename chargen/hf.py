@@ -3,6 +3,10 @@
 Local ``.jsonl``/``.json``/``.csv``/``.parquet`` files (or a folder of them)
 are loaded through ``datasets`` with the matching builder; the text is in
 ``--text-column``. ``datasets`` is imported only here, only when needed.
+chargen requires ``datasets`` 4 or later, which never runs a dataset's
+loading script (older releases could execute code from the hub). With
+``CHARGEN_OFFLINE`` set, hub names are refused and ``datasets`` is told to
+stay offline too.
 
 This module hands back an :class:`HFDataset`: its documents and the identity
 that goes into the corpus fingerprint. It knows nothing of the other source
@@ -11,12 +15,14 @@ kinds (``corpus.py`` wraps it like any other source).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import ChargenError
 from .files import file_sha256
+from .registry import downloads_off
 
 HF_EXTENSIONS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -38,6 +44,9 @@ def hf_dataset(name: str, text_column: str) -> HFDataset:
     path = Path(name).expanduser()
     if path.exists():
         return _local_dataset(name, path, text_column)
+    if downloads_off():
+        raise ChargenError(f"hf:{name} is not a local path, and a hub dataset needs the network, but downloads "
+                           "are off (CHARGEN_OFFLINE); use local files (hf:path/to/data.jsonl) or unset it")
 
     def load():
         return _hf_load(name, name)
@@ -89,6 +98,9 @@ def _texts(ds, name: str, text_column: str) -> Iterator[str]:
 
 
 def _hf_load(builder: str, name: str, data_files=None):
+    if downloads_off():  # local files only: datasets must not reach for the hub either
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     try:
         import datasets  # heavy: imported only when an hf: source is used
     except ImportError:

@@ -81,6 +81,11 @@ def stdlib_files() -> tuple[Path, list[Path]]:
     return root, files
 
 
+def downloads_off() -> bool:
+    """Whether downloads are off: ``CHARGEN_OFFLINE`` set to anything but 0."""
+    return os.environ.get("CHARGEN_OFFLINE", "") not in ("", "0")
+
+
 def find_named_corpus(name: str, *, corpora_dirs: Sequence[str | os.PathLike] = (),
                       cache_dir: str | os.PathLike | None = None,
                       offline: bool | None = None) -> Path:
@@ -101,7 +106,7 @@ def find_named_corpus(name: str, *, corpora_dirs: Sequence[str | os.PathLike] = 
                     f"{entry['sha256'][:12]}…; delete or replace that file")
             return candidate
     if offline is None:
-        offline = os.environ.get("CHARGEN_OFFLINE", "") not in ("", "0")
+        offline = downloads_off()
     target = search[-1] / entry["filename"]
     where = f"put {entry['filename']} in one of: {', '.join(str(d) for d in search)}"
     if offline:

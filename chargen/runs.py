@@ -92,6 +92,8 @@ def _create(out: Path, opts: Options, overwrite: bool, where: dict) -> Run:
     ModelConfig(vocab_size=1, **opts.model)            # bad options fail before any work
     PrepareOptions(**opts.prepare)
     device, precision, rank, world = _devices(train_cfg)
+    if train_cfg.batch_size % world:  # checked before the folder is touched
+        raise ChargenError(f"batch size {train_cfg.batch_size} must be a multiple of the {world} processes")
     claim = distributed.main_first(world, rank, lambda: RunClaim(out, overwrite), others=False)
     try:
         corpus = distributed.main_first(world, rank, lambda: prepare(opts.source, **where, **opts.prepare))

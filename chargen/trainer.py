@@ -234,13 +234,20 @@ class Trainer:
         # One host sync per step: the finite check decides whether to step.
         if self.run.world_size > 1:
             loss, any_bad = distributed.mean_and_any_bad(loss, self.run.world_size)
-            finite = not any_bad and bool(torch.isfinite(grad_norm))
+            loss_ok = not any_bad
         else:
-            finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
+            loss_ok = bool(torch.isfinite(loss))
+        finite = loss_ok and bool(torch.isfinite(grad_norm))
         if finite:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.progress.bad_streak = 0
+        elif loss_ok and self.scaler.is_enabled():
+            # fp16: gradients that overflow the loss scale are the grad scaler's ordinary business, not
+            # divergence. It skips the update and lowers the scale; the carried state stays.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.log.event(self.progress.step, "scale_overflow", scale=self.scaler.get_scale())
         else:
             self._skip_nonfinite(loss, grad_norm)
         self.progress.step += 1

@@ -216,3 +216,9 @@ def test_a_line_longer_than_a_chunk_is_never_cut_inside_a_normalization(tmp_path
         pieces = list(read_text_pieces(p, chunk_bytes=chunk))
         assert "".join(pieces) == text and len(pieces) > 1
         assert "".join(norm.normalize_str(x) for x in pieces) == norm.normalize_str(text), chunk
+
+
+def test_a_hub_dataset_is_refused_offline_without_touching_the_network(monkeypatch):
+    """Issue 8: hf: sources must honour CHARGEN_OFFLINE (the conftest sets it)."""
+    with pytest.raises(ChargenError, match="hf:someone/some-dataset is not a local path, .* downloads are off"):
+        resolve_source("hf:someone/some-dataset")

@@ -84,3 +84,12 @@ def test_a_bad_input_stops_every_process(tmp_path):
     # torchrun reports its failed children with a traceback of its own; none comes from chargen
     assert not re.search(r'File "[^"]*chargen/', r.stderr)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_size_that_does_not_split_is_refused_before_the_folder_exists(text_file, tmp_path):
+    """Issue 8: under DDP, --batch-size divisible by the process count was checked after the folder existed."""
+    r = torchrun("train", text_file, "--out", tmp_path / "run", "--max-steps", "5",
+                 *[a if a != "8" else "7" for a in ARGS], timeout=120)
+    assert r.returncode != 0
+    assert r.stderr.count("batch size 7 must be a multiple of the 2 processes") == 2, r.stderr[-2000:]
+    assert not (tmp_path / "run").exists()

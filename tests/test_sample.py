@@ -275,3 +275,13 @@ def test_the_default_temperature_is_the_clis(sampler):
     from chargen.config import DEFAULT_TEMPERATURE
     assert sampler.generate("a", length=60, seed=9) == sampler.generate("a", length=60, seed=9,
                                                                         temperature=DEFAULT_TEMPERATURE)
+
+
+def test_top_p_keeps_the_lower_ids_among_ties():
+    logits = torch.zeros(3, 6, dtype=torch.float64)           # six tied characters
+    u = torch.tensor([0.0, 0.5, 0.999], dtype=torch.float64)
+    for _ in range(5):
+        ids = pick(logits, u, 1.0, None, 0.5, None)            # half the mass: exactly ids 0, 1, 2
+        assert set(ids.tolist()) <= {0, 1, 2} and ids.tolist() == [0, 1, 2]
+    banned = torch.tensor([1])
+    assert pick(logits, u, 1.0, None, 0.5, banned).tolist() == pick(logits, u, 1.0, None, 0.5, 1).tolist()

@@ -293,3 +293,50 @@ def test_the_carried_state_is_float32_and_a_bf16_run_resumes_in_fp32(text_file, 
     state = load_file(str(run / "last" / "state.safetensors"))
     assert all(v.dtype == torch.float32 for k, v in state.items() if k.startswith("state."))
     assert train(out=run, max_steps=10, resume=True, precision="fp32").steps == 10
+
+
+def test_grad_scaler_overflows_are_skipped_without_counting_as_divergence(text_file, tmp_path, monkeypatch):
+    """Issue 8: with fp16's scaler, an overflow reset the state and five in a row aborted the run. Shown on
+    the CPU with a scaler whose first scales are far too large (fp16 itself needs CUDA)."""
+    class Overflowing(torch.amp.GradScaler):
+        """A CPU grad scaler whose first three scaled losses overflow, as fp16 ones do on a GPU."""
+        calls = 0
+
+        def __init__(self, device, enabled=True):
+            super().__init__("cpu", growth_interval=10**6)
+
+        def scale(self, outputs):
+            Overflowing.calls += 1
+            scaled = super().scale(outputs)
+            return scaled * float("inf") if Overflowing.calls <= 3 else scaled
+
+    monkeypatch.setattr(torch.amp, "GradScaler", Overflowing)
+    result = train(text_file, out=tmp_path / "run", max_steps=20, max_bad_steps=2, **TINY)
+    events = [r for r in metrics(tmp_path / "run") if "event" in r]
+    overflows = [r for r in events if r["event"] == "scale_overflow"]
+    assert result.steps == 20 and len(overflows) == 3
+    assert not [r for r in events if r["event"] == "nonfinite"]
+    assert overflows[1]["scale"] < overflows[0]["scale"]  # the scale comes down each time
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name file descriptors")
+def test_checkpoint_files_and_folders_are_fsynced_before_and_after_their_renames(text_file, tmp_path, monkeypatch):
+    """Issue 8: a power cut must never leave an empty last/ with the old one gone."""
+    import os
+    run = tmp_path / "run"
+    train(text_file, out=run, max_steps=3, **TINY)
+    events = []
+    real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("move", str(a), str(b))), real_replace(a, b)))
+    monkeypatch.setattr(os, "rename", lambda a, b: (events.append(("move", str(a), str(b))), real_rename(a, b)))
+    train(out=run, max_steps=6, resume=True)
+    moves = [i for i, e in enumerate(events) if e[0] == "move"]
+    for i in moves:
+        src, dst = events[i][1], events[i][2]
+        if Path(dst).name in LAST_FILES:    # a file: its bytes were flushed before the rename
+            assert ("fsync", src) in events[:i], (src, dst)
+        if dst == str(run / "last"):        # the swap: the run folder is flushed after it
+            assert ("fsync", str(run)) in events[i + 1:], events[i:]
+    assert any(e[0] == "move" and e[2] == str(run / "last") for e in events)
