@@ -68,6 +68,10 @@ def test_eval_matches_score(cli, run, tmp_path):
     (["-n", "0"], ["argument -n: must be in [1, 65536], got 0"]),
     (["--seed", "-1"], ["argument --seed: must be in [0, 2**63 - 1], got -1"]),
     (["--device", "foo"], ["unknown device 'foo'"]),
+    (["--device", "cuda:x"], ["unknown device 'cuda:x'"]),                          # issue 8, item 8
+    (["--device", "mps"] if not __import__("torch").backends.mps.is_available() else ["--device", "foo"],
+     ["mps" if not __import__("torch").backends.mps.is_available() else "foo"]),
+    (["--temperature", "1e-310", "--length", "3", "--top-p", "2"], ["argument --top-p: must be in (0, 1]"]),
     (["--prompt", "QXZ€"], ["not in the vocabulary", "'€'"]),
     (["--prompt-file", "/no/such/prompt.txt"], ["cannot read prompt file /no/such/prompt.txt"]),
     (["--prompt", "a", "--prompt-file", "x"], ["pass --prompt or --prompt-file, not both"]),

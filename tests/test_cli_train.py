@@ -53,6 +53,7 @@ def test_train_then_info(cli, corpus, tmp_path):
     (["--batch-size", "64", "--bptt", "128"], ["too short for one batch", "needs at least 8,193"]),
     (["--config", "/no/such.toml"], ["config file /no/such.toml does not exist"]),
     (["--hidden", "ten"], ["argument --hidden: expected a whole number, got 'ten'"]),
+    (["--seed", "-5"], ["argument --seed: must be in [0, 2**63 - 1], got -5"]),   # issue 8, item 5
 ])
 def test_bad_train_input(cli, corpus, tmp_path, args, fragments):
     run = tmp_path / "run"
