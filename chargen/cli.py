@@ -19,9 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
-from .errors import ChargenError
+from .errors import ChargenError, Interrupted
 from .options import add_flags, given
 
 EXIT_USAGE = 2
@@ -144,7 +145,12 @@ def _prompt(args) -> str:
     if args.prompt is not None and args.prompt_file is not None:
         raise ChargenError("pass --prompt or --prompt-file, not both")
     if args.prompt_file is None:
-        return _unescape(args.prompt) if args.prompt is not None else ""
+        prompt = _unescape(args.prompt) if args.prompt is not None else ""
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that were not UTF-8 reach Python as lone surrogates
+            raise ChargenError("--prompt is not valid UTF-8; pass UTF-8 text") from None
+        return prompt
     try:
         with open(args.prompt_file, encoding="utf-8-sig") as f:  # a leading BOM (Windows editors) is not text
             return f.read()
@@ -272,8 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chargen {args.command}: error: {e}", file=sys.stderr)
         _leave_process_group_quietly()
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"chargen {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        if argv is None:  # the process is exiting: a further Ctrl-C must not cut its shutdown short
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if not isinstance(e, Interrupted):  # the trainer has already said what happened
+            print(f"chargen {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # `chargen sample ... | head` closes the pipe early; that is not an error.

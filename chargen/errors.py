@@ -8,3 +8,7 @@ class ChargenError(ValueError):
     prints it as one line and exits with status 2; bugs stay ordinary
     exceptions with tracebacks.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C that chargen has already handled and reported (a checkpoint saved, a line printed)."""

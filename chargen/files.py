@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -186,6 +187,9 @@ def _pieces_cut_in_bytes(f, path, encoding, errors, chunk_bytes) -> Iterator[str
                 carry = buf
                 continue
             cut = _safe_cut(buf)
+            if cut <= 0:
+                carry = buf
+                continue
         view = memoryview(buf)
         yield _decode(view[:cut], path, encoding, errors, start)
         carry = bytes(view[cut:])
@@ -195,21 +199,34 @@ def _pieces_cut_in_bytes(f, path, encoding, errors, chunk_bytes) -> Iterator[str
 
 
 def _safe_cut(buf: bytes, window: int = 1 << 16) -> int:
-    """Where to cut one very long UTF-8 line: before its last ASCII byte when there is one near the
-    end, else before the last character's lead byte.
+    """Where to cut one very long UTF-8 line so that no normalization joins across the cut.
 
-    Normalization (NFC, NFKC) can join a character with the marks that follow it, so a piece must
-    not end between them; no composition joins anything to a following ASCII character (ASCII is
-    never a combining mark), so a cut before one is safe for every normalizer.
+    NFC and NFKC join a character with the marks (or Hangul jamo) that follow
+    it, so a piece must not end between them. Candidates are tried from the end
+    back (ASCII bytes first, which never join anything before them; then any
+    character boundary), and a cut is taken only where normalizing the text on
+    each side apart gives what normalizing it whole gives. Failing that within
+    ``window`` bytes, -1: the caller reads on and tries again with more text.
     """
-    lo = max(0, len(buf) - window)
+    lo = max(1, len(buf) - window)
     ascii_at = max(buf.rfind(bytes([c]), lo) for c in range(0x80))
-    if ascii_at > 0:
-        return ascii_at
-    cut = len(buf)
-    while cut > 1 and (buf[cut - 1] & 0xC0) == 0x80:
-        cut -= 1
-    return cut - 1
+    candidates = ([ascii_at] if ascii_at >= lo else []) + [
+        p for p in range(len(buf) - 1, lo - 1, -1) if (buf[p] & 0xC0) != 0x80]
+    for p in candidates[:4096]:
+        if _joins_nothing(buf, p):
+            return p
+    return -1  # no safe cut near the end: read on (memory grows only for such pathological lines)
+
+
+def _joins_nothing(buf: bytes, p: int, context: int = 256) -> bool:
+    left = buf[max(0, p - context):p].decode("utf-8", "ignore")
+    right = buf[p:p + context].decode("utf-8", "ignore")
+    if not right or right[0].encode("utf-8") != buf[p:p + len(right[0].encode("utf-8"))]:
+        return False  # the character at the cut is not all here yet
+    if unicodedata.combining(right[0]):
+        return False  # marks are reordered as a run, which may go on past what is read so far
+    return all(unicodedata.normalize(form, left + right) ==
+               unicodedata.normalize(form, left) + unicodedata.normalize(form, right) for form in ("NFC", "NFKC"))
 
 
 def _pieces_cut_in_text(f, path, encoding, errors, chunk_bytes) -> Iterator[str]:

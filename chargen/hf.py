@@ -41,7 +41,10 @@ def hf_dataset(name: str, text_column: str) -> HFDataset:
     """Resolve ``hf:NAME``: local files when ``NAME`` is a path, else a hub dataset."""
     if not name:
         raise ChargenError("hf: needs a dataset name or local files, e.g. hf:data/train.jsonl")
-    path = Path(name).expanduser()
+    try:
+        path = Path(name).expanduser()
+    except RuntimeError:  # "~user" of no such user: a hub name, then
+        path = Path(name)
     if path.exists():
         return _local_dataset(name, path, text_column)
     if downloads_off():
@@ -94,18 +97,22 @@ def _texts(ds, name: str, text_column: str) -> Iterator[str]:
             if not isinstance(value, str):
                 raise ChargenError(f"hf:{name}: column {text_column!r} holds "
                                    f"{type(value).__name__} values, not text; pass --text-column COL")
+            if "\x00" in value:  # as for files: NUL is binary data, not text
+                raise ChargenError(f"hf:{name}: column {text_column!r} holds NUL characters (binary data?); "
+                                   "pass a text column")
             yield value
 
 
 def _hf_load(builder: str, name: str, data_files=None):
     if downloads_off():  # local files only: datasets must not reach for the hub either
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
     try:
         import datasets  # heavy: imported only when an hf: source is used
     except ImportError:
         raise ChargenError("hf: sources need the 'datasets' package; pip install datasets") from None
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()  # its own failure messages would add lines to chargen's one
     try:
         if data_files is not None:
             return datasets.load_dataset(builder, data_files=data_files, split="train")

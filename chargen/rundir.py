@@ -8,14 +8,14 @@
       model.safetensors    best weights so far by validation loss, CPU tensors
       last/                what --resume needs (see checkpoint.py)
       metrics.jsonl        one JSON object per log line
-      .lock                present while a process trains into the folder
+      .chargen.lock        present while a process trains into the folder
 
 :func:`open_run_dir` is the one validation of a run folder, used by
 ``Sampler.load``, ``--resume`` and ``chargen info``: the files are there, the
 config is of a format this chargen reads, the model section is a valid
 ``ModelConfig``, and the vocabulary matches it.
 
-:class:`RunLock` is an OS file lock (``flock``) on ``RUN/.lock``: it dies with
+:class:`RunLock` is an OS file lock (``flock``) on ``RUN/.chargen.lock``: it dies with
 the process that holds it, so a run killed with ``kill -9`` never locks the
 next one out.
 """
@@ -36,7 +36,7 @@ from .files import FILE_MODE
 FORMAT_VERSION = 1
 RUN_FILES = ("config.json", "tokenizer.json", "model.safetensors")
 LAST_FILES = ("model.safetensors", "optimizer.safetensors", "state.safetensors", "trainer.json")
-LOCK_FILE = ".lock"
+LOCK_FILE = ".chargen.lock"
 
 
 def read_json(path: Path) -> dict:

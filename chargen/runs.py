@@ -269,7 +269,7 @@ def _resume(out: Path, opts: Options, where: dict) -> Run:
         if folder.vocab.chars != corpus.vocab.chars:
             raise ChargenError("the run's tokenizer.json differs from the corpus vocabulary; the run folder was "
                                "changed by hand: start a new run")
-        _batches_per_epoch(corpus, train_cfg)
+        _check_budget_left(last_dir(out), train_cfg, _batches_per_epoch(corpus, train_cfg))
     except BaseException:
         if lock is not None:
             lock.release()
@@ -298,6 +298,9 @@ def _resumed_train_config(folder, opts: Options) -> TrainConfig:
                                "(drop the flag)")
     merged = created["train"]
     merged.update({k: v for k, v in opts.train.items() if k in opts.explicit and k in RESUMABLE})
+    budget = {"max_steps", "epochs", "max_time"}
+    if budget & opts.explicit:  # a new budget replaces the old one whole, of whatever kind it was
+        merged.update({k: (opts.train[k] if k in opts.explicit else None) for k in budget})
     return TrainConfig(**merged)
 
 
@@ -307,6 +310,17 @@ def _check_not_finished(last: Path, opts: Options) -> None:
     if info.get("stopped") and not ({"max_steps", "epochs", "max_time"} & opts.explicit):
         raise ChargenError(f"{last.parent} already finished (stopped: {info['stopped']} at step {info.get('step')}); "
                            "to train on, give it a new budget (--max-steps, --epochs or --max-time)")
+
+
+def _check_budget_left(last: Path, cfg: TrainConfig, batches_per_epoch: int) -> None:
+    """A finished run given a new budget that it has already spent would train nothing: say so."""
+    info = read_json(last / "trainer.json")
+    steps = step_budget(cfg, batches_per_epoch)
+    spent = ((steps is not None and info.get("step", 0) >= steps) or
+             (cfg.max_time is not None and info.get("elapsed", 0.0) >= cfg.max_time))
+    if info.get("stopped") and spent:
+        raise ChargenError(f"{last.parent} is already at step {info.get('step')} ({info.get('elapsed', 0):.0f}s): "
+                           "that budget is spent; give a larger one")
 
 
 def _check_same_corpus(stored: dict, corpus: PreparedCorpus) -> None:

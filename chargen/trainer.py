@@ -36,7 +36,7 @@ from .checkpoint import ResumeState, load_last, save_last, save_weights
 from .config import schedule_lr, step_budget
 from .decode import preview
 from .devices import autocast
-from .errors import ChargenError
+from .errors import ChargenError, Interrupted
 from .evaluate import WARMUP, mean_loss, streams_loss
 from .metrics import Meter, MetricsLog, ProgressBar
 from .model import CharRNN, detach_state, state_from_tensors, state_tensors
@@ -129,8 +129,13 @@ class Trainer:
         if self.run.precision == "fp32":
             return torch.float32
         self.model.eval()
-        with self.autocast():
-            _, state = self.model(torch.zeros(1, 1, dtype=torch.long, device=self.device))
+        try:
+            with self.autocast():
+                _, state = self.model(torch.zeros(1, 1, dtype=torch.long, device=self.device))
+        except RuntimeError as e:  # e.g. oneDNN without bf16 LSTM kernels on this CPU
+            raise ChargenError(f"--precision {self.run.precision} does not run a {self.run.model_config.cell.upper()} "
+                               f"on this {self.device.type} ({str(e).splitlines()[0][:80]}); use --precision fp32"
+                               ) from None
         self.model.train()
         return (state[0] if isinstance(state, tuple) else state).dtype
 
@@ -152,20 +157,24 @@ class Trainer:
                     self.progress.elapsed = time.perf_counter() - self.wall_start
         except KeyboardInterrupt:  # a second Ctrl-C: the step it hit may be half done, so nothing is saved
             self._close_bar()
-            self.log.say(f"interrupted again, inside step {self.progress.step + 1}; not saved, the last checkpoint "
-                         f"stands. Resume with: {self.run.resume_hint()}")
-            raise
+            if (self.run.dir / "last").is_dir():
+                self.log.say(f"interrupted again, inside step {self.progress.step + 1}; not saved: the last "
+                             f"checkpoint stands. Resume with: {self.run.resume_hint()}")
+            else:
+                self.log.say("interrupted again, before the run's first checkpoint: nothing to resume, and "
+                             "the new run is removed; start it again")
+            raise Interrupted from None
         finally:
             self._close_bar()
         if self.interrupted:
             self._on_interrupt()
-            raise KeyboardInterrupt
+            raise Interrupted
         return self._finish()
 
     @contextlib.contextmanager
     def _interrupts_between_steps(self):
-        """Ctrl-C (SIGINT) asks the loop to stop at the end of the current step, where the run can be
-        checkpointed exactly; a second Ctrl-C stops at once. Only the main thread receives signals."""
+        """Ctrl-C (SIGINT) or SIGTERM asks the loop to stop at the end of the current step, where the run
+        can be checkpointed exactly; a second one stops at once. Only the main thread receives signals."""
         self.interrupted = False
         if threading.current_thread() is not threading.main_thread():
             yield
@@ -176,11 +185,12 @@ class Trainer:
                 raise KeyboardInterrupt
             self.interrupted = True
 
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
     def _close_bar(self) -> None:
         if self.bar is not None:
@@ -307,8 +317,16 @@ class Trainer:
                            chars_per_sec=self.meter.chars_per_sec, elapsed=p.elapsed, main=self.run.is_main)
 
     def _on_interrupt(self) -> None:
-        """Stopped by Ctrl-C between two steps (every process at the same one): checkpoint exactly."""
-        self._checkpoint()
+        """Stopped by Ctrl-C between two steps (every process at the same one): checkpoint exactly.
+        Further Ctrl-Cs are ignored while the checkpoint is written, so it is never cut short."""
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                self._checkpoint()
+            finally:
+                signal.signal(signal.SIGINT, previous)
+        else:
+            self._checkpoint()
         self.log.event(self.progress.step, "stopped", reason="interrupted")
         self.log.close()
         self.log.say(f"interrupted at step {self.progress.step}; checkpoint saved. "

@@ -208,14 +208,19 @@ def test_undecodable_offset_in_a_later_chunk(tmp_path):
 def test_a_line_longer_than_a_chunk_is_never_cut_inside_a_normalization(tmp_path, normalize):
     """Issue 8, item 9: 'e' + U+0301 split across two pieces stayed two code points under NFC."""
     from chargen.tokenizer import make_normalizer
-    text = ("caf" + "e\u0301" + " " + "\u212b" + "x\u0308\u0323" + "ﬁ") * 50    # one line, no newline
-    p = tmp_path / "long.txt"
-    p.write_text(text, encoding="utf-8")
+    import unicodedata
+    texts = [("caf" + "e\u0301" + " " + "\u212b" + "x\u0308\u0323" + "ﬁ") * 50,     # one line, no newline
+             unicodedata.normalize("NFD", "がぎぐげござじずぜぞ。") * 200,              # no ASCII at all
+             unicodedata.normalize("NFD", "한국어텍스트입니다") * 200,                  # Hangul jamo
+             "x" + "\u0301\u0323" * 500]                                            # one unsplittable run
     norm = make_normalizer(normalize)
-    for chunk in (5, 7, 11, 64):
-        pieces = list(read_text_pieces(p, chunk_bytes=chunk))
-        assert "".join(pieces) == text and len(pieces) > 1
-        assert "".join(norm.normalize_str(x) for x in pieces) == norm.normalize_str(text), chunk
+    for i, text in enumerate(texts):
+        p = tmp_path / f"long{i}.txt"
+        p.write_text(text, encoding="utf-8")
+        for chunk in (5, 7, 11, 64, 1000):
+            pieces = list(read_text_pieces(p, chunk_bytes=chunk))
+            assert "".join(pieces) == text
+            assert "".join(norm.normalize_str(x) for x in pieces) == norm.normalize_str(text), (i, chunk)
 
 
 def test_a_hub_dataset_is_refused_offline_without_touching_the_network(monkeypatch):

@@ -201,4 +201,24 @@ def test_a_prompt_of_bytes_that_were_not_utf8_is_one_line(cli, tmp_path):
     assert code == 0, err
     code, out, err = cli("sample", run, "--prompt", "the \udcff", "--length", "5")   # how argv carries byte 0xff
     assert code == 2 and out == ""
-    one_error_line(err, "the text is not valid Unicode")
+    one_error_line(err, "--prompt is not valid UTF-8")
+    with pytest.raises(ChargenError, match="the text is not valid Unicode"):     # the same from Python
+        Sampler.load(run).generate("the \udcff", length=5)
+
+
+def test_a_prompt_of_bytes_that_were_not_utf8_without_a_normalizer(cli, golden):
+    code, out, err = cli("sample", golden, "--prompt", "caf\udce9", "--length", "5", "--unknown", "unk")
+    assert code == 2 and out == ""
+    one_error_line(err, "--prompt is not valid UTF-8")
+
+
+def test_a_users_own_dot_lock_file_is_never_touched(cli, corpus, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / ".lock").write_text("precious\n")
+    (folder / "notes.txt").write_text("data\n")
+    code, _, err = cli("train", corpus, "--out", folder, "--overwrite", *SMALL)
+    assert code == 2
+    one_error_line(err, "not a chargen run folder")
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "notes.txt"]
+    assert (folder / ".lock").read_text() == "precious\n"

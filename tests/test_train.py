@@ -230,6 +230,7 @@ def test_ctrl_c_checkpoints_prints_how_to_resume_and_resumes_exactly(text_file, 
     code, _, err = cli(*args)
     assert code == 130
     assert f"interrupted at step 14; checkpoint saved. Resume with: chargen train --out {run} --resume" in err
+    assert "chargen train: interrupted" not in err  # one line says it all
     assert json.loads((run / "last" / "trainer.json").read_text())["step"] == 14
     monkeypatch.setattr(Trainer, "train_step", original)
     assert train(out=run, max_steps=30, resume=True).steps == 30
@@ -347,3 +348,22 @@ def test_checkpoint_files_and_folders_are_fsynced_before_and_after_their_renames
         if dst == str(run / "last"):        # the swap: the run folder is flushed after it
             assert ("fsync", str(run)) in events[i + 1:], events[i:]
     assert any(e[0] == "move" and e[2] == str(run / "last") for e in events)
+
+
+
+def test_a_finished_run_takes_a_new_budget_of_any_kind_and_refuses_a_spent_one(text_file, tmp_path):
+    run = tmp_path / "run"
+    train(text_file, out=run, max_steps=8, **TINY)
+    assert train(out=run, resume=True, epochs=0.5).steps > 8  # the epochs replace the old --max-steps 8
+    steps = json.loads((run / "last" / "trainer.json").read_text())["step"]
+    assert train(out=run, resume=True, max_steps=steps + 4).steps == steps + 4
+    with pytest.raises(ChargenError, match=f"already at step {steps + 4} .*that budget is spent; give a larger one"):
+        train(out=run, resume=True, max_steps=steps)
+
+
+def test_bf16_where_the_cpu_cannot_is_one_clear_error(text_file, tmp_path):
+    if _bf16_lstm_runs_here():
+        pytest.skip("this CPU runs bf16 LSTMs")
+    with pytest.raises(ChargenError, match="--precision bf16 does not run a LSTM on this cpu .*use --precision fp32"):
+        train(text_file, out=tmp_path / "run", max_steps=3, precision="bf16", **TINY)
+    assert not (tmp_path / "run").exists()
