@@ -192,3 +192,22 @@ def load_last(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     if info.get("has_state"):
         rs.carried = {k.split(".", 1)[1]: v for k, v in extra.items() if k.startswith("state.")}
     return rs
+
+
+def rng_states(device: torch.device) -> dict[str, torch.Tensor]:
+    """The RNG states a resume needs: the CPU's (dropout there, and data order) and the accelerator's."""
+    rng = {"rng_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["rng_cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def restore_rng(rng: dict[str, torch.Tensor], device: torch.device, suffix: str, run_dir: Path) -> None:
+    """Set the RNGs from :func:`rng_states` (``suffix`` ".R" picks rank R's of a multi-process run)."""
+    try:
+        torch.set_rng_state(rng["rng_cpu" + suffix])
+    except KeyError:
+        raise ChargenError(f"{run_dir}/last/state.safetensors has no RNG state; the run folder is corrupt: "
+                           "start a new run with --overwrite") from None
+    if "rng_cuda" + suffix in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["rng_cuda" + suffix], device)

@@ -52,3 +52,22 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         return torch.autocast(device.type, dtype=dtype)
     return torch.autocast(device.type, enabled=False)
+
+
+@torch.no_grad()
+def state_dtype(model: torch.nn.Module, precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of the state the model's RNN returns under ``precision`` (bf16/fp16 kernels on some
+    devices, float32 on others), found with one tiny forward in eval mode, which draws no random numbers."""
+    if precision == "fp32":
+        return torch.float32
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast(precision, device):
+            _, state = model(torch.zeros(1, 1, dtype=torch.long, device=device))
+    except RuntimeError as e:  # e.g. oneDNN without bf16 LSTM kernels on this CPU
+        raise ChargenError(f"--precision {precision} does not run a {model.config.cell.upper()} on this "
+                           f"{device.type} ({str(e).splitlines()[0][:80]}); use --precision fp32") from None
+    finally:
+        model.train(was_training)
+    return (state[0] if isinstance(state, tuple) else state).dtype

@@ -118,6 +118,15 @@ def gather_cpu_bytes(tensor: torch.Tensor, world: int) -> list[torch.Tensor]:
     return [p.cpu() for p in parts]
 
 
+def gather_checkpoint(carried: dict, rng: dict, world: int) -> tuple[dict, dict]:
+    """With several processes, the full (L, B, H) carried state and every rank's RNG (as ``key.R``)."""
+    if world == 1:
+        return carried, rng
+    carried = {k: gather_rows(v, world, dim=1) for k, v in carried.items()}
+    rng = {f"{k}.{r}": v for k, v in rng.items() for r, v in enumerate(gather_cpu_bytes(v, world))}
+    return carried, rng
+
+
 def barrier() -> None:
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():

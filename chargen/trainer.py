@@ -19,11 +19,8 @@ for bit the run that never stopped.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 
@@ -32,15 +29,16 @@ import torch.nn.functional as F
 
 from . import distributed
 from .batches import RandomWindows, StatefulStreams
-from .checkpoint import ResumeState, load_last, save_last, save_weights
+from .checkpoint import ResumeState, load_last, restore_rng, rng_states, save_last, save_weights
 from .config import schedule_lr, step_budget
 from .decode import preview
-from .devices import autocast
+from .devices import autocast, state_dtype
 from .errors import ChargenError, Interrupted
 from .evaluate import WARMUP, mean_loss, streams_loss
 from .metrics import Meter, MetricsLog, ProgressBar
 from .model import CharRNN, detach_state, state_from_tensors, state_tensors
 from .runs import Run, open_run
+from .signals import StopRequest, ctrl_c_ignored
 
 
 @dataclass
@@ -110,7 +108,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=run.precision == "fp16")
         self.ddp_model = distributed.wrap_model(self.model, self.device, run.world_size)
         self.carried = None        # the hidden state the last batch ended with (stateful layout), float32
-        self.state_dtype = self._state_dtype()
+        self.state_dtype = state_dtype(self.model, run.precision, self.device)
         self.progress = ResumeState(world_size=run.world_size)
         self.stop_reason = None    # set by evaluation (patience), on rank 0
         self.interrupted = False   # Ctrl-C asked the loop to stop after this step
@@ -122,23 +120,6 @@ class Trainer:
     def autocast(self):
         return autocast(self.run.precision, self.device)
 
-    @torch.no_grad()
-    def _state_dtype(self) -> torch.dtype:
-        """The dtype of the state the RNN returns under this precision (bf16/fp16 kernels on some devices,
-        float32 on others), found with one tiny forward in eval mode, which draws no random numbers."""
-        if self.run.precision == "fp32":
-            return torch.float32
-        self.model.eval()
-        try:
-            with self.autocast():
-                _, state = self.model(torch.zeros(1, 1, dtype=torch.long, device=self.device))
-        except RuntimeError as e:  # e.g. oneDNN without bf16 LSTM kernels on this CPU
-            raise ChargenError(f"--precision {self.run.precision} does not run a {self.run.model_config.cell.upper()} "
-                               f"on this {self.device.type} ({str(e).splitlines()[0][:80]}); use --precision fp32"
-                               ) from None
-        self.model.train()
-        return (state[0] if isinstance(state, tuple) else state).dtype
-
     # -- the story of a run ----------------------------------------------------
 
     def fit(self) -> TrainResult:
@@ -148,7 +129,7 @@ class Trainer:
         # The time budget is wall-clock (evaluation and checkpoints included), carried across resumes.
         self.wall_start = time.perf_counter() - self.progress.elapsed
         try:
-            with self._interrupts_between_steps():
+            with StopRequest() as self.stop_request:
                 while not self._should_stop():
                     self._step()
                     self._log_and_evaluate()
@@ -171,27 +152,6 @@ class Trainer:
             raise Interrupted
         return self._finish()
 
-    @contextlib.contextmanager
-    def _interrupts_between_steps(self):
-        """Ctrl-C (SIGINT) or SIGTERM asks the loop to stop at the end of the current step, where the run
-        can be checkpointed exactly; a second one stops at once. Only the main thread receives signals."""
-        self.interrupted = False
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            if self.interrupted:
-                raise KeyboardInterrupt
-            self.interrupted = True
-
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
     def _close_bar(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -204,6 +164,7 @@ class Trainer:
 
     def _should_stop(self) -> bool:
         stop = self._budget_spent() or self.stop_reason is not None
+        self.interrupted = self.stop_request.requested
         if self.run.world_size > 1:  # rank 0 decides, so every process stops at the same step
             stop, self.interrupted = distributed.broadcast_flags([stop, self.interrupted], self.device)
         return stop or self.interrupted
@@ -319,13 +280,7 @@ class Trainer:
     def _on_interrupt(self) -> None:
         """Stopped by Ctrl-C between two steps (every process at the same one): checkpoint exactly.
         Further Ctrl-Cs are ignored while the checkpoint is written, so it is never cut short."""
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-            try:
-                self._checkpoint()
-            finally:
-                signal.signal(signal.SIGINT, previous)
-        else:
+        with ctrl_c_ignored():
             self._checkpoint()
         self.log.event(self.progress.step, "stopped", reason="interrupted")
         self.log.close()
@@ -373,15 +328,8 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         """Write last/. With several processes every rank must call it: states and RNGs are gathered."""
-        world = self.run.world_size
         carried = state_tensors(self.carried) if self.carried is not None else {}
-        rng = {"rng_cpu": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        if world > 1:  # the full (L, B, H) state, and every rank's RNG
-            carried = {k: distributed.gather_rows(v, world, dim=1) for k, v in carried.items()}
-            rng = {f"{k}.{r}": v for k, v in rng.items()
-                   for r, v in enumerate(distributed.gather_cpu_bytes(v, world))}
+        carried, rng = distributed.gather_checkpoint(carried, rng_states(self.device), self.run.world_size)
         if not self.run.is_main:
             return
         if not (self.run.dir / "model.safetensors").is_file():
@@ -393,14 +341,7 @@ class Trainer:
     def _restore(self) -> None:
         run = self.run
         self.progress = load_last(run.dir, self.model, self.optimizer, self.scaler, self.device, run.world_size)
-        suffix = f".{run.rank}" if run.world_size > 1 else ""
-        try:
-            torch.set_rng_state(self.progress.rng["rng_cpu" + suffix])
-        except KeyError:
-            raise ChargenError(f"{run.dir}/last/state.safetensors has no RNG state; the run folder is corrupt: "
-                               "start a new run with --overwrite") from None
-        if "rng_cuda" + suffix in self.progress.rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(self.progress.rng["rng_cuda" + suffix], self.device)
+        restore_rng(self.progress.rng, self.device, f".{run.rank}" if run.world_size > 1 else "", run.dir)
         if self.progress.carried:
             rows = getattr(self.batches, "rows", slice(None))  # this rank's streams
             mine = {k: v[:, rows].contiguous().to(self.device) for k, v in self.progress.carried.items()}
