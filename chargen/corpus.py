@@ -20,6 +20,7 @@ whole corpus is never held in memory at once.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from .errors import ChargenError
-from .files import file_sha256, looks_binary, read_text_pieces
+from .files import encoding_from_bom, file_sha256, looks_binary, read_text_pieces
 from .registry import find_named_corpus, registry, stdlib_files
 
 DOCUMENT_SEPARATOR = "\n"  # written after a document's own trailing newline
@@ -90,8 +91,13 @@ def resolve_source(source: str | os.PathLike | None = None, *,
                    corpora_dirs: Sequence[str | os.PathLike] = (),
                    cache_dir: str | os.PathLike | None = None,
                    text_column: str = "text",
+                   encoding: str = "utf-8",
                    offline: bool | None = None) -> Source:
-    """Turn what the user typed into a :class:`Source`, or raise ChargenError."""
+    """Turn what the user typed into a :class:`Source`, or raise ChargenError.
+
+    ``encoding`` decides which files of a folder or glob are text (see
+    :func:`chargen.files.looks_binary`).
+    """
     if source is None or str(source) == "":
         source = DEFAULT_SOURCE
     text = str(source)
@@ -101,10 +107,9 @@ def resolve_source(source: str | os.PathLike | None = None, *,
     if path.is_file():
         return files_source(text, "files", [path])
     if path.is_dir():
-        return _folder_source(text, path)
+        return _folder_source(text, path, encoding)
     if glob.has_magic(text):
-        matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True)
-                         if Path(p).is_file())
+        matches = _regular_files(sorted(_glob(path)))
         if not matches:
             raise ChargenError(f"no files match {text!r}; check the pattern")
         root = Path(os.path.commonpath([str(p.parent) for p in matches]))
@@ -127,20 +132,106 @@ def _hf_source(name: str, text_column: str) -> Source:
                   ds.identity, ds.files)
 
 
-def _folder_source(name: str, folder: Path) -> Source:
-    files = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for fn in filenames:
-            p = Path(dirpath) / fn
-            if fn.startswith(".") or not p.is_file() or p.stat().st_size == 0:
-                continue
-            if not looks_binary(p):
-                files.append(p)
-    files.sort(key=lambda p: p.relative_to(folder).as_posix())
+def _folder_source(name: str, folder: Path, encoding: str) -> Source:
+    files, binary = [], []
+    found = sorted(_glob(folder / "**" / "*"), key=lambda p: p.relative_to(folder).as_posix())
+    for p in _regular_files(found):
+        if _size(p) > 0:
+            (binary if looks_binary(p, encoding) else files).append(p)
     if not files:
-        raise ChargenError(f"folder {name} has no text files; pass a folder that holds some, or a file")
+        hint = ""
+        if binary:
+            hint = f" ({len(binary)} look binary in {encoding}"
+            if encoding_from_bom(binary[0]):
+                hint += f"; {binary[0]} starts with a {encoding_from_bom(binary[0])} byte-order mark: pass " \
+                        f"--encoding {encoding_from_bom(binary[0])}"
+            hint += ")"
+        raise ChargenError(f"folder {name} has no text files{hint}; pass a folder that holds some, or a file")
     return files_source(name, "files", files, folder)
+
+
+# --------------------------------------------------------------------------- globbing, safely
+#
+# Symbolic links are followed, to files and to folders, but every file is read
+# once (two links to one file, or one reached through two folders), and a
+# folder is never walked twice in the same way, so a link that loops
+# (``d/loop -> .``) ends the walk instead of repeating it. Hidden names (a
+# leading dot) are matched only by a pattern part that starts with a dot, as
+# in the shell; ``**`` never descends into hidden folders.
+
+
+def _glob(pattern: Path) -> list[Path]:
+    """Paths matching ``pattern`` (``*``, ``?``, ``[...]`` within one name, ``**`` across folders)."""
+    parts = pattern.parts
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part) or part == "**")
+    base, rest = Path(*parts[:first]) if first else Path("."), parts[first:]
+    if rest[-1] == "**":  # a trailing ** matches the files below too
+        rest += ("*",)
+    found, seen = [], set()
+
+    def walk(path: Path, i: int) -> None:
+        if i == len(rest):
+            found.append(path)
+            return
+        part = rest[i]
+        if part == "**":
+            key = (_identity(path), i)
+            if key[0] is None or key in seen:
+                return
+            seen.add(key)
+            walk(path, i + 1)
+            for name in _names(path):
+                if not name.startswith(".") and (path / name).is_dir():
+                    walk(path / name, i)
+        elif glob.has_magic(part):
+            for name in _names(path):
+                if fnmatch.fnmatch(name, part) and (part.startswith(".") or not name.startswith(".")):
+                    walk(path / name, i + 1)
+        elif i + 1 == len(rest) or (path / part).is_dir():
+            walk(path / part, i + 1)
+
+    walk(base, 0)
+    return found
+
+
+def _names(folder: Path) -> list[str]:
+    """The names in a folder (none when it is not a readable folder), sorted."""
+    try:
+        return sorted(os.listdir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as e:
+        raise ChargenError(f"cannot read the folder {folder}: {e.strerror}; fix its permissions or leave it "
+                           "out of the source") from None
+
+
+def _identity(path: Path):
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _regular_files(paths: Iterable[Path]) -> list[Path]:
+    """The regular files among ``paths`` (links followed), each real file once, the first path kept."""
+    out, seen = [], set()
+    for p in paths:
+        if not p.is_file():
+            continue
+        key = _identity(p)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as e:
+        raise ChargenError(f"cannot read {path}: {e.strerror}; fix its permissions or leave it out of the "
+                           "source") from None
 
 
 def _registry_source(name: str, corpora_dirs, cache_dir, offline) -> Source:

@@ -119,19 +119,54 @@ def temporary_dir(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def open_to_read(path: str | os.PathLike):
+    """``open(path, "rb")``, or a one-line ChargenError naming the file and what to do."""
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise ChargenError(f"cannot read {path}: {e.strerror}; check its permissions, or leave it out of "
+                           "the source") from None
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes, read in chunks."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_to_read(path) as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
 
 
-def looks_binary(path: str | os.PathLike) -> bool:
-    """True when the first 8 KiB hold a NUL byte, as in every binary format."""
-    with open(path, "rb") as f:
-        return b"\x00" in f.read(8192)
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"), (codecs.BOM_UTF8, "utf-8"))
+
+
+def encoding_from_bom(path: str | os.PathLike) -> str | None:
+    """The encoding a file's byte-order mark announces (``utf-8``, ``utf-16``, ``utf-32``), or None."""
+    with open_to_read(path) as f:
+        head = f.read(4)
+    return next((name for bom, name in _BOMS if head.startswith(bom)), None)
+
+
+def ascii_compatible(encoding: str) -> bool:
+    """Whether a newline is the single byte 0x0A in ``encoding`` (UTF-8, Latin-1, ...; not UTF-16/32)."""
+    return "\n".encode(encoding) == b"\n"
+
+
+def looks_binary(path: str | os.PathLike, encoding: str = "utf-8") -> bool:
+    """True when the first 8 KiB, read in ``encoding``, hold a NUL, as every binary format does.
+
+    In ASCII-compatible encodings that is a NUL byte; in UTF-16 or UTF-32,
+    where text is full of zero bytes, a NUL character.
+    """
+    with open_to_read(path) as f:
+        head = f.read(8192)
+    if ascii_compatible(encoding):
+        return b"\x00" in head
+    try:
+        return "\x00" in codecs.getincrementaldecoder(encoding)("replace").decode(head)
+    except UnicodeError:  # e.g. UTF-16 without a byte-order mark: reading it says so, in one line
+        return False
 
 
 # --------------------------------------------------------------------------- decoding in pieces
@@ -143,14 +178,11 @@ def read_text_pieces(path: Path, encoding: str = "utf-8", errors: str = "strict"
 
     Strict decoding errors name the file and the byte offset of the first bad
     byte; a NUL byte marks the file as binary. A single line longer than a
-    chunk is cut at a character boundary instead.
+    chunk is cut at a character boundary instead. A UTF-8 byte-order mark at
+    the start of the file is not text and is dropped (as ``utf-8-sig`` does).
     """
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise ChargenError(f"cannot read {path}: {e.strerror}; check the path and its permissions") from None
-    with f:
-        if "\n".encode(encoding) == b"\n":
+    with open_to_read(path) as f:
+        if ascii_compatible(encoding):
             yield from _pieces_cut_in_bytes(f, path, encoding, errors, chunk_bytes)
         else:  # UTF-16/32 and the like: a newline is not one byte
             yield from _pieces_cut_in_text(f, path, encoding, errors, chunk_bytes)
@@ -175,6 +207,10 @@ def _pieces_cut_in_bytes(f, path, encoding, errors, chunk_bytes) -> Iterator[str
     utf8 = codecs.lookup(encoding).name == "utf-8"
     carry = b""
     start = 0  # file offset of carry[0]
+    if utf8 and f.read(3) == codecs.BOM_UTF8:
+        start = 3  # the byte-order mark is not text
+    else:
+        f.seek(0)
     while chunk := f.read(chunk_bytes):
         nul = chunk.find(b"\x00")
         if nul >= 0:
@@ -241,6 +277,9 @@ def _pieces_cut_in_text(f, path, encoding, errors, chunk_bytes) -> Iterator[str]
             text = decoder.decode(chunk, final)
         except UnicodeDecodeError as e:
             raise _not_valid(path, encoding, consumed - buffered + e.start) from None
+        except UnicodeError as e:  # UTF-16/32 without a byte-order mark
+            raise ChargenError(f"{path} cannot be read as {encoding} ({e}); name the byte order, as in "
+                               f"--encoding {encoding}-le or {encoding}-be") from None
         consumed += len(chunk)
         if "\x00" in text:
             raise ChargenError(f"{path} looks like a binary file (it decodes to NUL characters); "

@@ -43,6 +43,9 @@ from .config import PrepareOptions
 from .tokenizer import MAX_CODEPOINT, CharVocab, codepoints, id_dtype, make_normalizer
 
 FORMAT_VERSION = 1
+# How files become text, beyond the bytes and options the fingerprint holds: a cache written by an
+# older reader (2: a leading UTF-8 byte-order mark is dropped) is prepared again, not reused.
+READER_VERSION = 2
 SPLITS = ("train", "val", "test")
 
 
@@ -114,7 +117,7 @@ def prepare(source: str | os.PathLike | None = None, *,
     """
     opts = PrepareOptions(**options)
     src = resolve_source(source, corpora_dirs=corpora_dirs, cache_dir=cache_dir,
-                         text_column=opts.text_column, offline=offline)
+                         text_column=opts.text_column, encoding=opts.encoding, offline=offline)
     val_fraction = src.val_fraction if opts.val_fraction is None else opts.val_fraction
     test_fraction = src.test_fraction if opts.test_fraction is None else opts.test_fraction
     if val_fraction + test_fraction >= 1.0:
@@ -129,14 +132,14 @@ def prepare(source: str | os.PathLike | None = None, *,
     root = cache_root(cache_dir) / "prepared"
     final = root / fingerprint[:24]
     meta = _load_meta(final, fingerprint)
-    if meta is not None:
-        return PreparedCorpus(final, meta, reused=True)
+    if meta is not None:  # named as asked this time (the same text may come through another path)
+        return PreparedCorpus(final, {**meta, "source": src.name}, reused=True)
 
     root.mkdir(parents=True, exist_ok=True)
     with temporary_dir(root, prefix=f".{fingerprint[:24]}.") as tmp:
         meta = _build(src, resolved, tmp, progress)
         meta.update(source=src.name, fingerprint=fingerprint, format_version=FORMAT_VERSION,
-                    chargen_version=__version__)
+                    reader_version=READER_VERSION, chargen_version=__version__)
         write_json(tmp / "meta.json", meta)
         try:
             os.rename(tmp, final)
@@ -154,7 +157,8 @@ def _load_meta(folder: Path, fingerprint: str) -> dict | None:
             meta = json.load(f)
     except (OSError, ValueError):
         return None
-    if meta.get("fingerprint") != fingerprint or meta.get("format_version") != FORMAT_VERSION:
+    if (meta.get("fingerprint") != fingerprint or meta.get("format_version") != FORMAT_VERSION
+            or meta.get("reader_version") != READER_VERSION):
         return None
     path = folder / "ids.bin"
     if not path.is_file() or path.stat().st_size != meta["chars"] * np.dtype(meta["dtype"]).itemsize:

@@ -111,24 +111,40 @@ def find_named_corpus(name: str, *, corpora_dirs: Sequence[str | os.PathLike] = 
     where = f"put {entry['filename']} in one of: {', '.join(str(d) for d in search)}"
     if offline:
         raise ChargenError(f"{name} is not on the local search path and downloads are off; {where}")
-    download(entry["url"], target, entry["sha256"], name=name, hint=where)
+    download(entry["url"], target, entry["sha256"], name=name, hint=where, size=entry.get("size"))
     return target
 
 
-def download(url: str, target: Path, sha256: str, *, name: str, hint: str, timeout: float = 30) -> None:
-    """Fetch ``url`` to ``target`` through a temporary file, verifying sha256 before the rename."""
+def download(url: str, target: Path, sha256: str, *, name: str, hint: str, size: int | None = None,
+             timeout: float = 30) -> None:
+    """Fetch ``url`` to ``target``: streamed to a temporary file beside it, stopped as soon as it grows
+    past ``size`` bytes (the registry's figure), and renamed into place only once its sha256 matches."""
     target.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
+    got = 0
     with atomic_write(target) as tmp:
         try:
             with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                while chunk := resp.read(1 << 20):
+                _check_length(resp.headers.get("Content-Length"), size, name, url, hint)
+                while chunk := resp.read(1 << 20 if size is None else min(1 << 20, size + 1 - got)):
+                    got += len(chunk)
+                    if size is not None and got > size:
+                        raise ChargenError(f"download of {name} from {url} is larger than the {size:,} bytes it "
+                                           f"should have; stopped. Try again later, or {hint}")
                     h.update(chunk)
                     out.write(chunk)
         except (OSError, ValueError) as e:
             reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
             raise ChargenError(f"could not download {name} from {url} ({reason}); {hint}") from None
         if h.hexdigest() != sha256:
-            raise ChargenError(f"download of {name} from {url} has sha256 {h.hexdigest()[:12]}…, "
+            raise ChargenError(f"download of {name} from {url} has sha256 {h.hexdigest()[:12]}… ({got:,} bytes), "
                                f"expected {sha256[:12]}…; try again later, or {hint}")
     print(f"chargen: downloaded {name} to {target}", file=sys.stderr)
+
+
+def _check_length(header: str | None, size: int | None, name: str, url: str, hint: str) -> None:
+    """Refuse a response that announces the wrong size before reading any of it."""
+    if size is None or header is None or not header.strip().isdigit() or int(header) == size:
+        return
+    raise ChargenError(f"{url} offers {int(header):,} bytes for {name}, which should have {size:,}; "
+                       f"try again later, or {hint}")

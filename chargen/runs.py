@@ -11,10 +11,12 @@ the resumable options (budget, evaluation, device) change.
 
 from __future__ import annotations
 
+import glob
 import os
 import shlex
 import shutil
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from .version import __version__
 from .batches import RandomWindows, StatefulStreams
 from .devices import resolve_device, resolve_precision
 from .errors import ChargenError
-from .files import write_json
+from .files import DIR_MODE, fsync_dir, write_json
 from .options import specs
 from .prepared import PreparedCorpus, prepare
 from .rundir import (FORMAT_VERSION, LOCK_FILE, RunLock, check_run_dir, last_dir, looks_like_run, open_run_dir,
@@ -57,7 +59,8 @@ class Run:
         return self.rank == 0
 
     def resume_hint(self) -> str:
-        return f"chargen train --out {shlex.quote(str(self.dir))} --resume"
+        folder = self.claim.out if self.claim is not None else self.dir
+        return f"chargen train --out {shlex.quote(str(folder))} --resume"
 
     def close(self) -> None:
         """Let go of the folder's lock."""
@@ -65,11 +68,17 @@ class Run:
             self.lock.release()
             self.lock = None
 
+    def settle(self) -> None:
+        """Called after each checkpoint: the first one makes a new run real (and replaces an overwritten one)."""
+        if self.claim is not None:
+            self.dir = self.claim.settle()
+            self.lock, self.claim = self.claim.lock, None
+
     def abandon_if_unstarted(self) -> None:
         """A new run that fails (or is interrupted) before its first checkpoint leaves nothing behind."""
-        if self.claim is not None and not (self.dir / "last").exists():
+        if self.claim is not None:
             self.claim.abandon()
-            self.lock = None
+            self.claim = self.lock = None
 
 
 def open_run(source=None, *, out, resume=False, overwrite=False, corpora_dirs=(), cache_dir=None,
@@ -114,15 +123,19 @@ def _create(out: Path, opts: Options, overwrite: bool, where: dict) -> Run:
         if claim is not None:
             claim.abandon()
         raise
-    return Run(out, corpus, model_cfg, train_cfg, decay_steps, decay_time, resuming=False, device=device,
+    return Run(claim.dir if claim else out, corpus, model_cfg, train_cfg, decay_steps, decay_time,
+               resuming=False, device=device,
                precision=precision, rank=rank, world_size=world, lock=claim.lock if claim else None, claim=claim)
 
 
 class RunClaim:
     """Rank 0's hold on a new run's folder: made if missing, locked, checked; undone if the run never starts.
 
-    Until the run's first checkpoint, :meth:`abandon` removes what this claim
-    made (the run's files, the folder and any parents it created, when empty)
+    A run that ``--overwrite`` replaces is not touched until the new run
+    exists: the new one is built in a hidden folder beside it
+    (``.NAME.new-XXXX``, locked too) and swapped into its place at its first
+    checkpoint (:meth:`settle`). Until then :meth:`abandon` removes what this
+    claim made (the new run's files, and any folders it created, when empty)
     and nothing else: a folder it could not lock is never touched.
     """
 
@@ -133,21 +146,24 @@ class RunClaim:
             raise ChargenError(f"{out} is a file, not a run folder; choose another --out")
         self.out, self.overwrite, self.filled = out, overwrite, False
         self.made = _make_dirs(out)                    # folders this call created, deepest first
+        self.dir, self.staged = out, None              # where the new run is built; its own lock when staged
         try:
             self.lock = RunLock(out)
         except BaseException:
             self._prune()
             raise
         try:
-            self._check_contents()
+            if self._check_contents():
+                self._stage()
         except BaseException:
             self.lock.release()
             self._prune()
             raise
 
-    def _check_contents(self) -> None:
+    def _check_contents(self) -> bool:
+        """Whether ``out`` holds a run to replace; refuses a folder that may not be written into."""
         if not any(p.name != LOCK_FILE for p in self.out.iterdir()):
-            return
+            return False
         is_run = looks_like_run(self.out)
         if not self.overwrite:
             what = "a run" if is_run else "not empty"
@@ -156,26 +172,48 @@ class RunClaim:
         if not is_run:
             raise ChargenError(f"{self.out} exists and is not a chargen run folder; --overwrite only replaces "
                                "runs. Choose another --out")
+        return True
+
+    def _stage(self) -> None:
+        """Make the locked folder beside the old run that the new one is built in."""
+        target = self.out.resolve()  # through a symbolic link: the folder it names is the one replaced
+        _remove_stale_stages(target)
+        try:
+            staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+        except OSError as e:
+            raise ChargenError(f"cannot create the new run beside {self.out} ({e.strerror}); --overwrite "
+                               "needs its parent folder writable. Choose another --out") from None
+        os.chmod(staged, DIR_MODE)
+        self.dir, self.target = staged, target
+        self.staged = RunLock(staged)
 
     def fill(self, config: dict, corpus: PreparedCorpus) -> None:
-        """Replace whatever the folder held (with --overwrite) by the new run's config and vocabulary."""
-        if self.overwrite:
-            self._empty()
+        """Write the new run's config and vocabulary."""
         self.filled = True
-        write_json(self.out / "config.json", config)
-        corpus.vocab.save(self.out / "tokenizer.json")
+        write_json(self.dir / "config.json", config)
+        corpus.vocab.save(self.dir / "tokenizer.json")
+
+    def settle(self) -> Path:
+        """The new run exists (its first checkpoint is written): put it in place of the old. Returns its folder."""
+        if self.staged is not None:
+            old = _exchange(self.dir, self.target)  # the new run at target, the old one where the new was
+            self.lock.path, self.staged.path = old / LOCK_FILE, self.target / LOCK_FILE
+            self.lock.release()
+            self.lock, self.staged, self.dir = self.staged, None, self.out
+            shutil.rmtree(old, ignore_errors=True)
+        return self.dir
 
     def abandon(self) -> None:
         """Undo this claim (the run never reached its first checkpoint), and let go of the lock."""
-        if self.filled:  # everything in the folder is this run's: it was empty, or emptied by fill
-            self._empty()
+        if self.staged is not None:  # the old run was never touched
+            self.staged.release()
+            shutil.rmtree(self.dir, ignore_errors=True)
+        elif self.filled:  # everything in the folder is this run's: it was empty before
+            for p in self.out.iterdir():
+                if p.name != LOCK_FILE:
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         self.lock.release()
         self._prune()
-
-    def _empty(self) -> None:
-        for p in self.out.iterdir():
-            if p.name != LOCK_FILE:
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
     def _prune(self) -> None:
         """Remove the folders this claim created, deepest first, as long as they are empty."""
@@ -184,6 +222,52 @@ class RunClaim:
                 d.rmdir()
             except OSError:  # not empty: another run lives there now
                 break
+
+
+def _remove_stale_stages(target: Path) -> None:
+    """Remove what earlier replacements of ``target`` left behind when killed (folders nobody holds)."""
+    stale = [d for kind in ("new", "old") for d in target.parent.glob(f".{glob.escape(target.name)}.{kind}-*")]
+    for d in stale:
+        if not d.is_dir() or d.is_symlink():
+            continue
+        try:
+            lock = RunLock(d)
+        except ChargenError:  # in use
+            continue
+        lock.release()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _exchange(new: Path, target: Path) -> Path:
+    """Swap folder ``new`` into ``target``'s place; returns where the old ``target`` now is.
+
+    On Linux one ``renameat2(RENAME_EXCHANGE)``, so ``target`` is never
+    missing; elsewhere two renames, the old folder first moved aside.
+    """
+    if _rename_exchange(new, target):
+        return new
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.rmdir(old)
+    os.rename(target, old)
+    os.rename(new, target)
+    fsync_dir(target.parent)
+    return old
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths with Linux's renameat2; False where it is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) != 0:
+        return False  # e.g. a filesystem without exchange support: fall back
+    fsync_dir(b.parent)
+    return True
 
 
 def _make_dirs(path: Path) -> list[Path]:

@@ -138,12 +138,14 @@ class Trainer:
                     self.progress.elapsed = time.perf_counter() - self.wall_start
         except KeyboardInterrupt:  # a second Ctrl-C: the step it hit may be half done, so nothing is saved
             self._close_bar()
-            if (self.run.dir / "last").is_dir():
+            claim = self.run.claim
+            if claim is None:
                 self.log.say(f"interrupted again, inside step {self.progress.step + 1}; not saved: the last "
                              f"checkpoint stands. Resume with: {self.run.resume_hint()}")
             else:
+                kept = f"; {claim.out} still holds the run it was to replace" if claim.staged else ""
                 self.log.say("interrupted again, before the run's first checkpoint: nothing to resume, and "
-                             "the new run is removed; start it again")
+                             f"the new run is removed{kept}; start it again")
             raise Interrupted from None
         finally:
             self._close_bar()
@@ -337,6 +339,8 @@ class Trainer:
         self.progress.rng, self.progress.carried = rng, carried
         save_last(self.run.dir, self.model, self.optimizer, self.scaler, self.progress)
         self.progress.rng, self.progress.carried = {}, {}
+        self.run.settle()
+        self.log.path = self.run.dir / "metrics.jsonl"
 
     def _restore(self) -> None:
         run = self.run
