@@ -21,6 +21,8 @@ loading the corpus: only the rows of the current batch are touched.
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import torch
 
@@ -36,11 +38,34 @@ def _to_device_source(ids: np.ndarray, device: torch.device, on_device: bool | N
         free, _ = torch.cuda.mem_get_info(device)
         if ids.nbytes * 2 > free // 4:
             return None
-    # uint8 ids go up as they are; wider ones as int32, because torch's uint16/uint32 tensors support
-    # too few operations (no indexing on CUDA in older releases) and int64 would double the memory.
-    # Batches are widened to int64, which nn.Embedding needs, one (B, T) slice at a time.
-    dtype = np.uint8 if ids.dtype == np.uint8 else np.int32
-    return torch.from_numpy(np.ascontiguousarray(ids, dtype=dtype)).to(device)
+    return upload_ids(ids, device)
+
+
+def upload_ids(ids: np.ndarray, device: torch.device, chunk: int = 1 << 24) -> torch.Tensor:
+    """Copy ids (a memory map) to ``device`` a chunk at a time, so host memory stays flat in their size.
+
+    uint8 ids go up as they are; wider ones as int32, because torch's uint16/uint32 tensors support
+    too few operations (no indexing on CUDA in older releases) and int64 would double the memory.
+    Batches are widened to int64, which nn.Embedding needs, one (B, T) slice at a time.
+    """
+    np_dtype, dtype = (np.uint8, torch.uint8) if ids.dtype == np.uint8 else (np.int32, torch.int32)
+    out = torch.empty(len(ids), dtype=dtype, device=device)
+    for lo in range(0, len(ids), chunk):
+        out[lo:lo + chunk].copy_(torch.from_numpy(np.asarray(ids[lo:lo + chunk], dtype=np_dtype)))
+    _drop_pages(ids)
+    return out
+
+
+def _drop_pages(ids: np.ndarray) -> None:
+    """Let the kernel take back the pages of a memory map read once through (they count as this
+    process's memory while mapped); the file is untouched and pages come back if read again."""
+    mapping = getattr(ids, "_mmap", None)
+    if mapping is None or not hasattr(mapping, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    try:
+        mapping.madvise(mmap.MADV_DONTNEED)
+    except (OSError, ValueError):
+        pass
 
 
 class StatefulStreams:

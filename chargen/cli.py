@@ -6,7 +6,7 @@ Usage::
     chargen train [SOURCE] --out RUN [...]         # train an LSTM/GRU on it
     torchrun --nproc_per_node N -m chargen train ...   # the same on N processes (DDP)
     chargen sample RUN [--prompt TEXT] [...]       # generate text, streamed to stdout
-    chargen eval RUN FILE [--json]                 # loss of a text under the model
+    chargen eval RUN FILE | --split val|test       # loss of a text, or of a split, under the model
     chargen info RUN [--json]                      # what a run is and how far it got
 
 Each subcommand parses its flags and calls one library function. Mistakes a
@@ -189,14 +189,55 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     from .sample import Sampler
 
+    if (args.file is None) == (args.split is None):
+        raise ChargenError("give a FILE to score, or --split val|test for the run's own corpus (not both)")
+    if args.split is None and (args.source is not None or args.batch_size is not None):
+        raise ChargenError("--source and --batch-size go with --split; to score a file, pass only FILE")
     sampler = Sampler.load(args.run, device=args.device, checkpoint=args.checkpoint)
-    score = sampler.score_file(args.file)
-    result = {"run": args.run, "file": args.file, "chars": score.count, "nats": score.nats, "bpc": score.bpc}
+    if args.file is not None:
+        score, what = sampler.score_file(args.file), args.file
+        result = {"run": args.run, "file": args.file}
+    else:
+        from .rundir import open_run_dir
+        from .runs import run_corpus
+
+        corpus = run_corpus(open_run_dir(args.run), args.source, corpora_dirs=args.corpora_dir,
+                            cache_dir=args.cache_dir)
+        score = sampler.score_split(corpus, args.split, batch_size=args.batch_size or 32,
+                                    progress=sys.stderr.isatty())
+        what = f"{args.split} split of {corpus.meta['source']}"
+        result = {"run": args.run, "split": args.split}
+    result.update(chars=score.count, nats=score.nats, bpc=score.bpc)
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{args.file}: {score.count:,} characters, {score.nats:.4f} nats/char ({score.bpc:.4f} bpc)")
+        print(f"{what}: {score.count:,} characters, {score.nats:.4f} nats/char ({score.bpc:.4f} bpc)")
     return 0
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", nargs="?", default=None, help="a text file to score")
+    p.add_argument("--split", choices=("val", "test"), default=None,
+                   help="score the run's own corpus split instead: every character, exactly as validation "
+                        "reads it (from the prepared cache, or prepared again from the source)")
+    p.add_argument("--source", default=None, metavar="SOURCE",
+                   help="with --split: where the run's corpus is now, if not where it was trained from")
+    p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                   help="with --split: segments read side by side (default 32); the figure does not depend on it")
+    p.add_argument("--corpora-dir", action="append", default=[], metavar="DIR",
+                   help="with --split: folder searched first for named corpora (repeatable)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="where prepared corpora live (default $CHARGEN_CACHE or ~/.cache/chargen)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= value <= 1 << 20:
+        raise argparse.ArgumentTypeError(f"must be in [1, 1048576], got {value}")
+    return value
 
 
 def _add_load_args(p: argparse.ArgumentParser) -> None:
@@ -233,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
          "Ctrl-C saves a checkpoint."),
         ("sample", cmd_sample, [_add_sample_args], "generate text from a trained run",
          "Print the prompt and its continuation to stdout as it is generated."),
-        ("eval", cmd_eval, [_add_load_args, _add_file, _add_json],
-         "loss of a text file under a run's model (nats/char and bpc)", None),
+        ("eval", cmd_eval, [_add_load_args, _add_eval_args, _add_json],
+         "loss of a text file, or of the run's validation or test split, under a run's model (nats/char, bpc)",
+         None),
         ("info", cmd_info, [_add_run, _add_json],
          "describe a run: config, size, progress, best validation loss", None),
     ]
@@ -248,10 +290,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-
-
-def _add_file(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", metavar="FILE")
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,46 +44,145 @@ class StreamScorer:
         return lp if scored is None else lp.masked_fill(~scored, 0.0)
 
 
-def streams_loss(model: torch.nn.Module, ids: np.ndarray, context: np.ndarray, *, batch_size: int = 32,
-                 chunk: int = 256, warmup: int = WARMUP, device: torch.device,
-                 autocast=contextlib.nullcontext) -> tuple[float, int]:
-    """Summed loss (nats) over every id of ``ids``, which follow ``context`` (the end of the training split).
+# The characters an evaluation scores are cut into segments of one length, which depends only on how
+# many characters are scored (never on the batch size, so neither does the figure): a small sample is
+# cut into SEGMENTS segments (no shorter than MIN_SEGMENT), a large one into segments of MAX_SEGMENT,
+# which keeps the warm-up's cost under 7% and gives a GPU as many parallel rows as it is asked for.
+SEGMENTS, MIN_SEGMENT, MAX_SEGMENT = 32, 1024, 4096
 
-    The ids are cut into ``batch_size`` contiguous streams of equal length,
-    each read start to end in chunks of ``chunk`` steps with its state carried,
-    so every id is scored exactly once. Each stream first reads the ``warmup``
-    ids before its first target without scoring them, so it starts from a state
-    that has seen real context rather than zeros, and the figure barely depends
-    on ``batch_size`` (a test holds it within 1e-3 from 1 to 32 streams).
-    Returns ``(total nats, count)``.
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """Which characters of a split an evaluation scores: segments of ``length`` ids at ``starts``.
+
+    With every character asked for, the segments tile the split (the last may
+    be cut short by its end); otherwise they are spread evenly over the whole
+    split, first and last segment at its two ends. A pure function of the
+    split's length and the number asked for, so every evaluation of a run
+    (and of its resumed continuation) scores the same characters.
     """
-    n = len(ids)
-    if n == 0:
-        return 0.0, 0
-    B = max(1, min(batch_size, n // max(1, chunk) or 1))
-    S = -(-n // B)
-    W = warmup
-    # full = [pad..., context tail, ids, pad...]: stream b reads full[P + b*S - W - 1 : P + (b + 1)*S],
-    # where P is the index of ids[0]; the pads are never scored.
-    tail = np.asarray(context[-(W + 1):] if W + 1 <= len(context) else context, dtype=np.int64)
-    pad = int(tail[0]) if len(tail) else int(ids[0])
-    P = W + 1
-    full = np.full(P + B * S, pad, dtype=np.int64)
-    full[P - len(tail):P] = tail
-    full[P:P + n] = ids
-    rows = np.stack([full[P + b * S - W - 1: P + (b + 1) * S] for b in range(B)])         # (B, 1 + W + S)
-    scored = np.zeros((B, W + S), dtype=bool)
-    scored[:, W:] = (np.arange(B * S) < n).reshape(B, S)
-    targets = torch.from_numpy(rows[:, 1:]).to(device)                                   # (B, W + S)
-    mask = torch.from_numpy(scored).to(device)
-    was_training = model.training
-    model.eval()
-    scorer = StreamScorer(model, torch.from_numpy(rows[:, 0]).to(device), autocast)
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    for lo in range(0, W + S, chunk):
-        total += scorer(targets[:, lo:lo + chunk], mask[:, lo:lo + chunk]).sum()
-    model.train(was_training)
-    return -float(total), n
+
+    starts: np.ndarray      # (K,) offsets into the split
+    length: int             # L, ids per segment
+    n: int                  # ids in the split
+
+    @classmethod
+    def plan(cls, n: int, chars: int | None = None) -> "Sample":
+        m = n if chars is None else min(int(chars), n)
+        if m <= 0:
+            return cls(np.zeros(0, dtype=np.int64), 0, n)
+        length = min(MAX_SEGMENT, max(-(-m // SEGMENTS), min(MIN_SEGMENT, m)))
+        k = -(-m // length)
+        if m == n or k * length >= n:  # the whole split
+            return cls(np.arange(0, n, length, dtype=np.int64), length, n)
+        starts = np.linspace(0, n - length, k).round().astype(np.int64) if k > 1 else np.array([(n - length) // 2])
+        return cls(starts, length, n)
+
+    @property
+    def count(self) -> int:
+        """How many ids are scored."""
+        return int(np.minimum(self.length, self.n - self.starts).sum()) if self.length else 0
+
+    @property
+    def whole(self) -> bool:
+        return self.count == self.n
+
+
+class SampleScorer:
+    """Scores a :class:`Sample` of a split (a memory map is fine: only its segments are read).
+
+    Segments are read ``batch_size`` at a time as parallel rows, each in chunks
+    of ``chunk`` steps with its state carried, after first reading the
+    ``warmup`` ids before it unscored (from the split, or from ``context``, the
+    end of the text before the split). Every segment is scored the same way
+    whatever the batch size. It keeps the time a chunk took, to tell how long
+    an evaluation will take (:meth:`estimate`) and to give one up before it
+    runs past a deadline.
+    """
+
+    def __init__(self, ids: np.ndarray, context: np.ndarray, sample: Sample, *, batch_size: int = 32,
+                 chunk: int = 256, warmup: int = WARMUP, device: torch.device = torch.device("cpu"),
+                 autocast=contextlib.nullcontext):
+        self.ids, self.sample = ids, sample
+        self.context = np.asarray(context[-(warmup + 1):] if len(context) > warmup else context, dtype=np.int64)
+        self.batch_size, self.chunk, self.warmup = max(1, batch_size), chunk, warmup
+        self.device, self.autocast = device, autocast
+        k = len(sample.starts)
+        groups = -(-k // self.batch_size)
+        self.chunks = groups * -(-(warmup + sample.length) // chunk)  # scorer calls in one evaluation
+        self.seconds_per_chunk: float | None = None
+
+    def estimate(self) -> float | None:
+        """Seconds one evaluation takes, from the chunks timed so far (None before any)."""
+        return None if self.seconds_per_chunk is None else self.chunks * self.seconds_per_chunk
+
+    def probe(self, model: torch.nn.Module) -> None:
+        """Time one chunk of the first segments, to estimate an evaluation before the first one."""
+        if len(self.sample.starts):
+            self.__call__(model, probe=True)
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module, deadline: float | None = None, probe: bool = False,
+                 tick=None) -> tuple[float, int] | None:
+        """(summed nats, count) over the sample; None when it would not end by ``deadline`` (perf_counter).
+        ``tick(n)``, if given, is called as each chunk of n scored ids is done (a progress bar)."""
+        sample = self.sample
+        if not len(sample.starts):
+            return 0.0, 0
+        was_training = model.training
+        model.eval()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        done, began = 0, time.perf_counter()
+        try:
+            for g in range(0, len(sample.starts), self.batch_size):
+                rows, scored = self._rows(sample.starts[g:g + self.batch_size])
+                targets = torch.from_numpy(rows[:, 1:]).to(self.device)
+                mask = torch.from_numpy(scored).to(self.device)
+                scorer = StreamScorer(model, torch.from_numpy(rows[:, 0]).to(self.device), self.autocast)
+                for lo in range(0, targets.shape[1], self.chunk):
+                    total += scorer(targets[:, lo:lo + self.chunk], mask[:, lo:lo + self.chunk]).sum()
+                    done += 1
+                    if tick is not None:
+                        tick(int(scored[:, lo:lo + self.chunk].sum()))
+                    now = time.perf_counter()
+                    if probe:
+                        float(total)  # wait for the device
+                        self.seconds_per_chunk = time.perf_counter() - began
+                        return None
+                    if deadline is not None and now + (now - began) / done * (self.chunks - done) > deadline:
+                        return None
+            result = -float(total), sample.count
+            self.seconds_per_chunk = (time.perf_counter() - began) / done
+            return result
+        finally:
+            model.train(was_training)
+
+    def _rows(self, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ids each segment reads (1 + warmup + L, from the memory map) and which of them are scored."""
+        W, L, n = self.warmup, self.sample.length, self.sample.n
+        rows = np.empty((len(starts), 1 + W + L), dtype=np.int64)
+        scored = np.zeros((len(starts), W + L), dtype=bool)
+        for r, s in enumerate(int(s) for s in starts):
+            lo, hi = s - W - 1, min(s + L, n)
+            own = np.asarray(self.ids[max(lo, 0):hi], dtype=np.int64)
+            before = self.context[len(self.context) - min(-lo, len(self.context)):] if lo < 0 else self.context[:0]
+            row = np.concatenate([before, own])
+            pad_front = 1 + W + L - (len(row) + (s + L - hi))
+            # Where the text before runs out, the first id stands in (read, never scored); past the end of
+            # the split, the last id does.
+            rows[r] = np.concatenate([np.full(pad_front, row[0]), row, np.full(s + L - hi, row[-1])])
+            scored[r, W:W + hi - s] = True
+        return rows, scored
+
+
+def streams_loss(model: torch.nn.Module, ids: np.ndarray, context: np.ndarray, *, batch_size: int = 32,
+                 chunk: int = 256, warmup: int = WARMUP, device: torch.device = torch.device("cpu"),
+                 autocast=contextlib.nullcontext, chars: int | None = None) -> tuple[float, int]:
+    """Summed loss (nats) and count over ``ids`` (all of it, or a ``chars`` sample), which follow
+    ``context`` (the end of the text before them): see :class:`Sample` and :class:`SampleScorer`."""
+    scorer = SampleScorer(ids, context, Sample.plan(len(ids), chars), batch_size=batch_size, chunk=chunk,
+                          warmup=warmup, device=device, autocast=autocast)
+    return scorer(model)
 
 
 def mean_loss(total: float, count: int) -> tuple[float, float]:

@@ -110,6 +110,17 @@ class Meter:
         return self.run_chars / max(self.run_seconds, 1e-9)
 
 
+class Timing:
+    """How long the parts of a run take, as last measured: what a --max-time budget must leave room for."""
+
+    def __init__(self, num_parameters: int):
+        self.step = 0.0                        # the last training step
+        self.evaluation: float | None = None   # the last evaluation, preview and best-weights save included
+        # The last checkpoint; before the first, a guess from its size (weights and AdamW's two moments,
+        # written and flushed at a pessimistic 100 MB/s).
+        self.checkpoint = 0.1 + num_parameters * 12 / 100e6
+
+
 class ProgressBar:
     """A tqdm bar over the run's steps, with loss, throughput and time left after each log line."""
 

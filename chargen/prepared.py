@@ -80,6 +80,17 @@ class PreparedCorpus:
         return np.memmap(self.dir / "ids.bin", dtype=dtype, mode="r",
                          offset=start * dtype.itemsize, shape=(m[f"{split}_chars"],))
 
+    def before(self, split: str, n: int) -> np.ndarray:
+        """The (up to) ``n`` ids just before ``split`` in the corpus: the text it follows."""
+        m = self.meta
+        start = {"train": 0, "val": m["train_chars"], "test": m["train_chars"] + m["val_chars"]}[split]
+        n = min(n, start)
+        if n == 0:
+            return np.zeros(0, dtype=np.dtype(m["dtype"]))
+        dtype = np.dtype(m["dtype"])
+        return np.memmap(self.dir / "ids.bin", dtype=dtype, mode="r", offset=(start - n) * dtype.itemsize,
+                         shape=(n,))
+
     @property
     def train(self) -> np.ndarray:
         return self.ids("train")
@@ -149,6 +160,13 @@ def prepare(source: str | os.PathLike | None = None, *,
                 shutil.rmtree(final, ignore_errors=True)
                 os.rename(tmp, final)
     return PreparedCorpus(final, _load_meta(final, fingerprint) or meta, reused=False)
+
+
+def cached(fingerprint: str, cache_dir: str | os.PathLike | None = None) -> PreparedCorpus | None:
+    """The prepared corpus with this fingerprint, if the cache still holds it (the source is not read)."""
+    folder = cache_root(cache_dir) / "prepared" / fingerprint[:24]
+    meta = _load_meta(folder, fingerprint)
+    return None if meta is None else PreparedCorpus(folder, meta, reused=True)
 
 
 def _load_meta(folder: Path, fingerprint: str) -> dict | None:

@@ -168,10 +168,17 @@ def _section(run_dir: Path, name: str, build):
                            "the run folder is corrupt") from None
 
 
+# Options added after format 1 was fixed, with the value that gives a run written before them the
+# behaviour it was trained with.
+_ADDED_LATER = {"TrainConfig": {"eval_chars": 0}}  # every validation character was scored
+
+
 def _complete(cls, section) -> dict:
-    """The section's values for ``cls``; every field must be there (a run writes them all)."""
+    """The section's values for ``cls``; every field must be there (a run writes them all), except
+    those added later, which take the value that keeps an older run's behaviour."""
     if not isinstance(section, dict):
         raise TypeError("not a JSON object")
+    section = {**_ADDED_LATER.get(cls.__name__, {}), **section}
     names = [f.name for f in fields(cls)]
     missing = [n for n in names if n not in section]
     if missing:

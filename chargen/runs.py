@@ -29,9 +29,9 @@ from .devices import resolve_device, resolve_precision
 from .errors import ChargenError
 from .files import DIR_MODE, fsync_dir, write_json
 from .options import specs
-from .prepared import PreparedCorpus, prepare
-from .rundir import (FORMAT_VERSION, LOCK_FILE, RunLock, check_run_dir, last_dir, looks_like_run, open_run_dir,
-                     read_json)
+from .prepared import PreparedCorpus, cached, prepare
+from .rundir import (FORMAT_VERSION, LOCK_FILE, RunFolder, RunLock, check_run_dir, last_dir, looks_like_run,
+                     open_run_dir, read_json)
 from .config import (DEFAULT_EPOCHS, RESUMABLE, ModelConfig, Options, PrepareOptions, TrainConfig,
                      layer_options, step_budget)
 
@@ -346,13 +346,8 @@ def _resume(out: Path, opts: Options, where: dict) -> Run:
     lock = distributed.main_first(world, rank, lambda: RunLock(out), others=False)
     try:
         _check_not_finished(last_dir(out), opts)  # a resume needs a complete checkpoint, of a run to go on with
-        corpus_summary = folder.config["corpus"]
-        source = opts.source if opts.source is not None else corpus_summary.get("requested_source")
-        corpus = distributed.main_first(world, rank, lambda: prepare(source, **where, **folder.prepare))
-        _check_same_corpus(corpus_summary, corpus)
-        if folder.vocab.chars != corpus.vocab.chars:
-            raise ChargenError("the run's tokenizer.json differs from the corpus vocabulary; the run folder was "
-                               "changed by hand: start a new run")
+        corpus = distributed.main_first(world, rank, lambda: run_corpus(folder, opts.source, from_cache=False,
+                                                                          **where))
         _check_budget_left(last_dir(out), train_cfg, _batches_per_epoch(corpus, train_cfg))
     except BaseException:
         if lock is not None:
@@ -405,6 +400,25 @@ def _check_budget_left(last: Path, cfg: TrainConfig, batches_per_epoch: int) -> 
     if info.get("stopped") and spent:
         raise ChargenError(f"{last.parent} is already at step {info.get('step')} ({info.get('elapsed', 0):.0f}s): "
                            "that budget is spent; give a larger one")
+
+
+def run_corpus(folder: RunFolder, source=None, *, from_cache: bool = True, corpora_dirs=(),
+               cache_dir=None) -> PreparedCorpus:
+    """The prepared corpus a run was trained on: with ``from_cache``, straight from the cache by its
+    fingerprint (the source is not read); else, or when the cache no longer holds it, prepared again
+    from ``source`` (default: the source the run was created with) and checked to be the same text."""
+    stored = folder.config["corpus"]
+    corpus = cached(stored["fingerprint"], cache_dir) if from_cache and source is None else None
+    if corpus is not None:
+        corpus.meta["source"] = stored.get("source", corpus.meta["source"])  # as the run names it
+    else:
+        source = source if source is not None else stored.get("requested_source")
+        corpus = prepare(source, corpora_dirs=corpora_dirs, cache_dir=cache_dir, **folder.prepare)
+        _check_same_corpus(stored, corpus)
+    if folder.vocab.chars != corpus.vocab.chars:
+        raise ChargenError("the run's tokenizer.json differs from the corpus vocabulary; the run folder was "
+                           "changed by hand: start a new run")
+    return corpus
 
 
 def _check_same_corpus(stored: dict, corpus: PreparedCorpus) -> None:

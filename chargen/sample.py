@@ -40,7 +40,7 @@ from .config import SampleOptions
 from .decode import FastStep, sample_ids
 from .devices import resolve_device
 from .errors import ChargenError
-from .evaluate import StreamScorer
+from .evaluate import WARMUP, Sample, SampleScorer, StreamScorer
 from .model import CharRNN
 from .rundir import open_run_dir
 from .tokenizer import CharVocab
@@ -221,6 +221,33 @@ class Sampler:
         if count == 0:
             raise ChargenError(f"{path} is empty; pass a file with text to score")
         return _make_score(np.zeros(0), total, count)
+
+
+    def score_split(self, corpus, split: str = "val", *, batch_size: int = 32, chars: int | None = None,
+                    progress: bool = False) -> Score:
+        """The loss of a prepared corpus's split (a :class:`~chargen.prepared.PreparedCorpus`), as training
+        validates: every character (or a ``chars`` sample), in segments warmed on the text before them.
+        Streams from the memory map: memory stays small whatever the split's size."""
+        if split not in ("train", "val", "test"):
+            raise ChargenError(f"split must be train, val or test, got {split!r}")
+        if corpus.vocab.chars != self.vocab.chars:
+            raise ChargenError("this corpus's vocabulary is not the model's; score the corpus the run was trained on")
+        ids = corpus.ids(split)
+        if len(ids) == 0:
+            raise ChargenError(f"the corpus {corpus.meta['source']} has no {split} split (0 characters); "
+                               "choose another split")
+        scorer = SampleScorer(ids, corpus.before(split, WARMUP + 1), Sample.plan(len(ids), chars),
+                              batch_size=batch_size, device=self.device)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=scorer.sample.count, unit="char", unit_scale=True, leave=False, desc=f"eval {split}")
+        try:
+            total, count = scorer(self.model, tick=bar.update if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        return _make_score(np.zeros(0), -total, count)
 
 
 def _make_score(logprobs: np.ndarray, total: float, count: int) -> Score:

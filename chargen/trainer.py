@@ -34,8 +34,8 @@ from .config import schedule_lr, step_budget
 from .decode import preview
 from .devices import autocast, state_dtype
 from .errors import ChargenError, Interrupted
-from .evaluate import WARMUP, mean_loss, streams_loss
-from .metrics import Meter, MetricsLog, ProgressBar
+from .evaluate import WARMUP, Sample, SampleScorer, mean_loss
+from .metrics import Meter, MetricsLog, ProgressBar, Timing
 from .model import CharRNN, detach_state, state_from_tensors, state_tensors
 from .runs import Run, open_run
 from .signals import StopRequest, ctrl_c_ignored
@@ -114,6 +114,13 @@ class Trainer:
         self.interrupted = False   # Ctrl-C asked the loop to stop after this step
         self.log = MetricsLog(run.dir, run.is_main)
         self.meter = Meter(self.device)
+        corpus = run.corpus
+        self.evaluator = SampleScorer(corpus.val, corpus.train[-(WARMUP + 1):],
+                                      Sample.plan(len(corpus.val), cfg.eval_chars or None),
+                                      batch_size=cfg.eval_batch_size, device=self.device, autocast=self.autocast)
+        self.timing = Timing(run.model_config.num_parameters)
+        self.time_up = False       # --max-time: no time left to train on
+        self.skipping = False      # --max-time: the last evaluation due was skipped
         if run.resuming:
             self._restore()
 
@@ -128,6 +135,8 @@ class Trainer:
         self.log.bar = self.bar
         # The time budget is wall-clock (evaluation and checkpoints included), carried across resumes.
         self.wall_start = time.perf_counter() - self.progress.elapsed
+        if self.cfg.max_time is not None and self.run.is_main:
+            self.evaluator.probe(self.model)  # how long an evaluation takes, before the first one
         try:
             with StopRequest() as self.stop_request:
                 while not self._should_stop():
@@ -160,9 +169,37 @@ class Trainer:
         self.bar = self.log.bar = None
 
     def _budget_spent(self) -> bool:
+        """Steps or epochs done; or no time left for one more step, the final evaluation and checkpoint."""
         p, cfg = self.progress, self.cfg
-        return ((self.total_steps is not None and p.step >= self.total_steps) or
-                (cfg.max_time is not None and p.elapsed >= cfg.max_time))
+        if self.total_steps is not None and p.step >= self.total_steps:
+            return True
+        if cfg.max_time is not None and p.elapsed + self.timing.step + self._to_finish() >= cfg.max_time:
+            self.time_up = True  # for good: a final evaluation quicker than foreseen does not reopen the run
+        return self.time_up
+
+    def _to_finish(self) -> float:
+        """Seconds the end of the run needs: the final checkpoint and evaluation."""
+        return self.timing.checkpoint + self._final_eval_reserve()
+
+    def _final_eval_reserve(self) -> float:
+        """Time kept for the final evaluation: its estimate with a margin, when that is at most half the
+        budget (a longer one would leave too little to train: it is skipped instead)."""
+        reserve = 1.25 * self._eval_estimate()
+        return reserve if reserve <= self.cfg.max_time / 2 else 0.0
+
+    def _eval_estimate(self) -> float:
+        if self.timing.evaluation is not None:
+            return self.timing.evaluation
+        per_chunk = self.evaluator.seconds_per_chunk or 0.0
+        return (self.evaluator.estimate() or 0.0) + per_chunk / self.evaluator.chunk * self.cfg.preview_chars
+
+    def _eval_deadline(self, final: bool) -> float | None:
+        """When an evaluation must be over: the budget's end less the final checkpoint, and less the final
+        evaluation's reserve for one that is not the final one."""
+        if self.cfg.max_time is None:
+            return None
+        end = self.wall_start + self.cfg.max_time - self.timing.checkpoint
+        return end if final else end - self._final_eval_reserve()
 
     def _should_stop(self) -> bool:
         stop = self._budget_spent() or self.stop_reason is not None
@@ -225,6 +262,7 @@ class Trainer:
             self._skip_nonfinite(loss, grad_norm)
         self.progress.step += 1
         now = time.perf_counter()
+        self.timing.step = now - t0
         self.progress.elapsed = now - self.wall_start
         self.meter.add(loss if finite else None, grad_norm, lr,
                        self.batches.chars_per_batch * self.run.world_size, now - t0)
@@ -257,8 +295,8 @@ class Trainer:
             row = dict(step=step, elapsed=round(self.progress.elapsed, 3))
         else:
             return
-        if due:
-            self._evaluate(row)
+        if due and not self._evaluate(row, final=at_end) and "loss" not in row:
+            return  # skipped, and no log line due either
         self.log.write(row)
         if self.bar is not None:
             self.bar.show(row, self.cfg.max_time, self.progress.elapsed)
@@ -269,15 +307,17 @@ class Trainer:
         stopped = p.stopped = self.stop_reason or "budget"
         if p.step and p.last_eval_step != p.step:
             row = dict(step=p.step, elapsed=round(p.elapsed, 3))
-            self._evaluate(row)
+            self._evaluate(row, final=True)
             self.log.write(row)
+        p.elapsed = time.perf_counter() - self.wall_start
         self._checkpoint()
         self.log.event(p.step, "stopped", reason=stopped)
         self.log.close()
         best = p.best_val_loss
         return TrainResult(run_dir=str(self.run.dir), steps=p.step, best_val_loss=best,
                            best_val_bpc=None if best is None else best / math.log(2), stopped=stopped,
-                           chars_per_sec=self.meter.chars_per_sec, elapsed=p.elapsed, main=self.run.is_main)
+                           chars_per_sec=self.meter.chars_per_sec, elapsed=time.perf_counter() - self.wall_start,
+                           main=self.run.is_main)
 
     def _on_interrupt(self) -> None:
         """Stopped by Ctrl-C between two steps (every process at the same one): checkpoint exactly.
@@ -291,23 +331,34 @@ class Trainer:
 
     # -- evaluation ------------------------------------------------------------
 
-    def _evaluate(self, row: dict) -> None:
-        """Validate, keep the best weights, print a preview; asks to stop when patience runs out.
+    def _evaluate(self, row: dict, final: bool = False) -> bool:
+        """Validate on the run's sample, keep the best weights, print a preview; asks to stop when patience
+        runs out. Under --max-time an evaluation that would not end in time (leaving room for the final
+        one, unless it is the final one) is skipped, with an event in the metrics (once in a row of skips).
+        Whether it ran.
 
         Only rank 0 evaluates; the others carry on to the next step's broadcast.
         """
         p = self.progress
         p.last_eval_step = p.step
         if not self.run.is_main:
-            return
-        val = self.run.corpus.val
-        if len(val) == 0:
+            return False
+        if len(self.run.corpus.val) == 0:
             self._save_best()  # no validation split: the latest weights are the best we know
-            return
-        total, n = streams_loss(self.model, val, self.run.corpus.train[-(WARMUP + 1):],
-                                batch_size=self.cfg.eval_batch_size, device=self.device, autocast=self.autocast)
-        loss, bpc = mean_loss(total, n)
-        row.update(val_loss=round(loss, 5), val_bpc=round(bpc, 5))
+            return False
+        began, deadline = time.perf_counter(), self._eval_deadline(final)
+        result = None
+        if deadline is None or began + self._eval_estimate() <= deadline:
+            result = self.evaluator(self.model, deadline)
+        if result is None:
+            if not self.skipping:
+                self.log.event(p.step, "eval_skipped", reason="time", estimate=round(self._eval_estimate(), 3),
+                               left=round(deadline - began, 3))
+            self.skipping = True
+            return False
+        self.skipping = False
+        loss, bpc = mean_loss(*result)
+        row.update(val_loss=round(loss, 5), val_bpc=round(bpc, 5), val_chars=result[1])
         if p.best_val_loss is None or loss < p.best_val_loss:
             p.best_val_loss, p.best_step, p.evals_since_best = loss, p.step, 0
             self._save_best()
@@ -318,8 +369,11 @@ class Trainer:
             text = preview(self.model, self.vocab, self.cfg.preview_chars, seed=self.cfg.seed + p.step)
             message += f"\n--- sample ---\n{text}\n--------------"
         self.log.say(message)
+        self.timing.evaluation = time.perf_counter() - began
+        row.update(eval_s=round(self.timing.evaluation, 3))
         if self.cfg.patience is not None and p.evals_since_best >= self.cfg.patience:
             self.stop_reason = "patience"
+        return True
 
     # -- checkpoints -----------------------------------------------------------
 
@@ -334,10 +388,12 @@ class Trainer:
         carried, rng = distributed.gather_checkpoint(carried, rng_states(self.device), self.run.world_size)
         if not self.run.is_main:
             return
+        began = time.perf_counter()
         if not (self.run.dir / "model.safetensors").is_file():
             self._save_best()
         self.progress.rng, self.progress.carried = rng, carried
         save_last(self.run.dir, self.model, self.optimizer, self.scaler, self.progress)
+        self.timing.checkpoint = time.perf_counter() - began
         self.progress.rng, self.progress.carried = {}, {}
         self.run.settle()
         self.log.path = self.run.dir / "metrics.jsonl"

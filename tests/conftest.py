@@ -47,6 +47,7 @@ def corpora_dir() -> Path:
 def cli(capsys):
     """Run ``chargen ARGS`` in-process; returns (exit status, stdout, stderr)."""
     def run(*args: str):
+        capsys.readouterr()  # only this command's output
         try:
             code = main([str(a) for a in args])
         except SystemExit as e:  # argparse exits on usage errors and --help

@@ -11,7 +11,7 @@ import torch
 
 import chargen
 from chargen import Sampler
-from chargen.evaluate import streams_loss
+from chargen.evaluate import WARMUP, Sample, streams_loss
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +28,60 @@ def trained(tmp_path_factory):
     return Sampler.load(d / "run").model, np.asarray(corpus.train), np.asarray(corpus.val)
 
 
-def test_one_stream_without_warmup_is_the_exact_whole_sequence_loss(trained):
+def reference(model, train_ids, val, sample, warmup=WARMUP) -> tuple[float, int]:
+    """Each segment scored alone, the plain way: the model reads the text from ``warmup`` ids before
+    the segment to its end in one call, and the segment's own targets are summed."""
+    text = np.concatenate([train_ids, val]).astype(np.int64)
+    total, count = 0.0, 0
+    for s in sample.starts:
+        s = int(s) + len(train_ids)
+        e = min(s + sample.length, len(text))
+        lo = max(s - warmup - 1, 0)
+        with torch.no_grad():
+            logits, _ = model(torch.from_numpy(text[lo:e - 1])[None])
+        lp = torch.log_softmax(logits[0].double(), -1).gather(1, torch.from_numpy(text[lo + 1:e])[:, None])[:, 0]
+        total -= float(lp[s - lo - 1:].sum())
+        count += e - s
+    return total, count
+
+
+@pytest.mark.parametrize("chars", [None, 5000, 1500, 1])
+@pytest.mark.parametrize("batch_size", [1, 3, 32])
+def test_every_segment_scores_what_it_scores_alone(trained, chars, batch_size):
     model, train_ids, val = trained
-    total, n = streams_loss(model, val, train_ids, batch_size=1, chunk=64, warmup=0, device=torch.device("cpu"))
-    x = torch.from_numpy(np.concatenate([train_ids[-1:], val[:-1]]).astype(np.int64))[None]
-    with torch.no_grad():
-        logits, _ = model(x)
-    expected = -torch.log_softmax(logits[0].double(), -1).gather(1, torch.from_numpy(val.astype(np.int64))[:, None]).sum()
-    assert n == len(val)
-    assert total == pytest.approx(float(expected), rel=1e-6)
+    sample = Sample.plan(len(val), chars)
+    total, n = streams_loss(model, val, train_ids, batch_size=batch_size, chunk=50, chars=chars)
+    want_total, want_n = reference(model, train_ids, val, sample)
+    assert n == want_n == sample.count
+    assert total == pytest.approx(want_total, rel=1e-6)
+
+
+def test_a_sample_of_every_character_is_the_full_evaluation(trained):
+    model, train_ids, val = trained
+    full = streams_loss(model, val, train_ids)
+    assert streams_loss(model, val, train_ids, chars=len(val)) == full
+    assert streams_loss(model, val, train_ids, chars=10**9) == full
+    assert full[1] == len(val)
+
+
+@pytest.mark.parametrize("n", [1, 7, 1023, 1024, 5000, 32768, 100_000, 131_072, 10**6, 10**8])
+@pytest.mark.parametrize("chars", [None, 1, 1000, 65536, 131072, 10**6])
+def test_the_sample_is_spread_over_the_split_without_overlap(n, chars):
+    sample = Sample.plan(n, chars)
+    starts, L = sample.starts, sample.length
+    assert len(starts) and 1 <= L <= 4096
+    assert starts[0] == 0 or not sample.whole
+    assert (np.diff(starts) >= L).all() and starts[0] >= 0 and starts[-1] < n
+    want = n if chars is None else min(chars, n)
+    assert want <= sample.count <= want + L  # whole segments: at most one more than asked for
+    if sample.whole:
+        assert sample.count == n and (np.diff(starts) == L).all()
+    elif len(starts) > 1:
+        assert starts[0] == 0 and starts[-1] == n - L  # from one end of the split to the other
+    else:
+        assert starts[0] == (n - L) // 2  # one segment: the middle of the split
+    again = Sample.plan(n, chars)
+    assert again.length == L and (again.starts == starts).all()
 
 
 def test_the_figure_does_not_depend_on_the_evaluation_batch_size(trained):

@@ -197,7 +197,8 @@ def test_config_file_and_preset_layering(text_file, tmp_path):
 
 def test_max_time_budget(text_file, tmp_path):
     result = train(text_file, out=tmp_path / "run", max_time="1s", **TINY)
-    assert result.stopped == "budget" and 1.0 <= result.elapsed < 3.0
+    # The final evaluation and checkpoint come out of the budget: the run ends a little before it.
+    assert result.stopped == "budget" and 0.5 <= result.elapsed <= 1.5
 
 
 @pytest.mark.gpu
