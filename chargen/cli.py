@@ -310,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``chargen`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None:  # the process itself: a kill cleans up like Ctrl-C
+        from .signals import stop_like_ctrl_c
+        stop_like_ctrl_c()
     try:
         return args.func(args)
     except ChargenError as e:

@@ -20,15 +20,17 @@ whole corpus is never held in memory at once.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import glob
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from .errors import ChargenError
-from .files import encoding_from_bom, file_sha256, looks_binary, read_text_pieces
+from .files import file_sha256, looks_binary, read_text_pieces
 from .registry import find_named_corpus, registry, stdlib_files
 
 DOCUMENT_SEPARATOR = "\n"  # written after a document's own trailing newline
@@ -103,10 +105,15 @@ def resolve_source(source: str | os.PathLike | None = None, *,
     text = str(source)
     if text.startswith("hf:"):
         return _hf_source(text[3:], text_column)
-    path = Path(text).expanduser()
-    if path.is_file():
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # ~name of no user here
+        raise ChargenError(f"{text} names the home folder of a user this machine does not have; "
+                           "check the path") from None
+    kind = _kind(path)
+    if kind == "file":
         return files_source(text, "files", [path])
-    if path.is_dir():
+    if kind == "dir":
         return _folder_source(text, path, encoding)
     if glob.has_magic(text):
         matches = _regular_files(sorted(_glob(path)))
@@ -133,19 +140,16 @@ def _hf_source(name: str, text_column: str) -> Source:
 
 
 def _folder_source(name: str, folder: Path, encoding: str) -> Source:
-    files, binary = [], []
-    found = sorted(_glob(folder / "**" / "*"), key=lambda p: p.relative_to(folder).as_posix())
+    files, binary = [], 0
+    found = sorted(_match(folder, ("**", "*")), key=lambda p: p.relative_to(folder).as_posix())
     for p in _regular_files(found):
         if _size(p) > 0:
-            (binary if looks_binary(p, encoding) else files).append(p)
+            if looks_binary(p, encoding):
+                binary += 1
+            else:
+                files.append(p)
     if not files:
-        hint = ""
-        if binary:
-            hint = f" ({len(binary)} look binary in {encoding}"
-            if encoding_from_bom(binary[0]):
-                hint += f"; {binary[0]} starts with a {encoding_from_bom(binary[0])} byte-order mark: pass " \
-                        f"--encoding {encoding_from_bom(binary[0])}"
-            hint += ")"
+        hint = f" ({binary} look binary in {encoding})" if binary else ""
         raise ChargenError(f"folder {name} has no text files{hint}; pass a folder that holds some, or a file")
     return files_source(name, "files", files, folder)
 
@@ -164,34 +168,53 @@ def _glob(pattern: Path) -> list[Path]:
     """Paths matching ``pattern`` (``*``, ``?``, ``[...]`` within one name, ``**`` across folders)."""
     parts = pattern.parts
     first = next(i for i, part in enumerate(parts) if glob.has_magic(part) or part == "**")
-    base, rest = Path(*parts[:first]) if first else Path("."), parts[first:]
-    if rest[-1] == "**":  # a trailing ** matches the files below too
-        rest += ("*",)
-    found, seen = [], set()
+    rest = parts[first:] + (("*",) if parts[-1] == "**" else ())  # a trailing ** matches the files below too
+    return _match(Path(*parts[:first]) if first else Path("."), rest)
 
-    def walk(path: Path, i: int) -> None:
+
+def _match(base: Path, rest: tuple[str, ...]) -> list[Path]:
+    """Paths below the folder ``base`` (taken literally) that match the pattern parts ``rest``.
+
+    Walked depth first with a stack, not recursion, so any depth is fine; a
+    real folder is expanded by ``**`` once per pattern position, so links that
+    loop end the walk.
+    """
+    found, seen, stack = [], set(), [(base, 0)]
+    while stack:
+        path, i = stack.pop()
         if i == len(rest):
             found.append(path)
-            return
-        part = rest[i]
+            continue
+        part, nxt = rest[i], []
         if part == "**":
             key = (_identity(path), i)
             if key[0] is None or key in seen:
-                return
+                continue
             seen.add(key)
-            walk(path, i + 1)
-            for name in _names(path):
-                if not name.startswith(".") and (path / name).is_dir():
-                    walk(path / name, i)
+            nxt = [(path, i + 1)] + [(path / name, i) for name in _names(path)
+                                     if not name.startswith(".") and _kind(path / name) == "dir"]
         elif glob.has_magic(part):
-            for name in _names(path):
-                if fnmatch.fnmatch(name, part) and (part.startswith(".") or not name.startswith(".")):
-                    walk(path / name, i + 1)
-        elif i + 1 == len(rest) or (path / part).is_dir():
-            walk(path / part, i + 1)
-
-    walk(base, 0)
+            nxt = [(path / name, i + 1) for name in _names(path)
+                   if fnmatch.fnmatch(name, part) and (part.startswith(".") or not name.startswith("."))]
+        elif i + 1 == len(rest) or _kind(path / part) == "dir":
+            nxt = [(path / part, i + 1)]
+        stack.extend(reversed(nxt))
     return found
+
+
+def _kind(path: Path) -> str | None:
+    """"file" (regular, links followed), "dir", or None (missing, another kind, a link that loops or
+    dangles); a path that may not be looked at is a ChargenError."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return None
+        raise ChargenError(f"cannot read {path}: {e.strerror}; fix its permissions or leave it out of the "
+                           "source") from None
+    return "file" if stat.S_ISREG(mode) else "dir" if stat.S_ISDIR(mode) else None
 
 
 def _names(folder: Path) -> list[str]:
@@ -217,7 +240,7 @@ def _regular_files(paths: Iterable[Path]) -> list[Path]:
     """The regular files among ``paths`` (links followed), each real file once, the first path kept."""
     out, seen = [], set()
     for p in paths:
-        if not p.is_file():
+        if _kind(p) != "file":
             continue
         key = _identity(p)
         if key not in seen:

@@ -153,20 +153,31 @@ def ascii_compatible(encoding: str) -> bool:
     return "\n".encode(encoding) == b"\n"
 
 
-def looks_binary(path: str | os.PathLike, encoding: str = "utf-8") -> bool:
-    """True when the first 8 KiB, read in ``encoding``, hold a NUL, as every binary format does.
+def file_encoding(path: str | os.PathLike, encoding: str) -> str:
+    """The encoding to read a file in: ``encoding``, except that under UTF-8 (the default) a file that
+    starts with a UTF-16 or UTF-32 byte-order mark is read in what the mark says."""
+    if codecs.lookup(encoding).name != "utf-8":
+        return encoding
+    announced = encoding_from_bom(path)
+    return announced if announced in ("utf-16", "utf-32") else encoding
 
-    In ASCII-compatible encodings that is a NUL byte; in UTF-16 or UTF-32,
-    where text is full of zero bytes, a NUL character.
+
+def looks_binary(path: str | os.PathLike, encoding: str = "utf-8") -> bool:
+    """True when the first 8 KiB are not text in the file's encoding (see :func:`file_encoding`).
+
+    In ASCII-compatible encodings a NUL byte marks a binary file, as in every
+    binary format; in UTF-16 or UTF-32, where text is full of zero bytes, a
+    NUL character, or bytes that do not decode (a missing byte-order mark).
     """
+    encoding = file_encoding(path, encoding)
     with open_to_read(path) as f:
         head = f.read(8192)
     if ascii_compatible(encoding):
         return b"\x00" in head
     try:
-        return "\x00" in codecs.getincrementaldecoder(encoding)("replace").decode(head)
-    except UnicodeError:  # e.g. UTF-16 without a byte-order mark: reading it says so, in one line
-        return False
+        return "\x00" in codecs.getincrementaldecoder(encoding)("strict").decode(head)
+    except UnicodeError:
+        return True
 
 
 # --------------------------------------------------------------------------- decoding in pieces
@@ -178,9 +189,11 @@ def read_text_pieces(path: Path, encoding: str = "utf-8", errors: str = "strict"
 
     Strict decoding errors name the file and the byte offset of the first bad
     byte; a NUL byte marks the file as binary. A single line longer than a
-    chunk is cut at a character boundary instead. A UTF-8 byte-order mark at
-    the start of the file is not text and is dropped (as ``utf-8-sig`` does).
+    chunk is cut at a character boundary instead. A byte-order mark at the
+    start of the file is not text and is dropped (as ``utf-8-sig`` does);
+    under UTF-8 a UTF-16 or UTF-32 one decides the encoding (:func:`file_encoding`).
     """
+    encoding = file_encoding(path, encoding)
     with open_to_read(path) as f:
         if ascii_compatible(encoding):
             yield from _pieces_cut_in_bytes(f, path, encoding, errors, chunk_bytes)
@@ -269,6 +282,7 @@ def _pieces_cut_in_text(f, path, encoding, errors, chunk_bytes) -> Iterator[str]
     decoder = codecs.getincrementaldecoder(encoding)(errors)
     consumed = 0  # bytes handed to the decoder so far
     carry = ""    # text after the last newline, held for the next piece
+    first = True  # a leading byte-order mark (utf-16-le and the like keep it as U+FEFF) is not text
     while True:
         chunk = f.read(chunk_bytes)
         final = not chunk
@@ -281,6 +295,8 @@ def _pieces_cut_in_text(f, path, encoding, errors, chunk_bytes) -> Iterator[str]
             raise ChargenError(f"{path} cannot be read as {encoding} ({e}); name the byte order, as in "
                                f"--encoding {encoding}-le or {encoding}-be") from None
         consumed += len(chunk)
+        if first and text:
+            text, first = text.removeprefix("\ufeff"), False
         if "\x00" in text:
             raise ChargenError(f"{path} looks like a binary file (it decodes to NUL characters); "
                                "pass a text file")

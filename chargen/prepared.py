@@ -44,8 +44,9 @@ from .tokenizer import MAX_CODEPOINT, CharVocab, codepoints, id_dtype, make_norm
 
 FORMAT_VERSION = 1
 # How files become text, beyond the bytes and options the fingerprint holds: a cache written by an
-# older reader (2: a leading UTF-8 byte-order mark is dropped) is prepared again, not reused.
-READER_VERSION = 2
+# older reader is prepared again, not reused. 2: a leading UTF-8 byte-order mark is dropped; 3: any leading
+# byte-order mark is, and under UTF-8 a UTF-16/32 one decides the file's encoding.
+READER_VERSION = 3
 SPLITS = ("train", "val", "test")
 
 

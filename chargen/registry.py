@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import http.client
 import json
 import os
 import sys
@@ -133,8 +134,10 @@ def download(url: str, target: Path, sha256: str, *, name: str, hint: str, size:
                                            f"should have; stopped. Try again later, or {hint}")
                     h.update(chunk)
                     out.write(chunk)
-        except (OSError, ValueError) as e:
-            reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
+        except ChargenError:
+            raise
+        except (OSError, ValueError, http.client.HTTPException) as e:  # network, URL, or a broken response
+            reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e) or type(e).__name__
             raise ChargenError(f"could not download {name} from {url} ({reason}); {hint}") from None
         if h.hexdigest() != sha256:
             raise ChargenError(f"download of {name} from {url} has sha256 {h.hexdigest()[:12]}… ({got:,} bytes), "

@@ -16,18 +16,17 @@ import os
 import shlex
 import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from . import distributed
+from . import distributed, replace
 from .version import __version__
 from .batches import RandomWindows, StatefulStreams
 from .devices import resolve_device, resolve_precision
 from .errors import ChargenError
-from .files import DIR_MODE, fsync_dir, write_json
+from .files import write_json
 from .options import specs
 from .prepared import PreparedCorpus, cached, prepare
 from .rundir import (FORMAT_VERSION, LOCK_FILE, RunFolder, RunLock, check_run_dir, last_dir, looks_like_run,
@@ -72,7 +71,7 @@ class Run:
         """Called after each checkpoint: the first one makes a new run real (and replaces an overwritten one)."""
         if self.claim is not None:
             self.dir = self.claim.settle()
-            self.lock, self.claim = self.claim.lock, None
+            self.claim = None
 
     def abandon_if_unstarted(self) -> None:
         """A new run that fails (or is interrupted) before its first checkpoint leaves nothing behind."""
@@ -90,7 +89,10 @@ def open_run(source=None, *, out, resume=False, overwrite=False, corpora_dirs=()
     if resume and overwrite:
         raise ChargenError("--resume and --overwrite contradict each other; pass one")
     where = dict(corpora_dirs=corpora_dirs, cache_dir=cache_dir)
-    return _resume(Path(out), opts, where) if resume else _create(Path(out), opts, overwrite, where)
+    out = Path(out)
+    if Path.cwd().is_relative_to(out.resolve()):  # --out . (or ..): the folder's contents are replaced around us
+        out = Path(os.path.abspath(out))
+    return _resume(out, opts, where) if resume else _create(out, opts, overwrite, where)
 
 
 def _create(out: Path, opts: Options, overwrite: bool, where: dict) -> Run:
@@ -132,11 +134,11 @@ class RunClaim:
     """Rank 0's hold on a new run's folder: made if missing, locked, checked; undone if the run never starts.
 
     A run that ``--overwrite`` replaces is not touched until the new run
-    exists: the new one is built in a hidden folder beside it
-    (``.NAME.new-XXXX``, locked too) and swapped into its place at its first
-    checkpoint (:meth:`settle`). Until then :meth:`abandon` removes what this
-    claim made (the new run's files, and any folders it created, when empty)
-    and nothing else: a folder it could not lock is never touched.
+    exists: the new one is built in a hidden folder inside it and moved into
+    its place at its first checkpoint (:meth:`settle`; see ``replace.py``).
+    Until then :meth:`abandon` removes what this claim made (the new run's
+    files, and any folders it created, when empty) and nothing else: a folder
+    it could not lock is never touched.
     """
 
     def __init__(self, out: Path, overwrite: bool):
@@ -146,19 +148,25 @@ class RunClaim:
             raise ChargenError(f"{out} is a file, not a run folder; choose another --out")
         self.out, self.overwrite, self.filled = out, overwrite, False
         self.made = _make_dirs(out)                    # folders this call created, deepest first
-        self.dir, self.staged = out, None              # where the new run is built; its own lock when staged
+        self.dir = out                                 # where the new run is built
         try:
             self.lock = RunLock(out)
         except BaseException:
             self._prune()
             raise
         try:
+            replace.recover(out, LOCK_FILE)  # what a replacement cut short by a kill left behind
             if self._check_contents():
-                self._stage()
+                self.dir = self._stage()
         except BaseException:
             self.lock.release()
             self._prune()
             raise
+
+    @property
+    def staged(self) -> bool:
+        """Whether the new run is being built beside an old one it will replace."""
+        return self.dir != self.out
 
     def _check_contents(self) -> bool:
         """Whether ``out`` holds a run to replace; refuses a folder that may not be written into."""
@@ -174,18 +182,12 @@ class RunClaim:
                                "runs. Choose another --out")
         return True
 
-    def _stage(self) -> None:
-        """Make the locked folder beside the old run that the new one is built in."""
-        target = self.out.resolve()  # through a symbolic link: the folder it names is the one replaced
-        _remove_stale_stages(target)
+    def _stage(self) -> Path:
         try:
-            staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+            return replace.stage(self.out)
         except OSError as e:
-            raise ChargenError(f"cannot create the new run beside {self.out} ({e.strerror}); --overwrite "
-                               "needs its parent folder writable. Choose another --out") from None
-        os.chmod(staged, DIR_MODE)
-        self.dir, self.target = staged, target
-        self.staged = RunLock(staged)
+            raise ChargenError(f"cannot write into {self.out} ({e.strerror}); --overwrite needs the run folder "
+                               "writable. Check its permissions or choose another --out") from None
 
     def fill(self, config: dict, corpus: PreparedCorpus) -> None:
         """Write the new run's config and vocabulary."""
@@ -195,18 +197,14 @@ class RunClaim:
 
     def settle(self) -> Path:
         """The new run exists (its first checkpoint is written): put it in place of the old. Returns its folder."""
-        if self.staged is not None:
-            old = _exchange(self.dir, self.target)  # the new run at target, the old one where the new was
-            self.lock.path, self.staged.path = old / LOCK_FILE, self.target / LOCK_FILE
-            self.lock.release()
-            self.lock, self.staged, self.dir = self.staged, None, self.out
-            shutil.rmtree(old, ignore_errors=True)
+        if self.staged:
+            replace.move_in(self.dir, self.out, LOCK_FILE)
+            self.dir = self.out
         return self.dir
 
     def abandon(self) -> None:
         """Undo this claim (the run never reached its first checkpoint), and let go of the lock."""
-        if self.staged is not None:  # the old run was never touched
-            self.staged.release()
+        if self.staged:  # the old run was never touched
             shutil.rmtree(self.dir, ignore_errors=True)
         elif self.filled:  # everything in the folder is this run's: it was empty before
             for p in self.out.iterdir():
@@ -222,52 +220,6 @@ class RunClaim:
                 d.rmdir()
             except OSError:  # not empty: another run lives there now
                 break
-
-
-def _remove_stale_stages(target: Path) -> None:
-    """Remove what earlier replacements of ``target`` left behind when killed (folders nobody holds)."""
-    stale = [d for kind in ("new", "old") for d in target.parent.glob(f".{glob.escape(target.name)}.{kind}-*")]
-    for d in stale:
-        if not d.is_dir() or d.is_symlink():
-            continue
-        try:
-            lock = RunLock(d)
-        except ChargenError:  # in use
-            continue
-        lock.release()
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def _exchange(new: Path, target: Path) -> Path:
-    """Swap folder ``new`` into ``target``'s place; returns where the old ``target`` now is.
-
-    On Linux one ``renameat2(RENAME_EXCHANGE)``, so ``target`` is never
-    missing; elsewhere two renames, the old folder first moved aside.
-    """
-    if _rename_exchange(new, target):
-        return new
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.rmdir(old)
-    os.rename(target, old)
-    os.rename(new, target)
-    fsync_dir(target.parent)
-    return old
-
-
-def _rename_exchange(a: Path, b: Path) -> bool:
-    """Atomically exchange two paths with Linux's renameat2; False where it is not available."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) != 0:
-        return False  # e.g. a filesystem without exchange support: fall back
-    fsync_dir(b.parent)
-    return True
 
 
 def _make_dirs(path: Path) -> list[Path]:
@@ -333,7 +285,8 @@ def _decay(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int | None, float 
 
 def _corpus_summary(corpus: PreparedCorpus, opts: Options) -> dict:
     summary = {**corpus.summary(), "prepare": dict(opts.prepare),
-               "requested_source": None if opts.source is None else str(opts.source)}
+               "requested_source": None if opts.source is None else str(opts.source),
+               "working_folder": os.getcwd()}  # what a relative source was relative to
     summary.pop("cache_dir", None)
     summary.pop("reused", None)
     return summary
@@ -412,13 +365,25 @@ def run_corpus(folder: RunFolder, source=None, *, from_cache: bool = True, corpo
     if corpus is not None:
         corpus.meta["source"] = stored.get("source", corpus.meta["source"])  # as the run names it
     else:
-        source = source if source is not None else stored.get("requested_source")
+        source = source if source is not None else _stored_source(stored)
         corpus = prepare(source, corpora_dirs=corpora_dirs, cache_dir=cache_dir, **folder.prepare)
         _check_same_corpus(stored, corpus)
     if folder.vocab.chars != corpus.vocab.chars:
         raise ChargenError("the run's tokenizer.json differs from the corpus vocabulary; the run folder was "
                            "changed by hand: start a new run")
     return corpus
+
+
+def _stored_source(stored: dict) -> str | None:
+    """The source a run was created with; a relative path that is not here is taken from where it was."""
+    source, where = stored.get("requested_source"), stored.get("working_folder")
+    if source is None or where is None or os.path.isabs(os.path.expanduser(source)) or source.startswith("hf:"):
+        return source
+    here_exists = Path(source).exists() or bool(glob.has_magic(source) and glob.glob(source, recursive=True))
+    there = os.path.join(where, source)
+    if not here_exists and (Path(there).exists() or (glob.has_magic(source) and glob.glob(there, recursive=True))):
+        return there
+    return source
 
 
 def _check_same_corpus(stored: dict, corpus: PreparedCorpus) -> None:

@@ -1,5 +1,7 @@
-"""Stopping a run cleanly: Ctrl-C (SIGINT) and SIGTERM become a request that the training loop reads
-between two steps, where a checkpoint is exact; a second signal stops at once."""
+"""Stopping a run cleanly: Ctrl-C (SIGINT), SIGTERM and SIGHUP become a request that the training loop
+reads between two steps, where a checkpoint is exact; a second signal stops at once. Outside the loop
+(:func:`stop_like_ctrl_c`) SIGTERM and SIGHUP act as Ctrl-C does, so what a half-started command made
+is cleaned up either way."""
 
 from __future__ import annotations
 
@@ -7,20 +9,30 @@ import contextlib
 import signal
 import threading
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def stop_like_ctrl_c() -> None:
+    """Make SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does (where they still kill outright)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in _SIGNALS[1:]:
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, signal.default_int_handler)
 
 
 class StopRequest:
-    """Within the ``with`` block (main thread only: no other thread receives signals), SIGINT or
-    SIGTERM sets :attr:`requested` instead of interrupting; a second one raises KeyboardInterrupt."""
+    """Within the ``with`` block (main thread only: no other thread receives signals), SIGINT, SIGTERM
+    or SIGHUP sets :attr:`requested` instead of interrupting; a second one raises KeyboardInterrupt."""
 
     def __init__(self):
         self.requested = False
         self._previous: dict = {}
 
     def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handler) for sig in _SIGNALS}
+        if threading.current_thread() is threading.main_thread():  # a signal ignored (nohup) stays ignored
+            self._previous = {sig: signal.signal(sig, self._handler) for sig in _SIGNALS
+                              if signal.getsignal(sig) is not signal.SIG_IGN}
         return self
 
     def __exit__(self, *exc) -> None:

@@ -279,10 +279,11 @@ class Trainer:
             self.scaler.update(self.scaler.get_scale() / 2)
         if p.bad_streak >= self.cfg.max_bad_steps:
             self.log.event(p.step, "stopped", reason="nonfinite")
+            kept = (f"the last good checkpoint is in {self.run.dir}/last" if self.run.claim is None else
+                    "it had no checkpoint yet, so nothing is kept")
             raise ChargenError(
                 f"training diverged: {p.bad_streak} steps in a row with a non-finite loss or "
-                f"gradient at step {p.step}; the last good checkpoint is in {self.run.dir}/last; "
-                "lower --lr or --clip and resume or start again")
+                f"gradient at step {p.step}; {kept}; lower --lr or --clip and resume or start again")
 
     def _log_and_evaluate(self) -> None:
         """Write a metrics line every --log-every steps, and evaluate every --eval-every, and at the end."""

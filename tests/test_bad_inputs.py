@@ -70,11 +70,11 @@ def not_a_run(d: Path, _mp) -> list:
     return ["train", text_file(d), "--out", d / "proj", "--overwrite", *TRAIN]
 
 
-def utf16_folder(d: Path, _mp) -> list:
+def utf16_folder_without_marks(d: Path, _mp) -> list:
     (d / "u16").mkdir()
     for name in ("a.txt", "b.txt"):
-        (d / "u16" / name).write_text(TEXT, encoding="utf-16")
-    return ["prepare", d / "u16"]
+        (d / "u16" / name).write_bytes(TEXT.encode("utf-16-le"))
+    return ["prepare", d / "u16", "--encoding", "utf-16"]
 
 
 def unreadable_file_in_folder(d: Path, mp: pytest.MonkeyPatch) -> list:
@@ -142,7 +142,10 @@ ROWS = [
         "--encoding utf-16-le or utf-16-be"),
     Row("utf-16 without a byte-order mark, errors replace", lambda d, _: [
         "prepare", text_file(d), "--encoding", "utf-16", "--errors", "replace"], 2, "--encoding utf-16-le or"),
-    Row("a folder of utf-16 read as utf-8", utf16_folder, 2, "byte-order mark: pass --encoding utf-16"),
+    Row("a folder of utf-16 without byte-order marks", utf16_folder_without_marks, 2,
+        "has no text files (2 look binary in utf-16)"),
+    Row("a user with no home here", lambda d, _: ["prepare", "~nosuchuser1234/x.txt"], 2,
+        "names the home folder of a user this machine does not have"),
     Row("latin-1 read as utf-8", lambda d, _: ["prepare", (d / "l.txt", (d / "l.txt").write_bytes(
         "caf\u00e9\n".encode("latin-1")))[0]], 2, "is not valid utf-8: undecodable byte at offset 3"),
     Row("utf-32 read as utf-16", lambda d, _: ["prepare", (d / "w.txt", (d / "w.txt").write_bytes(

@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -15,7 +16,9 @@ import pytest
 
 import chargen
 from chargen import ChargenError, prepare
+from chargen import replace
 from chargen import runs as runs_mod
+from chargen import corpus as corpus_mod
 from chargen.corpus import DOCUMENT_SEPARATOR, resolve_source
 from chargen.files import read_text_pieces
 from chargen.registry import find_named_corpus, registry
@@ -67,24 +70,33 @@ def test_overwrite_that_fails_before_the_first_checkpoint_leaves_the_old_run_who
     assert os.listdir(old_run.parent) == ["r"]
 
 
-@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two renames"])
-def test_overwrite_replaces_the_run_whole_once_it_exists(old_run, tmp_path, monkeypatch, exchange):
-    if not exchange:
-        monkeypatch.setattr(runs_mod, "_rename_exchange", lambda a, b: False)
+def test_overwrite_replaces_the_run_whole_once_it_exists(old_run, tmp_path):
     old_weights = (old_run / "model.safetensors").read_bytes()
     (old_run / "notes.txt").write_text("the old run's own file goes with it\n")
+    os.chmod(old_run, 0o2750)
+    identity = os.stat(old_run).st_ino
     result = chargen.train(tmp_path / "c.txt", out=old_run, overwrite=True, max_steps=4,
                            **{**TINY, "hidden_size": 12})
     assert Path(result.run_dir) == old_run
     assert os.listdir(old_run.parent) == ["r"]
     assert sorted(os.listdir(old_run)) == ["config.json", "last", "metrics.jsonl", "model.safetensors",
-                                           "tokenizer.json"]  # and the lock is gone
+                                           "tokenizer.json"]  # nothing hidden left, and the lock is gone
+    assert os.stat(old_run).st_ino == identity and os.stat(old_run).st_mode & 0o7777 == 0o2750  # the same folder
     assert json.loads((old_run / "config.json").read_text())["model"]["hidden_size"] == 12
     assert (old_run / "model.safetensors").read_bytes() != old_weights
     rows = [json.loads(line) for line in (old_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r][-1] == 4 and rows[-1]["event"] == "stopped"
     assert chargen.Sampler.load(old_run).generate("the", length=10, seed=1)
     chargen.train(tmp_path / "c.txt", out=old_run, resume=True, max_steps=6)  # and it is a run to resume
+
+
+def test_overwrite_of_the_working_folder(old_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(old_run)
+    chargen.train(tmp_path / "c.txt", out=".", overwrite=True, max_steps=3, **{**TINY, "hidden_size": 12})
+    assert json.loads((old_run / "config.json").read_text())["model"]["hidden_size"] == 12
+    monkeypatch.chdir(old_run / "last")
+    chargen.train(tmp_path / "c.txt", out="..", overwrite=True, max_steps=3, **{**TINY, "hidden_size": 10})
+    assert json.loads((old_run / "config.json").read_text())["model"]["hidden_size"] == 10
 
 
 def test_overwrite_through_a_symbolic_link_replaces_the_folder_it_names(old_run, tmp_path):
@@ -96,22 +108,54 @@ def test_overwrite_through_a_symbolic_link_replaces_the_folder_it_names(old_run,
     assert os.listdir(old_run.parent) == ["r"]
 
 
-def test_what_a_killed_overwrite_left_is_removed_by_the_next_one_but_not_what_is_in_use(old_run, tmp_path):
-    stale = old_run.parent / ".r.new-abc123"
-    stale.mkdir()
-    (stale / "config.json").write_text("{}")
-    busy = old_run.parent / ".r.new-busy"
-    busy.mkdir()
-    holder = runs_mod.RunLock(busy)
-    try:
-        chargen.train(tmp_path / "c.txt", out=old_run, overwrite=True, max_steps=3, **TINY)
-        assert sorted(os.listdir(old_run.parent)) == [".r.new-busy", "r"]
-    finally:
-        holder.release()
+def test_a_move_cut_short_at_any_rename_is_completed_or_undone(old_run, tmp_path, monkeypatch):
+    """Kill the move after each of its renames in turn: the next claim leaves the old run or the new one
+    whole, never a mix (before the mark the old one comes back; after it the new one goes in)."""
+    chargen.train(tmp_path / "c.txt", out=tmp_path / "n", max_steps=3, **{**TINY, "hidden_size": 12})
+    old_files, new_files = files_of(old_run), files_of(tmp_path / "n")
+    real_rename, outcomes, cut = os.rename, [], 0
+    while not outcomes or outcomes[-1] != "finished":
+        target = tmp_path / f"round{cut}"
+        shutil.copytree(old_run, target)
+        staged = replace.stage(target)
+        for p in (tmp_path / "n").iterdir():
+            shutil.copytree(p, staged / p.name) if p.is_dir() else shutil.copy2(p, staged / p.name)
+        left = [cut]
+
+        def rename(a, b):
+            if left[0] == 0:
+                raise KeyboardInterrupt  # the kill, just before this rename
+            left[0] -= 1
+            real_rename(a, b)
+        monkeypatch.setattr(replace.os, "rename", rename)
+        try:
+            replace.move_in(staged, target, LOCK_FILE)
+            outcomes.append("finished")
+        except KeyboardInterrupt:
+            outcomes.append(None)
+        monkeypatch.setattr(replace.os, "rename", real_rename)
+        runs_mod.RunClaim(target, overwrite=True).abandon()  # the next claim recovers, stages, gives up
+        now = files_of(target)
+        assert now in (old_files, new_files), cut
+        outcomes[-1] = outcomes[-1] or ("old" if now == old_files else "new")
+        cut += 1
+    assert outcomes[-1] == "finished" and files_of(tmp_path / f"round{cut - 1}") == new_files
+    assert "old" in outcomes and "new" in outcomes and len(outcomes) >= 10, outcomes  # both ways, every rename
+
+
+def test_abandoned_stages_are_removed_but_nothing_else(old_run):
+    before = files_of(old_run)
+    (old_run / ".chargen-new-abcd1234").mkdir()
+    (old_run / ".chargen-new-abcd1234" / "config.json").write_text("{}")
+    (old_run / ".chargen-old-zz99aa00").mkdir()
+    (old_run.parent / ".r.new-mydata").mkdir()           # a user's folder beside the run: never touched
+    replace.recover(old_run, LOCK_FILE)
+    assert files_of(old_run) == before and not any(p.name.startswith(".") for p in old_run.iterdir())
+    assert (old_run.parent / ".r.new-mydata").is_dir()
 
 
 def test_the_overwritten_run_stays_locked_throughout(old_run, tmp_path, monkeypatch):
-    """While the new run is built beside it, the old folder is held; after the swap, the new one is."""
+    """While the new run is built inside it, the old folder is held, and after the move too."""
     from chargen.trainer import Trainer
     seen = []
     real = Trainer._step
@@ -123,7 +167,7 @@ def test_the_overwritten_run_stays_locked_throughout(old_run, tmp_path, monkeypa
         seen.append(self.run.dir == old_run)
     monkeypatch.setattr(Trainer, "_step", step_and_try)
     chargen.train(tmp_path / "c.txt", out=old_run, overwrite=True, max_steps=4, checkpoint_every=2, **TINY)
-    assert seen == [False, False, True, True]  # built beside the old run until the checkpoint at step 2
+    assert seen == [False, False, True, True]  # built inside the old run until the checkpoint at step 2
     assert not (old_run / LOCK_FILE).exists()
 
 
@@ -182,6 +226,47 @@ def test_glob_agrees_with_the_standard_library_where_there_are_no_links(tmp_path
         assert ours == [Path(p).as_posix() for p in theirs], pattern
 
 
+def test_a_folder_named_like_a_pattern_is_read_literally(tmp_path):
+    for folder, text in (("data[1]", "literal\n"), ("data1", "sibling\n"), ("star*dir", "star\n"), ("starXdir", "x\n")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.txt").write_text(text)
+    assert text_of(resolve_source(tmp_path / "data[1]")) == "literal\n"
+    assert text_of(resolve_source(tmp_path / "star*dir")) == "star\n"
+
+
+def test_any_depth_is_fine(tmp_path):
+    deep = d = tmp_path / "deep"
+    deep.mkdir()
+    for _ in range(1200):  # one level at a time: pathlib's own mkdir(parents=True) recurses
+        d = d / "d"
+        d.mkdir()
+    (d / "x.txt").write_text("deep down\n")
+    try:
+        assert text_of(resolve_source(deep)) == "deep down\n"
+        assert text_of(resolve_source(str(deep / "**" / "*.txt"))) == "deep down\n"
+    finally:  # shutil.rmtree (pytest's clean-up) recurses too: take it down one level at a time
+        (d / "x.txt").unlink()
+        while d != tmp_path:
+            d.rmdir()
+            d = d.parent
+
+
+def test_a_folder_that_may_not_be_searched_is_one_error(tmp_path, monkeypatch):
+    (tmp_path / "f" / "sub").mkdir(parents=True)
+    (tmp_path / "f" / "a.txt").write_text("a\n")
+    (tmp_path / "f" / "sub" / "b.txt").write_text("b\n")
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):  # what a folder without its x bit does to a process without root's powers
+        if "sub" in Path(path).parts and Path(path).name != "sub":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+    monkeypatch.setattr(corpus_mod.os, "stat", stat)
+    for source in (tmp_path / "f", str(tmp_path / "f" / "**" / "*.txt"), tmp_path / "f" / "sub" / "b.txt"):
+        with pytest.raises(ChargenError, match="b.txt: Permission denied; fix its permissions"):
+            resolve_source(source)
+
+
 # --------------------------------------------------------------------------- encodings and byte-order marks
 
 
@@ -193,6 +278,33 @@ def test_a_folder_of_utf16_files_is_read_with_its_encoding(tmp_path):
     assert text_of(src, encoding="utf-16") == "first ünï\n" + DOCUMENT_SEPARATOR + "second 😀\n"
     corpus = prepare(tmp_path, encoding="utf-16", val_fraction=0.0)
     assert corpus.meta["chars"] == len("first ünï\n\nsecond 😀\n")
+
+
+def test_under_utf8_a_utf16_or_utf32_byte_order_mark_decides_the_encoding(tmp_path):
+    (tmp_path / "a.txt").write_text("plain ünï\n", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("wide 😀\n", encoding="utf-16")
+    (tmp_path / "c.txt").write_text("wider ß\n", encoding="utf-32")
+    src = resolve_source(tmp_path)
+    assert [p.name for p in src.files] == ["a.txt", "b.txt", "c.txt"]
+    assert text_of(src) == "plain ünï\n" + DOCUMENT_SEPARATOR + "wide 😀\n" + DOCUMENT_SEPARATOR + "wider ß\n"
+    assert text_of(resolve_source(tmp_path / "b.txt")) == "wide 😀\n"
+    # an encoding the user names is taken as it is: in latin-1 this file is binary (NUL bytes)
+    with pytest.raises(ChargenError, match="looks like a binary file"):
+        text_of(resolve_source(tmp_path / "b.txt"), encoding="latin-1")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"])
+def test_a_leading_byte_order_mark_is_not_text_in_any_unicode_encoding(tmp_path, encoding):
+    (tmp_path / "a.txt").write_bytes(("\ufeff" + "body \ufeff kept\n").encode(encoding))
+    assert text_of(resolve_source(tmp_path / "a.txt"), encoding=encoding) == "body \ufeff kept\n"
+
+
+def test_a_binary_file_in_a_utf16_folder_is_skipped_not_fatal(tmp_path):
+    import gzip
+    (tmp_path / "a.txt").write_text(TEXT, encoding="utf-16")
+    (tmp_path / "b.gz").write_bytes(gzip.compress(TEXT.encode() * 20))
+    (tmp_path / "c.txt").write_bytes(TEXT.encode("utf-8"))  # no mark: not utf-16 text
+    assert [p.name for p in resolve_source(tmp_path, encoding="utf-16").files] == ["a.txt"]
 
 
 def test_binary_files_are_still_skipped_in_a_utf16_folder(tmp_path):
@@ -317,3 +429,14 @@ def test_a_short_or_altered_download_is_refused(server, monkeypatch, isolated_ca
         with pytest.raises(ChargenError, match="has sha256 .* expected"):
             find_named_corpus("fakecorpus", offline=False)
         assert list((isolated_cache / "corpora").iterdir()) == []
+
+
+def test_a_run_made_from_a_relative_source_resumes_from_anywhere(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "c.txt").write_text(TEXT)
+    monkeypatch.chdir(tmp_path)
+    chargen.train("data/c.txt", out=tmp_path / "run", max_steps=3, **TINY)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert chargen.train(out=tmp_path / "run", resume=True, max_steps=5).steps == 5

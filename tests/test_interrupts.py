@@ -77,3 +77,30 @@ def _metrics_size(run: Path) -> int:
         return (run / "metrics.jsonl").stat().st_size
     except FileNotFoundError:
         return -1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_kill_while_an_overwrite_prepares_leaves_the_old_run_whole(tmp_path, sig):
+    """SIGTERM and SIGHUP clean up as Ctrl-C does: the new run's stage goes, the old run stays as it was."""
+    small = tmp_path / "small.txt"
+    small.write_text("the cat sat on the mat\n" * 400)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    run = tmp_path / "run"
+    made = subprocess.run(command(small, run, "--max-steps", "3"), env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    big = tmp_path / "big.txt"  # long enough to prepare for a while
+    big.write_text("".join(f"line {i} of a corpus that takes a moment to prepare\n" for i in range(600_000)))
+    p = subprocess.Popen(command(big, run, "--overwrite"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.monotonic() + 60
+    while not list(run.glob(".chargen-new-*")) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert p.poll() is None, p.communicate()[1]  # still preparing
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "chargen train: interrupted"
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert not any(name.startswith(".") for name in os.listdir(run))  # no stage, no lock file
