@@ -138,6 +138,7 @@ def download(url: str, target: Path, sha256: str, *, name: str, hint: str, size:
             raise
         except (OSError, ValueError, http.client.HTTPException) as e:  # network, URL, or a broken response
             reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e) or type(e).__name__
+            reason = " ".join(str(reason).split())[:200]  # a server's bytes, on one line
             raise ChargenError(f"could not download {name} from {url} ({reason}); {hint}") from None
         if h.hexdigest() != sha256:
             raise ChargenError(f"download of {name} from {url} has sha256 {h.hexdigest()[:12]}… ({got:,} bytes), "

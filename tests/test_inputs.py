@@ -406,8 +406,9 @@ def test_an_endless_download_stops_past_the_stated_size(server, monkeypatch, iso
     content = TEXT.encode()
     _entry(monkeypatch, content, server.url)
     server.body, server.endless = b"x" * 65536, True  # no Content-Length, and no end
-    with pytest.raises(ChargenError, match=f"larger than the {len(content):,} bytes it should have; stopped"):
+    with pytest.raises(ChargenError, match=f"larger than the {len(content):,} bytes it should have; stopped") as e:
         find_named_corpus("fakecorpus", offline=False)
+    assert "could not download" not in str(e.value) and str(e.value).count("put fake.txt") == 1
     assert list((isolated_cache / "corpora").iterdir()) == []
     assert server.sent < 1 << 26
 
@@ -440,3 +441,28 @@ def test_a_run_made_from_a_relative_source_resumes_from_anywhere(tmp_path, monke
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert chargen.train(out=tmp_path / "run", resume=True, max_steps=5).steps == 5
+
+
+@pytest.mark.parametrize("reply", [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nxx",
+                                   b"NOT HTTP AT ALL\r\n\r\n",
+                                   b"HTTP/1.1 200 OK\r\nContent-Length: 9999\r\n\r\nshort"])
+def test_a_broken_http_response_is_one_error(monkeypatch, isolated_cache, reply):
+    import socket
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve():
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(reply)
+        conn.close()
+    threading.Thread(target=serve, daemon=True).start()
+    _entry(monkeypatch, TEXT.encode(), f"http://127.0.0.1:{listener.getsockname()[1]}/fake.txt")
+    try:
+        with pytest.raises(ChargenError, match="fakecorpus") as e:
+            find_named_corpus("fakecorpus", offline=False)
+    finally:
+        listener.close()
+    assert "\n" not in str(e.value)
+    assert list((isolated_cache / "corpora").iterdir()) == []
