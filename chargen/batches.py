@@ -29,29 +29,37 @@ import torch
 from .errors import ChargenError
 
 
-def _to_device_source(ids: np.ndarray, device: torch.device, on_device: bool | None):
-    """Keep ids as they are on CPU; copy them to an accelerator once when they fit."""
+def _read_rows(ids, starts, length: int) -> np.ndarray:
+    """(len(starts), length) ids: ``ids[s:s + length]`` for each start (an array or an IdsReader)."""
+    return np.stack([np.asarray(ids[int(s):int(s) + length]) for s in starts])
+
+
+def _to_device_source(ids, count: int, device: torch.device, on_device: bool | None):
+    """Keep ids where they are on CPU; copy the first ``count`` to an accelerator once when they fit."""
     if device.type == "cpu" or on_device is False:
         return None
     # Ids are small (1-4 bytes each); a corpus that fits in a quarter of free memory goes up.
     if on_device is None and device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        if ids.nbytes * 2 > free // 4:
+        if count * 4 > free // 4:
             return None
-    return upload_ids(ids, device)
+    return upload_ids(ids, device, count)
 
 
-def upload_ids(ids: np.ndarray, device: torch.device, chunk: int = 1 << 24) -> torch.Tensor:
-    """Copy ids (a memory map) to ``device`` a chunk at a time, so host memory stays flat in their size.
+def upload_ids(ids, device: torch.device, count: int | None = None, chunk: int = 1 << 24) -> torch.Tensor:
+    """Copy the first ``count`` ids (all by default; an array, a memory map or an IdsReader) to ``device``
+    a chunk at a time, so host memory stays flat in their number.
 
     uint8 ids go up as they are; wider ones as int32, because torch's uint16/uint32 tensors support
     too few operations (no indexing on CUDA in older releases) and int64 would double the memory.
     Batches are widened to int64, which nn.Embedding needs, one (B, T) slice at a time.
     """
     np_dtype, dtype = (np.uint8, torch.uint8) if ids.dtype == np.uint8 else (np.int32, torch.int32)
-    out = torch.empty(len(ids), dtype=dtype, device=device)
-    for lo in range(0, len(ids), chunk):
-        out[lo:lo + chunk].copy_(torch.from_numpy(np.asarray(ids[lo:lo + chunk], dtype=np_dtype)))
+    count = len(ids) if count is None else count
+    out = torch.empty(count, dtype=dtype, device=device)
+    for lo in range(0, count, chunk):
+        hi = min(lo + chunk, count)
+        out[lo:hi].copy_(torch.from_numpy(np.asarray(ids[lo:hi], dtype=np_dtype)))
     _drop_pages(ids)
     return out
 
@@ -104,11 +112,9 @@ class StatefulStreams:
         local = batch_size // world_size
         self.rows = slice(rank * local, (rank + 1) * local)
         S = self.stream_len
-        # (B, S) views of the memory map: inputs, and targets one character on.
-        self._x = ids[: batch_size * S].reshape(batch_size, S)
-        self._y = ids[1: batch_size * S + 1].reshape(batch_size, S)
-        dev = _to_device_source(ids[: batch_size * S + 1], self.device, ids_on_device)
-        if dev is not None:
+        self.ids, self._x = ids, None
+        dev = _to_device_source(ids, batch_size * S + 1, self.device, ids_on_device)
+        if dev is not None:  # (B, S) views on the device: inputs, and targets one character on
             self._x = dev[: batch_size * S].view(batch_size, S)
             self._y = dev[1:].view(batch_size, S)
 
@@ -122,9 +128,13 @@ class StatefulStreams:
 
     def get(self, step: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
         k = step % self.batches_per_epoch
-        cols = slice(k * self.bptt, (k + 1) * self.bptt)
-        x, y = self._x[self.rows, cols], self._y[self.rows, cols]       # (B, T)
-        return _as_long(x, self.device), _as_long(y, self.device), k == 0
+        T = self.bptt
+        if self._x is not None:
+            cols = slice(k * T, (k + 1) * T)
+            return self._x[self.rows, cols].long(), self._y[self.rows, cols].long(), k == 0
+        # T + 1 ids of each of this rank's streams, read where they are (B small reads, no copy of the split)
+        w = _read_rows(self.ids, [r * self.stream_len + k * T for r in range(self.rows.start, self.rows.stop)], T + 1)
+        return _as_long(w[:, :-1], self.device), _as_long(w[:, 1:], self.device), k == 0
 
     def __iter__(self):
         """One epoch, in order."""
@@ -153,7 +163,7 @@ class RandomWindows:
         self.rank, self.world_size = rank, world_size
         self.local = batch_size // world_size
         self.device = torch.device(device)
-        self._dev = _to_device_source(ids, self.device, ids_on_device)
+        self._dev = _to_device_source(ids, len(ids), self.device, ids_on_device)
         self._span = np.arange(bptt + 1)
         self.batches_per_epoch = max(1, (len(ids) - 1) // (batch_size * bptt))
 
@@ -174,7 +184,7 @@ class RandomWindows:
         if self._dev is not None:
             w = self._dev[torch.from_numpy(index).to(self.device)].long()
         else:
-            w = torch.from_numpy(self.ids[index].astype(np.int64))
+            w = torch.from_numpy(_read_rows(self.ids, index[:, 0], self.bptt + 1).astype(np.int64))
         return w[:, :-1], w[:, 1:], True
 
 

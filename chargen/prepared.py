@@ -78,19 +78,21 @@ class PreparedCorpus:
         dtype = np.dtype(m["dtype"])
         if m[f"{split}_chars"] == 0:
             return np.zeros(0, dtype=dtype)
-        return np.memmap(self.dir / "ids.bin", dtype=dtype, mode="r",
-                         offset=start * dtype.itemsize, shape=(m[f"{split}_chars"],))
+        return np.memmap(self.dir / "ids.bin", dtype=dtype, mode="r", offset=start * dtype.itemsize,
+                         shape=(m[f"{split}_chars"],))
 
     def before(self, split: str, n: int) -> np.ndarray:
         """The (up to) ``n`` ids just before ``split`` in the corpus: the text it follows."""
         m = self.meta
         start = {"train": 0, "val": m["train_chars"], "test": m["train_chars"] + m["val_chars"]}[split]
         n = min(n, start)
-        if n == 0:
-            return np.zeros(0, dtype=np.dtype(m["dtype"]))
-        dtype = np.dtype(m["dtype"])
-        return np.memmap(self.dir / "ids.bin", dtype=dtype, mode="r", offset=(start - n) * dtype.itemsize,
-                         shape=(n,))
+        return IdsReader(self.dir / "ids.bin", np.dtype(m["dtype"]), start - n, n)[:]
+
+    def reader(self, split: str) -> IdsReader:
+        """The split's ids for reading a little at a time, without mapping (see :class:`IdsReader`)."""
+        m = self.meta
+        start = {"train": 0, "val": m["train_chars"], "test": m["train_chars"] + m["val_chars"]}[split]
+        return IdsReader(self.dir / "ids.bin", np.dtype(m["dtype"]), start, m[f"{split}_chars"])
 
     @property
     def train(self) -> np.ndarray:
@@ -161,6 +163,47 @@ def prepare(source: str | os.PathLike | None = None, *,
                 shutil.rmtree(final, ignore_errors=True)
                 os.rename(tmp, final)
     return PreparedCorpus(final, _load_meta(final, fingerprint) or meta, reused=False)
+
+
+class IdsReader:
+    """A split's ids, read on demand with plain reads (``pread``), never memory-mapped.
+
+    What training and evaluation read through: a few hundred ids at a time
+    from places far apart. Mapped pages count as this process's memory, and
+    the kernel maps around every touch (megabytes: read-ahead, large folios),
+    so a memory map would make the process grow with the corpus; reads go
+    through the page cache and leave it flat. Supports ``len`` and slicing
+    (``reader[a:b]`` is a new array), which is all its users need.
+    """
+
+    def __init__(self, path: Path, dtype: np.dtype, start: int, count: int):
+        self.path, self.dtype, self.start, self.count = Path(path), np.dtype(dtype), start, count
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index) -> np.ndarray:
+        if not isinstance(index, slice):
+            raise TypeError("IdsReader reads slices: reader[a:b]")
+        lo, hi, step = index.indices(self.count)
+        n = max(0, hi - lo)
+        out = np.empty(n, dtype=self.dtype)
+        if n:
+            size = os.preadv(self._fd, [out], (self.start + lo) * self.dtype.itemsize)
+            if size != out.nbytes:
+                raise ChargenError(f"{self.path} is shorter than its meta.json says; delete the folder to "
+                                   "prepare the corpus again")
+        return out if step == 1 else out[::step]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        ids = self[:]
+        return ids if dtype is None else ids.astype(dtype)
+
+    def __del__(self):
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            os.close(fd)
 
 
 def cached(fingerprint: str, cache_dir: str | os.PathLike | None = None) -> PreparedCorpus | None:
@@ -291,14 +334,15 @@ def _remap_ids(path: Path, src_dtype: np.dtype, remap: np.ndarray, dtype: np.dty
         bounds[s] = (start, start + sizes[s])
         start += sizes[s]
     unknown = {s: 0 for s in SPLITS}
-    src = np.memmap(path, dtype=src_dtype, mode="r")
-    with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        for lo in range(0, src.size, chunk):
-            ids = remap[src[lo: lo + chunk]]
+    # Read with plain reads, not a memory map: mapped pages count as this process's memory.
+    with open(path, "rb") as src, atomic_write(path) as tmp, open(tmp, "wb") as f:
+        lo = 0
+        while (ids := np.fromfile(src, dtype=src_dtype, count=chunk)).size:
+            ids = remap[ids]
             f.write(ids.tobytes())
             for s, (a, b) in bounds.items():
                 a, b = max(a - lo, 0), min(b - lo, ids.size)
                 if a < b:
                     unknown[s] += int(np.count_nonzero(ids[a:b] == 0))
-    del src
+            lo += ids.size
     return unknown

@@ -273,7 +273,7 @@ def _devices(cfg: TrainConfig) -> tuple[torch.device, str, int, int]:
 def _batches_per_epoch(corpus: PreparedCorpus, cfg: TrainConfig) -> int:
     """Batches per epoch; fails early when the training split is too short for one batch."""
     layout = StatefulStreams if cfg.layout == "stateful" else RandomWindows
-    return len(layout(corpus.train, cfg.batch_size, cfg.bptt))
+    return len(layout(corpus.reader("train"), cfg.batch_size, cfg.bptt))
 
 
 def _decay(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int | None, float | None]:

@@ -232,7 +232,7 @@ class Sampler:
             raise ChargenError(f"split must be train, val or test, got {split!r}")
         if corpus.vocab.chars != self.vocab.chars:
             raise ChargenError("this corpus's vocabulary is not the model's; score the corpus the run was trained on")
-        ids = corpus.ids(split)
+        ids = corpus.reader(split)
         if len(ids) == 0:
             raise ChargenError(f"the corpus {corpus.meta['source']} has no {split} split (0 characters); "
                                "choose another split")

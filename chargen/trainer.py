@@ -93,7 +93,7 @@ class Trainer:
         cfg = self.cfg
         layout = StatefulStreams if cfg.layout == "stateful" else RandomWindows
         extra = {"seed": cfg.seed} if cfg.layout == "random" else {}
-        self.batches = layout(run.corpus.train, cfg.batch_size, cfg.bptt, rank=run.rank,
+        self.batches = layout(run.corpus.reader("train"), cfg.batch_size, cfg.bptt, rank=run.rank,
                               world_size=run.world_size, device=self.device, **extra)
         self.total_steps = step_budget(cfg, len(self.batches))
         torch.manual_seed(cfg.seed)
@@ -115,9 +115,10 @@ class Trainer:
         self.log = MetricsLog(run.dir, run.is_main)
         self.meter = Meter(self.device)
         corpus = run.corpus
-        self.evaluator = SampleScorer(corpus.val, corpus.train[-(WARMUP + 1):],
-                                      Sample.plan(len(corpus.val), cfg.eval_chars or None),
-                                      batch_size=cfg.eval_batch_size, device=self.device, autocast=self.autocast)
+        val = corpus.reader("val")
+        self.evaluator = SampleScorer(val, corpus.before("val", WARMUP + 1),
+                                      Sample.plan(len(val), cfg.eval_chars or None), batch_size=cfg.eval_batch_size,
+                                      device=self.device, autocast=self.autocast)
         self.timing = Timing(run.model_config.num_parameters)
         self.time_up = False       # --max-time: no time left to train on
         self.skipping = False      # --max-time: the last evaluation due was skipped
@@ -137,6 +138,7 @@ class Trainer:
         self.wall_start = time.perf_counter() - self.progress.elapsed
         if self.cfg.max_time is not None and self.run.is_main:
             self.evaluator.probe(self.model)  # how long an evaluation takes, before the first one
+        self.log.event(self.progress.step, "started", at=round(time.time(), 3))  # wall clock: setup is done
         try:
             with StopRequest() as self.stop_request:
                 while not self._should_stop():
@@ -344,7 +346,7 @@ class Trainer:
         p.last_eval_step = p.step
         if not self.run.is_main:
             return False
-        if len(self.run.corpus.val) == 0:
+        if not len(self.evaluator.ids):
             self._save_best()  # no validation split: the latest weights are the best we know
             return False
         began, deadline = time.perf_counter(), self._eval_deadline(final)

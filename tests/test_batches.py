@@ -57,14 +57,32 @@ def test_ranks_cover_every_stream_exactly_once(world):
     assert [p.rows for p in parts] == [slice(r * 8 // world, (r + 1) * 8 // world) for r in range(world)]
 
 
-def test_stateful_reads_memmap_without_copying_the_corpus(tmp_path):
+class Reads:
+    """Ids that record every slice read from them."""
+
+    def __init__(self, ids):
+        self.ids, self.reads = ids, []
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        self.reads.append(len(range(*index.indices(len(self.ids)))))
+        return self.ids[index]
+
+
+@pytest.mark.parametrize("layout", [StatefulStreams, RandomWindows])
+def test_batches_read_only_their_own_ids(tmp_path, layout):
+    from chargen.prepared import IdsReader
     path = tmp_path / "ids.bin"
-    ramp(10001).astype(np.uint16).tofile(path)
-    mm = np.memmap(path, dtype=np.uint16, mode="r")
-    streams = StatefulStreams(mm, 4, 25)
-    assert np.shares_memory(streams._x, mm)  # a view, not a loaded copy
-    x, y, _ = streams.get(3)
-    assert torch.equal(y, x + 1)
+    ramp(100_001).astype(np.uint16).tofile(path)
+    ids = Reads(IdsReader(path, np.uint16, 0, 100_001))
+    batches = layout(ids, 4, 25)
+    assert ids.reads == []  # nothing is read up front
+    for step in range(5):
+        x, y, _ = batches.get(step)
+        assert torch.equal(y, x + 1) and x.shape == (4, 25)
+    assert ids.reads == [26] * 20  # one row of T + 1 ids per stream per step, never the split
 
 
 def test_random_windows_targets_and_determinism():
