@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, fields
 
 from .errors import ChargenError
@@ -135,13 +136,15 @@ EVAL_CHARS = 131072
 
 
 def parse_eval_chars(text) -> int:
-    """``"all"`` -> 0 (every character), else a whole number."""
-    if str(text).strip().lower() == "all":
+    """``"all"`` -> 0 (every character), else a whole number (digits, ``_`` between them allowed)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    word = str(text).strip()
+    if word.lower() == "all":
         return 0
-    try:
-        return int(str(text).replace("_", ""))
-    except ValueError:
-        raise ChargenError(f"--eval-chars takes a number of characters or all, got {text!r}") from None
+    if not re.fullmatch(r"\d+(_\d+)*", word):
+        raise ChargenError(f"must be a number of characters or all, got {text!r}")
+    return int(word.replace("_", ""))
 
 
 @dataclass
@@ -193,7 +196,10 @@ class TrainConfig:
 
     def __post_init__(self):
         if isinstance(self.eval_chars, str):
-            self.eval_chars = parse_eval_chars(self.eval_chars)
+            try:
+                self.eval_chars = parse_eval_chars(self.eval_chars)
+            except ChargenError as e:
+                raise ChargenError(f"--eval-chars {e}") from None
         check_fields(self)
 
     def to_dict(self) -> dict:
@@ -290,7 +296,10 @@ def layer_options(source, config_file, preset_name, options: dict) -> Options:
             raise ChargenError(f"unknown option {key!r}")
         given[name] = value
     if isinstance(given.get("max_time"), str):
-        given["max_time"] = parse_duration(given["max_time"])
+        try:
+            given["max_time"] = parse_duration(given["max_time"])
+        except ChargenError as e:
+            raise ChargenError(f"--max-time {e}") from None
     merged = {**(preset(preset_name) if preset_name else {}), **file_opts, **given}
 
     def part(cls) -> dict:

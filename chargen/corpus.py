@@ -58,10 +58,13 @@ class Source:
         return _join_documents(self.documents(encoding, errors))
 
 
-def files_source(name: str, kind: str, files: list[Path], root: Path | None = None, **split) -> Source:
-    """A source read from files; they are named relative to ``root`` in the fingerprint."""
+def files_source(name: str, kind: str, files: list[Path], root: Path | None = None, file_name: str | None = None,
+                 **split) -> Source:
+    """A source read from files; they are named relative to ``root`` in the fingerprint (a single file by
+    its name, or ``file_name``)."""
     def identity() -> list:
-        return [kind, *([p.relative_to(root).as_posix() if root else p.name, file_sha256(p)] for p in files)]
+        return [kind, *([p.relative_to(root).as_posix() if root else file_name or p.name, file_sha256(p)]
+                        for p in files)]
 
     def documents(encoding: str, errors: str):
         return (read_text_pieces(p, encoding, errors) for p in files)
@@ -94,7 +97,8 @@ def resolve_source(source: str | os.PathLike | None = None, *,
                    cache_dir: str | os.PathLike | None = None,
                    text_column: str = "text",
                    encoding: str = "utf-8",
-                   offline: bool | None = None) -> Source:
+                   offline: bool | None = None,
+                   file_name: str | None = None) -> Source:
     """Turn what the user typed into a :class:`Source`, or raise ChargenError.
 
     ``encoding`` decides which files of a folder or glob are text (see
@@ -112,7 +116,7 @@ def resolve_source(source: str | os.PathLike | None = None, *,
                            "check the path") from None
     kind = _kind(path)
     if kind == "file":
-        return files_source(text, "files", [path])
+        return files_source(text, "files", [path], file_name=file_name)
     if kind == "dir":
         return _folder_source(text, path, encoding)
     if glob.has_magic(text):

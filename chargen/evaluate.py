@@ -53,18 +53,20 @@ SEGMENTS, MIN_SEGMENT, MAX_SEGMENT = 32, 1024, 4096
 
 @dataclass(frozen=True, eq=False)
 class Sample:
-    """Which characters of a split an evaluation scores: segments of ``length`` ids at ``starts``.
+    """Which characters of a split an evaluation scores: segments of ``length`` ids at ``starts``, the
+    last one cut to ``last`` ids, exactly as many as were asked for.
 
-    With every character asked for, the segments tile the split (the last may
-    be cut short by its end); otherwise they are spread evenly over the whole
-    split, first and last segment at its two ends. A pure function of the
-    split's length and the number asked for, so every evaluation of a run
-    (and of its resumed continuation) scores the same characters.
+    With every character asked for, the segments tile the split; otherwise
+    they are spread evenly over the whole split, first and last segment at its
+    two ends. A pure function of the split's length and the number asked for,
+    so every evaluation of a run (and of its resumed continuation) scores the
+    same characters.
     """
 
     starts: np.ndarray      # (K,) offsets into the split
     length: int             # L, ids per segment
     n: int                  # ids in the split
+    last: int = 0           # ids scored in the last segment (<= L)
 
     @classmethod
     def plan(cls, n: int, chars: int | None = None) -> "Sample":
@@ -73,15 +75,21 @@ class Sample:
             return cls(np.zeros(0, dtype=np.int64), 0, n)
         length = min(MAX_SEGMENT, max(-(-m // SEGMENTS), min(MIN_SEGMENT, m)))
         k = -(-m // length)
-        if m == n or k * length >= n:  # the whole split
-            return cls(np.arange(0, n, length, dtype=np.int64), length, n)
+        last = m - (k - 1) * length
+        if m == n or k * length >= n:  # the whole split, or all but less than a segment of it: tiled from the start
+            starts = np.arange(0, m, length, dtype=np.int64)
+            return cls(starts, length, n, m - int(starts[-1]))
         starts = np.linspace(0, n - length, k).round().astype(np.int64) if k > 1 else np.array([(n - length) // 2])
-        return cls(starts, length, n)
+        return cls(starts, length, n, last)
+
+    def scored(self, i: int) -> int:
+        """How many ids segment ``i`` scores."""
+        return self.last if i == len(self.starts) - 1 else self.length
 
     @property
     def count(self) -> int:
         """How many ids are scored."""
-        return int(np.minimum(self.length, self.n - self.starts).sum()) if self.length else 0
+        return (len(self.starts) - 1) * self.length + self.last if len(self.starts) else 0
 
     @property
     def whole(self) -> bool:
@@ -135,7 +143,7 @@ class SampleScorer:
         done, began = 0, time.perf_counter()
         try:
             for g in range(0, len(sample.starts), self.batch_size):
-                rows, scored = self._rows(sample.starts[g:g + self.batch_size])
+                rows, scored = self._rows(range(g, min(g + self.batch_size, len(sample.starts))))
                 targets = torch.from_numpy(rows[:, 1:]).to(self.device)
                 mask = torch.from_numpy(scored).to(self.device)
                 scorer = StreamScorer(model, torch.from_numpy(rows[:, 0]).to(self.device), self.autocast)
@@ -157,19 +165,20 @@ class SampleScorer:
         finally:
             model.train(was_training)
 
-    def _rows(self, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The ids each segment reads (1 + warmup + L, from the memory map) and which of them are scored."""
+    def _rows(self, segments: range) -> tuple[np.ndarray, np.ndarray]:
+        """The ids these segments read (1 + warmup + L each) and which of them are scored."""
         W, L, n = self.warmup, self.sample.length, self.sample.n
-        rows = np.empty((len(starts), 1 + W + L), dtype=np.int64)
-        scored = np.zeros((len(starts), W + L), dtype=bool)
-        for r, s in enumerate(int(s) for s in starts):
-            lo, hi = s - W - 1, min(s + L, n)
+        rows = np.empty((len(segments), 1 + W + L), dtype=np.int64)
+        scored = np.zeros((len(segments), W + L), dtype=bool)
+        for r, i in enumerate(segments):
+            s = int(self.sample.starts[i])
+            lo, hi = s - W - 1, s + self.sample.scored(i)
             own = np.asarray(self.ids[max(lo, 0):hi], dtype=np.int64)
             before = self.context[len(self.context) - min(-lo, len(self.context)):] if lo < 0 else self.context[:0]
             row = np.concatenate([before, own])
-            pad_front = 1 + W + L - (len(row) + (s + L - hi))
-            # Where the text before runs out, the first id stands in (read, never scored); past the end of
-            # the split, the last id does.
+            # Where the text before runs out, the first id stands in (read, never scored); after the last
+            # scored id, the last one does.
+            pad_front = 1 + W + L - len(row) - (s + L - hi)
             rows[r] = np.concatenate([np.full(pad_front, row[0]), row, np.full(s + L - hi, row[-1])])
             scored[r, W:W + hi - s] = True
         return rows, scored

@@ -249,7 +249,10 @@ def load_toml(path, classes, extra: typing.Iterable[str] = ()) -> dict:
             raise ChargenError(f"config file {path}: unknown key {key!r}; keys are the flag names of chargen train")
         spec = by_name[name]
         if spec.parse is not None and isinstance(value, str):
-            value = spec.parse(value)
+            try:
+                value = spec.parse(value)
+            except ChargenError as e:
+                raise ChargenError(f"config file {path}: {key} {e}") from None
         problem = spec.problem(value)
         if problem:
             raise ChargenError(f"config file {path}: {key} {problem}")
@@ -266,6 +269,6 @@ def parse_duration(text) -> float:
         return float(text)
     m = _DURATION.match(str(text))
     if not m:
-        raise ChargenError(f"--max-time takes a duration such as 90s, 5m or 1h, got {text!r}")
+        raise ChargenError(f"must be a duration such as 90s, 5m or 1h, got {text!r}")
     unit = {"s": 1, "sec": 1, None: 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
     return float(m.group(1)) * unit

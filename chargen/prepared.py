@@ -123,15 +123,19 @@ def prepare(source: str | os.PathLike | None = None, *,
             cache_dir: str | os.PathLike | None = None,
             offline: bool | None = None,
             progress: bool = False,
+            file_name: str | None = None,
             **options) -> PreparedCorpus:
     """Prepare ``source`` (see :func:`chargen.corpus.resolve_source`) and return it.
+
+    ``file_name``: for a single-file source, the name it goes by in the
+    fingerprint (a run's corpus, found again under another name).
 
     ``options`` are the fields of :class:`PrepareOptions`. Reuses the cache when
     the source bytes and options are unchanged.
     """
     opts = PrepareOptions(**options)
     src = resolve_source(source, corpora_dirs=corpora_dirs, cache_dir=cache_dir,
-                         text_column=opts.text_column, encoding=opts.encoding, offline=offline)
+                         text_column=opts.text_column, encoding=opts.encoding, offline=offline, file_name=file_name)
     val_fraction = src.val_fraction if opts.val_fraction is None else opts.val_fraction
     test_fraction = src.test_fraction if opts.test_fraction is None else opts.test_fraction
     if val_fraction + test_fraction >= 1.0:

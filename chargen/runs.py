@@ -324,7 +324,8 @@ def _resumed_train_config(folder, opts: Options) -> TrainConfig:
             if k not in opts.explicit or created[what][k] == v or k in RESUMABLE:
                 continue
             flag = specs(cls)[k].flag
-            rule = ("only budget, evaluation and device options change on resume" if what == "train" else
+            rule = ("every evaluation of a run scores the same sample" if k == "eval_chars" else
+                    "only budget, evaluation and device options change on resume" if what == "train" else
                     f"a resumed run keeps its {what} options")
             raise ChargenError(f"the run was created with --{flag} {created[what][k]!r}, not {v!r}; {rule} "
                                "(drop the flag)")
@@ -365,8 +366,11 @@ def run_corpus(folder: RunFolder, source=None, *, from_cache: bool = True, corpo
     if corpus is not None:
         corpus.meta["source"] = stored.get("source", corpus.meta["source"])  # as the run names it
     else:
-        source = source if source is not None else _stored_source(stored)
-        corpus = prepare(source, corpora_dirs=corpora_dirs, cache_dir=cache_dir, **folder.prepare)
+        stored_source = _stored_source(stored)
+        # a single file found again under another name is the same corpus: it keeps its name in the fingerprint
+        name = Path(stored_source).name if source is not None and stored_source is not None else None
+        corpus = prepare(source if source is not None else stored_source, corpora_dirs=corpora_dirs,
+                         cache_dir=cache_dir, file_name=name, **folder.prepare)
         _check_same_corpus(stored, corpus)
     if folder.vocab.chars != corpus.vocab.chars:
         raise ChargenError("the run's tokenizer.json differs from the corpus vocabulary; the run folder was "
@@ -392,4 +396,4 @@ def _check_same_corpus(stored: dict, corpus: PreparedCorpus) -> None:
             f"this corpus differs from the run's: the run was trained on {stored.get('source')} "
             f"({stored.get('chars'):,} characters, fingerprint {str(stored.get('fingerprint'))[:12]}), this is "
             f"{corpus.meta['source']} ({corpus.meta['chars']:,} characters, fingerprint {corpus.fingerprint[:12]}); "
-            "resume on the same text, or start a new run")
+            "pass the text the run was trained on, or start a new run")

@@ -139,6 +139,7 @@ class Trainer:
         if self.cfg.max_time is not None and self.run.is_main:
             self.evaluator.probe(self.model)  # how long an evaluation takes, before the first one
         self.log.event(self.progress.step, "started", at=round(time.time(), 3))  # wall clock: setup is done
+        first_step = self.progress.step
         try:
             with StopRequest() as self.stop_request:
                 while not self._should_stop():
@@ -160,10 +161,18 @@ class Trainer:
             raise Interrupted from None
         finally:
             self._close_bar()
+        if self.time_up and self.progress.step == first_step and not self.interrupted:
+            self._no_time_to_train()
         if self.interrupted:
             self._on_interrupt()
             raise Interrupted
         return self._finish()
+
+    def _no_time_to_train(self) -> None:
+        left = self.cfg.max_time - self.progress.elapsed
+        raise ChargenError(f"--max-time {self.cfg.max_time:g}s leaves no time to train: {max(left, 0):.2f}s are left, and "
+                           f"one step, the final evaluation and checkpoint need about "
+                           f"{self.timing.step + self._to_finish():.2f}s; give a larger budget")
 
     def _close_bar(self) -> None:
         if self.bar is not None:
@@ -186,7 +195,7 @@ class Trainer:
     def _final_eval_reserve(self) -> float:
         """Time kept for the final evaluation: its estimate with a margin, when that is at most half the
         budget (a longer one would leave too little to train: it is skipped instead)."""
-        reserve = 1.25 * self._eval_estimate()
+        reserve = 1.25 * self._eval_estimate() + min(0.5, 0.05 * self.cfg.max_time)  # and room for jitter
         return reserve if reserve <= self.cfg.max_time / 2 else 0.0
 
     def _eval_estimate(self) -> float:

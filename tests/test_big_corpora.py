@@ -78,12 +78,14 @@ def test_the_sample_is_fixed_for_the_life_of_a_run(cli, text, tmp_path):
     code, _, err = cli("train", text, "--out", tmp_path / "run", "--resume", "--max-steps", "8",
                        "--eval-chars", "all")
     assert code == 2
-    one_error_line(err, "was created with --eval-chars 2000, not 0")
+    one_error_line(err, "was created with --eval-chars 2000, not 0; every evaluation of a run scores the same sample")
 
 
-@pytest.mark.parametrize("value,fragment", [("lots", "--eval-chars takes a number of characters or all"),
-                                            ("-3", "--eval-chars: must be at least 0, got -3"),
-                                            ("1.5", "--eval-chars takes a number of characters or all")])
+@pytest.mark.parametrize("value,fragment", [
+    ("lots", "argument --eval-chars: must be a number of characters or all, got 'lots'"),
+    ("-3", "argument --eval-chars: must be a number of characters or all, got '-3'"),
+    ("1.5", "argument --eval-chars: must be a number of characters or all, got '1.5'"),
+    ("+5", "must be a number of characters or all"), ("_1", "must be a number of characters or all")])
 def test_odd_eval_chars_are_one_line(cli, text, tmp_path, value, fragment):
     code, _, err = cli("train", text, "--out", tmp_path / "run", "--eval-chars", value)
     assert code == 2
@@ -242,3 +244,40 @@ def test_upload_in_chunks_equals_the_ids(tmp_path):
     mm = np.memmap(path, dtype=np.uint16, mode="r")
     got = upload_ids(mm, torch.device("cpu"), chunk=4096)
     assert got.dtype == torch.int32 and torch.equal(got, torch.from_numpy(ids.astype(np.int32)))
+
+
+@pytest.mark.parametrize("line,fragment", [('eval_chars = "0x10"', "c.toml: eval_chars must be a number of "
+                                                                   "characters or all, got '0x10'"),
+                                           ("eval_chars = 1.5", "c.toml: eval_chars must be a whole number"),
+                                           ('max_time = "soon"', "c.toml: max_time must be a duration")])
+def test_odd_toml_values_name_the_key_once(cli, text, tmp_path, line, fragment):
+    (tmp_path / "c.toml").write_text(line + "\n")
+    code, _, err = cli("train", text, "--out", tmp_path / "run", "--config", tmp_path / "c.toml")
+    assert code == 2
+    one_error_line(err, fragment)
+
+
+def test_eval_chars_and_max_time_from_python_name_the_option(text, tmp_path):
+    with pytest.raises(ChargenError, match="^--eval-chars must be a number of characters or all, got 'x'$"):
+        chargen.train(text, out=tmp_path / "run", eval_chars="x")
+    with pytest.raises(ChargenError, match="^--max-time must be a duration"):
+        chargen.train(text, out=tmp_path / "run", max_time="soon")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_budget_too_small_for_one_step_is_one_line_and_leaves_no_run(cli, text, tmp_path):
+    code, _, err = cli("train", text, "--out", tmp_path / "run", "--layers", "1", "--hidden", "16", "--max-time", "0.05s")
+    assert code == 2
+    one_error_line(err, "--max-time 0.05s leaves no time to train", "give a larger budget")
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_split_finds_the_corpus_under_another_name(cli, text, trained, isolated_cache, tmp_path):
+    code, before, _ = cli("eval", trained, "--split", "val", "--json")
+    shutil.rmtree(isolated_cache / "prepared")
+    moved = tmp_path / "elsewhere" / "renamed.txt"
+    moved.parent.mkdir()
+    shutil.copy(text, moved)
+    code2, after, err = cli("eval", trained, "--split", "val", "--json", "--source", moved)
+    assert code == code2 == 0, err
+    assert json.loads(before) == json.loads(after)

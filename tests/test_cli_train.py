@@ -44,7 +44,7 @@ def test_train_then_info(cli, corpus, tmp_path):
     (["--lr", "nan"], ["argument --lr: must be a finite number"]),
     (["--max-steps", "0"], ["argument --max-steps: must be at least 1"]),
     (["--epochs", "-1"], ["argument --epochs: must be in (0, 1000000000], got -1.0"]),
-    (["--max-time", "soon"], ["--max-time takes a duration such as 90s, 5m or 1h"]),
+    (["--max-time", "soon"], ["argument --max-time: must be a duration such as 90s, 5m or 1h"]),
     (["--dropout", "1.0"], ["argument --dropout: must be in [0, 1), got 1.0"]),
     (["--dropout", "-0.5"], ["argument --dropout: must be in [0, 1), got -0.5"]),
     (["--cell", "rnn"], ["invalid choice: 'rnn'"]),

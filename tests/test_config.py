@@ -33,7 +33,7 @@ def test_every_preset_key_is_an_option_and_builds_valid_configs(name):
     ('lowercase = "no"', "lowercase must be true or false, got 'no'"),
     ('cell = "rnn"', "cell must be one of lstm, gru, got 'rnn'"),
     ("hidden = 0", "hidden must be at least 1, got 0"),
-    ('max-time = "soon"', "--max-time takes a duration such as 90s, 5m or 1h"),
+    ('max-time = "soon"', "max-time must be a duration such as 90s, 5m or 1h"),
     ("hiden = 3", "unknown key 'hiden'"),
 ])
 def test_toml_values_are_checked_like_their_flags(tmp_path, line, fragment):

@@ -33,9 +33,9 @@ def reference(model, train_ids, val, sample, warmup=WARMUP) -> tuple[float, int]
     the segment to its end in one call, and the segment's own targets are summed."""
     text = np.concatenate([train_ids, val]).astype(np.int64)
     total, count = 0.0, 0
-    for s in sample.starts:
+    for i, s in enumerate(sample.starts):
         s = int(s) + len(train_ids)
-        e = min(s + sample.length, len(text))
+        e = s + sample.scored(i)
         lo = max(s - warmup - 1, 0)
         with torch.no_grad():
             logits, _ = model(torch.from_numpy(text[lo:e - 1])[None])
@@ -73,9 +73,10 @@ def test_the_sample_is_spread_over_the_split_without_overlap(n, chars):
     assert starts[0] == 0 or not sample.whole
     assert (np.diff(starts) >= L).all() and starts[0] >= 0 and starts[-1] < n
     want = n if chars is None else min(chars, n)
-    assert want <= sample.count <= want + L  # whole segments: at most one more than asked for
-    if sample.whole:
-        assert sample.count == n and (np.diff(starts) == L).all()
+    assert sample.count == want  # exactly as many as asked for (the last segment is cut short)
+    tiled = starts[0] == 0 and (np.diff(starts) == L).all()
+    if sample.whole or len(starts) * L >= n:
+        assert tiled  # all of the split, or too much of it to spread: tiled from its start
     elif len(starts) > 1:
         assert starts[0] == 0 and starts[-1] == n - L  # from one end of the split to the other
     else:
