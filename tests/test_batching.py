@@ -1,0 +1,123 @@
+"""Continuous batching (issue 11): a request decoded beside others gets exactly the text Sampler.generate
+gives it alone, whatever joins or leaves the batch meanwhile."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from chargen import ChargenError, Sampler
+from chargen.batching import Batcher
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
+
+
+@pytest.fixture(scope="module")
+def sampler(tmp_path_factory) -> Sampler:
+    d = tmp_path_factory.mktemp("b")
+    shutil.copytree(GOLDEN / "run", d / "run")
+    return Sampler.load(d / "run")
+
+
+def requests(count: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        opts = dict(length=rng.choice([0, 1, 5, 40, 120]), seed=rng.randrange(1 << 40),
+                    temperature=rng.choice([0.0, 0.5, 0.8, 1.0, 1.3]))
+        if rng.random() < 0.3:
+            opts["top_k"] = rng.choice([1, 3, 10])
+        if rng.random() < 0.3:
+            opts["top_p"] = rng.choice([0.5, 0.9])
+        if rng.random() < 0.4:
+            opts["stop"] = tuple(rng.sample(["e", "th", "\n", "the "], rng.randint(1, 2)))
+        if rng.random() < 0.2:
+            opts["n"] = rng.randint(2, 4)
+        out.append(dict(prompt=rng.choice(["", "the ", "and so", "k"]), **opts))
+    return out
+
+
+def test_requests_submitted_together_get_their_own_text(sampler):
+    batcher = Batcher(sampler, max_batch=16)
+    try:
+        reqs = requests(40, 1)
+        submitted = [batcher.submit(r.pop("prompt"), **r) for r in [dict(x) for x in reqs]]
+        got = [s.texts(timeout=120) for s in submitted]
+    finally:
+        batcher.close()
+    for r, texts in zip(reqs, got):
+        want = sampler.generate(r.pop("prompt"), **r)
+        assert texts == (want if isinstance(want, list) else [want]), r
+    assert batcher.active == 0
+
+
+def test_requests_from_many_threads_overlapping_in_time(sampler):
+    batcher = Batcher(sampler, max_batch=8)
+    reqs, results = requests(24, 2), {}
+
+    def client(i: int, r: dict) -> None:
+        r = dict(r)
+        results[i] = batcher.generate(r.pop("prompt"), **r)
+    threads = [threading.Thread(target=client, args=(i, r)) for i, r in enumerate(reqs)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        batcher.close()
+    for i, r in enumerate(reqs):
+        r = dict(r)
+        assert results[i] == sampler.generate(r.pop("prompt"), **r), reqs[i]
+
+
+def test_pieces_are_what_stream_yields(sampler):
+    batcher = Batcher(sampler)
+    try:
+        req = batcher.submit("the ", length=200, seed=5, stop=("ing", "\n\n"))
+        pieces, end = [], None
+        while end is None:
+            kind, row, value = req.events.get(timeout=60)
+            if kind == "text":
+                pieces.append(value)
+            else:
+                end = value
+    finally:
+        batcher.close()
+    assert pieces == list(sampler.stream("the ", length=200, seed=5, stop=("ing", "\n\n")))
+    assert end in ("stop", "length")
+
+
+def test_a_cancelled_request_leaves_at_once_and_the_others_go_on(sampler):
+    batcher = Batcher(sampler)
+    try:
+        long = batcher.submit("the ", length=100_000, seed=1)
+        short = batcher.submit("the ", length=50, seed=2)
+        long.events.get(timeout=60)  # it has started
+        long.cancel()
+        ends = []
+        while not ends:
+            kind, row, value = long.events.get(timeout=60)
+            if kind == "end":
+                ends.append(value)
+        assert ends == ["cancelled"]
+        assert short.texts(timeout=60) == [sampler.generate("the ", length=50, seed=2)]
+        assert batcher.active == 0
+    finally:
+        batcher.close()
+
+
+def test_bad_options_are_refused_when_submitted(sampler):
+    batcher = Batcher(sampler)
+    try:
+        with pytest.raises(ChargenError):
+            batcher.submit("the", temperature=-1)
+        with pytest.raises(ChargenError, match="not in the vocabulary|unknown"):
+            batcher.submit("\u2603 snowman")
+        assert batcher.generate("the ", length=10, seed=3) == sampler.generate("the ", length=10, seed=3)
+    finally:
+        batcher.close()
