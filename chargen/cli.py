@@ -8,6 +8,7 @@ Usage::
     chargen sample RUN [--prompt TEXT] [...]       # generate text, streamed to stdout
     chargen eval RUN FILE | --split val|test       # loss of a text, or of a split, under the model
     chargen info RUN [--json]                      # what a run is and how far it got
+    chargen serve RUN [--port 8000] [...]          # an OpenAI-compatible HTTP API over a run
 
 Each subcommand parses its flags and calls one library function. Mistakes a
 user can make (a ChargenError from the library, a bad flag) print one line on
@@ -240,6 +241,40 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def cmd_serve(args) -> int:
+    from .serve import Limits, serve
+
+    api_key = args.api_key or os.environ.get("CHARGEN_API_KEY") or None
+    limits = Limits(max_length=args.max_length, max_queued=args.max_queued)
+    print(f"chargen serve: {args.run} on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
+    serve(args.run, host=args.host, port=args.port, device=args.device, checkpoint=args.checkpoint,
+          api_key=api_key, max_batch=args.max_batch, limits=limits)
+    return 0
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
+    p.add_argument("--max-batch", type=_positive_int, default=256, metavar="N",
+                   help="rows decoded together (default 256)")
+    p.add_argument("--max-length", type=_positive_int, default=4096, metavar="N",
+                   help="most characters one completion may ask for (default 4096)")
+    p.add_argument("--max-queued", type=_positive_int, default=256, metavar="N",
+                   help="rows decoding or waiting beyond which requests get 429 (default 256)")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require Authorization: Bearer KEY on /v1 routes (also $CHARGEN_API_KEY)")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in [0, 65535], got {value}")
+    return value
+
+
 def _add_load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
@@ -277,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("eval", cmd_eval, [_add_load_args, _add_eval_args, _add_json],
          "loss of a text file, or of the run's validation or test split, under a run's model (nats/char, bpc)",
          None),
+        ("serve", cmd_serve, [_add_load_args, _add_serve_args],
+         "serve a run over HTTP: an OpenAI-compatible completions API with continuous batching", None),
         ("info", cmd_info, [_add_run, _add_json],
          "describe a run: config, size, progress, best validation loss", None),
     ]

@@ -1,0 +1,263 @@
+"""``chargen serve``: an OpenAI-compatible completions API over a trained run, with continuous batching.
+
+Routes: ``POST /v1/completions`` (OpenAI's request and response shapes,
+streamed as Server-Sent Events with ``stream``), ``GET /v1/models``,
+``GET /health``. Every request is decoded in one shared
+:class:`~chargen.batching.Batcher`, so concurrent clients share each step.
+
+Built on Starlette and uvicorn, imported only here: ``pip install
+"chargen[serve]"``. Every bad request gets OpenAI's error object
+(``{"error": {"message", "type", "param", "code"}}``) with a 4xx status,
+and the server goes on serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import secrets
+import time
+from dataclasses import dataclass
+
+from .errors import ChargenError
+
+# OpenAI fields that change nothing here when left at their neutral value, and are refused otherwise.
+_NEUTRAL = {"best_of": (None, 1), "logit_bias": (None, {}), "presence_penalty": (None, 0, 0.0),
+            "frequency_penalty": (None, 0, 0.0), "suffix": (None, ""), "logprobs": (None,), "user": None,
+            "stream_options": None}
+_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "stream", "echo"}
+
+
+@dataclass
+class Limits:
+    """What one request may ask for, and how many may wait."""
+
+    max_body: int = 1 << 20        # bytes of a request body
+    max_prompt: int = 65536        # characters of one prompt
+    max_length: int = 4096         # characters one choice may generate (max_tokens)
+    max_n: int = 16                # choices per prompt
+    max_prompts: int = 16          # prompts per request
+    max_queued: int = 256          # rows decoding or waiting, beyond which new requests get 429
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+
+
+def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: Limits | None = None,
+               max_batch: int = 256):
+    """The Starlette application serving ``sampler`` under the name ``model_name``."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    from .batching import Batcher
+
+    limits = limits or Limits()
+    created = int(time.time())
+    state = {}
+
+    def error(e: ApiError) -> JSONResponse:
+        return JSONResponse({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": None}},
+                            status_code=e.status)
+
+    def guard(handler, needs_key: bool):
+        async def wrapped(request: Request):
+            try:
+                if needs_key and api_key is not None and \
+                        request.headers.get("authorization", "") != f"Bearer {api_key}":
+                    raise ApiError(401, "a valid API key is required: send Authorization: Bearer KEY",
+                                   kind="authentication_error")
+                return await handler(request)
+            except ApiError as e:
+                return error(e)
+        return wrapped
+
+    async def health(request: Request):
+        return JSONResponse({"status": "ok", "active": state["batcher"].active})
+
+    async def models(request: Request):
+        return JSONResponse({"object": "list", "data": [
+            {"id": model_name, "object": "model", "created": created, "owned_by": "chargen"}]})
+
+    async def completions(request: Request):
+        body = await _read_json(request, limits.max_body)
+        prompts, opts, stream, echo = _completion_request(body, model_name, limits)
+        batcher = state["batcher"]
+        if batcher.active + len(prompts) * opts["n"] > limits.max_queued:
+            raise ApiError(429, f"the server is busy ({batcher.active} rows decoding or waiting); try again soon",
+                           kind="rate_limit_error")
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        submitted = []
+        try:
+            for p, prompt in enumerate(prompts):
+                sink = (lambda p: lambda ev: loop.call_soon_threadsafe(events.put_nowait, (p, *ev)))(p)
+                submitted.append(batcher.submit(prompt, sink=sink, **opts))
+        except ChargenError as e:
+            for r in submitted:
+                r.cancel()
+            raise ApiError(400, str(e), "prompt" if "vocabulary" in str(e) else None) from None
+        rid = f"cmpl-{secrets.token_hex(12)}"
+        head = dict(id=rid, object="text_completion", created=int(time.time()), model=model_name)
+        n = opts["n"]
+        if stream:
+            return StreamingResponse(_sse(events, submitted, prompts, n, echo, head), media_type="text/event-stream")
+        texts, reasons = await _collect(events, len(prompts) * n, n)
+        choices = [{"text": (prompts[i // n] if echo else "") + texts[i], "index": i, "logprobs": None,
+                    "finish_reason": reasons[i]} for i in range(len(texts))]
+        prompt_chars = sum(len(p) for p in prompts) * n
+        completion_chars = sum(len(t) for t in texts)
+        return JSONResponse({**head, "choices": choices, "usage": {
+            "prompt_tokens": prompt_chars, "completion_tokens": completion_chars,
+            "total_tokens": prompt_chars + completion_chars}})
+
+    async def not_found(request: Request, exc):
+        return error(ApiError(404, f"no route {request.method} {request.url.path}; see GET /v1/models"))
+
+    async def bad_method(request: Request, exc):
+        return error(ApiError(405, f"{request.method} is not allowed on {request.url.path}"))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        state["batcher"] = Batcher(sampler, max_batch=max_batch)
+        try:
+            yield
+        finally:
+            state["batcher"].close()
+
+    routes = [Route("/health", guard(health, False)), Route("/v1/models", guard(models, True)),
+              Route("/v1/completions", guard(completions, True), methods=["POST"])]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: bad_method})
+
+
+async def _read_json(request, max_body: int) -> dict:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_body:
+        raise ApiError(413, f"the request body is {int(declared):,} bytes; at most {max_body:,} are accepted")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > max_body:
+            raise ApiError(413, f"the request body is over {max_body:,} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"the body is not valid JSON ({e})") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body
+
+
+def _completion_request(body: dict, model_name: str, limits: Limits) -> tuple[list[str], dict, bool, bool]:
+    """Check an OpenAI completions body; (prompts, sampler options, stream, echo)."""
+    unknown = sorted(set(body) - _FIELDS - set(_NEUTRAL))
+    if unknown:
+        raise ApiError(400, f"unknown field(s): {', '.join(unknown)}", unknown[0])
+    for name, neutral in _NEUTRAL.items():
+        if neutral is not None and name in body and body[name] not in neutral:
+            raise ApiError(400, f"{name} is not supported by chargen (leave it out)", name)
+    if "model" in body and body["model"] != model_name:
+        raise ApiError(404, f"model {body['model']!r} is not served here; this server serves {model_name!r}",
+                       "model", kind="not_found_error")
+    prompt = body.get("prompt", "")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ApiError(400, "prompt must be a string or a non-empty list of strings", "prompt")
+    if len(prompts) > limits.max_prompts:
+        raise ApiError(400, f"at most {limits.max_prompts} prompts per request, got {len(prompts)}", "prompt")
+    if any(len(p) > limits.max_prompt for p in prompts):
+        raise ApiError(400, f"a prompt is longer than {limits.max_prompt:,} characters", "prompt")
+    opts = {"length": _number(body, "max_tokens", int, 16, 0, limits.max_length),
+            "temperature": _number(body, "temperature", float, 1.0, 0.0, 100.0),
+            "n": _number(body, "n", int, 1, 1, limits.max_n)}
+    if body.get("top_p") is not None:
+        opts["top_p"] = _number(body, "top_p", float, 1.0, 0.0, 1.0)
+        if opts["top_p"] == 0.0:
+            raise ApiError(400, "top_p must be greater than 0", "top_p")
+    if body.get("top_k") is not None:
+        opts["top_k"] = _number(body, "top_k", int, None, 1, 1 << 31)
+    if body.get("seed") is not None:
+        opts["seed"] = _number(body, "seed", int, None, 0, 2**63 - 1)
+    stop = body.get("stop")
+    if stop is not None:
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
+            raise ApiError(400, "stop must be a non-empty string or a list of at most 4 of them", "stop")
+        opts["stop"] = tuple(stops)
+    flags = {}
+    for name in ("stream", "echo"):
+        value = body.get(name, False)
+        if not isinstance(value, bool):
+            raise ApiError(400, f"{name} must be true or false, got {value!r}", name)
+        flags[name] = value
+    return prompts, opts, flags["stream"], flags["echo"]
+
+
+def _number(body: dict, name: str, kind: type, default, low, high):
+    value = body.get(name)
+    if value is None:
+        return default
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and kind is int:
+        ok = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if not ok or not math.isfinite(value) or not low <= value <= high:
+        what = "a whole number" if kind is int else "a number"
+        raise ApiError(400, f"{name} must be {what} in [{low}, {high}], got {value!r}", name)
+    return kind(value)
+
+
+async def _collect(events: asyncio.Queue, rows: int, n: int) -> tuple[list[str], list[str]]:
+    texts, reasons, open_rows = [""] * rows, [None] * rows, rows
+    while open_rows:
+        p, kind, row, value = await events.get()
+        i = p * n + row
+        if kind == "text":
+            texts[i] += value
+        else:
+            reasons[i], open_rows = value, open_rows - 1
+    return texts, reasons
+
+
+async def _sse(events: asyncio.Queue, submitted: list, prompts: list[str], n: int, echo: bool, head: dict):
+    """The stream of chunks; a client that goes away cancels its rows at once."""
+    def chunk(i: int, text: str, reason) -> str:
+        return "data: " + json.dumps({**head, "choices": [
+            {"text": text, "index": i, "logprobs": None, "finish_reason": reason}]}) + "\n\n"
+    try:
+        if echo:
+            for i in range(len(prompts) * n):
+                yield chunk(i, prompts[i // n], None)
+        open_rows = len(prompts) * n
+        while open_rows:
+            p, kind, row, value = await events.get()
+            i = p * n + row
+            if kind == "text":
+                yield chunk(i, value, None)
+            else:
+                open_rows -= 1
+                yield chunk(i, "", value)
+        yield "data: [DONE]\n\n"
+    finally:
+        for r in submitted:
+            r.cancel()
+
+
+def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", checkpoint: str = "best",
+          api_key: str | None = None, max_batch: int = 256, limits: Limits | None = None) -> None:
+    """Load a run and serve it until Ctrl-C (see the module docstring)."""
+    try:
+        import starlette  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise ChargenError('chargen serve needs its extra: pip install "chargen[serve]"') from None
+    from pathlib import Path
+
+    from .sample import Sampler
+    sampler = Sampler.load(run_dir, device=device, checkpoint=checkpoint)
+    app = create_app(sampler, Path(run_dir).resolve().name, api_key=api_key, limits=limits, max_batch=max_batch)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,200 @@
+"""chargen serve (issue 11): a live server on 127.0.0.1, driven with the official openai client and raw HTTP."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+openai = pytest.importorskip("openai", reason="the openai client is a dev dependency")
+uvicorn = pytest.importorskip("uvicorn", reason="chargen[serve] is not installed")
+httpx = pytest.importorskip("httpx")
+
+from chargen import Sampler  # noqa: E402
+from chargen.serve import Limits, create_app  # noqa: E402
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
+KEY = "sk-test-key"
+
+
+class LiveServer:
+    def __init__(self, run: Path, **kwargs):
+        self.sampler = Sampler.load(run)
+        self.app = create_app(self.sampler, "golden", **kwargs)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.server.started
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("serve")
+    shutil.copytree(GOLDEN / "run", d / "run")
+    return d / "run"
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    s = LiveServer(run, api_key=KEY, limits=Limits(max_body=4096, max_length=1000, max_queued=64))
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def test_a_completion_is_what_the_sampler_generates(client, server):
+    r = client.completions.create(model="golden", prompt="the ", max_tokens=80, temperature=0.8, seed=7)
+    want = server.sampler.generate("the ", length=80, temperature=0.8, seed=7)
+    assert r.choices[0].text == want and r.choices[0].finish_reason == "length"
+    assert r.object == "text_completion" and r.model == "golden" and r.id.startswith("cmpl-")
+    assert r.usage.prompt_tokens == 4 and r.usage.completion_tokens == 80 and r.usage.total_tokens == 84
+
+
+def test_a_streamed_completion_joins_to_the_same_text(client, server):
+    stream = client.completions.create(model="golden", prompt="and ", max_tokens=60, seed=3, stream=True)
+    chunks = list(stream)
+    text = "".join(c.choices[0].text for c in chunks)
+    assert text == server.sampler.generate("and ", length=60, temperature=1.0, seed=3)
+    assert len(chunks) > 10 and chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_n_several_prompts_stops_and_echo(client, server):
+    r = client.completions.create(model="golden", prompt=["the ", "a"], max_tokens=50, n=3, seed=11,
+                                  stop=["e", "\n"], top_p=0.9, echo=True, extra_body={"top_k": 20})
+    assert [c.index for c in r.choices] == list(range(6))
+    for i, c in enumerate(r.choices):
+        prompt = ["the ", "a"][i // 3]
+        want = server.sampler.generate(prompt, length=50, temperature=1.0, seed=11 + i % 3, stop=("e", "\n"),
+                                       top_p=0.9, top_k=20)
+        assert c.text == prompt + want
+        assert c.finish_reason == ("stop" if len(want) < 50 else "length")
+    assert any(c.finish_reason == "stop" for c in r.choices)
+
+
+def test_the_same_seed_gives_the_same_text_and_no_seed_varies(client):
+    a = client.completions.create(model="golden", prompt="th", max_tokens=40, seed=99).choices[0].text
+    b = client.completions.create(model="golden", prompt="th", max_tokens=40, seed=99).choices[0].text
+    c = {client.completions.create(model="golden", prompt="th", max_tokens=40).choices[0].text for _ in range(3)}
+    assert a == b and len(c) > 1
+
+
+def test_errors_surface_as_the_clients_exceptions(client, server):
+    with pytest.raises(openai.BadRequestError, match="not in the vocabulary"):
+        client.completions.create(model="golden", prompt="\u2603", max_tokens=5)
+    with pytest.raises(openai.NotFoundError, match="is not served here"):
+        client.completions.create(model="gpt-4", prompt="the", max_tokens=5)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).completions.create(
+            model="golden", prompt="the", max_tokens=5)
+    assert client.completions.create(model="golden", prompt="the", max_tokens=5, seed=1).choices[0].text
+
+
+def test_models_and_health(client, server):
+    assert [m.id for m in client.models.list()] == ["golden"]
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+
+
+BAD = [
+    ("malformed JSON", b"{not json", 400, None),
+    ("a JSON array", b"[1, 2]", 400, None),
+    ("prompt of a wrong type", {"prompt": 5}, 400, "prompt"),
+    ("an empty prompt list", {"prompt": []}, 400, "prompt"),
+    ("negative max_tokens", {"prompt": "a", "max_tokens": -1}, 400, "max_tokens"),
+    ("huge max_tokens", {"prompt": "a", "max_tokens": 10**9}, 400, "max_tokens"),
+    ("max_tokens as text", {"prompt": "a", "max_tokens": "5"}, 400, "max_tokens"),
+    ("n = 0", {"prompt": "a", "n": 0}, 400, "n"),
+    ("negative temperature", {"prompt": "a", "temperature": -0.5}, 400, "temperature"),
+    ("top_p above 1", {"prompt": "a", "top_p": 1.5}, 400, "top_p"),
+    ("top_p of 0", {"prompt": "a", "top_p": 0}, 400, "top_p"),
+    ("an unknown field", {"prompt": "a", "colour": "blue"}, 400, "colour"),
+    ("an unsupported OpenAI field", {"prompt": "a", "presence_penalty": 0.5}, 400, "presence_penalty"),
+    ("stop of a wrong type", {"prompt": "a", "stop": 3}, 400, "stop"),
+    ("five stops", {"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ("stream as text", {"prompt": "a", "stream": "yes"}, 400, "stream"),
+    ("a seed too large", {"prompt": "a", "seed": 2**64}, 400, "seed"),
+    ("an unknown character", {"prompt": "\u2603"}, 400, "prompt"),
+    ("an oversize body", {"prompt": "a" * 10000}, 413, None),
+    ("another model", {"prompt": "a", "model": "other"}, 404, "model"),
+]
+
+
+@pytest.mark.parametrize("name,body,status,param", BAD, ids=[b[0] for b in BAD])
+def test_bad_requests_get_an_openai_error_and_the_server_goes_on(server, name, body, status, param):
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = httpx.post(server.url + "/v1/completions", content=data, headers=headers, timeout=30)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"] and err["param"] == param
+    ok = httpx.post(server.url + "/v1/completions", json={"prompt": "the", "max_tokens": 3}, headers=headers)
+    assert ok.status_code == 200
+
+
+def test_keys_routes_and_methods(server):
+    assert httpx.get(server.url + "/v1/models").status_code == 401
+    assert httpx.get(server.url + "/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
+    r = httpx.get(server.url + "/v1/nothing", headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
+    assert httpx.get(server.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"}).status_code == 405
+    assert httpx.get(server.url + "/health").status_code == 200  # no key needed
+
+
+def test_a_client_that_drops_mid_stream_frees_its_rows(server):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.stream("POST", server.url + "/v1/completions", headers=headers, timeout=30,
+                      json={"prompt": "the ", "max_tokens": 1000, "stream": True, "n": 4}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                break  # gone, mid-stream
+    deadline = time.monotonic() + 20
+    while httpx.get(server.url + "/health").json()["active"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(server.url + "/health").json()["active"] == 0
+
+
+def test_concurrent_clients_each_get_their_own_text(client, server):
+    results = {}
+
+    def one(i):
+        results[i] = client.completions.create(model="golden", prompt="the ", max_tokens=30 + 7 * i, seed=i,
+                                               temperature=0.5 + 0.1 * (i % 5)).choices[0].text
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for i in range(12):
+        assert results[i] == server.sampler.generate("the ", length=30 + 7 * i, seed=i, temperature=0.5 + 0.1 * (i % 5))
+
+
+def test_serve_without_the_extra_is_one_line(cli, run, monkeypatch):
+    import builtins
+    real = builtins.__import__
+
+    def no_uvicorn(name, *args, **kwargs):
+        if name == "uvicorn":
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_uvicorn)
+    code, _, err = cli("serve", run, "--port", "0")
+    assert code == 2 and err.strip().splitlines()[-1] == 'chargen serve: error: chargen serve needs its extra: pip install "chargen[serve]"'
