@@ -347,10 +347,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``chargen`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if argv is None:  # the process itself: a kill cleans up like Ctrl-C
-        from .signals import stop_like_ctrl_c
-        stop_like_ctrl_c()
     try:
+        if argv is None:  # the process itself: a kill cleans up like Ctrl-C
+            from .signals import ctrl_c_deferred, stop_like_ctrl_c
+            stop_like_ctrl_c()
+            if args.command != "info":
+                with ctrl_c_deferred():  # see ctrl_c_deferred: not inside numpy's or torch's initialisation
+                    import numpy  # noqa: F401
+                    import torch  # noqa: F401
         return args.func(args)
     except ChargenError as e:
         print(f"chargen {args.command}: error: {e}", file=sys.stderr)

@@ -57,3 +57,25 @@ def ctrl_c_ignored():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred():
+    """Hold a Ctrl-C that arrives during the block and deliver it (KeyboardInterrupt) when the block ends.
+
+    For importing numpy and torch: an interrupt that lands inside their C
+    initialisation can be swallowed there and leave the module half made,
+    which fails much later with a misleading error instead of stopping.
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt

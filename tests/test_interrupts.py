@@ -104,3 +104,15 @@ def test_a_kill_while_an_overwrite_prepares_leaves_the_old_run_whole(tmp_path, s
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "chargen train: interrupted"
     assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     assert not any(name.startswith(".") for name in os.listdir(run))  # no stage, no lock file
+
+
+def test_a_ctrl_c_during_the_heavy_imports_is_delivered_after_them():
+    from chargen.signals import ctrl_c_deferred
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with ctrl_c_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)           # the signal is handled here, and held
+            reached.append("end of block")
+    assert reached == ["end of block"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
