@@ -231,14 +231,21 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="where prepared corpora live (default $CHARGEN_CACHE or ~/.cache/chargen)")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 1 <= value <= 1 << 20:
-        raise argparse.ArgumentTypeError(f"must be in [1, 1048576], got {value}")
-    return value
+def _int_in(low: int, high: int):
+    """An argparse type: a whole number in [low, high]."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
+        return value
+    convert.__name__ = "int"
+    return convert
+
+
+_positive_int = _int_in(1, 1 << 20)
 
 
 def cmd_serve(args) -> int:
@@ -254,7 +261,7 @@ def cmd_serve(args) -> int:
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=_int_in(0, 65535), default=8000, help="port (default 8000)")
     p.add_argument("--max-batch", type=_positive_int, default=256, metavar="N",
                    help="rows decoded together (default 256)")
     p.add_argument("--max-length", type=_positive_int, default=4096, metavar="N",
@@ -264,15 +271,6 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=None, metavar="KEY",
                    help="require Authorization: Bearer KEY on /v1 routes (also $CHARGEN_API_KEY)")
 
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be in [0, 65535], got {value}")
-    return value
 
 
 def _add_load_args(p: argparse.ArgumentParser) -> None:

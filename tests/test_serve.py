@@ -198,3 +198,11 @@ def test_serve_without_the_extra_is_one_line(cli, run, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_uvicorn)
     code, _, err = cli("serve", run, "--port", "0")
     assert code == 2 and err.strip().splitlines()[-1] == 'chargen serve: error: chargen serve needs its extra: pip install "chargen[serve]"'
+
+
+@pytest.mark.parametrize("args,fragment", [(["--port", "70000"], "argument --port: must be in [0, 65535], got 70000"),
+                                           (["--port", "http"], "argument --port: expected a whole number"),
+                                           (["--max-batch", "0"], "argument --max-batch: must be in [1, 1048576]")])
+def test_serve_flag_mistakes_are_one_line(cli, run, args, fragment):
+    code, _, err = cli("serve", run, *args)
+    assert code == 2 and fragment in err.strip().splitlines()[-1] and "Traceback" not in err
