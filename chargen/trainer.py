@@ -195,7 +195,7 @@ class Trainer:
     def _final_eval_reserve(self) -> float:
         """Time kept for the final evaluation: its estimate with a margin, when that is at most half the
         budget (a longer one would leave too little to train: it is skipped instead)."""
-        reserve = 1.25 * self._eval_estimate() + min(0.5, 0.05 * self.cfg.max_time)  # and room for jitter
+        reserve = 1.5 * self._eval_estimate() + min(0.5, 0.05 * self.cfg.max_time)  # and room for jitter
         return reserve if reserve <= self.cfg.max_time / 2 else 0.0
 
     def _eval_estimate(self) -> float:
