@@ -30,22 +30,29 @@ from .sample import Sampler, _cut_at_stop, _partial_stop_suffix
 
 
 class Request:
-    """One submitted generation of ``n`` rows. Its events arrive on :attr:`events` as
-    ``("text", row, piece)`` and, once per row, ``("end", row, reason)`` with reason ``length``,
-    ``stop`` or ``cancelled``; :meth:`cancel` ends every row at the next step."""
+    """One submitted generation of ``n`` rows. Its events are ``("text", row, piece)`` and, once per
+    row, ``("end", row, reason)`` with reason ``length``, ``stop`` or ``cancelled``. They arrive on
+    :attr:`events` one by one, or, with a ``sink``, as one list per decoding step (a server sends
+    them on together). :meth:`cancel` ends every row at the next step."""
 
     def __init__(self, prompt_ids: np.ndarray, opts: SampleOptions, sink=None):
         self.prompt_ids, self.opts = prompt_ids, opts
         self.events: queue.Queue = queue.Queue()
-        self._sink = sink or self.events.put
+        self._sink = sink or (lambda events: [self.events.put(e) for e in events])
+        self._pending: list[tuple] = []
         self.cancelled = False
-        self.open_rows = opts.n
 
     def cancel(self) -> None:
         self.cancelled = True
 
     def emit(self, event: tuple) -> None:
-        self._sink(event)
+        self._pending.append(event)
+
+    def flush(self) -> None:
+        """Hand this step's events to the sink, in one call."""
+        if self._pending:
+            events, self._pending = self._pending, []
+            self._sink(events)
 
     def texts(self, timeout: float | None = None) -> list[str]:
         """Wait for every row's end; the full texts (as ``Sampler.generate`` returns them)."""
@@ -138,9 +145,11 @@ class Batcher:
                 self._step()
         for row in self._rows:
             row.request.emit(("end", row.index, "cancelled"))
+            row.request.flush()
         for request in self._waiting:
             for i in range(request.opts.n):
                 request.emit(("end", i, "cancelled"))
+            request.flush()
 
     @torch.inference_mode()
     def _join(self, request: Request) -> None:
@@ -148,6 +157,7 @@ class Batcher:
         if request.cancelled or opts.length == 0:
             for i in range(opts.n):
                 request.emit(("end", i, "cancelled" if request.cancelled else "length"))
+            request.flush()
             return
         logits, state = self.sampler._prime(request.prompt_ids, opts.n)
         state = self.step_fn.to_fast(state)
@@ -175,6 +185,8 @@ class Batcher:
             ids[index] = pick(logits.index_select(0, index), None if greedy else u.index_select(0, index),
                               temperature, top_k, top_p, self.vocab.unk_id)
         keep = [i for i, (row, next_id) in enumerate(zip(rows, ids.tolist())) if self._advance(row, next_id)]
+        for request in {id(r.request): r.request for r in rows}.values():
+            request.flush()
         if not keep:
             self._rows, self._logits, self._state = [], None, None
             return

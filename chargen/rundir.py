@@ -95,6 +95,23 @@ def looks_like_run(path: Path) -> bool:
             and (Path(path) / "tokenizer.json").is_file())
 
 
+def read_metrics(run_dir) -> list[dict]:
+    """The rows of a run's metrics.jsonl (none if it has none); a line cut short by a crash is skipped."""
+    rows = []
+    try:
+        with open(Path(run_dir) / "metrics.jsonl", encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+    except FileNotFoundError:
+        pass
+    return rows
+
+
 def last_dir(run_dir: Path) -> Path:
     """``last/``, or ``last.old/`` if a crash hit between the two renames of a swap."""
     run_dir = Path(run_dir)

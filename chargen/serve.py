@@ -2,7 +2,8 @@
 
 Routes: ``POST /v1/completions`` (OpenAI's request and response shapes,
 streamed as Server-Sent Events with ``stream``), ``GET /v1/models``,
-``GET /health``. Every request is decoded in one shared
+``POST /v1/score`` (the loss of a text), ``GET /v1/run`` (the run's summary
+and training curves), ``GET /health``. Every request is decoded in one shared
 :class:`~chargen.batching.Batcher`, so concurrent clients share each step.
 
 Built on Starlette and uvicorn, imported only here: ``pip install
@@ -49,8 +50,9 @@ class ApiError(Exception):
 
 
 def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: Limits | None = None,
-               max_batch: int = 256):
-    """The Starlette application serving ``sampler`` under the name ``model_name``."""
+               max_batch: int = 256, run_dir=None):
+    """The Starlette application serving ``sampler`` under the name ``model_name`` (and, for ``/v1/run``,
+    the run folder it was loaded from)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, StreamingResponse
@@ -96,7 +98,7 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
         submitted = []
         try:
             for p, prompt in enumerate(prompts):
-                sink = (lambda p: lambda ev: loop.call_soon_threadsafe(events.put_nowait, (p, *ev)))(p)
+                sink = (lambda p: lambda batch: loop.call_soon_threadsafe(events.put_nowait, (p, batch)))(p)
                 submitted.append(batcher.submit(prompt, sink=sink, **opts))
         except ChargenError as e:
             for r in submitted:
@@ -116,6 +118,30 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
             "prompt_tokens": prompt_chars, "completion_tokens": completion_chars,
             "total_tokens": prompt_chars + completion_chars}})
 
+    async def score(request: Request):
+        body = await _read_json(request, limits.max_body)
+        unknown = sorted(set(body) - {"model", "text", "logprobs"})
+        if unknown:
+            raise ApiError(400, f"unknown field(s): {', '.join(unknown)}", unknown[0])
+        text, want_logprobs = body.get("text"), body.get("logprobs", False)
+        if not isinstance(text, str) or not text:
+            raise ApiError(400, "text must be a non-empty string", "text")
+        if not isinstance(want_logprobs, bool):
+            raise ApiError(400, f"logprobs must be true or false, got {want_logprobs!r}", "logprobs")
+        try:
+            result = await asyncio.to_thread(sampler.score, text)
+        except ChargenError as e:
+            raise ApiError(400, str(e), "text") from None
+        out = {"object": "score", "model": model_name, "chars": result.count, "nats": result.nats, "bpc": result.bpc}
+        if want_logprobs:
+            out["logprobs"] = [round(float(x), 6) for x in result.logprobs]
+        return JSONResponse(out)
+
+    async def run_summary(request: Request):
+        if run_dir is None:
+            raise ApiError(404, "this server was not started from a run folder", kind="not_found_error")
+        return JSONResponse(await asyncio.to_thread(_run_summary, run_dir, model_name))
+
     async def not_found(request: Request, exc):
         return error(ApiError(404, f"no route {request.method} {request.url.path}; see GET /v1/models"))
 
@@ -131,8 +157,21 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
             state["batcher"].close()
 
     routes = [Route("/health", guard(health, False)), Route("/v1/models", guard(models, True)),
-              Route("/v1/completions", guard(completions, True), methods=["POST"])]
+              Route("/v1/completions", guard(completions, True), methods=["POST"]),
+              Route("/v1/score", guard(score, True), methods=["POST"]), Route("/v1/run", guard(run_summary, True))]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: bad_method})
+
+
+def _run_summary(run_dir, model_name: str) -> dict:
+    """The run's summary (``chargen info``) and its curves from metrics.jsonl: training loss and
+    validation bpc against the step."""
+    from .info import run_info
+    from .rundir import read_metrics
+    info = run_info(run_dir)
+    rows = read_metrics(run_dir)
+    return {"object": "run", "model": model_name, **info,
+            "train_loss": [[r["step"], r["loss"]] for r in rows if "loss" in r],
+            "val_bpc": [[r["step"], r["val_bpc"]] for r in rows if "val_bpc" in r]}
 
 
 async def _read_json(request, max_body: int) -> dict:
@@ -214,12 +253,13 @@ def _number(body: dict, name: str, kind: type, default, low, high):
 async def _collect(events: asyncio.Queue, rows: int, n: int) -> tuple[list[str], list[str]]:
     texts, reasons, open_rows = [""] * rows, [None] * rows, rows
     while open_rows:
-        p, kind, row, value = await events.get()
-        i = p * n + row
-        if kind == "text":
-            texts[i] += value
-        else:
-            reasons[i], open_rows = value, open_rows - 1
+        p, batch = await events.get()
+        for kind, row, value in batch:
+            i = p * n + row
+            if kind == "text":
+                texts[i] += value
+            else:
+                reasons[i], open_rows = value, open_rows - 1
     return texts, reasons
 
 
@@ -234,13 +274,19 @@ async def _sse(events: asyncio.Queue, submitted: list, prompts: list[str], n: in
                 yield chunk(i, prompts[i // n], None)
         open_rows = len(prompts) * n
         while open_rows:
-            p, kind, row, value = await events.get()
-            i = p * n + row
-            if kind == "text":
-                yield chunk(i, value, None)
-            else:
-                open_rows -= 1
-                yield chunk(i, "", value)
+            batches = [await events.get()]
+            while not events.empty():  # whatever more is ready goes out together: fewer, larger chunks under load
+                batches.append(events.get_nowait())
+            texts, ends = {}, []
+            for p, batch in batches:
+                for kind, row, value in batch:
+                    if kind == "text":
+                        texts[p * n + row] = texts.get(p * n + row, "") + value
+                    else:
+                        ends.append((p * n + row, value))
+            out = [chunk(i, text, None) for i, text in texts.items()] + [chunk(i, "", reason) for i, reason in ends]
+            open_rows -= len(ends)
+            yield "".join(out)
         yield "data: [DONE]\n\n"
     finally:
         for r in submitted:
@@ -259,5 +305,6 @@ def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, device: str = "
 
     from .sample import Sampler
     sampler = Sampler.load(run_dir, device=device, checkpoint=checkpoint)
-    app = create_app(sampler, Path(run_dir).resolve().name, api_key=api_key, limits=limits, max_batch=max_batch)
+    app = create_app(sampler, Path(run_dir).resolve().name, api_key=api_key, limits=limits, max_batch=max_batch,
+                     run_dir=run_dir)
     uvicorn.run(app, host=host, port=port, log_level="warning")

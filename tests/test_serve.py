@@ -52,7 +52,7 @@ def run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(run):
-    s = LiveServer(run, api_key=KEY, limits=Limits(max_body=4096, max_length=1000, max_queued=64))
+    s = LiveServer(run, api_key=KEY, limits=Limits(max_body=4096, max_length=1000, max_queued=64), run_dir=run)
     yield s
     s.stop()
 
@@ -206,3 +206,33 @@ def test_serve_without_the_extra_is_one_line(cli, run, monkeypatch):
 def test_serve_flag_mistakes_are_one_line(cli, run, args, fragment):
     code, _, err = cli("serve", run, *args)
     assert code == 2 and fragment in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def test_score_is_the_samplers(server):
+    r = httpx.post(server.url + "/v1/score", json={"text": "the cat", "logprobs": True}, headers=AUTH)
+    want = server.sampler.score("the cat")
+    body = r.json()
+    assert r.status_code == 200 and body["chars"] == 7 == want.count
+    assert body["nats"] == pytest.approx(want.nats) and body["bpc"] == pytest.approx(want.bpc)
+    assert body["logprobs"] == pytest.approx([float(x) for x in want.logprobs], abs=1e-6)
+    assert "logprobs" not in httpx.post(server.url + "/v1/score", json={"text": "the"}, headers=AUTH).json()
+
+
+@pytest.mark.parametrize("body,param", [({"text": ""}, "text"), ({"text": 5}, "text"), ({}, "text"),
+                                        ({"text": "\u2603"}, "text"), ({"text": "a", "extra": 1}, "extra"),
+                                        ({"text": "a", "logprobs": "yes"}, "logprobs")])
+def test_bad_score_requests(server, body, param):
+    r = httpx.post(server.url + "/v1/score", json=body, headers=AUTH)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param
+
+
+def test_run_summary_has_the_curves_and_sizes(server, run):
+    body = httpx.get(server.url + "/v1/run", headers=AUTH).json()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert body["val_bpc"] == [[r["step"], r["val_bpc"]] for r in rows if "val_bpc" in r] and body["val_bpc"]
+    assert body["train_loss"] and body["parameters"] > 0 and body["corpus"]["vocab_size"] > 0
+    assert body["model"]["cell"] in ("lstm", "gru") and body["object"] == "run"
+    assert httpx.get(server.url + "/v1/run").status_code == 401
