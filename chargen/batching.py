@@ -85,6 +85,9 @@ class Batcher:
     def __init__(self, sampler: Sampler, max_batch: int = 256):
         self.sampler, self.max_batch = sampler, max_batch
         self.vocab, self.step_fn = sampler.vocab, sampler.fast_step
+        # the unknown token, never drawn: made once on the device (as sample_ids does)
+        unk = sampler.vocab.unk_id
+        self._banned = None if unk is None else torch.tensor([unk], device=sampler.device)
         self._waiting: list[Request] = []
         self._rows: list[_Row] = []
         self._logits: torch.Tensor | None = None
@@ -174,16 +177,21 @@ class Batcher:
         rows, logits = self._rows, self._logits
         u = torch.from_numpy(uniforms_at(np.array([r.seed for r in rows], dtype=np.uint64),
                                          np.array([r.t for r in rows], dtype=np.uint64))).to(logits.device)
-        ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
         groups: dict[tuple, list[int]] = {}
         for i, row in enumerate(rows):
             o = row.request.opts
             groups.setdefault((o.temperature, o.top_k, o.top_p), []).append(i)
-        for (temperature, top_k, top_p), members in groups.items():
-            index = torch.tensor(members, device=logits.device)
+        if len(groups) == 1:  # all rows draw alike (the common case): no gathering
+            (temperature, top_k, top_p), = groups
             greedy = temperature == 0 or top_k == 1
-            ids[index] = pick(logits.index_select(0, index), None if greedy else u.index_select(0, index),
-                              temperature, top_k, top_p, self.vocab.unk_id)
+            ids = pick(logits, None if greedy else u, temperature, top_k, top_p, self._banned)
+        else:
+            ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+            for (temperature, top_k, top_p), members in groups.items():
+                index = torch.tensor(members, device=logits.device)
+                greedy = temperature == 0 or top_k == 1
+                ids[index] = pick(logits.index_select(0, index), None if greedy else u.index_select(0, index),
+                                  temperature, top_k, top_p, self._banned)
         keep = [i for i, (row, next_id) in enumerate(zip(rows, ids.tolist())) if self._advance(row, next_id)]
         for request in {id(r.request): r.request for r in rows}.values():
             request.flush()
