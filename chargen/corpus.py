@@ -206,11 +206,11 @@ def _match(base: Path, rest: tuple[str, ...]) -> list[Path]:
     return found
 
 
-def _kind(path: Path) -> str | None:
-    """"file" (regular, links followed), "dir", or None (missing, another kind, a link that loops or
-    dangles); a path that may not be looked at is a ChargenError."""
+def _stat(path: Path) -> os.stat_result | None:
+    """``os.stat`` (links followed), or None for a path that is missing, or a link that loops or
+    dangles; a path that may not be looked at is a ChargenError."""
     try:
-        mode = os.stat(path).st_mode
+        return os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as e:
@@ -218,7 +218,14 @@ def _kind(path: Path) -> str | None:
             return None
         raise ChargenError(f"cannot read {path}: {e.strerror}; fix its permissions or leave it out of the "
                            "source") from None
-    return "file" if stat.S_ISREG(mode) else "dir" if stat.S_ISDIR(mode) else None
+
+
+def _kind(path: Path) -> str | None:
+    """"file" (regular), "dir", or None (missing, another kind, a link that loops or dangles)."""
+    st = _stat(path)
+    if st is None:
+        return None
+    return "file" if stat.S_ISREG(st.st_mode) else "dir" if stat.S_ISDIR(st.st_mode) else None
 
 
 def _names(folder: Path) -> list[str]:
@@ -233,23 +240,19 @@ def _names(folder: Path) -> list[str]:
 
 
 def _identity(path: Path):
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
+    st = _stat(path)
+    return None if st is None else (st.st_dev, st.st_ino)
 
 
 def _regular_files(paths: Iterable[Path]) -> list[Path]:
     """The regular files among ``paths`` (links followed), each real file once, the first path kept."""
     out, seen = [], set()
     for p in paths:
-        if _kind(p) != "file":
+        st = _stat(p)
+        if st is None or not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in seen:
             continue
-        key = _identity(p)
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
+        seen.add((st.st_dev, st.st_ino))
+        out.append(p)
     return out
 
 

@@ -73,8 +73,7 @@ class PreparedCorpus:
         """The split's ids: a read-only view of the memory-mapped ``ids.bin``."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}")
-        m = self.meta
-        start = {"train": 0, "val": m["train_chars"], "test": m["train_chars"] + m["val_chars"]}[split]
+        m, start = self.meta, self._start(split)
         dtype = np.dtype(m["dtype"])
         if m[f"{split}_chars"] == 0:
             return np.zeros(0, dtype=dtype)
@@ -83,16 +82,19 @@ class PreparedCorpus:
 
     def before(self, split: str, n: int) -> np.ndarray:
         """The (up to) ``n`` ids just before ``split`` in the corpus: the text it follows."""
-        m = self.meta
-        start = {"train": 0, "val": m["train_chars"], "test": m["train_chars"] + m["val_chars"]}[split]
+        m, start = self.meta, self._start(split)
         n = min(n, start)
         return IdsReader(self.dir / "ids.bin", np.dtype(m["dtype"]), start - n, n)[:]
 
     def reader(self, split: str) -> IdsReader:
         """The split's ids for reading a little at a time, without mapping (see :class:`IdsReader`)."""
         m = self.meta
-        start = {"train": 0, "val": m["train_chars"], "test": m["train_chars"] + m["val_chars"]}[split]
-        return IdsReader(self.dir / "ids.bin", np.dtype(m["dtype"]), start, m[f"{split}_chars"])
+        return IdsReader(self.dir / "ids.bin", np.dtype(m["dtype"]), self._start(split), m[f"{split}_chars"])
+
+    def _start(self, split: str) -> int:
+        """Where ``split`` begins in ``ids.bin`` (train, val and test lie back to back)."""
+        m = self.meta
+        return {"train": 0, "val": m["train_chars"], "test": m["train_chars"] + m["val_chars"]}[split]
 
     @property
     def train(self) -> np.ndarray:
