@@ -55,7 +55,7 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
     the run folder it was loaded from)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
     from starlette.routing import Route
 
     from .batching import Batcher
@@ -79,6 +79,9 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
             except ApiError as e:
                 return error(e)
         return wrapped
+
+    async def page(request: Request):
+        return HTMLResponse(_page(), headers={"Cache-Control": "no-cache"})
 
     async def health(request: Request):
         return JSONResponse({"status": "ok", "active": state["batcher"].active})
@@ -156,10 +159,17 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
         finally:
             state["batcher"].close()
 
-    routes = [Route("/health", guard(health, False)), Route("/v1/models", guard(models, True)),
+    routes = [Route("/", guard(page, False)), Route("/health", guard(health, False)),
+              Route("/v1/models", guard(models, True)),
               Route("/v1/completions", guard(completions, True), methods=["POST"]),
               Route("/v1/score", guard(score, True), methods=["POST"]), Route("/v1/run", guard(run_summary, True))]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: bad_method})
+
+
+def _page() -> str:
+    """The web page: one static file shipped in the package (no build step, nothing fetched)."""
+    from importlib.resources import files
+    return files("chargen").joinpath("web", "index.html").read_text(encoding="utf-8")
 
 
 def _run_summary(run_dir, model_name: str) -> dict:
