@@ -16,7 +16,6 @@ yields (text that may be the start of a stop string is held back).
 
 from __future__ import annotations
 
-import queue
 import threading
 from dataclasses import dataclass
 
@@ -31,15 +30,21 @@ from .sample import Sampler, _cut_at_stop, _partial_stop_suffix
 
 class Request:
     """One submitted generation of ``n`` rows. Its events are ``("text", row, piece)`` and, once per
-    row, ``("end", row, reason)`` with reason ``length``, ``stop`` or ``cancelled``. They arrive on
-    :attr:`events` one by one, or, with a ``sink``, as one list per decoding step (a server sends
-    them on together). :meth:`cancel` ends every row at the next step."""
+    row, ``("end", row, reason)`` with reason ``length``, ``stop`` or ``cancelled``.
 
-    def __init__(self, prompt_ids: np.ndarray, opts: SampleOptions, sink=None):
+    The loop hands over each step's events at once (:meth:`flush`) into an outbox that the
+    consumer empties with :meth:`take` (or :meth:`wait`, which blocks). ``wake`` is called, from the
+    loop's thread, only when the outbox goes from empty to not empty: a consumer that falls behind
+    is woken once and then takes several steps together, so under load the loop does not pay a
+    wake-up per row per step. :meth:`cancel` ends every row at the next step."""
+
+    def __init__(self, prompt_ids: np.ndarray, opts: SampleOptions, wake=None):
         self.prompt_ids, self.opts = prompt_ids, opts
-        self.events: queue.Queue = queue.Queue()
-        self._sink = sink or (lambda events: [self.events.put(e) for e in events])
-        self._pending: list[tuple] = []
+        self._pending: list[tuple] = []     # this step's events (the loop's thread only)
+        self._outbox: list[tuple] = []      # handed over, not yet taken
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._wake = wake or self._ready.set
         self.cancelled = False
 
     def cancel(self) -> None:
@@ -49,20 +54,45 @@ class Request:
         self._pending.append(event)
 
     def flush(self) -> None:
-        """Hand this step's events to the sink, in one call."""
+        """Hand this step's events over; wake the consumer if it had taken everything."""
         if self._pending:
-            events, self._pending = self._pending, []
-            self._sink(events)
+            with self._lock:
+                was_empty = not self._outbox
+                self._outbox.extend(self._pending)
+            self._pending = []
+            if was_empty:
+                self._wake()
+
+    def take(self) -> list[tuple]:
+        """The events handed over since the last take, oldest first (may be empty)."""
+        with self._lock:
+            events, self._outbox = self._outbox, []
+            self._ready.clear()
+        return events
+
+    def wait(self, timeout: float | None = None) -> list[tuple]:
+        """Block until there are events, then take them (for consumers without a ``wake``)."""
+        while True:
+            events = self.take()
+            if events:
+                return events
+            if not self._ready.wait(timeout):
+                raise TimeoutError("no events from the batcher in time")
+
+    def iter_events(self, timeout: float | None = None):
+        """Every event, one at a time, until each row has ended."""
+        open_rows = self.opts.n
+        while open_rows:
+            for event in self.wait(timeout):
+                open_rows -= event[0] == "end"
+                yield event
 
     def texts(self, timeout: float | None = None) -> list[str]:
         """Wait for every row's end; the full texts (as ``Sampler.generate`` returns them)."""
-        out, open_rows = [""] * self.opts.n, self.opts.n
-        while open_rows:
-            kind, row, value = self.events.get(timeout=timeout)
+        out = [""] * self.opts.n
+        for kind, row, value in self.iter_events(timeout):
             if kind == "text":
                 out[row] += value
-            else:
-                open_rows -= 1
         return out
 
 
@@ -99,10 +129,10 @@ class Batcher:
 
     # -- the caller's side -------------------------------------------------
 
-    def submit(self, prompt: str, options: SampleOptions | None = None, sink=None, **settings) -> Request:
-        """Check and queue a generation; returns its :class:`Request` at once."""
+    def submit(self, prompt: str, options: SampleOptions | None = None, wake=None, **settings) -> Request:
+        """Check and queue a generation; returns its :class:`Request` at once (``wake``: see Request)."""
         opts = self.sampler._options(prompt, options, settings)
-        request = Request(self.sampler.encode(prompt, opts.unknown), opts, sink)
+        request = Request(self.sampler.encode(prompt, opts.unknown), opts, wake)
         with self._cv:
             if self._closed:
                 raise ChargenError("the batcher is closed")

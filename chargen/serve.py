@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 
@@ -97,12 +98,12 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
         if batcher.active + len(prompts) * opts["n"] > limits.max_queued:
             raise ApiError(429, f"the server is busy ({batcher.active} rows decoding or waiting); try again soon",
                            kind="rate_limit_error")
-        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        ready = asyncio.Event()
+        wake = state["waker"].bind(ready)
         submitted = []
         try:
-            for p, prompt in enumerate(prompts):
-                sink = (lambda p: lambda batch: loop.call_soon_threadsafe(events.put_nowait, (p, batch)))(p)
-                submitted.append(batcher.submit(prompt, sink=sink, **opts))
+            for prompt in prompts:
+                submitted.append(batcher.submit(prompt, wake=wake, **opts))
         except ChargenError as e:
             for r in submitted:
                 r.cancel()
@@ -111,8 +112,8 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
         head = dict(id=rid, object="text_completion", created=int(time.time()), model=model_name)
         n = opts["n"]
         if stream:
-            return StreamingResponse(_sse(events, submitted, prompts, n, echo, head), media_type="text/event-stream")
-        texts, reasons = await _collect(events, len(prompts) * n, n)
+            return StreamingResponse(_sse(ready, submitted, prompts, n, echo, head), media_type="text/event-stream")
+        texts, reasons = await _collect(ready, submitted, n)
         choices = [{"text": (prompts[i // n] if echo else "") + texts[i], "index": i, "logprobs": None,
                     "finish_reason": reasons[i]} for i in range(len(texts))]
         prompt_chars = sum(len(p) for p in prompts) * n
@@ -153,6 +154,7 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        state["waker"] = _Waker(asyncio.get_running_loop())
         state["batcher"] = Batcher(sampler, max_batch=max_batch)
         try:
             yield
@@ -260,11 +262,46 @@ def _number(body: dict, name: str, kind: type, default, low, high):
     return kind(value)
 
 
-async def _collect(events: asyncio.Queue, rows: int, n: int) -> tuple[list[str], list[str]]:
+class _Waker:
+    """Wakes the event loop's waiting requests from the batcher's thread with at most one call into the
+    loop at a time: requests made ready while a call is pending ride along with it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.lock = loop, threading.Lock()
+        self.ready: list[asyncio.Event] = []
+
+    def bind(self, event: asyncio.Event):
+        return lambda: self._mark(event)
+
+    def _mark(self, event: asyncio.Event) -> None:
+        with self.lock:
+            self.ready.append(event)
+            if len(self.ready) > 1:
+                return   # a call is already on its way
+        self.loop.call_soon_threadsafe(self._fire)
+
+    def _fire(self) -> None:
+        with self.lock:
+            ready, self.ready = self.ready, []
+        for event in ready:
+            event.set()
+
+
+async def _events(ready: asyncio.Event, submitted: list) -> list[tuple[int, tuple]]:
+    """Wait until some of a request's generations have events; all of them, as (prompt index, event)."""
+    while True:
+        ready.clear()
+        out = [(p, e) for p, r in enumerate(submitted) for e in r.take()]
+        if out:
+            return out
+        await ready.wait()
+
+
+async def _collect(ready: asyncio.Event, submitted: list, n: int) -> tuple[list[str], list[str]]:
+    rows = len(submitted) * n
     texts, reasons, open_rows = [""] * rows, [None] * rows, rows
     while open_rows:
-        p, batch = await events.get()
-        for kind, row, value in batch:
+        for p, (kind, row, value) in await _events(ready, submitted):
             i = p * n + row
             if kind == "text":
                 texts[i] += value
@@ -273,27 +310,26 @@ async def _collect(events: asyncio.Queue, rows: int, n: int) -> tuple[list[str],
     return texts, reasons
 
 
-async def _sse(events: asyncio.Queue, submitted: list, prompts: list[str], n: int, echo: bool, head: dict):
-    """The stream of chunks; a client that goes away cancels its rows at once."""
+async def _sse(ready: asyncio.Event, submitted: list, prompts: list[str], n: int, echo: bool, head: dict):
+    """The stream of chunks; a client that goes away cancels its rows at once. Whatever is ready goes
+    out in one write: one chunk per choice per write, so a busy server sends fewer, larger chunks."""
+    # Every chunk is this JSON with the text, index and finish reason filled in.
+    before_text = "data: " + json.dumps({**head, "choices": [{"text": "@"}]}).rsplit('"@"', 1)[0]
     def chunk(i: int, text: str, reason) -> str:
-        return "data: " + json.dumps({**head, "choices": [
-            {"text": text, "index": i, "logprobs": None, "finish_reason": reason}]}) + "\n\n"
+        end = f', "index": {i}, "logprobs": null, "finish_reason": {json.dumps(reason)}}}]}}\n\n'
+        return before_text + json.dumps(text) + end
     try:
         if echo:
             for i in range(len(prompts) * n):
                 yield chunk(i, prompts[i // n], None)
         open_rows = len(prompts) * n
         while open_rows:
-            batches = [await events.get()]
-            while not events.empty():  # whatever more is ready goes out together: fewer, larger chunks under load
-                batches.append(events.get_nowait())
             texts, ends = {}, []
-            for p, batch in batches:
-                for kind, row, value in batch:
-                    if kind == "text":
-                        texts[p * n + row] = texts.get(p * n + row, "") + value
-                    else:
-                        ends.append((p * n + row, value))
+            for p, (kind, row, value) in await _events(ready, submitted):
+                if kind == "text":
+                    texts[p * n + row] = texts.get(p * n + row, "") + value
+                else:
+                    ends.append((p * n + row, value))
             out = [chunk(i, text, None) for i, text in texts.items()] + [chunk(i, "", reason) for i, reason in ends]
             open_rows -= len(ends)
             yield "".join(out)

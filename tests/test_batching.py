@@ -79,13 +79,9 @@ def test_pieces_are_what_stream_yields(sampler):
     batcher = Batcher(sampler)
     try:
         req = batcher.submit("the ", length=200, seed=5, stop=("ing", "\n\n"))
-        pieces, end = [], None
-        while end is None:
-            kind, row, value = req.events.get(timeout=60)
-            if kind == "text":
-                pieces.append(value)
-            else:
-                end = value
+        events = list(req.iter_events(timeout=60))
+        pieces = [value for kind, row, value in events if kind == "text"]
+        (end,) = [value for kind, row, value in events if kind == "end"]
     finally:
         batcher.close()
     assert pieces == list(sampler.stream("the ", length=200, seed=5, stop=("ing", "\n\n")))
@@ -97,14 +93,10 @@ def test_a_cancelled_request_leaves_at_once_and_the_others_go_on(sampler):
     try:
         long = batcher.submit("the ", length=100_000, seed=1)
         short = batcher.submit("the ", length=50, seed=2)
-        long.events.get(timeout=60)  # it has started
+        events = long.iter_events(timeout=60)
+        assert next(events)[0] == "text"  # it has started
         long.cancel()
-        ends = []
-        while not ends:
-            kind, row, value = long.events.get(timeout=60)
-            if kind == "end":
-                ends.append(value)
-        assert ends == ["cancelled"]
+        assert [value for kind, row, value in events if kind == "end"] == ["cancelled"]
         assert short.texts(timeout=60) == [sampler.generate("the ", length=50, seed=2)]
         assert batcher.active == 0
     finally:
