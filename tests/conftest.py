@@ -1,8 +1,11 @@
-"""Shared fixtures: an isolated cache, the shared test corpora, a CLI runner."""
+"""Shared fixtures: an isolated cache, the shared test corpora, a CLI runner; a live server (LiveServer)."""
 
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -55,3 +58,49 @@ def cli(capsys):
         out, err = capsys.readouterr()
         return code, out, err
     return run
+
+
+class LiveServer:
+    """``chargen serve``'s app on 127.0.0.1 on a free port, in a thread (needs the serve extra).
+    ``sampler`` defaults to the run's, loaded here; the rest goes to ``create_app``."""
+
+    def __init__(self, run: Path, sampler=None, **kwargs):
+        import uvicorn
+
+        from chargen import Sampler
+        from chargen.serve import create_app
+        self.sampler = sampler or Sampler.load(run)
+        self.app = create_app(self.sampler, "golden", **kwargs)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.server.started
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+class SlowStep:
+    """A sampler's batched step (``Sampler.fast_step``), delayed: a server decodes slowly enough to be seen
+    streaming and stopped mid-way. The texts are unchanged. Defined here, not in a test file, so that it
+    pickles into a decoding process of its own."""
+
+    def __init__(self, step, delay: float):
+        self.step, self.delay = step, delay
+
+    def __call__(self, *args, **kwargs):
+        time.sleep(self.delay)
+        return self.step(*args, **kwargs)
+
+    def __getattr__(self, name):  # the rest of the step's interface (to_fast)
+        if name.startswith("__") or name == "step":
+            raise AttributeError(name)
+        return getattr(self.step, name)

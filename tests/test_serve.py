@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -15,32 +14,11 @@ openai = pytest.importorskip("openai", reason="the openai client is a dev depend
 uvicorn = pytest.importorskip("uvicorn", reason="chargen[serve] is not installed")
 httpx = pytest.importorskip("httpx")
 
-from chargen import Sampler  # noqa: E402
-from chargen.serve import Limits, create_app  # noqa: E402
+from chargen.serve import Limits  # noqa: E402
+from conftest import LiveServer  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
 KEY = "sk-test-key"
-
-
-class LiveServer:
-    def __init__(self, run: Path, **kwargs):
-        self.sampler = Sampler.load(run)
-        self.app = create_app(self.sampler, "golden", **kwargs)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert self.server.started
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
