@@ -253,9 +253,8 @@ def cmd_serve(args) -> int:
 
     api_key = args.api_key or os.environ.get("CHARGEN_API_KEY") or None
     limits = Limits(max_length=args.max_length, max_queued=args.max_queued)
-    print(f"chargen serve: {args.run} on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
     serve(args.run, host=args.host, port=args.port, device=args.device, checkpoint=args.checkpoint,
-          api_key=api_key, max_batch=args.max_batch, limits=limits)
+          api_key=api_key, max_batch=args.max_batch, limits=limits, threads=args.threads)
     return 0
 
 
@@ -270,7 +269,8 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="rows decoding or waiting beyond which requests get 429 (default 256)")
     p.add_argument("--api-key", default=None, metavar="KEY",
                    help="require Authorization: Bearer KEY on /v1 routes (also $CHARGEN_API_KEY)")
-
+    p.add_argument("--threads", type=_int_in(1, 1024), default=None, metavar="N",
+                   help="torch threads of the decoding process (default: one fewer than the CPUs, at least 1)")
 
 
 def _add_load_args(p: argparse.ArgumentParser) -> None:

@@ -19,6 +19,8 @@ import contextlib
 import json
 import math
 import secrets
+import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -30,6 +32,10 @@ _NEUTRAL = {"best_of": (None, 1), "logit_bias": (None, {}), "presence_penalty": 
             "frequency_penalty": (None, 0, 0.0), "suffix": (None, ""), "logprobs": (None,), "user": None,
             "stream_options": None}
 _FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "stream", "echo"}
+
+
+SHUTDOWN_GRACE = 3   # seconds running completions get to finish after Ctrl-C
+_SHUTTING_DOWN = "the server is shutting down; try again once it is back"
 
 
 @dataclass
@@ -51,15 +57,17 @@ class ApiError(Exception):
 
 
 def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: Limits | None = None,
-               max_batch: int = 256, run_dir=None):
+               max_batch: int = 256, run_dir=None, decode_process: bool = True, threads: int | None = None):
     """The Starlette application serving ``sampler`` under the name ``model_name`` (and, for ``/v1/run``,
-    the run folder it was loaded from)."""
+    the run folder it was loaded from). ``decode_process``: decode in a process of its own
+    (:class:`~chargen.batching.ProcessBatcher`, with ``threads`` torch threads), not in a thread that shares
+    the server's interpreter lock."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
     from starlette.routing import Route
 
-    from .batching import Batcher
+    from .batching import Batcher, BatcherClosed, ProcessBatcher
 
     limits = limits or Limits()
     created = int(time.time())
@@ -85,7 +93,11 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
         return HTMLResponse(_page(), headers={"Cache-Control": "no-cache"})
 
     async def health(request: Request):
-        return JSONResponse({"status": "ok", "active": state["batcher"].active})
+        batcher = state["batcher"]
+        if batcher.error:
+            return JSONResponse({"status": "error", "error": f"the decoding loop failed{_failure(batcher)}",
+                                 "active": batcher.active}, status_code=503)
+        return JSONResponse({"status": "ok", "active": batcher.active})
 
     async def models(request: Request):
         return JSONResponse({"object": "list", "data": [
@@ -95,11 +107,13 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
         body = await _read_json(request, limits.max_body)
         prompts, opts, stream, echo = _completion_request(body, model_name, limits)
         batcher = state["batcher"]
+        if state.get("stopping"):
+            raise ApiError(503, _SHUTTING_DOWN, kind="server_error")
         if batcher.active + len(prompts) * opts["n"] > limits.max_queued:
             raise ApiError(429, f"the server is busy ({batcher.active} rows decoding or waiting); try again soon",
                            kind="rate_limit_error")
         ready = asyncio.Event()
-        wake = state["waker"].bind(ready)
+        wake = state["wake"](ready)
         submitted = []
         try:
             for prompt in prompts:
@@ -107,6 +121,8 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
         except ChargenError as e:
             for r in submitted:
                 r.cancel()
+            if isinstance(e, BatcherClosed):
+                raise ApiError(503, str(e), kind="server_error") from None
             raise ApiError(400, str(e), "prompt" if "vocabulary" in str(e) else None) from None
         rid = f"cmpl-{secrets.token_hex(12)}"
         head = dict(id=rid, object="text_completion", created=int(time.time()), model=model_name)
@@ -114,6 +130,11 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
         if stream:
             return StreamingResponse(_sse(ready, submitted, prompts, n, echo, head), media_type="text/event-stream")
         texts, reasons = await _collect(ready, submitted, n)
+        if "error" in reasons:
+            raise ApiError(500, f"the decoding loop failed{_failure(batcher)}; the server cannot generate now",
+                           kind="server_error")
+        if "cancelled" in reasons:
+            raise ApiError(503, _SHUTTING_DOWN, kind="server_error")
         choices = [{"text": (prompts[i // n] if echo else "") + texts[i], "index": i, "logprobs": None,
                     "finish_reason": reasons[i]} for i in range(len(texts))]
         prompt_chars = sum(len(p) for p in prompts) * n
@@ -154,8 +175,13 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        state["waker"] = _Waker(asyncio.get_running_loop())
-        state["batcher"] = Batcher(sampler, max_batch=max_batch)
+        loop = asyncio.get_running_loop()
+        if decode_process:   # its events are read in this loop: a request's wake sets its asyncio.Event
+            state["batcher"] = ProcessBatcher(sampler, max_batch=max_batch, loop=loop, threads=threads)
+            state["wake"] = lambda event: event.set
+        else:
+            state["batcher"] = Batcher(sampler, max_batch=max_batch)
+            state["wake"] = _Waker(loop).bind
         try:
             yield
         finally:
@@ -165,7 +191,9 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
               Route("/v1/models", guard(models, True)),
               Route("/v1/completions", guard(completions, True), methods=["POST"]),
               Route("/v1/score", guard(score, True), methods=["POST"]), Route("/v1/run", guard(run_summary, True))]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: bad_method})
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: bad_method})
+    app.state.chargen = state
+    return app
 
 
 def _page() -> str:
@@ -262,6 +290,10 @@ def _number(body: dict, name: str, kind: type, default, low, high):
     return kind(value)
 
 
+def _failure(batcher) -> str:
+    return f": {batcher.error}" if batcher.error and batcher.error != "it was closed" else ""
+
+
 class _Waker:
     """Wakes the event loop's waiting requests from the batcher's thread with at most one call into the
     loop at a time: requests made ready while a call is pending ride along with it."""
@@ -330,6 +362,13 @@ async def _sse(ready: asyncio.Event, submitted: list, prompts: list[str], n: int
                     texts[p * n + row] = texts.get(p * n + row, "") + value
                 else:
                     ends.append((p * n + row, value))
+            failed = {reason for _, reason in ends} & {"error", "cancelled"}
+            if failed:   # a stream can only say so in an event
+                message = _SHUTTING_DOWN if failed == {"cancelled"} else \
+                    "the decoding loop failed; the server cannot generate now"
+                yield "data: " + json.dumps({"error": {"message": message, "type": "server_error", "param": None,
+                                                       "code": None}}) + "\n\n"
+                return
             out = [chunk(i, text, None) for i, text in texts.items()] + [chunk(i, "", reason) for i, reason in ends]
             open_rows -= len(ends)
             yield "".join(out)
@@ -340,17 +379,75 @@ async def _sse(ready: asyncio.Event, submitted: list, prompts: list[str], n: int
 
 
 def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", checkpoint: str = "best",
-          api_key: str | None = None, max_batch: int = 256, limits: Limits | None = None) -> None:
+          api_key: str | None = None, max_batch: int = 256, limits: Limits | None = None,
+          threads: int | None = None) -> None:
     """Load a run and serve it until Ctrl-C (see the module docstring)."""
     try:
         import starlette  # noqa: F401
         import uvicorn
     except ImportError:
         raise ChargenError('chargen serve needs its extra: pip install "chargen[serve]"') from None
+    import socket
     from pathlib import Path
 
     from .sample import Sampler
-    sampler = Sampler.load(run_dir, device=device, checkpoint=checkpoint)
-    app = create_app(sampler, Path(run_dir).resolve().name, api_key=api_key, limits=limits, max_batch=max_batch,
-                     run_dir=run_dir)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # The address first: one that is taken or not this machine's is a plain error before the model loads.
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        raise ChargenError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --host or --port") \
+            from None
+    with sock:
+        sampler = Sampler.load(run_dir, device=device, checkpoint=checkpoint)
+        app = create_app(sampler, Path(run_dir).resolve().name, api_key=api_key, limits=limits,
+                         max_batch=max_batch, run_dir=run_dir, threads=threads)
+        # Ctrl-C (or SIGTERM, SIGHUP): stop taking requests, give running ones SHUTDOWN_GRACE seconds, then
+        # end them, stop the decoding process and return; a second Ctrl-C stops at once.
+        server = _server_class()(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE + 10))
+        bound = sock.getsockname()
+        print(f"chargen serve: {run_dir} on http://{_url_host(bound[0])}:{bound[1]} (Ctrl-C stops)",
+              file=sys.stderr, flush=True)
+        hangup = signal.getsignal(signal.SIGHUP) if hasattr(signal, "SIGHUP") else None
+        if hangup not in (None, signal.SIG_IGN):
+            signal.signal(signal.SIGHUP, lambda sig, frame: server.handle_exit(signal.SIGINT, frame))
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:
+            if not server.should_exit:   # not uvicorn's own shutdown: let the caller say it was interrupted
+                raise
+        finally:
+            if hangup not in (None, signal.SIG_IGN):
+                signal.signal(signal.SIGHUP, hangup)
+    print("chargen serve: stopped", file=sys.stderr)
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, whose shutdown gives running completions SHUTDOWN_GRACE seconds and then ends
+        them (the decoding loop closes: streams end with an error event, others get 503)."""
+
+        async def shutdown(self, sockets=None):
+            state = self.config.app.state.chargen
+            state["stopping"] = True
+
+            async def end_running():
+                await asyncio.sleep(SHUTDOWN_GRACE)
+                if "batcher" in state:
+                    state["batcher"].close()
+            ending = asyncio.create_task(end_running())
+            try:
+                await super().shutdown(sockets)
+            finally:
+                ending.cancel()
+
+    return Server
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -104,3 +104,20 @@ class SlowStep:
         if name.startswith("__") or name == "step":
             raise AttributeError(name)
         return getattr(self.step, name)
+
+
+class FailingStep:
+    """A sampler's batched step that raises on its ``at``-th call, as an out-of-memory error would
+    (picklable into a decoding process, like SlowStep)."""
+
+    def __init__(self, step, at: int):
+        self.step, self.at, self.calls = step, at, 0
+
+    def __call__(self, ids, state):
+        self.calls += 1
+        if self.calls == self.at:
+            raise RuntimeError("out of memory (a test)")
+        return self.step(ids, state)
+
+    def to_fast(self, state):
+        return self.step.to_fast(state)

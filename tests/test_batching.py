@@ -9,9 +9,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import FailingStep
 
 from chargen import ChargenError, Sampler
-from chargen.batching import Batcher
+from chargen.batching import Batcher, BatcherClosed, ProcessBatcher
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
 
@@ -21,6 +22,12 @@ def sampler(tmp_path_factory) -> Sampler:
     d = tmp_path_factory.mktemp("b")
     shutil.copytree(GOLDEN / "run", d / "run")
     return Sampler.load(d / "run")
+
+
+@pytest.fixture(params=["thread", "process"])
+def kind(request):
+    """Both loops: in a thread of this process, and in a decoding process of its own."""
+    return Batcher if request.param == "thread" else ProcessBatcher
 
 
 def requests(count: int, seed: int) -> list[dict]:
@@ -41,8 +48,8 @@ def requests(count: int, seed: int) -> list[dict]:
     return out
 
 
-def test_requests_submitted_together_get_their_own_text(sampler):
-    batcher = Batcher(sampler, max_batch=16)
+def test_requests_submitted_together_get_their_own_text(sampler, kind):
+    batcher = kind(sampler, max_batch=16)
     try:
         reqs = requests(40, 1)
         submitted = [batcher.submit(r.pop("prompt"), **r) for r in [dict(x) for x in reqs]]
@@ -55,8 +62,8 @@ def test_requests_submitted_together_get_their_own_text(sampler):
     assert batcher.active == 0
 
 
-def test_requests_from_many_threads_overlapping_in_time(sampler):
-    batcher = Batcher(sampler, max_batch=8)
+def test_requests_from_many_threads_overlapping_in_time(sampler, kind):
+    batcher = kind(sampler, max_batch=8)
     reqs, results = requests(24, 2), {}
 
     def client(i: int, r: dict) -> None:
@@ -75,8 +82,8 @@ def test_requests_from_many_threads_overlapping_in_time(sampler):
         assert results[i] == sampler.generate(r.pop("prompt"), **r), reqs[i]
 
 
-def test_pieces_are_what_stream_yields(sampler):
-    batcher = Batcher(sampler)
+def test_pieces_are_what_stream_yields(sampler, kind):
+    batcher = kind(sampler)
     try:
         req = batcher.submit("the ", length=200, seed=5, stop=("ing", "\n\n"))
         events = list(req.iter_events(timeout=60))
@@ -88,8 +95,8 @@ def test_pieces_are_what_stream_yields(sampler):
     assert end in ("stop", "length")
 
 
-def test_a_cancelled_request_leaves_at_once_and_the_others_go_on(sampler):
-    batcher = Batcher(sampler)
+def test_a_cancelled_request_leaves_at_once_and_the_others_go_on(sampler, kind):
+    batcher = kind(sampler)
     try:
         long = batcher.submit("the ", length=100_000, seed=1)
         short = batcher.submit("the ", length=50, seed=2)
@@ -103,13 +110,56 @@ def test_a_cancelled_request_leaves_at_once_and_the_others_go_on(sampler):
         batcher.close()
 
 
-def test_bad_options_are_refused_when_submitted(sampler):
-    batcher = Batcher(sampler)
+def test_bad_options_are_refused_when_submitted(sampler, kind):
+    batcher = kind(sampler)
     try:
         with pytest.raises(ChargenError):
             batcher.submit("the", temperature=-1)
         with pytest.raises(ChargenError, match="not in the vocabulary|unknown"):
             batcher.submit("\u2603 snowman")
         assert batcher.generate("the ", length=10, seed=3) == sampler.generate("the ", length=10, seed=3)
+    finally:
+        batcher.close()
+
+
+def test_closing_ends_open_rows_as_cancelled_and_refuses_more(sampler, kind):
+    batcher = kind(sampler)
+    long = batcher.submit("the ", length=1_000_000, seed=4, n=2)
+    events = long.iter_events(timeout=60)
+    assert next(events)[0] == "text"
+    batcher.close()
+    assert sorted(value for kind_, row, value in events if kind_ == "end") == ["cancelled", "cancelled"]
+    assert batcher.active == 0
+    with pytest.raises(BatcherClosed, match="stopped"):
+        batcher.submit("the ", length=5)
+
+
+def test_a_loop_that_fails_ends_every_row_with_error_and_says_why(sampler, kind, monkeypatch):
+    monkeypatch.setattr(sampler, "fast_step", FailingStep(sampler.fast_step, at=30))
+    batcher = kind(sampler)
+    try:
+        running = [batcher.submit("the ", length=500, seed=i) for i in range(3)]
+        for request in running:
+            ends = [value for kind_, row, value in request.iter_events(timeout=60) if kind_ == "end"]
+            assert ends == ["error"]
+        assert "out of memory (a test)" in batcher.error
+        with pytest.raises(BatcherClosed, match="out of memory"):
+            batcher.submit("the ", length=5)
+        assert batcher.active == 0
+    finally:
+        batcher.close()
+
+
+def test_a_decoding_process_that_dies_ends_its_rows_with_error(sampler):
+    batcher = ProcessBatcher(sampler)
+    try:
+        long = batcher.submit("the ", length=1_000_000, seed=4)
+        events = long.iter_events(timeout=60)
+        assert next(events)[0] == "text"
+        batcher._process.kill()
+        assert [value for kind_, row, value in events if kind_ == "end"] == ["error"]
+        assert batcher.error == "the decoding process exited" and batcher.active == 0
+        with pytest.raises(BatcherClosed, match="exited"):
+            batcher.submit("the ", length=5)
     finally:
         batcher.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -14,8 +15,9 @@ openai = pytest.importorskip("openai", reason="the openai client is a dev depend
 uvicorn = pytest.importorskip("uvicorn", reason="chargen[serve] is not installed")
 httpx = pytest.importorskip("httpx")
 
+from chargen import Sampler  # noqa: E402
 from chargen.serve import Limits  # noqa: E402
-from conftest import LiveServer  # noqa: E402
+from conftest import FailingStep, LiveServer  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
 KEY = "sk-test-key"
@@ -214,3 +216,125 @@ def test_run_summary_has_the_curves_and_sizes(server, run):
     assert body["train_loss"] and body["parameters"] > 0 and body["corpus"]["vocab_size"] > 0
     assert body["model"]["cell"] in ("lstm", "gru") and body["object"] == "run"
     assert httpx.get(server.url + "/v1/run").status_code == 401
+
+
+@pytest.mark.parametrize("decode_process", [True, False], ids=["process", "thread"])
+def test_a_failing_decoding_loop_is_a_server_error_not_a_hang(run, decode_process):
+    sampler = Sampler.load(run)
+    sampler.fast_step = FailingStep(sampler.fast_step, at=30)
+    s = LiveServer(run, sampler=sampler, decode_process=decode_process)
+    try:
+        r = httpx.post(s.url + "/v1/completions", json={"prompt": "the ", "max_tokens": 500}, timeout=60)
+        assert r.status_code == 500
+        error = r.json()["error"]
+        assert error["type"] == "server_error" and "out of memory (a test)" in error["message"]
+        health = httpx.get(s.url + "/health", timeout=10)
+        assert health.status_code == 503 and health.json()["status"] == "error"
+        assert "out of memory (a test)" in health.json()["error"]
+        r = httpx.post(s.url + "/v1/completions", json={"prompt": "the ", "max_tokens": 5}, timeout=60)
+        assert r.status_code == 503 and "out of memory" in r.json()["error"]["message"]
+        assert httpx.get(s.url + "/v1/models", timeout=10).status_code == 200   # the rest still answers
+    finally:
+        s.stop()
+
+
+def test_a_failing_decoding_loop_ends_a_stream_with_an_error_event(run):
+    sampler = Sampler.load(run)
+    sampler.fast_step = FailingStep(sampler.fast_step, at=30)
+    s = LiveServer(run, sampler=sampler)
+    try:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0, timeout=60)
+        text = ""
+        with pytest.raises(openai.APIError, match="the decoding loop failed"):
+            for chunk in client.completions.create(model="golden", prompt="the ", max_tokens=500, stream=True):
+                text += chunk.choices[0].text
+        assert 0 < len(text) < 500   # what came before the failure
+        with pytest.raises(openai.APIStatusError, match="stopped: RuntimeError: out of memory") as e:
+            client.completions.create(model="golden", prompt="the ", max_tokens=5, stream=True)
+        assert e.value.status_code == 503
+    finally:
+        s.stop()
+
+
+def test_a_taken_or_foreign_address_is_one_line_before_the_model_loads(cli, run):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = cli("serve", run, "--port", str(port))
+    assert code == 2 and err.strip().splitlines() == [
+        f"chargen serve: error: cannot listen on 127.0.0.1:{port}: Address already in use; "
+        "choose another --host or --port"]
+    code, _, err = cli("serve", run, "--host", "192.0.2.1", "--port", "0")   # TEST-NET-1: never this machine's
+    assert code == 2 and err.strip().splitlines()[-1].startswith("chargen serve: error: cannot listen on 192.0.2.1:0")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc")
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_stops_the_server_cleanly(run, sig):
+    """Running streams get a few seconds, then end with an error event; the process says so and exits 0;
+    its decoding process is gone."""
+    import signal
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "chargen", "serve", str(run), "--port", str(port),
+                             "--max-length", "100000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        decoders = _children(proc.pid)
+        assert decoders
+        results = {}
+
+        def stream(i: int) -> None:   # long enough to outlast the grace period
+            with httpx.stream("POST", url + "/v1/completions", timeout=60,
+                              json={"prompt": "the ", "max_tokens": 100000, "stream": True, "seed": i}) as r:
+                results[i] = [line for line in r.iter_lines() if line.startswith("data: ")]
+        clients = [threading.Thread(target=stream, args=(i,)) for i in range(40)]
+        for c in clients:
+            c.start()
+        time.sleep(1.0)
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=30)
+        for c in clients:
+            c.join(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert err.splitlines()[-1] == "chargen serve: stopped" and "Traceback" not in err and "ERROR" not in err
+    assert len(results) == 40
+    for lines in results.values():   # each stream either finished or was told why it ends
+        last = lines[-1]
+        assert last == "data: [DONE]" or json.loads(last[6:])["error"]["message"].startswith(
+            "the server is shutting down")
+    assert any(lines[-1] != "data: [DONE]" for lines in results.values())
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in decoders) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_running(pid) for pid in decoders)
