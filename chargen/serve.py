@@ -209,7 +209,7 @@ def _run_summary(run_dir, model_name: str) -> dict:
     from .rundir import read_metrics
     info = run_info(run_dir)
     rows = read_metrics(run_dir)
-    return {"object": "run", "model": model_name, **info,
+    return {"object": "run", "name": model_name, **info,
             "train_loss": [[r["step"], r["loss"]] for r in rows if "loss" in r],
             "val_bpc": [[r["step"], r["val_bpc"]] for r in rows if "val_bpc" in r]}
 

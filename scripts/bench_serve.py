@@ -41,10 +41,10 @@ def make_run(folder: Path) -> Path:
 
 
 def batcher_alone(run: Path, clients: int, chars: int, rounds: int) -> float:
-    """Aggregate chars/s of the same requests through the continuous-batching loop in process, without HTTP."""
+    """Aggregate chars/s of the same requests through the server's decoding process alone, without HTTP."""
     from chargen import Sampler
-    from chargen.batching import Batcher
-    batcher = Batcher(Sampler.load(run))
+    from chargen.batching import ProcessBatcher
+    batcher = ProcessBatcher(Sampler.load(run))
     rates = []
     try:
         for r in range(rounds):
@@ -134,7 +134,7 @@ def main() -> None:
                   f"rounds; {os.cpu_count()} CPUs")
             print(f"baseline: Sampler.generate alone, one stream: {base:,.0f} chars/s\n")
             print("| clients | aggregate chars/s | per-client chars/s | p50 first char | p99 first char | "
-                  "the loop alone, no HTTP |")
+                  "decoding process alone, no HTTP |")
             print("|---|---|---|---|---|---|")
             rows = {}
             for c in args.clients:
@@ -146,7 +146,7 @@ def main() -> None:
                       f"{row['p99'] * 1000:.0f} ms | {alone[c]:,.0f} |", flush=True)
             if 1 in rows and 64 in rows:
                 print(f"\n64 clients against one: {rows[64]['aggregate'] / rows[1]['aggregate']:.1f}x aggregate "
-                      f"(target >= 10x); the loop alone: {alone[64] / alone[1]:.1f}x")
+                      f"(target >= 10x); the decoding process alone: {alone[64] / alone[1]:.1f}x")
             if 8 in rows:
                 print(f"p50 time to first character at 8 clients: {rows[8]['p50'] * 1000:.0f} ms (target < 100 ms)")
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import threading
 import time
@@ -36,6 +37,14 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CHARGEN_CACHE", str(cache))
     monkeypatch.setenv("CHARGEN_OFFLINE", "1")
     return cache
+
+
+@pytest.fixture(scope="module")
+def golden_run(tmp_path_factory) -> Path:
+    """A copy of the golden run (tests/data/golden/run), one per test module."""
+    d = tmp_path_factory.mktemp("golden")
+    shutil.copytree(Path(__file__).resolve().parent / "data" / "golden" / "run", d / "run")
+    return d / "run"
 
 
 @pytest.fixture

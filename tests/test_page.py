@@ -27,7 +27,6 @@ from chargen import Sampler  # noqa: E402
 from chargen.serve import Limits  # noqa: E402
 from conftest import LiveServer, SlowStep  # noqa: E402
 
-GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
 KEY = "sk-page-key"
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -37,10 +36,8 @@ if CHROMIUM is None or CHROMEDRIVER is None:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("page")
-    shutil.copytree(GOLDEN / "run", d / "run")
-    return d / "run"
+def run(golden_run) -> Path:
+    return golden_run
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import threading
 import time
@@ -19,15 +18,12 @@ from chargen import Sampler  # noqa: E402
 from chargen.serve import Limits  # noqa: E402
 from conftest import FailingStep, LiveServer  # noqa: E402
 
-GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
 KEY = "sk-test-key"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("serve")
-    shutil.copytree(GOLDEN / "run", d / "run")
-    return d / "run"
+def run(golden_run) -> Path:
+    return golden_run
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +210,7 @@ def test_run_summary_has_the_curves_and_sizes(server, run):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert body["val_bpc"] == [[r["step"], r["val_bpc"]] for r in rows if "val_bpc" in r] and body["val_bpc"]
     assert body["train_loss"] and body["parameters"] > 0 and body["corpus"]["vocab_size"] > 0
-    assert body["model"]["cell"] in ("lstm", "gru") and body["object"] == "run"
+    assert body["model"]["cell"] in ("lstm", "gru") and body["object"] == "run" and body["name"] == "golden"
     assert httpx.get(server.url + "/v1/run").status_code == 401
 
 
