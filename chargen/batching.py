@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -45,8 +45,8 @@ class Request:
     is woken once and then takes several steps together, so under load the loop does not pay a
     wake-up per row per step. :meth:`cancel` ends every row at the next step."""
 
-    def __init__(self, prompt_ids: np.ndarray, opts: SampleOptions, wake=None):
-        self.prompt_ids, self.opts = prompt_ids, opts
+    def __init__(self, prompt_ids: np.ndarray, opts: SampleOptions, wake=None, logprobs: int | None = None):
+        self.prompt_ids, self.opts, self.logprobs = prompt_ids, opts, logprobs
         self._pending: list[tuple] = []     # this step's events (the loop's thread only)
         self._outbox: list[tuple] = []      # handed over, not yet taken
         self._lock = threading.Lock()
@@ -106,6 +106,12 @@ class Request:
         return out
 
 
+def _logprobs(k) -> int | None:
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+        raise ChargenError(f"logprobs must be a whole number >= 0 (how many likeliest characters), got {k!r}")
+    return k
+
+
 @dataclass
 class _Row:
     request: Request
@@ -113,6 +119,7 @@ class _Row:
     seed: int
     t: int = 0          # characters drawn so far
     pending: str = ""   # text held back: it may be the start of a stop string
+    entries: list = field(default_factory=list)   # log-probabilities of the pending characters, if asked
 
 
 class Batcher:
@@ -140,10 +147,12 @@ class Batcher:
 
     # -- the caller's side -------------------------------------------------
 
-    def submit(self, prompt: str, options: SampleOptions | None = None, wake=None, **settings) -> Request:
-        """Check and queue a generation; returns its :class:`Request` at once (``wake``: see Request)."""
+    def submit(self, prompt: str, options: SampleOptions | None = None, wake=None, logprobs: int | None = None,
+               **settings) -> Request:
+        """Check and queue a generation; returns its :class:`Request` at once (``wake``: see Request).
+        ``logprobs``: also report each character's log-probability and the ``logprobs`` likeliest ones."""
         opts = self.sampler._options(prompt, options, settings)
-        return self.submit_ids(Request(self.sampler.encode(prompt, opts.unknown), opts, wake))
+        return self.submit_ids(Request(self.sampler.encode(prompt, opts.unknown), opts, wake, _logprobs(logprobs)))
 
     def submit_ids(self, request: Request) -> Request:
         """Queue a request whose prompt is already encoded and whose options are checked (seed set)."""
@@ -254,7 +263,10 @@ class Batcher:
                 greedy = temperature == 0 or top_k == 1
                 ids[index] = pick(logits.index_select(0, index), None if greedy else u.index_select(0, index),
                                   temperature, top_k, top_p, self._banned)
-        keep = [i for i, (row, next_id) in enumerate(zip(rows, ids.tolist())) if self._advance(row, next_id)]
+        members = [i for i, row in enumerate(rows) if row.request.logprobs is not None]
+        entries = self._logprobs(logits, ids, members) if members else {}
+        keep = [i for i, (row, next_id) in enumerate(zip(rows, ids.tolist()))
+                if self._advance(row, next_id, entries.get(i))]
         for request in {id(r.request): r.request for r in rows}.values():
             request.flush()
         if not keep:
@@ -267,30 +279,56 @@ class Batcher:
             self._rows = [rows[i] for i in keep]
         self._logits, self._state = self.step_fn(ids, self._state)
 
-    def _advance(self, row: _Row, next_id: int) -> bool:
-        """Take the row's next character; emit what can be shown; whether the row goes on."""
+    def _logprobs(self, logits: torch.Tensor, ids: torch.Tensor, members: list[int]) -> dict[int, tuple]:
+        """For rows asking for them: (log-probability of the drawn character, its request's ``logprobs``
+        likeliest characters with theirs), under the model's own distribution (no temperature, no cut)."""
+        rows, chars = self._rows, self.vocab.chars
+        index = torch.tensor(members, device=logits.device)
+        lp = torch.log_softmax(logits.index_select(0, index).float(), dim=-1)
+        drawn = lp.gather(1, ids.index_select(0, index)[:, None])[:, 0].tolist()
+        k = min(max(rows[i].request.logprobs for i in members), lp.shape[-1])
+        top_v, top_i = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())
+        top_v, top_i = top_v.tolist(), top_i.tolist()
+        out = {}
+        for j, i in enumerate(members):
+            m = rows[i].request.logprobs
+            out[i] = (drawn[j], [(chars[c], v) for c, v in zip(top_i[j][:m], top_v[j][:m])])
+        return out
+
+    def _advance(self, row: _Row, next_id: int, entry: tuple | None = None) -> bool:
+        """Take the row's next character (and its log-probabilities, if asked for); emit what can be shown;
+        whether the row goes on. A ``("logprobs", row, entries)`` event follows each text event of a row
+        that asked, one entry per character."""
         request, opts = row.request, row.request.opts
         if request.cancelled:
             return self._end(row, "cancelled")
         row.t += 1
         pending = row.pending + self.vocab.chars[next_id]
+        if entry is not None:
+            row.entries.append(entry)
+
+        def show(text: str) -> None:
+            request.emit(("text", row.index, text))
+            if entry is not None:
+                request.emit(("logprobs", row.index, row.entries[:len(text)]))
+                del row.entries[:len(text)]
         stops = opts.stop
         if stops:
             hit = _cut_at_stop(pending, stops)
             if hit != pending:
                 if hit:
-                    request.emit(("text", row.index, hit))
+                    show(hit)
                 return self._end(row, "stop")
             keep = _partial_stop_suffix(pending, stops)
         else:
             keep = 0
         if len(pending) > keep:
-            request.emit(("text", row.index, pending[: len(pending) - keep]))
+            show(pending[: len(pending) - keep])
             pending = pending[len(pending) - keep:]
         row.pending = pending
         if row.t >= opts.length:
             if pending:
-                request.emit(("text", row.index, pending))
+                show(pending)
             return self._end(row, "length")
         return True
 
@@ -352,17 +390,18 @@ class ProcessBatcher:
             self._closed = threading.Event()
             loop.add_reader(self._events.fileno(), self._read_ready)
 
-    def submit(self, prompt: str, options: SampleOptions | None = None, wake=None, **settings) -> Request:
-        """Check and queue a generation; returns its :class:`Request` at once (``wake``: see Request)."""
+    def submit(self, prompt: str, options: SampleOptions | None = None, wake=None, logprobs: int | None = None,
+               **settings) -> Request:
+        """Check and queue a generation; returns its :class:`Request` at once (see :meth:`Batcher.submit`)."""
         opts = self.sampler._options(prompt, options, settings)
-        request = _RemoteRequest(self.sampler.encode(prompt, opts.unknown), opts, wake, self)
+        request = _RemoteRequest(self.sampler.encode(prompt, opts.unknown), opts, wake, self, _logprobs(logprobs))
         with self._lock:
             if self.error is not None:
                 raise BatcherClosed(f"the decoding loop has stopped: {self.error}")
             request.rid, self._next_id = self._next_id, self._next_id + 1
             self._requests[request.rid] = request
             try:
-                self._commands.send(("submit", request.rid, request.prompt_ids, opts))
+                self._commands.send(("submit", request.rid, request.prompt_ids, opts, request.logprobs))
             except OSError:
                 del self._requests[request.rid]
                 raise BatcherClosed("the decoding loop has stopped: the decoding process exited") from None
@@ -457,8 +496,8 @@ class ProcessBatcher:
 
 
 class _RemoteRequest(Request):
-    def __init__(self, prompt_ids, opts, wake, owner: ProcessBatcher):
-        super().__init__(prompt_ids, opts, wake)
+    def __init__(self, prompt_ids, opts, wake, owner: ProcessBatcher, logprobs: int | None):
+        super().__init__(prompt_ids, opts, wake, logprobs)
         self.owner, self.rid, self.open_rows = owner, -1, opts.n
 
     def cancel(self) -> None:
@@ -501,8 +540,8 @@ def _decoding_process(commands, events, sampler: Sampler, max_batch: int, thread
         except (EOFError, OSError):
             break   # the server is gone
         if command[0] == "submit":
-            _, rid, prompt_ids, opts = command
-            request = Request(prompt_ids, opts)
+            _, rid, prompt_ids, opts, logprobs = command
+            request = Request(prompt_ids, opts, logprobs=logprobs)
             request.rid, request.open_rows = rid, opts.n
             request._wake = (lambda r: lambda: ready.append(r))(request)
             requests[rid] = request

@@ -29,9 +29,11 @@ from .errors import ChargenError
 
 # OpenAI fields that change nothing here when left at their neutral value, and are refused otherwise.
 _NEUTRAL = {"best_of": (None, 1), "logit_bias": (None, {}), "presence_penalty": (None, 0, 0.0),
-            "frequency_penalty": (None, 0, 0.0), "suffix": (None, ""), "logprobs": (None,), "user": None,
+            "frequency_penalty": (None, 0, 0.0), "suffix": (None, ""), "user": None,
             "stream_options": None}
-_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "stream", "echo"}
+_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "stream", "echo",
+           "logprobs"}
+MAX_LOGPROBS = 20   # likeliest characters a completion may list per position
 
 
 SHUTDOWN_GRACE = 3   # seconds running completions get to finish after Ctrl-C
@@ -106,6 +108,7 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
     async def completions(request: Request):
         body = await _read_json(request, limits.max_body)
         prompts, opts, stream, echo = _completion_request(body, model_name, limits)
+        logprobs = opts.pop("logprobs", None)
         batcher = state["batcher"]
         if state.get("stopping"):
             raise ApiError(503, _SHUTTING_DOWN, kind="server_error")
@@ -117,7 +120,7 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
         submitted = []
         try:
             for prompt in prompts:
-                submitted.append(batcher.submit(prompt, wake=wake, **opts))
+                submitted.append(batcher.submit(prompt, wake=wake, logprobs=logprobs, **opts))
         except ChargenError as e:
             for r in submitted:
                 r.cancel()
@@ -128,15 +131,19 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
         head = dict(id=rid, object="text_completion", created=int(time.time()), model=model_name)
         n = opts["n"]
         if stream:
-            return StreamingResponse(_sse(ready, submitted, prompts, n, echo, head), media_type="text/event-stream")
-        texts, reasons = await _collect(ready, submitted, n)
+            return StreamingResponse(_sse(ready, submitted, prompts, n, echo, logprobs is not None, head),
+                                     media_type="text/event-stream")
+        got = await _collect(ready, submitted, n)
+        reasons = [got.reasons[i] for i in range(len(got.reasons))]
         if "error" in reasons:
             raise ApiError(500, f"the decoding loop failed{_failure(batcher)}; the server cannot generate now",
                            kind="server_error")
         if "cancelled" in reasons:
             raise ApiError(503, _SHUTTING_DOWN, kind="server_error")
-        choices = [{"text": (prompts[i // n] if echo else "") + texts[i], "index": i, "logprobs": None,
-                    "finish_reason": reasons[i]} for i in range(len(texts))]
+        texts = [got.texts.get(i, "") for i in range(len(reasons))]
+        choices = [{"text": (prompts[i // n] if echo else "") + texts[i], "index": i,
+                    "logprobs": _logprobs_object(texts[i], got.entries.get(i, []), 0) if logprobs is not None
+                    else None, "finish_reason": reasons[i]} for i in range(len(texts))]
         prompt_chars = sum(len(p) for p in prompts) * n
         completion_chars = sum(len(t) for t in texts)
         return JSONResponse({**head, "choices": choices, "usage": {
@@ -268,6 +275,11 @@ def _completion_request(body: dict, model_name: str, limits: Limits) -> tuple[li
         if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
             raise ApiError(400, "stop must be a non-empty string or a list of at most 4 of them", "stop")
         opts["stop"] = tuple(stops)
+    if body.get("logprobs") is not None:
+        opts["logprobs"] = _number(body, "logprobs", int, None, 0, MAX_LOGPROBS)
+        if body.get("echo"):
+            raise ApiError(400, "logprobs with echo is not supported: score the prompt with POST /v1/score",
+                           "logprobs")
     flags = {}
     for name in ("stream", "echo"):
         value = body.get(name, False)
@@ -329,26 +341,50 @@ async def _events(ready: asyncio.Event, submitted: list) -> list[tuple[int, tupl
         await ready.wait()
 
 
-async def _collect(ready: asyncio.Event, submitted: list, n: int) -> tuple[list[str], list[str]]:
-    rows = len(submitted) * n
-    texts, reasons, open_rows = [""] * rows, [None] * rows, rows
-    while open_rows:
-        for p, (kind, row, value) in await _events(ready, submitted):
-            i = p * n + row
-            if kind == "text":
-                texts[i] += value
-            else:
-                reasons[i], open_rows = value, open_rows - 1
-    return texts, reasons
+class _Gathered:
+    """A request's events by choice (prompt ``p``, row ``r``: choice ``p * n + r``): text, log-probability
+    entries, and how each ended."""
+
+    def __init__(self, n: int):
+        self.n, self.texts, self.entries, self.reasons = n, {}, {}, {}
+
+    def add(self, p: int, event: tuple) -> None:
+        kind, row, value = event
+        i = p * self.n + row
+        if kind == "text":
+            self.texts[i] = self.texts.get(i, "") + value
+        elif kind == "logprobs":
+            self.entries.setdefault(i, []).extend(value)
+        else:
+            self.reasons[i] = value
 
 
-async def _sse(ready: asyncio.Event, submitted: list, prompts: list[str], n: int, echo: bool, head: dict):
+async def _collect(ready: asyncio.Event, submitted: list, n: int) -> _Gathered:
+    got = _Gathered(n)
+    while len(got.reasons) < len(submitted) * n:
+        for p, event in await _events(ready, submitted):
+            got.add(p, event)
+    return got
+
+
+def _logprobs_object(text: str, entries: list, offset: int) -> dict:
+    """OpenAI's logprobs of a completion's text: one token per character."""
+    return {"tokens": list(text), "token_logprobs": [lp for lp, _ in entries],
+            "top_logprobs": [dict(top) for _, top in entries], "text_offset": list(range(offset, offset + len(text)))}
+
+
+async def _sse(ready: asyncio.Event, submitted: list, prompts: list[str], n: int, echo: bool, logprobs: bool,
+               head: dict):
     """The stream of chunks; a client that goes away cancels its rows at once. Whatever is ready goes
     out in one write: one chunk per choice per write, so a busy server sends fewer, larger chunks."""
-    # Every chunk is this JSON with the text, index and finish reason filled in.
+    # Every chunk is this JSON with the text, index, log-probabilities and finish reason filled in.
     before_text = "data: " + json.dumps({**head, "choices": [{"text": "@"}]}).rsplit('"@"', 1)[0]
-    def chunk(i: int, text: str, reason) -> str:
-        end = f', "index": {i}, "logprobs": null, "finish_reason": {json.dumps(reason)}}}]}}\n\n'
+    sent = [0] * (len(prompts) * n)    # characters sent per choice (text_offset)
+
+    def chunk(i: int, text: str, reason, entries=None) -> str:
+        lp = json.dumps(_logprobs_object(text, entries, sent[i])) if logprobs and entries is not None else "null"
+        sent[i] += len(text)
+        end = f', "index": {i}, "logprobs": {lp}, "finish_reason": {json.dumps(reason)}}}]}}\n\n'
         return before_text + json.dumps(text) + end
     try:
         if echo:
@@ -356,21 +392,19 @@ async def _sse(ready: asyncio.Event, submitted: list, prompts: list[str], n: int
                 yield chunk(i, prompts[i // n], None)
         open_rows = len(prompts) * n
         while open_rows:
-            texts, ends = {}, []
-            for p, (kind, row, value) in await _events(ready, submitted):
-                if kind == "text":
-                    texts[p * n + row] = texts.get(p * n + row, "") + value
-                else:
-                    ends.append((p * n + row, value))
-            failed = {reason for _, reason in ends} & {"error", "cancelled"}
+            got = _Gathered(n)
+            for p, event in await _events(ready, submitted):
+                got.add(p, event)
+            failed = set(got.reasons.values()) & {"error", "cancelled"}
             if failed:   # a stream can only say so in an event
                 message = _SHUTTING_DOWN if failed == {"cancelled"} else \
                     "the decoding loop failed; the server cannot generate now"
                 yield "data: " + json.dumps({"error": {"message": message, "type": "server_error", "param": None,
                                                        "code": None}}) + "\n\n"
                 return
-            out = [chunk(i, text, None) for i, text in texts.items()] + [chunk(i, "", reason) for i, reason in ends]
-            open_rows -= len(ends)
+            out = [chunk(i, text, None, got.entries.get(i, [])) for i, text in got.texts.items()]
+            out += [chunk(i, "", reason, []) for i, reason in got.reasons.items()]
+            open_rows -= len(got.reasons)
             yield "".join(out)
         yield "data: [DONE]\n\n"
     finally:

@@ -163,3 +163,26 @@ def test_a_decoding_process_that_dies_ends_its_rows_with_error(sampler):
             batcher.submit("the ", length=5)
     finally:
         batcher.close()
+
+
+def test_logprobs_come_one_per_character_beside_the_same_text(sampler, kind):
+    batcher = kind(sampler)
+    try:
+        plain = batcher.submit("the ", length=80, seed=6, stop=("he",), n=2)
+        asked = batcher.submit("the ", length=80, seed=6, stop=("he",), n=2, logprobs=4)
+        with pytest.raises(ChargenError, match="logprobs must be a whole number"):
+            batcher.submit("the ", length=5, logprobs=-1)
+        events = list(asked.iter_events(timeout=60))
+        assert plain.texts(timeout=60) == ["".join(v for k, r, v in events if k == "text" and r == row)
+                                           for row in range(2)]
+    finally:
+        batcher.close()
+    for row in range(2):
+        pairs = [(kind_, value) for kind_, r, value in events if r == row and kind_ in ("text", "logprobs")]
+        assert [k for k, _ in pairs] == ["text", "logprobs"] * (len(pairs) // 2)
+        for (_, text), (_, entries) in zip(pairs[::2], pairs[1::2]):
+            assert len(entries) == len(text) and all(len(top) == 4 for _, top in entries)
+        text = "".join(v for k, v in pairs if k == "text")
+        drawn = [lp for k, v in pairs if k == "logprobs" for lp, _ in v]
+        assert drawn == pytest.approx([float(x) for x in sampler.score("the " + text).logprobs[4:]], abs=1e-4)
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 import time
@@ -111,6 +112,10 @@ BAD = [
     ("an unknown character", {"prompt": "\u2603"}, 400, "prompt"),
     ("an oversize body", {"prompt": "a" * 10000}, 413, None),
     ("another model", {"prompt": "a", "model": "other"}, 404, "model"),
+    ("negative logprobs", {"prompt": "a", "logprobs": -1}, 400, "logprobs"),
+    ("too many logprobs", {"prompt": "a", "logprobs": 21}, 400, "logprobs"),
+    ("logprobs as true", {"prompt": "a", "logprobs": True}, 400, "logprobs"),
+    ("logprobs with echo", {"prompt": "a", "logprobs": 2, "echo": True}, 400, "logprobs"),
 ]
 
 
@@ -334,3 +339,47 @@ def test_ctrl_c_or_sigterm_stops_the_server_cleanly(run, sig):
     while any(_running(pid) for pid in decoders) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_running(pid) for pid in decoders)
+
+
+def _check_logprobs(sampler, prompt: str, text: str, lp: dict, k: int) -> None:
+    """One choice's logprobs: a token per character, each the model's own log-probability (as /v1/score and
+    Sampler.score give it), the k likeliest characters in order, offsets counting characters."""
+    assert "".join(lp["tokens"]) == text and lp["text_offset"] == list(range(len(text)))
+    want = [float(x) for x in sampler.score(prompt + text).logprobs[len(prompt):]] if text else []
+    assert lp["token_logprobs"] == pytest.approx(want, abs=1e-4)
+    assert len(lp["top_logprobs"]) == len(text)
+    for char, drawn, top in zip(text, lp["token_logprobs"], lp["top_logprobs"]):
+        values = list(top.values())
+        assert len(top) == k and values == sorted(values, reverse=True)
+        assert sum(math.exp(v) for v in values) <= 1 + 1e-6
+        if char in top:
+            assert top[char] == pytest.approx(drawn, abs=1e-6)
+        elif k:
+            assert drawn <= values[-1] + 1e-6
+
+
+def test_logprobs_are_the_models_own_per_character(client, server):
+    r = client.completions.create(model="golden", prompt="the ", max_tokens=60, temperature=0.9, seed=5, n=2,
+                                  stop=["e "], logprobs=3)
+    for i, choice in enumerate(r.choices):
+        want = server.sampler.generate("the ", length=60, temperature=0.9, seed=5 + i, stop=("e ",))
+        assert choice.text == want     # asking for logprobs does not change the text
+        _check_logprobs(server.sampler, "the ", choice.text, choice.logprobs.model_dump(), 3)
+    r0 = client.completions.create(model="golden", prompt="a", max_tokens=20, seed=1, logprobs=0)
+    _check_logprobs(server.sampler, "a", r0.choices[0].text, r0.choices[0].logprobs.model_dump(), 0)
+    assert client.completions.create(model="golden", prompt="a", max_tokens=5, seed=1).choices[0].logprobs is None
+
+
+def test_streamed_logprobs_join_to_the_whole_ones(client, server):
+    whole = client.completions.create(model="golden", prompt="and ", max_tokens=80, seed=9, logprobs=2,
+                                      stop=["th", "\n\n"]).choices[0]
+    chunks = list(client.completions.create(model="golden", prompt="and ", max_tokens=80, seed=9, logprobs=2,
+                                            stop=["th", "\n\n"], stream=True))
+    joined = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for c in chunks:
+        lp = c.choices[0].logprobs
+        assert lp is not None and "".join(lp.tokens) == c.choices[0].text
+        for key in joined:
+            joined[key] += getattr(lp, key)
+    assert "".join(c.choices[0].text for c in chunks) == whole.text
+    assert joined == whole.logprobs.model_dump()
