@@ -16,6 +16,7 @@ yields (text that may be the start of a stop string is held back).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -28,6 +29,9 @@ from .config import SampleOptions
 from .decode import pick, uniforms_at
 from .errors import ChargenError
 from .sample import Sampler, _cut_at_stop, _partial_stop_suffix
+
+
+log = logging.getLogger("chargen.batching")
 
 
 class BatcherClosed(ChargenError):
@@ -135,14 +139,19 @@ class Batcher:
         # the unknown token, never drawn: made once on the device (as sample_ids does)
         unk = sampler.vocab.unk_id
         self._banned = None if unk is None else torch.tensor([unk], device=sampler.device)
-        self._waiting: list[Request] = []
+        self._waiting: list[Request] = []       # submitted, not primed yet
+        self._priming: Request | None = None    # being primed now
+        self._primed: list[tuple] = []          # (request, logits, state): primed, waiting for room
         self._rows: list[_Row] = []
         self._logits: torch.Tensor | None = None
         self._state: list | None = None
         self._cv = threading.Condition()
         self._closed = False
         self.error: str | None = None     # why the loop failed, if it did
+        # A prompt is read by its own thread, beside the loop: a long one does not hold up the rows decoding.
+        self._primer = threading.Thread(target=self._prime_loop, name="chargen-primer", daemon=True)
         self._thread = threading.Thread(target=self._loop, name="chargen-batcher", daemon=True)
+        self._primer.start()
         self._thread.start()
 
     # -- the caller's side -------------------------------------------------
@@ -160,7 +169,7 @@ class Batcher:
             if self._closed:
                 raise BatcherClosed(f"the decoding loop has stopped{self.failure}")
             self._waiting.append(request)
-            self._cv.notify()
+            self._cv.notify_all()
         return request
 
     @property
@@ -178,63 +187,99 @@ class Batcher:
     def active(self) -> int:
         """Rows being decoded now, plus rows of requests waiting to join."""
         with self._cv:
-            return len(self._rows) + sum(r.opts.n for r in self._waiting)
+            waiting = self._waiting + [item[0] for item in self._primed] + [self._priming] * (self._priming is not None)
+            return len(self._rows) + sum(r.opts.n for r in waiting)
 
     def close(self) -> None:
         """Stop the loop; rows still open end as cancelled."""
         with self._cv:
             self._closed = True
-            self._cv.notify()
+            self._cv.notify_all()
         self._thread.join()
 
     # -- the loop ----------------------------------------------------------
+
+    def _prime_loop(self) -> None:
+        """Read each submitted prompt (one ``nn.LSTM``/``nn.GRU`` call, as ``Sampler.generate`` does) and
+        hand the state to the loop."""
+        try:
+            while True:
+                with self._cv:
+                    while not self._closed and not self._waiting:
+                        self._cv.wait()
+                    if self._closed:
+                        return
+                    request = self._priming = self._waiting.pop(0)
+                if request.cancelled or request.opts.length == 0:
+                    item = (request, None, None)
+                else:
+                    with torch.inference_mode():
+                        logits, state = self.sampler._prime(request.prompt_ids, request.opts.n)
+                        item = (request, logits, self.step_fn.to_fast(state))
+                with self._cv:
+                    self._primed.append(item)
+                    self._priming = None
+                    self._cv.notify_all()
+        except Exception as e:  # noqa: BLE001 - the loop ends every row with it
+            self._fail(e)
+
+    def _fail(self, e: Exception) -> None:
+        with self._cv:
+            if self.error is None:
+                self.error = f"{type(e).__name__}: {e}"
+                log.error("chargen: the decoding loop failed (%s); open requests end with an error", self.error)
+            self._closed = True
+            self._cv.notify_all()
 
     def _loop(self) -> None:
         try:
             while True:
                 with self._cv:
-                    while not self._closed and not self._waiting and not self._rows:
+                    while not self._closed and not self._primed and not self._rows:
                         self._cv.wait()
                     if self._closed:
                         break
+                    # requests cancelled while they waited leave now, not when they would have joined
+                    gone = [item[0] for item in self._primed if item[0].cancelled or item[1] is None]
+                    self._primed = [item for item in self._primed if not (item[0].cancelled or item[1] is None)]
                     joining, room = [], self.max_batch - len(self._rows)
-                    while self._waiting and (self._waiting[0].opts.n <= room or not (self._rows or joining)):
-                        joining.append(self._waiting.pop(0))
-                        room -= joining[-1].opts.n
-                for request in joining:
-                    self._join(request)
+                    while self._primed and (self._primed[0][0].opts.n <= room or not (self._rows or joining)):
+                        joining.append(self._primed.pop(0))
+                        room -= joining[-1][0].opts.n
+                for request in gone:
+                    self._end_all(request, "cancelled" if request.cancelled else "length")
+                for item in joining:
+                    self._join(*item)
                 if self._rows:
                     self._step()
                 if self._on_step:
                     self._on_step()
-            reason = "cancelled"
         except Exception as e:  # noqa: BLE001 - every open row must end, whatever went wrong
-            self.error, reason = f"{type(e).__name__}: {e}", "error"
-            with self._cv:
-                self._closed = True
+            self._fail(e)
+        self._primer.join()   # it stops after the prompt it is reading
+        reason = "error" if self.error else "cancelled"
         with self._cv:
-            waiting, self._waiting = self._waiting, []
+            waiting = self._waiting + [item[0] for item in self._primed]
+            self._waiting, self._primed = [], []
         for row in self._rows:
             row.request.emit(("end", row.index, reason))
-        for request in waiting:
-            for i in range(request.opts.n):
-                request.emit(("end", i, reason))
-        for request in {id(r): r for r in [row.request for row in self._rows] + waiting}.values():
+        for request in {id(r): r for r in [row.request for row in self._rows]}.values():
             request.flush()
+        for request in waiting:
+            self._end_all(request, reason)
         self._rows = []
         if self._on_step:
             self._on_step()
 
+    @staticmethod
+    def _end_all(request: Request, reason: str) -> None:
+        for i in range(request.opts.n):
+            request.emit(("end", i, reason))
+        request.flush()
+
     @torch.inference_mode()
-    def _join(self, request: Request) -> None:
+    def _join(self, request: Request, logits: torch.Tensor, state: list) -> None:
         opts = request.opts
-        if request.cancelled or opts.length == 0:
-            for i in range(opts.n):
-                request.emit(("end", i, "cancelled" if request.cancelled else "length"))
-            request.flush()
-            return
-        logits, state = self.sampler._prime(request.prompt_ids, opts.n)
-        state = self.step_fn.to_fast(state)
         rows = [_Row(request, i, (opts.seed + i) % (1 << 64)) for i in range(opts.n)]
         if self._rows:
             self._logits = torch.cat([self._logits, logits])
@@ -489,6 +534,8 @@ class ProcessBatcher:
         with self._lock:
             if self.error is None:
                 self.error = "the decoding process exited"
+                log.error("chargen: the decoding process exited (code %s); open requests end with an error",
+                          self._process.exitcode)
             orphans, self._requests, self._open_rows = self._requests, {}, 0
         reason = "cancelled" if self.error == "it was closed" else "error"
         for request in orphans.values():

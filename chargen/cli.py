@@ -251,7 +251,13 @@ _positive_int = _int_in(1, 1 << 20)
 def cmd_serve(args) -> int:
     from .serve import Limits, serve
 
-    api_key = args.api_key or os.environ.get("CHARGEN_API_KEY") or None
+    api_key = args.api_key if args.api_key is not None else os.environ.get("CHARGEN_API_KEY")
+    if api_key is not None:
+        where = "--api-key" if args.api_key is not None else "CHARGEN_API_KEY"
+        if not api_key:
+            raise ChargenError(f"{where} is empty: give a key, or leave it out to serve without one")
+        if not all("!" <= c <= "~" for c in api_key):
+            raise ChargenError(f"{where} must be printable ASCII without spaces (clients send it in a header)")
     limits = Limits(max_length=args.max_length, max_queued=args.max_queued)
     serve(args.run, host=args.host, port=args.port, device=args.device, checkpoint=args.checkpoint,
           api_key=api_key, max_batch=args.max_batch, limits=limits, threads=args.threads)

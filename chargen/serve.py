@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import secrets
 import signal
@@ -29,13 +30,13 @@ from .errors import ChargenError
 
 # OpenAI fields that change nothing here when left at their neutral value, and are refused otherwise.
 _NEUTRAL = {"best_of": (None, 1), "logit_bias": (None, {}), "presence_penalty": (None, 0, 0.0),
-            "frequency_penalty": (None, 0, 0.0), "suffix": (None, ""), "user": None,
-            "stream_options": None}
+            "frequency_penalty": (None, 0, 0.0), "suffix": (None, ""), "user": None}
 _FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "stream", "echo",
-           "logprobs"}
+           "logprobs", "stream_options"}
 MAX_LOGPROBS = 20   # likeliest characters a completion may list per position
 
 
+log = logging.getLogger("chargen.serve")
 SHUTDOWN_GRACE = 3   # seconds running completions get to finish after Ctrl-C
 _SHUTTING_DOWN = "the server is shutting down; try again once it is back"
 
@@ -59,36 +60,55 @@ class ApiError(Exception):
 
 
 def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: Limits | None = None,
-               max_batch: int = 256, run_dir=None, decode_process: bool = True, threads: int | None = None):
+               max_batch: int = 256, run_dir=None, decode_process: bool = True, threads: int | None = None,
+               allowed_hosts: set[str] | None = None):
     """The Starlette application serving ``sampler`` under the name ``model_name`` (and, for ``/v1/run``,
     the run folder it was loaded from). ``decode_process``: decode in a process of its own
     (:class:`~chargen.batching.ProcessBatcher`, with ``threads`` torch threads), not in a thread that shares
-    the server's interpreter lock."""
+    the server's interpreter lock. ``allowed_hosts``: the Host header names answered (others get 400: a web
+    page cannot reach a local server through a name of its own, DNS rebinding); None answers any."""
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
     from .batching import Batcher, BatcherClosed, ProcessBatcher
 
     limits = limits or Limits()
     created = int(time.time())
-    state = {}
+    state = {"scores_waiting": 0}
+    scoring = asyncio.Semaphore(1)
 
-    def error(e: ApiError) -> JSONResponse:
-        return JSONResponse({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": None}},
-                            status_code=e.status)
+    def error(e: ApiError) -> Response:
+        # ASCII JSON: a message may quote what the client sent, lone surrogates included
+        body = {"error": {"message": e.message, "type": e.kind, "param": e.param, "code": None}}
+        return Response(json.dumps(body), status_code=e.status, media_type="application/json")
+
+    def check_key(request: Request) -> None:
+        if api_key is not None and not secrets.compare_digest(   # in constant time
+                request.headers.get("authorization", "").encode("latin-1", "replace"), f"Bearer {api_key}".encode()):
+            raise ApiError(401, "a valid API key is required: send Authorization: Bearer KEY",
+                           kind="authentication_error")
 
     def guard(handler, needs_key: bool):
         async def wrapped(request: Request):
             try:
-                if needs_key and api_key is not None and \
-                        request.headers.get("authorization", "") != f"Bearer {api_key}":
-                    raise ApiError(401, "a valid API key is required: send Authorization: Bearer KEY",
-                                   kind="authentication_error")
+                if allowed_hosts is not None and _host_name(request.headers.get("host", "")) not in allowed_hosts:
+                    raise ApiError(400, "this server answers only requests addressed to this machine "
+                                        f"({', '.join(sorted(allowed_hosts))}); check the URL's host")
+                if needs_key:
+                    check_key(request)
+                if request.method == "POST" and \
+                        request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+                    # a web page elsewhere cannot send this without the browser asking first (CORS preflight)
+                    raise ApiError(415, "send the body as JSON, with Content-Type: application/json")
                 return await handler(request)
             except ApiError as e:
                 return error(e)
+            except Exception as e:  # noqa: BLE001 - a bug: logged, and the client still gets an error object
+                log.exception("chargen serve: %s %s failed", request.method, request.url.path)
+                return error(ApiError(500, f"internal error: {type(e).__name__}; see the server's log",
+                                      kind="server_error"))
         return wrapped
 
     async def page(request: Request):
@@ -108,10 +128,13 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
     async def completions(request: Request):
         body = await _read_json(request, limits.max_body)
         prompts, opts, stream, echo = _completion_request(body, model_name, limits)
-        logprobs = opts.pop("logprobs", None)
+        logprobs, include_usage = opts.pop("logprobs", None), opts.pop("include_usage", False)
         batcher = state["batcher"]
         if state.get("stopping"):
             raise ApiError(503, _SHUTTING_DOWN, kind="server_error")
+        if len(prompts) * opts["n"] > limits.max_queued:
+            raise ApiError(400, f"{len(prompts)} prompt(s) x n={opts['n']} is more rows than this server ever "
+                                f"decodes at once ({limits.max_queued}, its --max-queued)", "n")
         if batcher.active + len(prompts) * opts["n"] > limits.max_queued:
             raise ApiError(429, f"the server is busy ({batcher.active} rows decoding or waiting); try again soon",
                            kind="rate_limit_error")
@@ -131,9 +154,11 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
         head = dict(id=rid, object="text_completion", created=int(time.time()), model=model_name)
         n = opts["n"]
         if stream:
-            return StreamingResponse(_sse(ready, submitted, prompts, n, echo, logprobs is not None, head),
-                                     media_type="text/event-stream")
-        got = await _collect(ready, submitted, n)
+            return StreamingResponse(_sse(ready, submitted, prompts, n, echo, logprobs is not None, include_usage,
+                                          head), media_type="text/event-stream")
+        got = await _collect(ready, submitted, n, request)
+        if got is None:   # nobody is there to read an answer
+            return Response(status_code=499)
         reasons = [got.reasons[i] for i in range(len(got.reasons))]
         if "error" in reasons:
             raise ApiError(500, f"the decoding loop failed{_failure(batcher)}; the server cannot generate now",
@@ -144,24 +169,29 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
         choices = [{"text": (prompts[i // n] if echo else "") + texts[i], "index": i,
                     "logprobs": _logprobs_object(texts[i], got.entries.get(i, []), 0) if logprobs is not None
                     else None, "finish_reason": reasons[i]} for i in range(len(texts))]
-        prompt_chars = sum(len(p) for p in prompts) * n
-        completion_chars = sum(len(t) for t in texts)
-        return JSONResponse({**head, "choices": choices, "usage": {
-            "prompt_tokens": prompt_chars, "completion_tokens": completion_chars,
-            "total_tokens": prompt_chars + completion_chars}})
+        return JSONResponse({**head, "choices": choices, "usage": _usage(prompts, n, sum(map(len, texts)))})
 
     async def score(request: Request):
         body = await _read_json(request, limits.max_body)
         unknown = sorted(set(body) - {"model", "text", "logprobs"})
         if unknown:
-            raise ApiError(400, f"unknown field(s): {', '.join(unknown)}", unknown[0])
+            raise ApiError(400, f"unknown field(s): {', '.join(map(ascii, unknown))}", unknown[0])
+        _check_model(body, model_name)
         text, want_logprobs = body.get("text"), body.get("logprobs", False)
         if not isinstance(text, str) or not text:
             raise ApiError(400, "text must be a non-empty string", "text")
+        if len(text) > limits.max_prompt:
+            raise ApiError(400, f"text is {len(text):,} characters; at most {limits.max_prompt:,} are scored "
+                                "(chargen eval scores whole files)", "text")
         if not isinstance(want_logprobs, bool):
             raise ApiError(400, f"logprobs must be true or false, got {want_logprobs!r}", "logprobs")
+        if scoring.locked() and state["scores_waiting"] >= limits.max_prompts:
+            raise ApiError(429, "the server is busy scoring; try again soon", kind="rate_limit_error")
+        state["scores_waiting"] += 1
         try:
-            result = await asyncio.to_thread(sampler.score, text)
+            async with scoring:   # one at a time: a long text's activations take memory
+                state["scores_waiting"] -= 1
+                result = await asyncio.to_thread(sampler.score, text)
         except ChargenError as e:
             raise ApiError(400, str(e), "text") from None
         out = {"object": "score", "model": model_name, "chars": result.count, "nats": result.nats, "bpc": result.bpc}
@@ -175,10 +205,12 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
         return JSONResponse(await asyncio.to_thread(_run_summary, run_dir, model_name))
 
     async def not_found(request: Request, exc):
-        return error(ApiError(404, f"no route {request.method} {request.url.path}; see GET /v1/models"))
+        return await guard(_raise(ApiError(404, f"no route {request.method} {request.url.path}; see GET /v1/models")),
+                           request.url.path.startswith("/v1"))(request)
 
     async def bad_method(request: Request, exc):
-        return error(ApiError(405, f"{request.method} is not allowed on {request.url.path}"))
+        return await guard(_raise(ApiError(405, f"{request.method} is not allowed on {request.url.path}")),
+                           request.url.path.startswith("/v1"))(request)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -199,6 +231,7 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
               Route("/v1/completions", guard(completions, True), methods=["POST"]),
               Route("/v1/score", guard(score, True), methods=["POST"]), Route("/v1/run", guard(run_summary, True))]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: bad_method})
+    app.router.redirect_slashes = False   # /v1/models/ is a 404 error object, not a redirect
     app.state.chargen = state
     return app
 
@@ -214,11 +247,31 @@ def _run_summary(run_dir, model_name: str) -> dict:
     validation bpc against the step."""
     from .info import run_info
     from .rundir import read_metrics
-    info = run_info(run_dir)
-    rows = read_metrics(run_dir)
-    return {"object": "run", "name": model_name, **info,
-            "train_loss": [[r["step"], r["loss"]] for r in rows if "loss" in r],
-            "val_bpc": [[r["step"], r["val_bpc"]] for r in rows if "val_bpc" in r]}
+    try:
+        info = run_info(run_dir)
+        rows = [r for r in read_metrics(run_dir) if "event" not in r]   # events (a skipped step...) are no curve
+    except (ChargenError, OSError, ValueError, TypeError) as e:
+        raise ApiError(500, f"cannot read the run {run_dir}: {e}", kind="server_error") from None
+
+    def curve(key: str) -> list:
+        return [[r["step"], r[key]] for r in rows if _finite(r.get("step")) and _finite(r.get(key))]
+    return _finite_only({"object": "run", "name": model_name, **info,
+                         "train_loss": curve("loss"), "val_bpc": curve("val_bpc")})
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _finite_only(x):
+    """JSON has no NaN or infinity: such numbers become null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite_only(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite_only(v) for v in x]
+    return x
 
 
 async def _read_json(request, max_body: int) -> dict:
@@ -234,6 +287,8 @@ async def _read_json(request, max_body: int) -> dict:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"the body is not valid JSON ({e})") from None
+    except RecursionError:
+        raise ApiError(400, "the body is nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
     return body
@@ -243,13 +298,11 @@ def _completion_request(body: dict, model_name: str, limits: Limits) -> tuple[li
     """Check an OpenAI completions body; (prompts, sampler options, stream, echo)."""
     unknown = sorted(set(body) - _FIELDS - set(_NEUTRAL))
     if unknown:
-        raise ApiError(400, f"unknown field(s): {', '.join(unknown)}", unknown[0])
+        raise ApiError(400, f"unknown field(s): {', '.join(map(ascii, unknown))}", unknown[0])
     for name, neutral in _NEUTRAL.items():
         if neutral is not None and name in body and body[name] not in neutral:
             raise ApiError(400, f"{name} is not supported by chargen (leave it out)", name)
-    if "model" in body and body["model"] != model_name:
-        raise ApiError(404, f"model {body['model']!r} is not served here; this server serves {model_name!r}",
-                       "model", kind="not_found_error")
+    _check_model(body, model_name)
     prompt = body.get("prompt", "")
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
@@ -286,7 +339,29 @@ def _completion_request(body: dict, model_name: str, limits: Limits) -> tuple[li
         if not isinstance(value, bool):
             raise ApiError(400, f"{name} must be true or false, got {value!r}", name)
         flags[name] = value
+    if body.get("user") is not None and not isinstance(body["user"], str):
+        raise ApiError(400, "user must be a string", "user")
+    options = body.get("stream_options")
+    if options is not None:
+        if not flags["stream"]:
+            raise ApiError(400, "stream_options is only for stream: true", "stream_options")
+        if not isinstance(options, dict) or set(options) - {"include_usage"} or \
+                not isinstance(options.get("include_usage", False), bool):
+            raise ApiError(400, 'stream_options may only be {"include_usage": true or false}', "stream_options")
+        opts["include_usage"] = options.get("include_usage", False)
     return prompts, opts, flags["stream"], flags["echo"]
+
+
+def _check_model(body: dict, model_name: str) -> None:
+    if "model" in body and body["model"] != model_name:
+        raise ApiError(404, f"model {ascii(body['model'])} is not served here; this server serves {model_name!r}",
+                       "model", kind="not_found_error")
+
+
+def _raise(e: ApiError):
+    async def handler(request):
+        raise e
+    return handler
 
 
 def _number(body: dict, name: str, kind: type, default, low, high):
@@ -296,7 +371,8 @@ def _number(body: dict, name: str, kind: type, default, low, high):
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if ok and kind is int:
         ok = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-    if not ok or not math.isfinite(value) or not low <= value <= high:
+    # compared before anything converts it: an int of 400 digits is no float
+    if not ok or (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
         what = "a whole number" if kind is int else "a number"
         raise ApiError(400, f"{name} must be {what} in [{low}, {high}], got {value!r}", name)
     return kind(value)
@@ -331,14 +407,18 @@ class _Waker:
             event.set()
 
 
-async def _events(ready: asyncio.Event, submitted: list) -> list[tuple[int, tuple]]:
-    """Wait until some of a request's generations have events; all of them, as (prompt index, event)."""
+async def _events(ready: asyncio.Event, submitted: list, timeout: float | None = None) -> list[tuple[int, tuple]]:
+    """Wait until some of a request's generations have events; all of them, as (prompt index, event)
+    (none if ``timeout`` seconds pass first)."""
     while True:
         ready.clear()
         out = [(p, e) for p, r in enumerate(submitted) for e in r.take()]
         if out:
             return out
-        await ready.wait()
+        try:
+            await asyncio.wait_for(ready.wait(), timeout)
+        except asyncio.TimeoutError:
+            return []
 
 
 class _Gathered:
@@ -359,12 +439,22 @@ class _Gathered:
             self.reasons[i] = value
 
 
-async def _collect(ready: asyncio.Event, submitted: list, n: int) -> _Gathered:
+async def _collect(ready: asyncio.Event, submitted: list, n: int, request) -> _Gathered | None:
+    """Every event of a request that is not streamed; None if its client went away (its rows are then
+    cancelled: they stop taking room at once)."""
     got = _Gathered(n)
-    while len(got.reasons) < len(submitted) * n:
-        for p, event in await _events(ready, submitted):
-            got.add(p, event)
-    return got
+    try:
+        while len(got.reasons) < len(submitted) * n:
+            events = await _events(ready, submitted, timeout=0.25)
+            if not events and await request.is_disconnected():
+                return None
+            for p, event in events:
+                got.add(p, event)
+        return got
+    finally:
+        if len(got.reasons) < len(submitted) * n:
+            for r in submitted:
+                r.cancel()
 
 
 def _logprobs_object(text: str, entries: list, offset: int) -> dict:
@@ -373,8 +463,14 @@ def _logprobs_object(text: str, entries: list, offset: int) -> dict:
             "top_logprobs": [dict(top) for _, top in entries], "text_offset": list(range(offset, offset + len(text)))}
 
 
+def _usage(prompts: list[str], n: int, completion_chars: int) -> dict:
+    prompt_chars = sum(len(p) for p in prompts) * n
+    return {"prompt_tokens": prompt_chars, "completion_tokens": completion_chars,
+            "total_tokens": prompt_chars + completion_chars}
+
+
 async def _sse(ready: asyncio.Event, submitted: list, prompts: list[str], n: int, echo: bool, logprobs: bool,
-               head: dict):
+               include_usage: bool, head: dict):
     """The stream of chunks; a client that goes away cancels its rows at once. Whatever is ready goes
     out in one write: one chunk per choice per write, so a busy server sends fewer, larger chunks."""
     # Every chunk is this JSON with the text, index, log-probabilities and finish reason filled in.
@@ -406,6 +502,9 @@ async def _sse(ready: asyncio.Event, submitted: list, prompts: list[str], n: int
             out += [chunk(i, "", reason, []) for i, reason in got.reasons.items()]
             open_rows -= len(got.reasons)
             yield "".join(out)
+        if include_usage:   # OpenAI's last chunk: no choices, the usage
+            generated = sum(sent) - (sum(len(p) for p in prompts) * n if echo else 0)
+            yield "data: " + json.dumps({**head, "choices": [], "usage": _usage(prompts, n, generated)}) + "\n\n"
         yield "data: [DONE]\n\n"
     finally:
         for r in submitted:
@@ -421,6 +520,7 @@ def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, device: str = "
         import uvicorn
     except ImportError:
         raise ChargenError('chargen serve needs its extra: pip install "chargen[serve]"') from None
+    import ipaddress
     import socket
     from pathlib import Path
 
@@ -437,11 +537,18 @@ def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, device: str = "
             from None
     with sock:
         sampler = Sampler.load(run_dir, device=device, checkpoint=checkpoint)
+        # On a loopback address, only requests naming this machine: a web page cannot reach the server through
+        # a name of its own (DNS rebinding).
+        local = ipaddress.ip_address(address[0].split("%")[0]).is_loopback
         app = create_app(sampler, Path(run_dir).resolve().name, api_key=api_key, limits=limits,
-                         max_batch=max_batch, run_dir=run_dir, threads=threads)
+                         max_batch=max_batch, run_dir=run_dir, threads=threads,
+                         allowed_hosts={"localhost", "127.0.0.1", "::1", host} if local else None)
         # Ctrl-C (or SIGTERM, SIGHUP): stop taking requests, give running ones SHUTDOWN_GRACE seconds, then
         # end them, stop the decoding process and return; a second Ctrl-C stops at once.
-        server = _server_class()(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE + 10))
+        limits = limits or Limits()
+        server = _server_class()(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE + 1,
+                                                limit_concurrency=limits.max_queued + 256))
+        logging.getLogger("uvicorn.error").addFilter(_quiet_when_stopping(app.state.chargen))
         bound = sock.getsockname()
         print(f"chargen serve: {run_dir} on http://{_url_host(bound[0])}:{bound[1]} (Ctrl-C stops)",
               file=sys.stderr, flush=True)
@@ -481,6 +588,30 @@ def _server_class():
                 ending.cancel()
 
     return Server
+
+
+def _quiet_when_stopping(state: dict):
+    """A filter for uvicorn's log: once the server is stopping, requests cut short (clients that do not read,
+    requests half sent) are expected; one line says how many, not a traceback each."""
+    def keep(record: logging.LogRecord) -> bool:
+        if not state.get("stopping"):
+            return True
+        if record.exc_info and isinstance(record.exc_info[1], (asyncio.CancelledError, KeyboardInterrupt)):
+            return False
+        if record.getMessage().rstrip().endswith(("CancelledError", "KeyboardInterrupt")):  # a traceback as text
+            return False
+        if record.getMessage().startswith("Cancel "):
+            record.msg, record.args = "chargen serve: %s request(s) still open after %s s were cut short", \
+                (record.args[0] if record.args else "some", SHUTDOWN_GRACE)
+        return True
+    return keep
+
+
+def _host_name(header: str) -> str:
+    """The name in a Host header, without its port: ``[::1]:8000`` -> ``::1``, ``localhost:8000`` -> ``localhost``."""
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 def _url_host(host: str) -> str:

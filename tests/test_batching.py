@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,48 @@ def test_logprobs_come_one_per_character_beside_the_same_text(sampler, kind):
         drawn = [lp for k, v in pairs if k == "logprobs" for lp, _ in v]
         assert drawn == pytest.approx([float(x) for x in sampler.score("the " + text).logprobs[4:]], abs=1e-4)
 
+
+
+def test_a_long_prompt_is_read_beside_the_loop_not_in_its_way(sampler, monkeypatch):
+    """Priming takes 2 s here (a long prompt); the rows already decoding go on meanwhile."""
+    prime = sampler._prime
+
+    def slow_prime(ids, n):
+        if len(ids) > 100:
+            time.sleep(2.0)
+        return prime(ids, n)
+    monkeypatch.setattr(sampler, "_prime", slow_prime)
+    batcher = Batcher(sampler)
+    try:
+        running = batcher.submit("the ", length=1_000_000, seed=1)
+        events = running.iter_events(timeout=60)
+        next(events)
+        long = batcher.submit("the " * 100, length=20, seed=2)
+        start, during = time.monotonic(), 0
+        while time.monotonic() - start < 1.5:
+            during += next(events)[0] == "text"
+        assert during > 50                      # the loop kept decoding while the prompt was read
+        assert long.texts(timeout=60) == [sampler.generate("the " * 100, length=20, seed=2)]
+        running.cancel()
+    finally:
+        batcher.close()
+
+
+def test_requests_cancelled_while_they_wait_leave_at_once(sampler, kind):
+    batcher = kind(sampler, max_batch=2)
+    try:
+        running = batcher.submit("the ", length=1_000_000, seed=1, n=2)
+        next(running.iter_events(timeout=60))
+        waiting = [batcher.submit("the ", length=50, seed=i, n=3) for i in range(3)]
+        deadline = time.monotonic() + 30
+        while batcher.active < 11 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert batcher.active == 11
+        for request in waiting:
+            request.cancel()
+        for request in waiting:
+            assert [v for k, r, v in request.iter_events(timeout=10) if k == "end"] == ["cancelled"] * 3
+        assert batcher.active == 2
+        running.cancel()
+    finally:
+        batcher.close()

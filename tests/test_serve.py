@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import socket
 import threading
 import time
@@ -116,6 +117,16 @@ BAD = [
     ("too many logprobs", {"prompt": "a", "logprobs": 21}, 400, "logprobs"),
     ("logprobs as true", {"prompt": "a", "logprobs": True}, 400, "logprobs"),
     ("logprobs with echo", {"prompt": "a", "logprobs": 2, "echo": True}, 400, "logprobs"),
+    ("JSON nested too deeply", b"[" * 4000, 400, None),
+    ("a 400-digit max_tokens", b'{"prompt": "a", "max_tokens": ' + b"9" * 400 + b"}", 400, "max_tokens"),
+    ("a 400-digit temperature", b'{"prompt": "a", "temperature": ' + b"9" * 400 + b"}", 400, "temperature"),
+    ("a field named by a lone surrogate", b'{"prompt": "a", "\\ud800": 1}', 400, "\ud800"),
+    ("more rows than are ever decoded", {"prompt": ["a"] * 8, "n": 9}, 400, "n"),
+    ("stream_options without stream", {"prompt": "a", "stream_options": {"include_usage": True}}, 400,
+     "stream_options"),
+    ("stream_options of a wrong shape", {"prompt": "a", "stream": True, "stream_options": {"x": 1}}, 400,
+     "stream_options"),
+    ("user not a string", {"prompt": "a", "user": 5}, 400, "user"),
 ]
 
 
@@ -134,10 +145,64 @@ def test_bad_requests_get_an_openai_error_and_the_server_goes_on(server, name, b
 def test_keys_routes_and_methods(server):
     assert httpx.get(server.url + "/v1/models").status_code == 401
     assert httpx.get(server.url + "/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}x"}).status_code == 401
+    assert httpx.get(server.url + "/v1/models", headers={"Authorization": "Bearer sk-test"}).status_code == 401
     r = httpx.get(server.url + "/v1/nothing", headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
     assert httpx.get(server.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"}).status_code == 405
+    # without the key, /v1 says nothing of which routes exist
+    assert httpx.get(server.url + "/v1/nothing").status_code == 401
+    assert httpx.get(server.url + "/v1/completions").status_code == 401
+    r = httpx.get(server.url + "/v1/models/", headers={"Authorization": f"Bearer {KEY}"})   # no redirect
+    assert r.status_code == 404 and "error" in r.json()
     assert httpx.get(server.url + "/health").status_code == 200  # no key needed
+    assert httpx.get(server.url + "/nothing").status_code == 404
+
+
+def test_a_body_that_is_not_json_by_its_type_is_refused(server):
+    """A web page elsewhere can send text/plain without the browser asking the server first; not JSON."""
+    for kind in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"Authorization": f"Bearer {KEY}"} | ({"Content-Type": kind} if kind else {})
+        r = httpx.post(server.url + "/v1/completions", content=b'{"prompt": "a"}', headers=headers)
+        assert r.status_code == 415 and "Content-Type: application/json" in r.json()["error"]["message"]
+    r = httpx.post(server.url + "/v1/completions", content=b'{"prompt": "a", "max_tokens": 2}',
+                   headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json; charset=utf-8"})
+    assert r.status_code == 200
+
+
+def test_on_a_loopback_address_only_requests_naming_this_machine_are_answered(run):
+    s = LiveServer(run, decode_process=False, allowed_hosts={"localhost", "127.0.0.1", "::1"})
+    try:
+        for host in ("127.0.0.1", f"127.0.0.1:{s.port}", f"localhost:{s.port}", "[::1]:80"):
+            assert httpx.get(s.url + "/v1/models", headers={"Host": host}).status_code == 200, host
+        for host in ("attacker.example", f"attacker.example:{s.port}", "127.0.0.1.attacker.example"):
+            r = httpx.get(s.url + "/v1/models", headers={"Host": host})
+            assert r.status_code == 400 and "addressed to this machine" in r.json()["error"]["message"], host
+    finally:
+        s.stop()
+
+
+def test_a_client_that_leaves_before_its_answer_frees_its_rows(server):
+    body = json.dumps({"prompt": ["a"] * 4, "n": 4, "max_tokens": 1000}).encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as raw:
+        raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        deadline = time.monotonic() + 10
+        while httpx.get(server.url + "/health").json()["active"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    deadline = time.monotonic() + 10   # gone: within a poll (0.25 s) its 16 rows leave
+    while httpx.get(server.url + "/health").json()["active"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(server.url + "/health").json()["active"] == 0
+
+
+def test_stream_options_include_usage_ends_with_a_usage_chunk(client):
+    chunks = list(client.completions.create(model="golden", prompt="the ", max_tokens=30, n=2, seed=1, stream=True,
+                                            stream_options={"include_usage": True}))
+    last = chunks[-1]
+    assert last.choices == [] and last.usage.prompt_tokens == 8 and last.usage.completion_tokens == \
+        sum(len(c.choices[0].text) for c in chunks[:-1]) and last.usage.total_tokens == 8 + last.usage.completion_tokens
+    assert all(c.usage is None for c in chunks[:-1])
 
 
 def test_a_client_that_drops_mid_stream_frees_its_rows(server):
@@ -383,3 +448,52 @@ def test_streamed_logprobs_join_to_the_whole_ones(client, server):
             joined[key] += getattr(lp, key)
     assert "".join(c.choices[0].text for c in chunks) == whole.text
     assert joined == whole.logprobs.model_dump()
+
+
+def test_run_summary_skips_events_and_non_finite_values_and_says_when_it_cannot_read(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    with open(copy / "metrics.jsonl", "a", encoding="utf-8") as f:   # what the trainer writes on a skipped step
+        f.write('{"step": 13, "event": "nonfinite", "loss": NaN, "grad_norm": Infinity}\n')
+        f.write('{"loss": 2.0}\n{"step": 14, "loss": Infinity}\n')
+    s = LiveServer(copy, run_dir=copy, decode_process=False)
+    try:
+        body = httpx.get(s.url + "/v1/run").json()
+        assert body["train_loss"] == [[r["step"], r["loss"]] for r in rows if "loss" in r and "event" not in r]
+        assert body["val_bpc"] == [[r["step"], r["val_bpc"]] for r in rows if "val_bpc" in r]
+        (copy / "config.json").write_text("{ not json")
+        r = httpx.get(s.url + "/v1/run")
+        assert r.status_code == 500 and r.json()["error"]["message"].startswith(f"cannot read the run {copy}")
+        assert httpx.get(s.url + "/health").status_code == 200
+    finally:
+        s.stop()
+
+
+def test_score_checks_the_model(server):
+    r = httpx.post(server.url + "/v1/score", json={"text": "the", "model": "other"}, headers=AUTH)
+    assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+    assert httpx.post(server.url + "/v1/score", json={"text": "the", "model": "golden"}, headers=AUTH).status_code == 200
+
+
+def test_score_over_the_prompt_cap_is_a_400(run):
+    s = LiveServer(run, decode_process=False, limits=Limits(max_prompt=100))
+    try:
+        r = httpx.post(s.url + "/v1/score", json={"text": "a" * 101})
+        assert r.status_code == 400 and "at most 100 are scored" in r.json()["error"]["message"]
+        assert httpx.post(s.url + "/v1/score", json={"text": "a" * 100}).status_code == 200
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("flag,env,fragment", [
+    (["--api-key", ""], None, "--api-key is empty"),
+    (["--api-key", "two words"], None, "--api-key must be printable ASCII without spaces"),
+    (["--api-key", "cl\u00e9"], None, "--api-key must be printable ASCII"),
+    ([], "", "CHARGEN_API_KEY is empty"),
+])
+def test_an_api_key_that_cannot_work_is_one_line(cli, run, monkeypatch, flag, env, fragment):
+    if env is not None:
+        monkeypatch.setenv("CHARGEN_API_KEY", env)
+    code, _, err = cli("serve", run, "--port", "0", *flag)
+    assert code == 2 and fragment in err.strip().splitlines()[-1] and "Traceback" not in err
