@@ -260,7 +260,8 @@ def cmd_serve(args) -> int:
             raise ChargenError(f"{where} must be printable ASCII without spaces (clients send it in a header)")
     limits = Limits(max_length=args.max_length, max_queued=args.max_queued)
     serve(args.run, host=args.host, port=args.port, device=args.device, checkpoint=args.checkpoint,
-          api_key=api_key, max_batch=args.max_batch, limits=limits, threads=args.threads)
+          api_key=api_key, max_batch=args.max_batch, limits=limits, threads=args.threads,
+          stream_interval=args.stream_interval / 1000)
     return 0
 
 
@@ -275,6 +276,9 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="rows decoding or waiting beyond which requests get 429 (default 256)")
     p.add_argument("--api-key", default=None, metavar="KEY",
                    help="require Authorization: Bearer KEY on /v1 routes (also $CHARGEN_API_KEY)")
+    p.add_argument("--stream-interval", type=_int_in(0, 10_000), default=20, metavar="MS",
+                   help="a stream writes at most every MS milliseconds, what is ready in one chunk (default 20; "
+                        "0: every character)")
     p.add_argument("--threads", type=_int_in(1, 1024), default=None, metavar="N",
                    help="torch threads of the decoding process (default: one fewer than the CPUs, at least 1)")
 

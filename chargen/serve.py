@@ -37,6 +37,7 @@ MAX_LOGPROBS = 20   # likeliest characters a completion may list per position
 
 
 log = logging.getLogger("chargen.serve")
+STREAM_INTERVAL = 0.02   # seconds between a stream's chunks: 50 a second, smoother than the eye needs
 SHUTDOWN_GRACE = 3   # seconds running completions get to finish after Ctrl-C
 _SHUTTING_DOWN = "the server is shutting down; try again once it is back"
 
@@ -61,12 +62,14 @@ class ApiError(Exception):
 
 def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: Limits | None = None,
                max_batch: int = 256, run_dir=None, decode_process: bool = True, threads: int | None = None,
-               allowed_hosts: set[str] | None = None):
+               allowed_hosts: set[str] | None = None, stream_interval: float = STREAM_INTERVAL):
     """The Starlette application serving ``sampler`` under the name ``model_name`` (and, for ``/v1/run``,
     the run folder it was loaded from). ``decode_process``: decode in a process of its own
     (:class:`~chargen.batching.ProcessBatcher`, with ``threads`` torch threads), not in a thread that shares
     the server's interpreter lock. ``allowed_hosts``: the Host header names answered (others get 400: a web
-    page cannot reach a local server through a name of its own, DNS rebinding); None answers any."""
+    page cannot reach a local server through a name of its own, DNS rebinding); None answers any.
+    ``stream_interval``: seconds a stream waits after a chunk before the next (what is ready then goes in
+    one chunk); 0 sends every step's text."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -155,7 +158,7 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
         n = opts["n"]
         if stream:
             return StreamingResponse(_sse(ready, submitted, prompts, n, echo, logprobs is not None, include_usage,
-                                          head), media_type="text/event-stream")
+                                          head, stream_interval), media_type="text/event-stream")
         got = await _collect(ready, submitted, n, request)
         if got is None:   # nobody is there to read an answer
             return Response(status_code=499)
@@ -470,9 +473,11 @@ def _usage(prompts: list[str], n: int, completion_chars: int) -> dict:
 
 
 async def _sse(ready: asyncio.Event, submitted: list, prompts: list[str], n: int, echo: bool, logprobs: bool,
-               include_usage: bool, head: dict):
-    """The stream of chunks; a client that goes away cancels its rows at once. Whatever is ready goes
-    out in one write: one chunk per choice per write, so a busy server sends fewer, larger chunks."""
+               include_usage: bool, head: dict, interval: float = 0.0):
+    """The stream of chunks; a client that goes away cancels its rows at once. The first text goes out as
+    soon as it is drawn; after each write the stream waits ``interval`` seconds and then sends whatever is
+    ready in one write (one chunk per choice), so a busy server writes, and its clients parse, far fewer
+    chunks for the same text."""
     # Every chunk is this JSON with the text, index, log-probabilities and finish reason filled in.
     before_text = "data: " + json.dumps({**head, "choices": [{"text": "@"}]}).rsplit('"@"', 1)[0]
     sent = [0] * (len(prompts) * n)    # characters sent per choice (text_offset)
@@ -502,6 +507,8 @@ async def _sse(ready: asyncio.Event, submitted: list, prompts: list[str], n: int
             out += [chunk(i, "", reason, []) for i, reason in got.reasons.items()]
             open_rows -= len(got.reasons)
             yield "".join(out)
+            if interval and open_rows:   # the next write then takes what is ready by then
+                await asyncio.sleep(interval)
         if include_usage:   # OpenAI's last chunk: no choices, the usage
             generated = sum(sent) - (sum(len(p) for p in prompts) * n if echo else 0)
             yield "data: " + json.dumps({**head, "choices": [], "usage": _usage(prompts, n, generated)}) + "\n\n"
@@ -513,7 +520,7 @@ async def _sse(ready: asyncio.Event, submitted: list, prompts: list[str], n: int
 
 def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", checkpoint: str = "best",
           api_key: str | None = None, max_batch: int = 256, limits: Limits | None = None,
-          threads: int | None = None) -> None:
+          threads: int | None = None, stream_interval: float = STREAM_INTERVAL) -> None:
     """Load a run and serve it until Ctrl-C (see the module docstring)."""
     try:
         import starlette  # noqa: F401
@@ -541,7 +548,7 @@ def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, device: str = "
         # a name of its own (DNS rebinding).
         local = ipaddress.ip_address(address[0].split("%")[0]).is_loopback
         app = create_app(sampler, Path(run_dir).resolve().name, api_key=api_key, limits=limits,
-                         max_batch=max_batch, run_dir=run_dir, threads=threads,
+                         max_batch=max_batch, run_dir=run_dir, threads=threads, stream_interval=stream_interval,
                          allowed_hosts={"localhost", "127.0.0.1", "::1", host} if local else None)
         # Ctrl-C (or SIGTERM, SIGHUP): stop taking requests, give running ones SHUTDOWN_GRACE seconds, then
         # end them, stop the decoding process and return; a second Ctrl-C stops at once.

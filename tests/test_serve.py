@@ -18,7 +18,7 @@ httpx = pytest.importorskip("httpx")
 
 from chargen import Sampler  # noqa: E402
 from chargen.serve import Limits  # noqa: E402
-from conftest import FailingStep, LiveServer  # noqa: E402
+from conftest import FailingStep, LiveServer, SlowStep  # noqa: E402
 
 KEY = "sk-test-key"
 
@@ -53,7 +53,29 @@ def test_a_streamed_completion_joins_to_the_same_text(client, server):
     chunks = list(stream)
     text = "".join(c.choices[0].text for c in chunks)
     assert text == server.sampler.generate("and ", length=60, temperature=1.0, seed=3)
-    assert len(chunks) > 10 and chunks[-1].choices[0].finish_reason == "length"
+    assert len(chunks) >= 2 and chunks[-1].choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("interval", [0.0, 0.1])
+def test_stream_interval_sets_how_often_a_stream_writes(run, interval):
+    sampler = Sampler.load(run)
+    want = sampler.generate("the ", length=150, seed=4)
+    sampler.fast_step = SlowStep(sampler.fast_step, 0.004)   # about 0.6 s for 150 characters
+    s = LiveServer(run, sampler=sampler, decode_process=False, stream_interval=interval)
+    try:
+        start = time.monotonic()
+        with httpx.stream("POST", s.url + "/v1/completions", timeout=60,
+                          json={"prompt": "the ", "max_tokens": 150, "seed": 4, "stream": True}) as r:
+            chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        took = time.monotonic() - start
+    finally:
+        s.stop()
+    assert "".join(c["choices"][0]["text"] for c in chunks) == want
+    texts = [c for c in chunks if c["choices"][0]["text"]]
+    if interval == 0:
+        assert len(texts) >= 100             # about one a step
+    else:
+        assert 2 <= len(texts) <= took / interval + 2
 
 
 def test_n_several_prompts_stops_and_echo(client, server):
