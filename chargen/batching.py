@@ -56,10 +56,13 @@ class Request:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._wake = wake or self._ready.set
+        self._on_cancel = None          # set by the batcher: a cancel wakes its loop
         self.cancelled = False
 
     def cancel(self) -> None:
         self.cancelled = True
+        if self._on_cancel:
+            self._on_cancel()
 
     def emit(self, event: tuple) -> None:
         self._pending.append(event)
@@ -116,7 +119,7 @@ def _logprobs(k) -> int | None:
     return k
 
 
-INLINE_PRIME = 64   # prompts up to this many characters are read by the loop itself, longer ones beside it
+INLINE_PRIME = 256   # prompts up to this many characters are read by the loop itself (a few ms), longer beside it
 
 
 def _done_before_start(request: Request) -> bool:
@@ -154,6 +157,7 @@ class Batcher:
         self._state: list | None = None
         self._cv = threading.Condition()
         self._closed = False
+        self._sweep = False               # a request was cancelled: look for those waiting
         self.error: str | None = None     # why the loop failed, if it did
         # A long prompt is read by a thread beside the loop: it does not hold up the rows decoding. A short
         # one is read by the loop as it joins (priming 64 requests at once in the loop, not in a second
@@ -177,7 +181,8 @@ class Batcher:
         with self._cv:
             if self._closed:
                 raise BatcherClosed(f"the decoding loop has stopped{self.failure}")
-            if len(request.prompt_ids) <= INLINE_PRIME:   # read by the loop as it joins: a millisecond or so
+            request._on_cancel = self._poke
+            if len(request.prompt_ids) <= INLINE_PRIME:   # read by the loop as it joins: a few milliseconds
                 self._primed.append((request, None, None))
             else:
                 self._waiting.append(request)
@@ -235,6 +240,11 @@ class Batcher:
         except Exception as e:  # noqa: BLE001 - the loop ends every row with it
             self._fail(e)
 
+    def _poke(self) -> None:
+        with self._cv:
+            self._sweep = True
+            self._cv.notify_all()
+
     def _fail(self, e: Exception) -> None:
         with self._cv:
             if self.error is None:
@@ -247,13 +257,17 @@ class Batcher:
         try:
             while True:
                 with self._cv:
-                    while not self._closed and not self._primed and not self._rows:
+                    while not self._closed and not self._primed and not self._rows and not self._sweep:
                         self._cv.wait()
                     if self._closed:
                         break
                     # requests cancelled while they waited leave now, not when they would have joined
                     gone = [item[0] for item in self._primed if _done_before_start(item[0])]
                     self._primed = [item for item in self._primed if not _done_before_start(item[0])]
+                    if self._sweep:
+                        gone += [r for r in self._waiting if r.cancelled]
+                        self._waiting = [r for r in self._waiting if not r.cancelled]
+                        self._sweep = False
                     joining, room = [], self.max_batch - len(self._rows)
                     while self._primed and (self._primed[0][0].opts.n <= room or not (self._rows or joining)):
                         joining.append(self._primed.pop(0))
@@ -549,12 +563,19 @@ class ProcessBatcher:
         with self._lock:
             if self.error is None:
                 self.error = "the decoding process exited"
-                log.error("chargen: the decoding process exited (code %s); open requests end with an error",
-                          self._process.exitcode)
+                self._process.join(1)
+                log.error("chargen: the decoding process exited (%s); open requests end with an error",
+                          _exit_status(self._process.exitcode))
             orphans, self._requests, self._open_rows = self._requests, {}, 0
         reason = "cancelled" if self.error == "it was closed" else "error"
         for request in orphans.values():
             request.deliver([("end", i, reason) for i in range(request.opts.n)])
+
+
+def _exit_status(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
 class _RemoteRequest(Request):
@@ -571,7 +592,11 @@ class _RemoteRequest(Request):
 def _decoding_process(commands, events, sampler: Sampler, max_batch: int, threads: int | None) -> None:
     """The decoding process: a Batcher fed from ``commands``; each step's events go out in one message."""
     import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the server's to handle: it closes us
+    # Ctrl-C, SIGTERM and SIGHUP are the server's to handle (sent to the whole process group, they reach us
+    # too): it closes us after its grace period. Should the server die, our command pipe ends and so do we.
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
     torch.set_num_threads(threads or max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
     requests: dict[int, Request] = {}
     ready: list[Request] = []                       # requests with events this step (the loop's thread)

@@ -33,7 +33,8 @@ _NEUTRAL = {"best_of": (None, 1), "logit_bias": (None, {}), "presence_penalty": 
             "frequency_penalty": (None, 0, 0.0), "suffix": (None, ""), "user": None}
 _FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "stream", "echo",
            "logprobs", "stream_options"}
-MAX_LOGPROBS = 20   # likeliest characters a completion may list per position
+MAX_LOGPROBS = 5          # likeliest characters a completion may list per position (OpenAI's cap too)
+LOGPROBS_CHARS = 1 << 16  # characters (rows x max_tokens) one request may ask log-probabilities for
 
 
 log = logging.getLogger("chargen.serve")
@@ -93,7 +94,7 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
             raise ApiError(401, "a valid API key is required: send Authorization: Bearer KEY",
                            kind="authentication_error")
 
-    def guard(handler, needs_key: bool):
+    def guard(handler, needs_key: bool, json_body: bool = False):
         async def wrapped(request: Request):
             try:
                 if allowed_hosts is not None and _host_name(request.headers.get("host", "")) not in allowed_hosts:
@@ -101,7 +102,7 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
                                         f"({', '.join(sorted(allowed_hosts))}); check the URL's host")
                 if needs_key:
                     check_key(request)
-                if request.method == "POST" and \
+                if json_body and \
                         request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
                     # a web page elsewhere cannot send this without the browser asking first (CORS preflight)
                     raise ApiError(415, "send the body as JSON, with Content-Type: application/json")
@@ -172,7 +173,9 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
         choices = [{"text": (prompts[i // n] if echo else "") + texts[i], "index": i,
                     "logprobs": _logprobs_object(texts[i], got.entries.get(i, []), 0) if logprobs is not None
                     else None, "finish_reason": reasons[i]} for i in range(len(texts))]
-        return JSONResponse({**head, "choices": choices, "usage": _usage(prompts, n, sum(map(len, texts)))})
+        answer = {**head, "choices": choices, "usage": _usage(prompts, n, sum(map(len, texts)))}
+        # made in a thread: a big answer (n x 4096 characters, logprobs) would hold up every stream
+        return Response(await asyncio.to_thread(_json_bytes, answer), media_type="application/json")
 
     async def score(request: Request):
         body = await _read_json(request, limits.max_body)
@@ -191,12 +194,22 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
         if scoring.locked() and state["scores_waiting"] >= limits.max_prompts:
             raise ApiError(429, "the server is busy scoring; try again soon", kind="rate_limit_error")
         state["scores_waiting"] += 1
+        try:   # one at a time (a long text's activations take memory); a client that left is skipped
+            while True:
+                try:
+                    await asyncio.wait_for(scoring.acquire(), 0.25)
+                    break
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return Response(status_code=499)
+        finally:
+            state["scores_waiting"] -= 1
         try:
-            async with scoring:   # one at a time: a long text's activations take memory
-                state["scores_waiting"] -= 1
-                result = await asyncio.to_thread(sampler.score, text)
+            result = await asyncio.to_thread(sampler.score, text)
         except ChargenError as e:
             raise ApiError(400, str(e), "text") from None
+        finally:
+            scoring.release()
         out = {"object": "score", "model": model_name, "chars": result.count, "nats": result.nats, "bpc": result.bpc}
         if want_logprobs:
             out["logprobs"] = [round(float(x), 6) for x in result.logprobs]
@@ -231,8 +244,8 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
 
     routes = [Route("/", guard(page, False)), Route("/health", guard(health, False)),
               Route("/v1/models", guard(models, True)),
-              Route("/v1/completions", guard(completions, True), methods=["POST"]),
-              Route("/v1/score", guard(score, True), methods=["POST"]), Route("/v1/run", guard(run_summary, True))]
+              Route("/v1/completions", guard(completions, True, json_body=True), methods=["POST"]),
+              Route("/v1/score", guard(score, True, json_body=True), methods=["POST"]), Route("/v1/run", guard(run_summary, True))]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: bad_method})
     app.router.redirect_slashes = False   # /v1/models/ is a 404 error object, not a redirect
     app.state.chargen = state
@@ -333,6 +346,9 @@ def _completion_request(body: dict, model_name: str, limits: Limits) -> tuple[li
         opts["stop"] = tuple(stops)
     if body.get("logprobs") is not None:
         opts["logprobs"] = _number(body, "logprobs", int, None, 0, MAX_LOGPROBS)
+        if len(prompts) * opts["n"] * opts["length"] > LOGPROBS_CHARS:
+            raise ApiError(400, f"logprobs for {len(prompts) * opts['n'] * opts['length']:,} characters "
+                                f"(prompts x n x max_tokens); at most {LOGPROBS_CHARS:,} per request", "logprobs")
         if body.get("echo"):
             raise ApiError(400, "logprobs with echo is not supported: score the prompt with POST /v1/score",
                            "logprobs")
@@ -353,6 +369,10 @@ def _completion_request(body: dict, model_name: str, limits: Limits) -> tuple[li
             raise ApiError(400, 'stream_options may only be {"include_usage": true or false}', "stream_options")
         opts["include_usage"] = options.get("include_usage", False)
     return prompts, opts, flags["stream"], flags["echo"]
+
+
+def _json_bytes(x) -> bytes:
+    return json.dumps(x, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _check_model(body: dict, model_name: str) -> None:
@@ -445,14 +465,15 @@ class _Gathered:
 async def _collect(ready: asyncio.Event, submitted: list, n: int, request) -> _Gathered | None:
     """Every event of a request that is not streamed; None if its client went away (its rows are then
     cancelled: they stop taking room at once)."""
-    got = _Gathered(n)
+    got, checked = _Gathered(n), time.monotonic()
     try:
         while len(got.reasons) < len(submitted) * n:
-            events = await _events(ready, submitted, timeout=0.25)
-            if not events and await request.is_disconnected():
-                return None
-            for p, event in events:
+            for p, event in await _events(ready, submitted, timeout=0.25):
                 got.add(p, event)
+            if time.monotonic() - checked >= 0.25:   # busy or not, look for a client that left
+                if await request.is_disconnected():
+                    return None
+                checked = time.monotonic()
         return got
     finally:
         if len(got.reasons) < len(submitted) * n:
@@ -615,10 +636,14 @@ def _quiet_when_stopping(state: dict):
 
 
 def _host_name(header: str) -> str:
-    """The name in a Host header, without its port: ``[::1]:8000`` -> ``::1``, ``localhost:8000`` -> ``localhost``."""
+    """The name in a Host header, without its port: ``[::1]:8000`` -> ``::1``, ``LocalHost:8000`` ->
+    ``localhost``; a header of another shape is returned whole (it names no allowed host)."""
+    header = header.lower()
     if header.startswith("["):
-        return header[1:header.find("]")] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+        name, _, rest = header[1:].partition("]")
+        return name if rest == "" or (rest.startswith(":") and rest[1:].isdigit()) else header
+    name, colon, port = header.partition(":")
+    return name if not colon or port.isdigit() else header
 
 
 def _url_host(host: str) -> str:

@@ -232,3 +232,25 @@ def test_requests_cancelled_while_they_wait_leave_at_once(sampler, kind):
         running.cancel()
     finally:
         batcher.close()
+
+
+def test_a_long_prompt_cancelled_while_another_is_read_leaves_at_once(sampler, monkeypatch):
+    prime = sampler._prime
+
+    def slow_prime(ids, n):
+        if len(ids) > 300:
+            time.sleep(2.0)
+        return prime(ids, n)
+    monkeypatch.setattr(sampler, "_prime", slow_prime)
+    batcher = Batcher(sampler)
+    try:
+        first = batcher.submit("the " * 100, length=5, seed=1)      # read for 2 s
+        time.sleep(0.2)
+        second = batcher.submit("the " * 100, length=5, seed=2)     # waits its turn
+        second.cancel()
+        start = time.monotonic()
+        assert [v for k, r, v in second.iter_events(timeout=10) if k == "end"] == ["cancelled"]
+        assert time.monotonic() - start < 1.0 and batcher.active == 1
+        assert first.texts(timeout=30) == [sampler.generate("the " * 100, length=5, seed=1)]
+    finally:
+        batcher.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import socket
 import threading
@@ -136,7 +137,9 @@ BAD = [
     ("an oversize body", {"prompt": "a" * 10000}, 413, None),
     ("another model", {"prompt": "a", "model": "other"}, 404, "model"),
     ("negative logprobs", {"prompt": "a", "logprobs": -1}, 400, "logprobs"),
-    ("too many logprobs", {"prompt": "a", "logprobs": 21}, 400, "logprobs"),
+    ("too many logprobs", {"prompt": "a", "logprobs": 6}, 400, "logprobs"),
+    ("logprobs for too many characters", {"prompt": ["a"] * 5, "n": 16, "max_tokens": 1000, "logprobs": 1}, 400,
+     "logprobs"),
     ("logprobs as true", {"prompt": "a", "logprobs": True}, 400, "logprobs"),
     ("logprobs with echo", {"prompt": "a", "logprobs": 2, "echo": True}, 400, "logprobs"),
     ("JSON nested too deeply", b"[" * 4000, 400, None),
@@ -204,18 +207,62 @@ def test_on_a_loopback_address_only_requests_naming_this_machine_are_answered(ru
         s.stop()
 
 
-def test_a_client_that_leaves_before_its_answer_frees_its_rows(server):
-    body = json.dumps({"prompt": ["a"] * 4, "n": 4, "max_tokens": 1000}).encode()
-    with socket.create_connection(("127.0.0.1", server.port)) as raw:
-        raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                    b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-        deadline = time.monotonic() + 10
-        while httpx.get(server.url + "/health").json()["active"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-    deadline = time.monotonic() + 10   # gone: within a poll (0.25 s) its 16 rows leave
-    while httpx.get(server.url + "/health").json()["active"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert httpx.get(server.url + "/health").json()["active"] == 0
+def test_a_client_that_leaves_before_its_answer_frees_its_rows(run):
+    sampler = Sampler.load(run)
+    sampler.fast_step = SlowStep(sampler.fast_step, 0.01)   # 1,000 characters: 10 s
+    s = LiveServer(run, sampler=sampler)
+    try:
+        body = json.dumps({"prompt": ["a"] * 4, "n": 4, "max_tokens": 1000}).encode()
+        with socket.create_connection(("127.0.0.1", s.port)) as raw:
+            raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            time.sleep(0.5)
+            assert httpx.get(s.url + "/health").json()["active"] == 16   # decoding, not done
+        left = time.monotonic()
+        while httpx.get(s.url + "/health").json()["active"] and time.monotonic() - left < 10:
+            time.sleep(0.05)
+        assert httpx.get(s.url + "/health").json()["active"] == 0 and time.monotonic() - left < 2
+    finally:
+        s.stop()
+
+
+def test_a_score_whose_client_left_is_skipped(run, monkeypatch):
+    sampler = Sampler.load(run)
+    score = sampler.score
+
+    def slow_score(text, *args):
+        time.sleep(1.0)
+        return score(text, *args)
+    monkeypatch.setattr(sampler, "score", slow_score)
+    s = LiveServer(run, sampler=sampler, decode_process=False)
+    try:
+        body = b'{"text": "the cat"}'
+        request = (b"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        gone = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(4)]
+        for raw in gone:
+            raw.sendall(request)
+        time.sleep(0.3)
+        for raw in gone:   # one is being scored; three wait, and are dropped
+            raw.close()
+        start = time.monotonic()
+        r = httpx.post(s.url + "/v1/score", json={"text": "the"}, timeout=30)
+        assert r.status_code == 200 and time.monotonic() - start < 2.8   # not behind 3 abandoned scores
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("header,name", [("127.0.0.1:80", "127.0.0.1"), ("LocalHost", "localhost"),
+                                         ("[::1]:8000", "::1"), ("[::1]", "::1"), ("[::1]evil.com", "[::1]evil.com"),
+                                         ("localhost:80x", "localhost:80x"), ("a:b:c", "a:b:c"), ("", "")])
+def test_host_names(header, name):
+    from chargen.serve import _host_name
+    assert _host_name(header) == name
+
+
+def test_a_route_without_a_body_says_405_not_415(server):
+    r = httpx.post(server.url + "/v1/models", content=b"x", headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 405
 
 
 def test_stream_options_include_usage_ends_with_a_usage_chunk(client):
@@ -373,8 +420,8 @@ def _running(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc")
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_ctrl_c_or_sigterm_stops_the_server_cleanly(run, sig):
+@pytest.mark.parametrize("sig,group", [("SIGINT", False), ("SIGTERM", False), ("SIGTERM", True), ("SIGHUP", True)])
+def test_ctrl_c_or_sigterm_stops_the_server_cleanly(run, sig, group):
     """Running streams get a few seconds, then end with an error event; the process says so and exits 0;
     its decoding process is gone."""
     import signal
@@ -386,7 +433,7 @@ def test_ctrl_c_or_sigterm_stops_the_server_cleanly(run, sig):
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "chargen", "serve", str(run), "--port", str(port),
                              "--max-length", "100000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=group)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -407,7 +454,10 @@ def test_ctrl_c_or_sigterm_stops_the_server_cleanly(run, sig):
         for c in clients:
             c.start()
         time.sleep(1.0)
-        proc.send_signal(getattr(signal, sig))
+        if group:   # as systemd, a closed terminal or `timeout` do: the decoding process gets it too
+            os.killpg(proc.pid, getattr(signal, sig))
+        else:
+            proc.send_signal(getattr(signal, sig))
         out, err = proc.communicate(timeout=30)
         for c in clients:
             c.join(timeout=30)
@@ -416,6 +466,7 @@ def test_ctrl_c_or_sigterm_stops_the_server_cleanly(run, sig):
             proc.kill()
     assert proc.returncode == 0, err
     assert err.splitlines()[-1] == "chargen serve: stopped" and "Traceback" not in err and "ERROR" not in err
+    assert "decoding" not in err, err
     assert len(results) == 40
     for lines in results.values():   # each stream either finished or was told why it ends
         last = lines[-1]
