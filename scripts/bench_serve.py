@@ -86,43 +86,12 @@ async def one_client(client, url: str, chars: int, seed: int) -> tuple[float, in
     return first, count, time.perf_counter() - start
 
 
-async def one_raw_client(url: str, chars: int, seed: int) -> tuple[float, int, float]:
-    """The same as ``one_client`` on a bare asyncio connection: HTTP/1.1 with a chunked response read by
-    hand, each event's JSON parsed. A lighter load generator: the clients share the server's two cores."""
-    host, port = url.removeprefix("http://").split(":")
-    body = json.dumps({"prompt": "the ", "max_tokens": chars, "temperature": 0.8, "seed": seed,
-                       "stream": True}).encode()
-    start = time.perf_counter()
-    first, count = None, 0
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (host.encode(), len(body), body))
-    head = await reader.readuntil(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower(), head
-    pending = b""
-    while True:
-        size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
-        if size == 0:
-            break
-        pending += (await reader.readexactly(size + 2))[:-2]
-        *events, pending = pending.split(b"\n\n")
-        for event in events:
-            if event.startswith(b"data: {"):
-                text = json.loads(event[6:])["choices"][0]["text"]
-                if text and first is None:
-                    first = time.perf_counter() - start
-                count += len(text)
-    writer.close()
-    return first, count, time.perf_counter() - start
-
-
-async def round_of(url: str, clients: int, chars: int, seed: int, raw: bool = False) -> dict:
+async def round_of(url: str, clients: int, chars: int, seed: int) -> dict:
     import httpx
     limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
     async with httpx.AsyncClient(limits=limits) as client:
         start = time.perf_counter()
-        results = await asyncio.gather(*(one_raw_client(url, chars, seed + i) if raw else
-                                         one_client(client, url, chars, seed + i) for i in range(clients)))
+        results = await asyncio.gather(*(one_client(client, url, chars, seed + i) for i in range(clients)))
         wall = time.perf_counter() - start
     firsts = sorted(r[0] for r in results)
     total = sum(r[1] for r in results)
