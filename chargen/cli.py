@@ -9,6 +9,7 @@ Usage::
     chargen eval RUN FILE | --split val|test       # loss of a text, or of a split, under the model
     chargen info RUN [--json]                      # what a run is and how far it got
     chargen serve RUN [--port 8000] [...]          # an OpenAI-compatible HTTP API over a run
+    chargen plot RUN [RUN...] [-o curves.png]      # loss curves of runs in one PNG
 
 Each subcommand parses its flags and calls one library function. Mistakes a
 user can make (a ChargenError from the library, a bad flag) print one line on
@@ -103,6 +104,22 @@ def cmd_train(args) -> int:
           f"stopped: {result.stopped}); {best}")
     print(f"run: {result.run_dir}   sample: chargen sample {result.run_dir}")
     return 0
+
+
+def cmd_plot(args) -> int:
+    from .plot import plot
+
+    out = plot(args.runs, args.output, x=args.x)
+    print(f"chargen plot: wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _add_plot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", metavar="RUN", nargs="+", help="run folders, drawn together")
+    p.add_argument("-o", "--output", default="curves.png", metavar="FILE.png",
+                   help="the PNG to write (default curves.png)")
+    p.add_argument("--x", choices=("step", "time", "chars"), default="step",
+                   help="against steps (default), wall-clock minutes or millions of characters seen")
 
 
 def cmd_info(args) -> int:
@@ -322,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
          None),
         ("serve", cmd_serve, [_add_load_args, _add_serve_args],
          "serve a run over HTTP: an OpenAI-compatible completions API with continuous batching", None),
+        ("plot", cmd_plot, [_add_plot_args],
+         "draw runs' loss curves into a PNG: validation bpc and training loss, resumes and best checkpoints",
+         None),
         ("info", cmd_info, [_add_run, _add_json],
          "describe a run: config, size, progress, best validation loss", None),
     ]
