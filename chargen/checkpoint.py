@@ -19,6 +19,7 @@ model and optimizer themselves, is one :class:`ResumeState`.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -211,3 +212,38 @@ def restore_rng(rng: dict[str, torch.Tensor], device: torch.device, suffix: str,
                            "start a new run with --overwrite") from None
     if "rng_cuda" + suffix in rng and device.type == "cuda":
         torch.cuda.set_rng_state(rng["rng_cuda" + suffix], device)
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+NEW_CHAR_PROB = 1e-4   # what a character the base run never saw starts with, against its own characters
+
+
+@torch.no_grad()
+def init_from_base(model: torch.nn.Module, path: Path, base_vocab: int) -> None:
+    """Start ``model`` from a base run's weights (``path``, a model of ``base_vocab`` characters): every
+    tensor is copied; the rows of characters the base lacks (ids ``base_vocab`` and up) are new. A new
+    character's embedding is the mean of the base's, so as input it reads as a typical character; its
+    output row is zero and its bias is the base's bias mass times NEW_CHAR_PROB, so the base's characters
+    keep nearly all their probability (the first loss on them is the base's) while the new ones can be
+    learned: the gradient reaches their output rows at once."""
+    from dataclasses import replace
+    from .model import CharRNN
+    base = CharRNN(replace(model.config, vocab_size=base_vocab)).to(next(model.parameters()).device)
+    load_weights(base, path)
+    ours, theirs = model.state_dict(), base.state_dict()
+    for name, value in theirs.items():
+        if name == "head.weight" and model.config.tie_weights:
+            continue   # the embedding's matrix: done as the embedding (new rows read as typical characters)
+        target = ours[name]
+        if target.shape == value.shape:
+            target.copy_(value)
+            continue
+        rows = value.shape[0]               # the vocabulary's rows: embedding, head weight and bias
+        target[:rows].copy_(value)
+        if name == "embedding.weight":
+            target[rows:] = value.mean(dim=0)
+        elif name == "head.weight":
+            target[rows:] = 0.0
+        elif name == "head.bias":
+            target[rows:] = torch.logsumexp(value, dim=0) + math.log(NEW_CHAR_PROB)

@@ -84,6 +84,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--preset", help=f"named options: {', '.join(PRESETS)}")
     r.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     r.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    r.add_argument("--init-from", metavar="BASE_RUN", default=None,
+                   help="fine-tune: start from this run's weights and shape; characters it lacks are added to "
+                        "its vocabulary (peak lr: the base's / 4 and warmup 20 steps, unless given)")
+    r.add_argument("--init-checkpoint", choices=("best", "last"), default=None,
+                   help="the base's best weights (default) or its last checkpoint")
+    r.add_argument("--keep-vocab", action="store_true",
+                   help="with --init-from: keep the base's vocabulary; other characters become <unk>")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")
 
@@ -95,7 +102,8 @@ def cmd_train(args) -> int:
     options = {k: v for cls in OPTION_CLASSES for k, v in given(args, cls).items()}
     result = train(args.source, out=args.out, resume=args.resume, overwrite=args.overwrite,
                    progress=args.progress, corpora_dirs=args.corpora_dir, cache_dir=args.cache_dir,
-                   config_file=args.config, preset=args.preset, **options)
+                   config_file=args.config, preset=args.preset, init_from=args.init_from,
+                   init_checkpoint=args.init_checkpoint, keep_vocab=args.keep_vocab, **options)
     if not result.main:  # one summary per run, from rank 0
         return 0
     best = ("no validation split" if result.best_val_loss is None else
@@ -138,6 +146,13 @@ def cmd_info(args) -> int:
     if info["best_val_loss"] is not None:
         print(f"  best validation: {info['best_val_loss']:.4f} nats/char ({info['best_val_bpc']:.4f} bpc) "
               f"at step {info['best_step']}")
+    init = info.get("init")
+    if init:
+        best = "" if init.get("best_val_loss") is None else f", best val {init['best_val_loss']:.4f} nats/char"
+        vocab = (f"{init['unknown_chars']:,} characters read as <unk> (--keep-vocab)" if init.get("keep_vocab")
+                 else f"{init.get('added_chars', 0)} characters added to its {init['vocab_size']}")
+        print(f"  fine-tuned from: {init['from']} ({init['checkpoint']} weights, step {init['step']}{best}; "
+              f"corpus {init['corpus_fingerprint'][:12]}); {vocab}")
     return 0
 
 

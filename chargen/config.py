@@ -59,9 +59,16 @@ class PrepareOptions:
     errors: str = option("strict", "what to do with undecodable bytes; strict stops at the first, naming its offset",
                          choices=ERRORS_CHOICES, group="corpus")
     text_column: str = option("text", "column holding the text, for hf: sources", metavar="COL", group="corpus")
+    # Not flags: set by --init-from. The base run's tokens in id order, which keep their ids; the
+    # corpus's other characters are added after them, or, with ``vocab_grow`` off, become the unknown token.
+    vocab_base: list[str] | None = None
+    vocab_grow: bool = True
 
     def __post_init__(self):
         check_fields(self)
+        if self.vocab_base is not None and not (isinstance(self.vocab_base, list) and self.vocab_base and
+                                                all(isinstance(t, str) and t for t in self.vocab_base)):
+            raise ChargenError("vocab_base must be a non-empty list of tokens (a base run's vocabulary)")
         if (self.val_fraction or 0) + (self.test_fraction or 0) >= 1.0:
             raise ChargenError("--val-fraction plus --test-fraction must be below 1, leaving text to train on")
         try:

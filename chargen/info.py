@@ -18,7 +18,7 @@ def run_info(run_dir) -> dict:
         "run": str(run.dir), "model": run.config["model"], "train": run.config["train"],
         "corpus": {k: run.config["corpus"].get(k) for k in _CORPUS_KEYS},
         "parameters": _parameters(run.dir / "model.safetensors"), **_progress(run.dir),
-        "versions": run.config.get("versions", {}),
+        "versions": run.config.get("versions", {}), "init": run.config.get("init"),
     }
 
 

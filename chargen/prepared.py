@@ -40,7 +40,7 @@ from .errors import ChargenError
 from .files import atomic_write, temporary_dir, write_json
 from .registry import cache_root
 from .config import PrepareOptions
-from .tokenizer import MAX_CODEPOINT, CharVocab, codepoints, id_dtype, make_normalizer
+from .tokenizer import MAX_CODEPOINT, UNK, CharVocab, codepoints, id_dtype, make_normalizer
 
 FORMAT_VERSION = 1
 # How files become text, beyond the bytes and options the fingerprint holds: a cache written by an
@@ -145,6 +145,9 @@ def prepare(source: str | os.PathLike | None = None, *,
     resolved = dict(asdict(opts), val_fraction=val_fraction, test_fraction=test_fraction)
     if src.kind != "hf":
         resolved.pop("text_column")
+    if opts.vocab_base is None:   # a corpus of its own: fingerprints as before fine-tuning existed
+        resolved.pop("vocab_base")
+        resolved.pop("vocab_grow")
 
     key = json.dumps({"format": FORMAT_VERSION, "source": src.identity(), "options": resolved},
                      sort_keys=True)
@@ -270,22 +273,44 @@ def _build(src: Source, opts: dict, out: Path, progress: bool) -> dict:
         bar.close()
 
     keep = train_counts >= opts["min_char_count"]
-    with_unk = not bool(keep.all())
-    vocab = CharVocab.build((chr(c) for c in every[keep]), with_unk=with_unk,
-                            normalize=opts["normalize"], lowercase=opts["lowercase"])
-    dtype = vocab.dtype
+    added = []
     unknown = {s: 0 for s in SPLITS}
-    if with_unk:
-        # provisional id -> final id: kept characters shift up by one past UNK (0).
-        remap = np.where(keep, np.cumsum(keep), 0).astype(dtype)
-        unknown = _remap_ids(out / "ids.bin", id_dtype(every.size), remap, dtype, sizes)
+    if opts.get("vocab_base") is None:
+        with_unk = not bool(keep.all())
+        vocab = CharVocab.build((chr(c) for c in every[keep]), with_unk=with_unk,
+                                normalize=opts["normalize"], lowercase=opts["lowercase"])
+        if with_unk:
+            # provisional id -> final id: kept characters shift up by one past UNK (0).
+            remap = np.where(keep, np.cumsum(keep), 0).astype(vocab.dtype)
+            unknown = _remap_ids(out / "ids.bin", id_dtype(every.size), remap, vocab.dtype, sizes, unk=0)
+    else:
+        vocab, remap, added = _extend(opts["vocab_base"], every, keep, opts)
+        unknown = _remap_ids(out / "ids.bin", id_dtype(every.size), remap, vocab.dtype, sizes,
+                             unk=vocab.unk_id if vocab.unk_id is not None else -1)
+        with_unk = vocab.unk_id is not None
     vocab.save(out / "tokenizer.json")
     return {
-        "chars": total, "vocab_size": len(vocab), "dtype": dtype.name,
+        "chars": total, "vocab_size": len(vocab), "dtype": vocab.dtype.name,
         "train_chars": sizes["train"], "val_chars": sizes["val"], "test_chars": sizes["test"],
         "unknown_chars": sum(unknown.values()), "unknown_by_split": unknown,
-        "has_unk": with_unk, "options": opts,
+        "has_unk": with_unk, "added_chars": len(added), "options": opts,
     }
+
+
+def _extend(base: list[str], every: np.ndarray, keep: np.ndarray, opts: dict):
+    """A base vocabulary whose ids stay as they are, with this corpus's other kept characters after them
+    (``vocab_grow``) or mapped to the unknown token; (vocab, provisional id -> final id, added characters).
+    Base characters keep their ids even where this corpus has too few of them."""
+    chars = [chr(c) for c in every]
+    index = {t: i for i, t in enumerate(base)}
+    added = [ch for ch, k in zip(chars, keep) if k and ch not in index] if opts["vocab_grow"] else []
+    tokens = list(base) + added
+    if UNK not in index and len(set(chars) - set(tokens)):
+        tokens.append(UNK)   # at the end: base ids do not move
+    vocab = CharVocab.from_tokens(tokens, normalize=opts["normalize"], lowercase=opts["lowercase"])
+    final = {t: i for i, t in enumerate(tokens)}
+    remap = np.array([final.get(ch, final.get(UNK, 0)) for ch in chars], dtype=vocab.dtype)
+    return vocab, remap, added
 
 
 def _count_pieces(src: Source, opts: dict, bar) -> list[tuple[int, np.ndarray, np.ndarray]]:
@@ -333,8 +358,8 @@ def _encode(src: Source, opts: dict, bar, piece_counts, every: np.ndarray, n_tra
 
 
 def _remap_ids(path: Path, src_dtype: np.dtype, remap: np.ndarray, dtype: np.dtype,
-               sizes: dict[str, int], chunk: int = 1 << 24) -> dict[str, int]:
-    """Rewrite ``path`` through an id -> id table; count UNK (0) per split."""
+               sizes: dict[str, int], chunk: int = 1 << 24, unk: int = 0) -> dict[str, int]:
+    """Rewrite ``path`` through an id -> id table; count the unknown token (id ``unk``) per split."""
     bounds, start = {}, 0
     for s in SPLITS:
         bounds[s] = (start, start + sizes[s])
@@ -349,6 +374,6 @@ def _remap_ids(path: Path, src_dtype: np.dtype, remap: np.ndarray, dtype: np.dty
             for s, (a, b) in bounds.items():
                 a, b = max(a - lo, 0), min(b - lo, ids.size)
                 if a < b:
-                    unknown[s] += int(np.count_nonzero(ids[a:b] == 0))
+                    unknown[s] += int(np.count_nonzero(ids[a:b] == unk))
             lo += ids.size
     return unknown

@@ -52,6 +52,7 @@ class Run:
     world_size: int = 1
     lock: RunLock | None = None   # rank 0's lock on the folder
     claim: RunClaim | None = None  # rank 0's claim on a new run's folder, until its first checkpoint
+    init: dict | None = None       # a fine-tune's base (see _fine_tune): its weights start the model
 
     @property
     def is_main(self) -> bool:
@@ -81,21 +82,73 @@ class Run:
 
 
 def open_run(source=None, *, out, resume=False, overwrite=False, corpora_dirs=(), cache_dir=None,
-             config_file=None, preset=None, options=None) -> Run:
-    """Layer and check the options, lock the folder, prepare the corpus, and create or reopen the run."""
+             config_file=None, preset=None, options=None, init_from=None, init_checkpoint: str | None = None,
+             keep_vocab: bool = False) -> Run:
+    """Layer and check the options, lock the folder, prepare the corpus, and create or reopen the run.
+    ``init_from``: a run folder whose weights, shape and vocabulary the new run starts from (fine-tuning)."""
     if not isinstance(out, (str, os.PathLike)) or str(out) == "":
         raise ChargenError(f"--out must name a run folder, got {out!r}")
     opts = layer_options(source, config_file, preset, dict(options or {}))
     if resume and overwrite:
         raise ChargenError("--resume and --overwrite contradict each other; pass one")
+    if init_from is None and (init_checkpoint is not None or keep_vocab):
+        raise ChargenError(f"{'--init-checkpoint' if init_checkpoint is not None else '--keep-vocab'} "
+                           "goes with --init-from BASE_RUN")
+    base = None
+    if init_from is not None:
+        if resume:
+            raise ChargenError("--init-from starts a new run; a resumed run has its weights already "
+                               "(leave --init-from out)")
+        base = _fine_tune(init_from, init_checkpoint or "best", keep_vocab, opts)
     where = dict(corpora_dirs=corpora_dirs, cache_dir=cache_dir)
     out = Path(out)
     if Path.cwd().is_relative_to(out.resolve()):  # --out . (or ..): the folder's contents are replaced around us
         out = Path(os.path.abspath(out))
-    return _resume(out, opts, where) if resume else _create(out, opts, overwrite, where)
+    return _resume(out, opts, where) if resume else _create(out, opts, overwrite, where, base)
 
 
-def _create(out: Path, opts: Options, overwrite: bool, where: dict) -> Run:
+# What a fine-tune changes in the defaults, unless given: its peak learning rate is the base's over 4 and
+# its warmup short. The weights are already good: a full-size first step would undo what the base learned
+# before the new text could teach anything (a fine-tune is short, so a short warmup still matters).
+FINE_TUNE_LR_FACTOR = 0.25
+FINE_TUNE_WARMUP = 20
+_SHAPE = ("cell", "num_layers", "hidden_size", "embedding_size", "tie_weights")
+
+
+def _fine_tune(init_from, checkpoint: str, keep_vocab: bool, opts: Options) -> dict:
+    """Check the base run and fold it into ``opts`` (shape, vocabulary, normalization, fine-tune defaults);
+    what the new run's config.json records of it."""
+    if checkpoint not in ("best", "last"):
+        raise ChargenError(f"--init-checkpoint must be best or last, got {checkpoint!r}")
+    if not isinstance(init_from, (str, os.PathLike)) or str(init_from) == "":
+        raise ChargenError(f"--init-from must name a run folder, got {init_from!r}")
+    base = open_run_dir(check_run_dir(Path(init_from)))
+    weights = base.dir / "model.safetensors" if checkpoint == "best" else last_dir(base.dir) / "model.safetensors"
+    for name in _SHAPE:
+        if name in opts.explicit and opts.model.get(name) != getattr(base.model_config, name):
+            flag = specs(ModelConfig)[name].flag
+            raise ChargenError(f"--{flag} would change the model's shape; a fine-tune takes its shape from "
+                               f"{base.dir} (leave --{flag} out)")
+    for name in ("normalize", "lowercase"):
+        base_value = base.prepare.get(name, getattr(PrepareOptions, name))
+        if name in opts.explicit and opts.prepare.get(name) != base_value:
+            raise ChargenError(f"--{name} must be what {base.dir} was prepared with ({base_value!r}): its "
+                               "vocabulary reads text that way")
+        opts.prepare[name] = base_value
+    opts.model.update({k: getattr(base.model_config, k) for k in _SHAPE})
+    opts.prepare.update(vocab_base=list(base.vocab.chars), vocab_grow=not keep_vocab)
+    if "lr" not in opts.explicit:
+        opts.train["lr"] = base.train_config.lr * FINE_TUNE_LR_FACTOR
+    if "warmup_steps" not in opts.explicit:
+        opts.train["warmup_steps"] = min(FINE_TUNE_WARMUP, base.train_config.warmup_steps)
+    from .info import run_info
+    info = run_info(base.dir)
+    return {"from": str(base.dir), "checkpoint": checkpoint, "weights": str(weights),
+            "corpus_fingerprint": base.config["corpus"]["fingerprint"], "step": info["steps"],
+            "best_val_loss": info["best_val_loss"], "vocab_size": len(base.vocab), "keep_vocab": keep_vocab}
+
+
+def _create(out: Path, opts: Options, overwrite: bool, where: dict, base: dict | None = None) -> Run:
     train_opts = dict(opts.train)
     if not ({"max_steps", "epochs", "max_time"} & set(train_opts)):
         train_opts["epochs"] = DEFAULT_EPOCHS
@@ -120,6 +173,10 @@ def _create(out: Path, opts: Options, overwrite: bool, where: dict) -> Run:
             "versions": {"chargen": __version__, "torch": torch.__version__, "python": sys.version.split()[0]},
             "world_size": world,
         }
+        if base is not None:
+            base = dict(base, added_chars=corpus.meta.get("added_chars", 0),
+                        unknown_chars=corpus.meta.get("unknown_chars", 0))
+            config["init"] = {k: v for k, v in base.items() if k != "weights"}
         distributed.main_first(world, rank, lambda: claim.fill(config, corpus), others=False)
     except BaseException:
         if claim is not None:
@@ -127,7 +184,8 @@ def _create(out: Path, opts: Options, overwrite: bool, where: dict) -> Run:
         raise
     return Run(claim.dir if claim else out, corpus, model_cfg, train_cfg, decay_steps, decay_time,
                resuming=False, device=device,
-               precision=precision, rank=rank, world_size=world, lock=claim.lock if claim else None, claim=claim)
+               precision=precision, rank=rank, world_size=world, lock=claim.lock if claim else None, claim=claim,
+               init=base)
 
 
 class RunClaim:

@@ -88,7 +88,12 @@ class CharVocab:
               lowercase: bool = False) -> "CharVocab":
         """A vocabulary of ``chars`` (any order; stored in code-point order)."""
         ordered = sorted(set(chars))
-        tokens = ([UNK] if with_unk else []) + ordered
+        return cls.from_tokens(([UNK] if with_unk else []) + ordered, normalize=normalize, lowercase=lowercase)
+
+    @classmethod
+    def from_tokens(cls, tokens: list[str], *, normalize: str = "none", lowercase: bool = False) -> "CharVocab":
+        """A vocabulary of ``tokens`` in this order (characters, and ``<unk>`` anywhere or nowhere)."""
+        with_unk = UNK in tokens
         model = models.WordLevel({t: i for i, t in enumerate(tokens)},
                                  unk_token=UNK if with_unk else None)
         tok = Tokenizer(model)

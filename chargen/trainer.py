@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from . import distributed
 from .batches import RandomWindows, StatefulStreams
-from .checkpoint import ResumeState, load_last, restore_rng, rng_states, save_last, save_weights
+from .checkpoint import ResumeState, init_from_base, load_last, restore_rng, rng_states, save_last, save_weights
 from .config import schedule_lr, step_budget
 from .decode import preview
 from .devices import autocast, state_dtype
@@ -55,7 +55,8 @@ class TrainResult:
 
 def train(source=None, *, out, resume: bool = False, overwrite: bool = False,
           progress: bool | None = None, corpora_dirs=(), cache_dir=None, config_file=None,
-          preset: str | None = None, **options) -> TrainResult:
+          preset: str | None = None, init_from=None, init_checkpoint: str | None = None, keep_vocab: bool = False,
+          **options) -> TrainResult:
     """Train a CharRNN on ``source`` into the run folder ``out``.
 
     ``options`` are fields of :class:`TrainConfig`, :class:`ModelConfig`
@@ -63,9 +64,14 @@ def train(source=None, *, out, resume: bool = False, overwrite: bool = False,
     prepare options (``val_fraction``, ``normalize``, ...), by field or flag
     name; ``preset`` and ``config_file`` (TOML) supply defaults that
     ``options`` override.
+
+    ``init_from`` (a run folder) fine-tunes: the model starts from that run's weights (``init_checkpoint``
+    best or last) and shape; characters of ``source`` it lacks are added to the vocabulary after its own
+    (its ids never move), or with ``keep_vocab`` become the unknown token.
     """
     run = open_run(source, out=out, resume=resume, overwrite=overwrite, corpora_dirs=corpora_dirs,
-                   cache_dir=cache_dir, config_file=config_file, preset=preset, options=options)
+                   cache_dir=cache_dir, config_file=config_file, preset=preset, options=options,
+                   init_from=init_from, init_checkpoint=init_checkpoint, keep_vocab=keep_vocab)
     if progress is None:
         progress = sys.stderr.isatty()
     try:
@@ -83,6 +89,16 @@ def train(source=None, *, out, resume: bool = False, overwrite: bool = False,
     return result
 
 
+def fine_tune_message(init: dict, corpus_meta: dict) -> str:
+    """What a fine-tune starts from, and what became of the characters its base lacks."""
+    text = f"fine-tuning from {init['from']} ({init['checkpoint']} weights, step {init['step']})"
+    added, unknown = corpus_meta.get("added_chars", 0), corpus_meta.get("unknown_chars", 0)
+    if init["keep_vocab"]:
+        return text + (f"; {unknown:,} characters of the corpus are not in its vocabulary and read as <unk> "
+                       "(--keep-vocab)" if unknown else "; every character of the corpus is in its vocabulary")
+    return text + (f"; {added} new characters added to its vocabulary of {init['vocab_size']}" if added else "")
+
+
 class Trainer:
     """The training loop over an opened run (see runs.open_run); ``fit`` tells the story."""
 
@@ -98,6 +114,8 @@ class Trainer:
         self.total_steps = step_budget(cfg, len(self.batches))
         torch.manual_seed(cfg.seed)
         self.model = CharRNN(run.model_config).to(self.device)
+        if run.init is not None and not run.resuming:
+            init_from_base(self.model, run.init["weights"], run.init["vocab_size"])
         self.model.train()
         # beta2 0.99 rather than Adam's default 0.999 (as nanoGPT's character-level recipe does): a step
         # sees few targets (B*T characters), and a shorter memory of squared gradients lets the step size
@@ -139,6 +157,8 @@ class Trainer:
         if self.cfg.max_time is not None and self.run.is_main:
             self.evaluator.probe(self.model)  # how long an evaluation takes, before the first one
         self.log.event(self.progress.step, "started", at=round(time.time(), 3))  # wall clock: setup is done
+        if self.run.init is not None and not self.run.resuming:
+            self.log.say(fine_tune_message(self.run.init, self.run.corpus.meta))
         first_step = self.progress.step
         try:
             with StopRequest() as self.stop_request:
