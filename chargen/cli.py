@@ -86,7 +86,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     r.add_argument("--init-from", metavar="BASE_RUN", default=None,
                    help="fine-tune: start from this run's weights and shape; characters it lacks are added to "
-                        "its vocabulary (peak lr: the base's / 4 and warmup 20 steps, unless given)")
+                        "its vocabulary (peak lr: the base's, and warmup 20 steps, unless given)")
     r.add_argument("--init-checkpoint", choices=("best", "last"), default=None,
                    help="the base's best weights (default) or its last checkpoint")
     r.add_argument("--keep-vocab", action="store_true",

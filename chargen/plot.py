@@ -135,6 +135,9 @@ def plot(runs: list, out="curves.png", x: str = "step", size: tuple[float, float
         os.close(fd)
         try:
             fig.savefig(tmp, format="png")
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)   # as an ordinary new file, not mkstemp's 0600
             os.replace(tmp, out)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

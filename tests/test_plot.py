@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import struct
@@ -90,6 +91,9 @@ def test_the_png_is_whole_of_its_size_and_shows_both_runs(runs, tmp_path, x):
         return bool((abs(pixels - rgb).max(axis=-1) < 0.02).any())
     assert has(matplotlib.colors.to_hex("C0")) and has(matplotlib.colors.to_hex("C1"))
     assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]   # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_the_command_draws_runs_and_names_the_file(cli, runs, tmp_path):
