@@ -150,7 +150,8 @@ def cmd_info(args) -> int:
     if init:
         best = "" if init.get("best_val_loss") is None else f", best val {init['best_val_loss']:.4f} nats/char"
         vocab = (f"{init['unknown_chars']:,} characters read as <unk> (--keep-vocab)" if init.get("keep_vocab")
-                 else f"{init.get('added_chars', 0)} characters added to its {init['vocab_size']}")
+                 else f"{init.get('added_chars', 0)} characters added to its {init['vocab_size']}" +
+                 (f", {init['unknown_chars']:,} read as <unk>" if init.get("unknown_chars") else ""))
         print(f"  fine-tuned from: {init['from']} ({init['checkpoint']} weights, step {init['step']}{best}; "
               f"corpus {init['corpus_fingerprint'][:12]}); {vocab}")
     return 0

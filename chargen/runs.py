@@ -31,7 +31,7 @@ from .options import specs
 from .prepared import PreparedCorpus, cached, prepare
 from .rundir import (FORMAT_VERSION, LOCK_FILE, RunFolder, RunLock, check_run_dir, last_dir, looks_like_run,
                      open_run_dir, read_json)
-from .config import (DEFAULT_EPOCHS, RESUMABLE, ModelConfig, Options, PrepareOptions, TrainConfig,
+from .config import (DEFAULT_EPOCHS, RESUMABLE, ModelConfig, Options, PrepareOptions, TrainConfig, preset,
                      layer_options, step_budget)
 
 
@@ -123,8 +123,17 @@ def _fine_tune(init_from, checkpoint: str, keep_vocab: bool, opts: Options) -> d
         raise ChargenError(f"--init-checkpoint must be best or last, got {checkpoint!r}")
     if not isinstance(init_from, (str, os.PathLike)) or str(init_from) == "":
         raise ChargenError(f"--init-from must name a run folder, got {init_from!r}")
+    if Path(init_from).exists() and not Path(init_from).is_dir():
+        raise ChargenError(f"--init-from {init_from} is a file, not a run folder; name the folder of a trained run")
     base = open_run_dir(check_run_dir(Path(init_from)))
-    weights = base.dir / "model.safetensors" if checkpoint == "best" else last_dir(base.dir) / "model.safetensors"
+    if checkpoint == "best":
+        weights = base.dir / "model.safetensors"
+    else:
+        try:
+            weights = last_dir(base.dir) / "model.safetensors"
+        except ChargenError:
+            raise ChargenError(f"{base.dir} has no complete last/ checkpoint; start from its best weights "
+                               "(--init-checkpoint best)") from None
     for name in _SHAPE:
         if name in opts.explicit and opts.model.get(name) != getattr(base.model_config, name):
             flag = specs(ModelConfig)[name].flag
@@ -138,14 +147,16 @@ def _fine_tune(init_from, checkpoint: str, keep_vocab: bool, opts: Options) -> d
         opts.prepare[name] = base_value
     opts.model.update({k: getattr(base.model_config, k) for k in _SHAPE})
     opts.prepare.update(vocab_base=list(base.vocab.chars), vocab_grow=not keep_vocab)
-    if "lr" not in opts.explicit:
+    chosen = opts.explicit | set(preset(opts.preset) if opts.preset else ())   # a preset's lr is a choice too
+    if "lr" not in chosen:
         opts.train["lr"] = base.train_config.lr * FINE_TUNE_LR_FACTOR
-    if "warmup_steps" not in opts.explicit:
+    if "warmup_steps" not in chosen:
         opts.train["warmup_steps"] = min(FINE_TUNE_WARMUP, base.train_config.warmup_steps)
     from .info import run_info
     info = run_info(base.dir)
-    return {"from": str(base.dir), "checkpoint": checkpoint, "weights": str(weights),
-            "corpus_fingerprint": base.config["corpus"]["fingerprint"], "step": info["steps"],
+    step = info["best_step"] if checkpoint == "best" and info["best_step"] is not None else info["steps"]
+    return {"from": str(base.dir.resolve()), "checkpoint": checkpoint, "weights": str(weights),
+            "corpus_fingerprint": base.config["corpus"]["fingerprint"], "step": step,
             "best_val_loss": info["best_val_loss"], "vocab_size": len(base.vocab), "keep_vocab": keep_vocab}
 
 

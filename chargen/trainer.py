@@ -96,7 +96,9 @@ def fine_tune_message(init: dict, corpus_meta: dict) -> str:
     if init["keep_vocab"]:
         return text + (f"; {unknown:,} characters of the corpus are not in its vocabulary and read as <unk> "
                        "(--keep-vocab)" if unknown else "; every character of the corpus is in its vocabulary")
-    return text + (f"; {added} new characters added to its vocabulary of {init['vocab_size']}" if added else "")
+    text += f"; {added} new characters added to its vocabulary of {init['vocab_size']}" if added else ""
+    return text + (f"; {unknown:,} characters read as <unk> (rarer than --min-char-count in training, or only "
+                   "in validation or test)" if unknown else "")
 
 
 class Trainer:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -135,3 +136,31 @@ def test_info_says_where_a_run_came_from(cli, texts, base, tmp_path):
     line = next(line for line in text.splitlines() if "fine-tuned from" in line)
     assert code == 0 and str(base) in line and "last weights, step 60" in line and "6 characters added to its 14" in line
     assert math.isfinite(config(out)["init"]["best_val_loss"])
+
+
+def test_what_is_recorded_and_said_of_the_base_is_right(texts, base, tmp_path, cli):
+    base_best = chargen.info.run_info(base)["best_step"]
+    out = tmp_path / "ft"
+    unseen = tmp_path / "unseen.txt"   # "Q" only near the end: in the validation split, so read as <unk>
+    unseen.write_text(texts["new"].read_text() + "QQQ\n")
+    code, _, err = cli("train", unseen, "--out", out, "--init-from", base, "--max-steps", "3", "--batch-size", "8",
+                       "--bptt", "16", "--preview-chars", "0", "--no-progress")
+    init = config(out)["init"]
+    assert code == 0 and init["step"] == base_best and init["from"] == str(base.resolve())
+    assert "3 characters read as <unk>" in err and init["unknown_chars"] == 3
+    no_last = tmp_path / "no_last"
+    shutil.copytree(base, no_last)
+    shutil.rmtree(no_last / "last")
+    for args, fragment in [(["--init-from", no_last, "--init-checkpoint", "last"],
+                            "has no complete last/ checkpoint; start from its best weights (--init-checkpoint best)"),
+                           (["--init-from", texts["base"]], "is a file, not a run folder")]:
+        code, _, err = cli("train", texts["new"], "--out", tmp_path / "x", *args, "--max-steps", "3")
+        assert code == 2 and fragment in err.strip().splitlines()[-1] and not (tmp_path / "x").exists()
+
+
+def test_a_presets_learning_rate_is_kept(texts, base, tmp_path):
+    from chargen.config import preset
+    out = tmp_path / "p"
+    chargen.train(texts["new"], out=out, max_steps=3, init_from=base, preset="cpu", batch_size=8, bptt=16,
+                  preview_chars=0)
+    assert config(out)["train"]["lr"] == preset("cpu")["lr"]

@@ -142,3 +142,30 @@ def test_bad_inputs_are_one_line(cli, runs, tmp_path, monkeypatch):
     code, _, err = cli("plot", runs["first"], "-o", tmp_path / "x.png")
     assert code == 2 and err.strip().splitlines()[-1] == \
         'chargen plot: error: chargen plot needs its extra: pip install "chargen[plot]"'
+
+
+def test_broken_rows_are_skipped_and_times_interpolate(runs, tmp_path, cli):
+    run = tmp_path / "run"
+    shutil.copytree(runs["first"], run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": "7", "event": "started"}\n{"step": null, "event": "started"}\n'
+                '{"step": 31, "loss": 1e308, "elapsed": 1.0}\n{"step": 32, "val_bpc": -1e300}\n')
+    c = run_curves(run)
+    assert all(abs(y) < 1e6 for _, y in c.train + c.val) and c.resumed == []
+    code, _, err = cli("plot", run, "-o", tmp_path / "ok.png", "--x", "time")
+    assert code == 0, err
+    from chargen.plot import _interpolate
+    points = [(10, 1.0), (20, 3.0), (20, 3.0), (40, 4.0)]
+    for step, want in [(0, 0.0), (5, 0.5), (10, 1.0), (15, 2.0), (20, 3.0), (30, 3.5), (40, 4.0), (99, 4.0)]:
+        assert _interpolate(points, step) == pytest.approx(want), step
+
+
+def test_time_needs_times_and_a_run_named_twice_is_drawn_once(runs, tmp_path, cli):
+    run = tmp_path / "run"
+    shutil.copytree(runs["first"], run)
+    rows = [{k: v for k, v in r.items() if k != "elapsed"} for r in metrics(run)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = cli("plot", run, "-o", tmp_path / "t.png", "--x", "time")
+    assert code == 2 and "have no wall-clock times; plot it with --x step" in err.strip().splitlines()[-1]
+    once, twice = plot([runs["first"]], tmp_path / "1.png"), plot([runs["first"], runs["first"]], tmp_path / "2.png")
+    assert once.read_bytes() == twice.read_bytes()
