@@ -189,15 +189,20 @@ def test_logprobs_come_one_per_character_beside_the_same_text(sampler, kind):
 
 
 
-def test_a_long_prompt_is_read_beside_the_loop_not_in_its_way(sampler, monkeypatch):
-    """Priming takes 2 s here (a long prompt); the rows already decoding go on meanwhile."""
+def slow_priming(sampler, monkeypatch, longer_than: int, seconds: float = 2.0) -> None:
+    """Make reading a prompt of more than ``longer_than`` ids take ``seconds`` (as a long prompt would)."""
     prime = sampler._prime
 
     def slow_prime(ids, n):
-        if len(ids) > 100:
-            time.sleep(2.0)
+        if len(ids) > longer_than:
+            time.sleep(seconds)
         return prime(ids, n)
     monkeypatch.setattr(sampler, "_prime", slow_prime)
+
+
+def test_a_long_prompt_is_read_beside_the_loop_not_in_its_way(sampler, monkeypatch):
+    """Priming takes 2 s here (a long prompt); the rows already decoding go on meanwhile."""
+    slow_priming(sampler, monkeypatch, longer_than=300)
     batcher = Batcher(sampler)
     try:
         running = batcher.submit("the ", length=1_000_000, seed=1)
@@ -235,13 +240,7 @@ def test_requests_cancelled_while_they_wait_leave_at_once(sampler, kind):
 
 
 def test_a_long_prompt_cancelled_while_another_is_read_leaves_at_once(sampler, monkeypatch):
-    prime = sampler._prime
-
-    def slow_prime(ids, n):
-        if len(ids) > 300:
-            time.sleep(2.0)
-        return prime(ids, n)
-    monkeypatch.setattr(sampler, "_prime", slow_prime)
+    slow_priming(sampler, monkeypatch, longer_than=300)
     batcher = Batcher(sampler)
     try:
         first = batcher.submit("the " * 100, length=5, seed=1)      # read for 2 s
