@@ -16,6 +16,7 @@ yields (text that may be the start of a stop string is held back).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -630,7 +631,7 @@ def _decoding_process(commands, events, sampler: Sampler, max_batch: int, thread
             _, rid, prompt_ids, opts, logprobs = command
             request = Request(prompt_ids, opts, logprobs=logprobs)
             request.rid, request.open_rows = rid, opts.n
-            request._wake = (lambda r: lambda: ready.append(r))(request)
+            request._wake = functools.partial(ready.append, request)
             requests[rid] = request
             try:
                 batcher.submit_ids(request)
