@@ -105,6 +105,10 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     for k, v in model.state_dict().items():
         if not torch.isfinite(v).all():
             raise ChargenError(f"{path} holds non-finite values in {k}; the run folder is corrupt")
+    rank = model.state_dict().get("head.rank")   # the adaptive softmax's order: a permutation of the ids
+    if rank is not None and not torch.equal(rank.sort().values, torch.arange(rank.numel(), device=rank.device)):
+        raise ChargenError(f"{path} holds a head.rank that is not an order of the characters; "
+                           "the run folder is corrupt")
 
 
 # --------------------------------------------------------------------------- optimizer state
@@ -223,27 +227,39 @@ NEW_CHAR_PROB = 1e-4   # what a character the base run never saw starts with, ag
 def init_from_base(model: torch.nn.Module, path: Path, base_vocab: int) -> None:
     """Start ``model`` from a base run's weights (``path``, a model of ``base_vocab`` characters): every
     tensor is copied; the rows of characters the base lacks (ids ``base_vocab`` and up) are new. A new
-    character's embedding is the mean of the base's, so as input it reads as a typical character; its
-    output row is zero and its bias is the base's bias mass times NEW_CHAR_PROB, so the base's characters
-    keep nearly all their probability (the first loss on them is the base's) while the new ones can be
-    learned: the gradient reaches their output rows at once."""
+    character's embedding is the mean of the base's, so as input it reads as a typical character.
+
+    Full softmax: its output row is zero and its bias is the base's bias mass times NEW_CHAR_PROB, so the
+    base's characters keep nearly all their probability (the first loss on them is the base's) while the
+    new ones can be learned: the gradient reaches their output rows at once.
+
+    Adaptive softmax: new characters join the last cluster, after its own in the order; their rows there
+    are the mean of its rows. The cluster has no bias, but exp is convex, so a mean row's score is at most
+    the mean of the others': k new characters take at most k/(n+k) of an n-character cluster's mass, and
+    only the rarest characters (the last cluster's) lose any probability."""
     from dataclasses import replace
     from .model import CharRNN
-    base = CharRNN(replace(model.config, vocab_size=base_vocab)).to(next(model.parameters()).device)
+    c = model.config
+    base = CharRNN(replace(c, vocab_size=base_vocab)).to(next(model.parameters()).device)
     load_weights(base, path)
     ours, theirs = model.state_dict(), base.state_dict()
+    last_tail = f"head.tail.{len(c.cutoffs) - 1}.1.weight" if c.adaptive else None
     for name, value in theirs.items():
-        if name == "head.weight" and model.config.tie_weights:
+        if name == "head.weight" and c.tie_weights:
             continue   # the embedding's matrix: done as the embedding (new rows read as typical characters)
         target = ours[name]
         if target.shape == value.shape:
             target.copy_(value)
             continue
-        rows = value.shape[0]               # the vocabulary's rows: embedding, head weight and bias
+        rows = value.shape[0]               # the vocabulary's rows: embedding, output rows and bias, order
         target[:rows].copy_(value)
-        if name == "embedding.weight":
+        if name in ("embedding.weight", last_tail):
             target[rows:] = value.mean(dim=0)
         elif name == "head.weight":
             target[rows:] = 0.0
         elif name == "head.bias":
             target[rows:] = torch.logsumexp(value, dim=0) + math.log(NEW_CHAR_PROB)
+        elif name == "head.rank":           # after every base character in the order: the last cluster
+            target[rows:] = torch.arange(rows, target.numel(), device=target.device)
+        else:
+            raise AssertionError(f"{name} grew from {tuple(value.shape)} to {tuple(target.shape)}")

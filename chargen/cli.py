@@ -139,7 +139,8 @@ def cmd_info(args) -> int:
         return 0
     m, t = info["model"], info["train"]
     print(f"{info['run']}: {m['cell'].upper()} {m['num_layers']}x{m['hidden_size']}, "
-          f"{info['parameters']:,} parameters, vocabulary {m['vocab_size']}")
+          f"{info['parameters']:,} parameters, vocabulary {m['vocab_size']}" +
+          (f", adaptive softmax (cutoffs {','.join(map(str, m['cutoffs']))})" if m.get("softmax") == "adaptive" else ""))
     print(f"  corpus: {info['corpus']['source']} ({info['corpus']['chars']:,} characters)")
     print(f"  trained: {info['steps']} steps, {info['elapsed']:.0f}s; batch {t['batch_size']} x bptt {t['bptt']}, "
           f"lr {t['lr']}, {t['schedule']} schedule")

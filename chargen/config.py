@@ -26,9 +26,15 @@ import re
 from dataclasses import asdict, dataclass, fields
 
 from .errors import ChargenError
-from .options import check_fields, keys, load_toml, option, parse_duration, resumable, specs
+from .options import check_fields, keys, load_toml, option, parse_duration, parse_int_list, resumable, specs
 
 CELLS = ("lstm", "gru")
+SOFTMAXES = ("full", "adaptive", "auto")
+# --softmax auto picks the adaptive softmax from this many characters on (measured: see the README).
+ADAPTIVE_FROM = 1000
+# Each cluster of the adaptive softmax after the first projects the hidden state to DIV times fewer
+# dimensions than the one before (PyTorch's default div_value).
+ADAPTIVE_DIV = 4
 NORMALIZE_CHOICES = ("none", "nfc", "nfkc")
 ERRORS_CHOICES = ("strict", "replace", "ignore")
 LAYOUTS = ("stateful", "random")
@@ -92,15 +98,38 @@ class ModelConfig:
     dropout: float = option(0.0, "dropout between layers and before the head", minimum=0.0, below=1.0,
                             metavar="P", group="model")
     tie_weights: bool = option(False, "tie the embedding and head weights", flag="tie", group="model")
+    softmax: str = option("full", "output layer: full softmax, adaptive (frequent characters cost little, "
+                                  f"rare ones go to smaller clusters), or auto: adaptive from {ADAPTIVE_FROM:,} "
+                                  "characters on (default full)", choices=SOFTMAXES, group="model")
+    cutoffs: list[int] | None = option(None, "where the adaptive softmax's clusters start, in characters by "
+                                             "frequency: 300,1000 puts the 300 likeliest in the first cluster "
+                                             "(default: from the training split's character counts)",
+                                       minimum=1, metavar="N,N", parse=parse_int_list, group="model")
 
     def __post_init__(self):
         if not isinstance(self.vocab_size, int) or isinstance(self.vocab_size, bool) or self.vocab_size < 1:
             raise ChargenError(f"vocab size must be a whole number of at least 1, got {self.vocab_size!r}")
+        if isinstance(self.cutoffs, tuple):
+            self.cutoffs = list(self.cutoffs)
         check_fields(self)
         if self.embedding_size is None:
             self.embedding_size = self.hidden_size
         if self.tie_weights and self.embedding_size != self.hidden_size:
             raise ChargenError("tied weights need the embedding size to equal the hidden size")
+        if self.tie_weights and self.softmax == "adaptive":
+            raise ChargenError("--tie needs --softmax full: the adaptive softmax has no output matrix to tie")
+        if self.cutoffs is not None:
+            if self.softmax != "adaptive":
+                raise ChargenError("--cutoffs sets the clusters of the adaptive softmax; pass --softmax adaptive "
+                                   "with it")
+            if self.cutoffs[-1] >= self.vocab_size:
+                raise ChargenError(f"--cutoffs {','.join(map(str, self.cutoffs))} must stay below the "
+                                   f"vocabulary's {self.vocab_size:,} characters; give smaller cutoffs, or "
+                                   "leave --cutoffs out to take them from the character counts")
+            if self.hidden_size // ADAPTIVE_DIV ** len(self.cutoffs) < 1:
+                raise ChargenError(f"--cutoffs {','.join(map(str, self.cutoffs))} makes {len(self.cutoffs)} "
+                                   f"clusters after the first, each {ADAPTIVE_DIV}x narrower: too many for "
+                                   f"--hidden {self.hidden_size}; give fewer cutoffs")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,19 +140,37 @@ class ModelConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     @property
+    def adaptive(self) -> bool:
+        """Whether the output layer is the adaptive softmax (a saved run's softmax is never auto)."""
+        return self.softmax == "adaptive"
+
+    @property
     def num_tensors(self) -> int:
         """How many tensors the weights file holds (tied weights are stored once)."""
-        return 2 + 4 * self.num_layers + (0 if self.tie_weights else 1)
+        return 1 + 4 * self.num_layers + len(self._head_shapes())
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The stored tensors' names and shapes, as CharRNN names them (nn.LSTM/nn.GRU layout)."""
-        V, E, H, G = self.vocab_size, self.embedding_size, self.hidden_size, 4 if self.cell == "lstm" else 3
-        shapes = {"embedding.weight": (V, E), "head.bias": (V,)}
-        if not self.tie_weights:
-            shapes["head.weight"] = (V, H)
+        """The stored tensors' names and shapes, as CharRNN names them (nn.LSTM/nn.GRU layout; the
+        adaptive softmax as nn.AdaptiveLogSoftmaxWithLoss, and ``head.rank``, each id's place in the
+        frequency order its clusters follow)."""
+        E, H, G = self.embedding_size, self.hidden_size, 4 if self.cell == "lstm" else 3
+        shapes = {"embedding.weight": (self.vocab_size, E), **self._head_shapes()}
         for k in range(self.num_layers):
             shapes.update({f"rnn.weight_ih_l{k}": (G * H, E if k == 0 else H), f"rnn.weight_hh_l{k}": (G * H, H),
                            f"rnn.bias_ih_l{k}": (G * H,), f"rnn.bias_hh_l{k}": (G * H,)})
+        return shapes
+
+    def _head_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The output layer's stored tensors and their shapes."""
+        V, H = self.vocab_size, self.hidden_size
+        if not self.adaptive:
+            return {"head.bias": (V,), **({} if self.tie_weights else {"head.weight": (V, H)})}
+        cuts = [*self.cutoffs, V]
+        first = cuts[0] + len(cuts) - 1          # the shortlist, and one entry per tail cluster
+        shapes = {"head.head.weight": (first, H), "head.head.bias": (first,), "head.rank": (V,)}
+        for i in range(len(cuts) - 1):
+            width = H // ADAPTIVE_DIV ** (i + 1)
+            shapes.update({f"head.tail.{i}.0.weight": (width, H), f"head.tail.{i}.1.weight": (cuts[i + 1] - cuts[i], width)})
         return shapes
 
     @property
@@ -132,7 +179,46 @@ class ModelConfig:
         V, E, H, L = self.vocab_size, self.embedding_size, self.hidden_size, self.num_layers
         G = 4 if self.cell == "lstm" else 3
         rnn = G * H * (E + H + 2) + (L - 1) * G * H * (2 * H + 2)
-        return V * E + rnn + V + (0 if self.tie_weights else V * H)
+        head = sum(math.prod(shape) for name, shape in self._head_shapes().items() if name != "head.rank")
+        return V * E + rnn + head
+
+    def resolve_softmax(self, counts) -> "ModelConfig":
+        """This config with ``auto`` decided and the adaptive softmax's cutoffs set, for a corpus whose
+        training split holds ``counts[i]`` of character ``i``."""
+        from dataclasses import replace
+        softmax = self.softmax
+        if softmax == "auto":
+            softmax = "adaptive" if self.vocab_size >= ADAPTIVE_FROM and not self.tie_weights else "full"
+        if softmax == "full":
+            return replace(self, softmax="full", cutoffs=None)
+        if self.vocab_size < 2:
+            raise ChargenError("the adaptive softmax needs at least 2 characters and this corpus has 1; "
+                               "use --softmax full")
+        return replace(self, softmax="adaptive", cutoffs=self.cutoffs or default_cutoffs(counts, self.hidden_size))
+
+
+# The default clusters of the adaptive softmax: the first holds the likeliest characters that make up
+# COVER[0] of the training text, the next those up to COVER[1], the last the rest (measured: see the
+# README). At least MIN_SHORTLIST characters go in the first.
+COVER, MIN_SHORTLIST = (0.9, 0.99), 64
+
+
+def default_cutoffs(counts, hidden_size: int, cover: tuple[float, ...] = COVER) -> list[int]:
+    """Cutoffs for a vocabulary with these training counts: each cluster ends where the likeliest
+    characters reach the next share of the text in ``cover``; increasing, each below the vocabulary's
+    size, and no more than the hidden size can narrow to."""
+    counts = sorted((int(c) for c in counts), reverse=True)
+    V, total = len(counts), sum(counts)
+    cuts, seen, i = [], 0, 0
+    for share in cover:
+        while i < V and (seen < share * total or i < MIN_SHORTLIST):
+            seen += counts[i]
+            i += 1
+        if i < V and (not cuts or i > cuts[-1]):
+            cuts.append(i)
+    while cuts and hidden_size // ADAPTIVE_DIV ** len(cuts) < 1:
+        cuts.pop()
+    return cuts or [max(1, V - 1)]
 
 
 # Each evaluation scores at most this many validation characters (a fixed sample; "all" for every one).

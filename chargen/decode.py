@@ -79,7 +79,7 @@ def preview(model: CharRNN, vocab, length: int, seed: int, temperature: float = 
     training RNG is never touched."""
     was_training = model.training
     model.eval()
-    logits, state = model(torch.tensor([[vocab.start_id]], device=model.head.weight.device))
+    logits, state = model(torch.tensor([[vocab.start_id]], device=model.embedding.weight.device))
     step = FastStep(model)
     out = list(sample_ids(step, logits[:, -1], step.to_fast(state), np.array([seed], dtype=np.uint64),
                           SampleOptions(length=length, temperature=temperature), banned=vocab.unk_id))
@@ -155,9 +155,12 @@ class FastStep:
                         self.layers.append((torch.addmm(b_ih, emb, w_ih.t()), None, w_hh.t().contiguous(), b_hh))
                     else:
                         self.layers.append((b_ih, w_ih.t().contiguous(), w_hh.t().contiguous(), b_hh))
-            self.head_w = model.head.weight.t().contiguous()                # (H, V)
-            self.head_b = model.head.bias.clone()
-        self.device = self.head_w.device
+            # The adaptive softmax is applied as the model applies it; a full one as one matmul.
+            self.adaptive = model.head if c.adaptive else None
+            if not c.adaptive:
+                self.head_w = model.head.weight.t().contiguous()            # (H, V)
+                self.head_b = model.head.bias.clone()
+        self.device = model.embedding.weight.device
 
     def to_fast(self, state) -> list:
         """(L, B, H) state(s) of nn.LSTM/nn.GRU -> per-layer lists."""
@@ -206,5 +209,6 @@ class FastStep:
                 x = torch.lerp(n, h, z)                                          # (1 - z) * n + z * h
                 new_h.append(x)
             fast = [new_h]
-        logits = torch.addmm(self.head_b, x, self.head_w)                        # (B, V)
-        return logits, fast
+        if self.adaptive is not None:
+            return self.adaptive.log_probs(x), fast                                # (B, V)
+        return torch.addmm(self.head_b, x, self.head_w), fast                      # (B, V)

@@ -37,9 +37,8 @@ class StreamScorer:
         """
         x = torch.cat([self.prev[:, None], targets[:, :-1]], dim=1)               # (B, t)
         with self.autocast():
-            logits, self.state = self.model(x, self.state)                         # (B, t, V)
-        lp = torch.log_softmax(logits.float(), dim=-1)
-        lp = lp.gather(-1, targets[..., None])[..., 0].double()                    # (B, t)
+            h, self.state = self.model.features(x, self.state)                     # (B, t, H)
+            lp = self.model.target_log_probs(h, targets).double()                  # (B, t)
         self.prev = targets[:, -1]
         return lp if scored is None else lp.masked_fill(~scored, 0.0)
 

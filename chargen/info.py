@@ -23,11 +23,13 @@ def run_info(run_dir) -> dict:
 
 
 def _parameters(path: Path) -> int:
-    """The number of stored parameters, from the safetensors header alone."""
+    """The number of stored parameters, from the safetensors header alone (integer tensors, such as the
+    adaptive softmax's frequency order, are not parameters)."""
     from safetensors import safe_open
     try:
         with safe_open(str(path), framework="pt") as f:
-            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()
+                       if not f.get_slice(k).get_dtype().startswith(("I", "U")))
     except Exception as e:  # safetensors raises its own error types
         raise ChargenError(f"{path} is not readable ({e}); the run folder is corrupt") from None
 

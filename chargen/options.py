@@ -62,6 +62,8 @@ class Spec:
             return f"must be text, got {value!r}"
         if kind is tuple and not (isinstance(value, tuple) and all(isinstance(v, str) and v for v in value)):
             return f"must be non-empty text, got {value!r}"
+        if kind is list:
+            return _increasing_problem(value, self.minimum)
         if self.choices is not None and value not in self.choices:
             return f"must be one of {', '.join(map(str, self.choices))}, got {value!r}"
         return self._range_problem(value)
@@ -84,6 +86,28 @@ class Spec:
         if self.above is not None:
             return f"must be greater than {_num(self.above)}, got {value!r}"
         return f"must be at most {_num(high)}, got {value!r}"
+
+
+def _increasing_problem(value, minimum) -> str | None:
+    """A list option (``--cutoffs 300,1000``): whole numbers, strictly increasing, from ``minimum``."""
+    if not (isinstance(value, (list, tuple)) and value
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        return f"must be whole numbers separated by commas, such as 300,1000, got {value!r}"
+    if any(b <= a for a, b in zip(value, value[1:])):
+        return f"must increase from one number to the next, got {','.join(map(str, value))}"
+    if minimum is not None and value[0] < minimum:
+        return f"must start at {_num(minimum)} or more, got {','.join(map(str, value))}"
+    return None
+
+
+def parse_int_list(text) -> list[int]:
+    """``"300,1000"`` -> [300, 1000] (spaces and ``_`` between digits allowed); a list passes through."""
+    if isinstance(text, (list, tuple)):
+        return list(text)
+    words = [w.strip() for w in str(text).split(",")]
+    if not all(re.fullmatch(r"\d+(_\d+)*", w) for w in words):
+        raise ChargenError(f"must be whole numbers separated by commas, such as 300,1000, got {text!r}")
+    return [int(w.replace("_", "")) for w in words]
 
 
 def _num(x: float) -> str:

@@ -91,6 +91,13 @@ class PreparedCorpus:
         m = self.meta
         return IdsReader(self.dir / "ids.bin", np.dtype(m["dtype"]), self._start(split), m[f"{split}_chars"])
 
+    def counts(self, split: str = "train", chunk: int = 1 << 24) -> np.ndarray:
+        """How often each id occurs in ``split`` (V,), read a chunk at a time: memory stays flat."""
+        ids, total = self.reader(split), np.zeros(self.meta["vocab_size"], dtype=np.int64)
+        for lo in range(0, len(ids), chunk):
+            total += np.bincount(ids[lo:lo + chunk], minlength=total.size)
+        return total
+
     def _start(self, split: str) -> int:
         """Where ``split`` begins in ``ids.bin`` (train, val and test lie back to back)."""
         m = self.meta

@@ -144,7 +144,7 @@ def open_run_dir(run_dir: str | os.PathLike) -> RunFolder:
     corpus = config["corpus"]
     prepare = corpus.get("prepare", {})
     schedule = config.get("schedule", {})
-    model_config = _section(run_dir, "model", lambda: ModelConfig(**_complete(ModelConfig, config["model"])))
+    model_config = _section(run_dir, "model", lambda: _model_config(config["model"]))
     train_config = _section(run_dir, "train", lambda: TrainConfig(**_complete(TrainConfig, config["train"])))
     _section(run_dir, "corpus", lambda: PrepareOptions(**prepare))
     if not (isinstance(corpus.get("fingerprint"), str) and _whole(corpus.get("chars"))):
@@ -177,6 +177,13 @@ def check_weights_header(path: Path, model_config: ModelConfig) -> None:
                            f"mismatch: {wrong[0] if wrong else '?'}); the run folder is corrupt")
 
 
+def _model_config(section) -> ModelConfig:
+    cfg = ModelConfig(**_complete(ModelConfig, section))
+    if cfg.softmax == "auto" or (cfg.adaptive and cfg.cutoffs is None):
+        raise ValueError("softmax must be full, or adaptive with its cutoffs")
+    return cfg
+
+
 def _section(run_dir: Path, name: str, build):
     try:
         return build()
@@ -187,7 +194,8 @@ def _section(run_dir: Path, name: str, build):
 
 # Options added after format 1 was fixed, with the value that gives a run written before them the
 # behaviour it was trained with.
-_ADDED_LATER = {"TrainConfig": {"eval_chars": 0}}  # every validation character was scored
+_ADDED_LATER = {"TrainConfig": {"eval_chars": 0},   # every validation character was scored
+                "ModelConfig": {"softmax": "full", "cutoffs": None}}
 
 
 def _complete(cls, section) -> dict:

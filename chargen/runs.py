@@ -53,6 +53,7 @@ class Run:
     lock: RunLock | None = None   # rank 0's lock on the folder
     claim: RunClaim | None = None  # rank 0's claim on a new run's folder, until its first checkpoint
     init: dict | None = None       # a fine-tune's base (see _fine_tune): its weights start the model
+    counts: "np.ndarray | None" = None  # a new adaptive-softmax run's training counts: its characters' order
 
     @property
     def is_main(self) -> bool:
@@ -113,7 +114,7 @@ def open_run(source=None, *, out, resume=False, overwrite=False, corpora_dirs=()
 # 4e-3 reached 1.601 bpc, half of it 1.645, a quarter 1.768. A lower peak, the usual advice, lost here.
 FINE_TUNE_LR_FACTOR = 1.0
 FINE_TUNE_WARMUP = 20
-_SHAPE = ("cell", "num_layers", "hidden_size", "embedding_size", "tie_weights")
+_SHAPE = ("cell", "num_layers", "hidden_size", "embedding_size", "tie_weights", "softmax", "cutoffs")
 
 
 def _fine_tune(init_from, checkpoint: str, keep_vocab: bool, opts: Options) -> dict:
@@ -165,7 +166,7 @@ def _create(out: Path, opts: Options, overwrite: bool, where: dict, base: dict |
     if not ({"max_steps", "epochs", "max_time"} & set(train_opts)):
         train_opts["epochs"] = DEFAULT_EPOCHS
     train_cfg = TrainConfig(**train_opts)
-    ModelConfig(vocab_size=1, **opts.model)            # bad options fail before any work
+    ModelConfig(vocab_size=_ANY_VOCAB, **opts.model)   # bad options fail before any work
     PrepareOptions(**opts.prepare)
     device, precision, rank, world = _devices(train_cfg)
     if train_cfg.batch_size % world:  # checked before the folder is touched
@@ -174,6 +175,10 @@ def _create(out: Path, opts: Options, overwrite: bool, where: dict, base: dict |
     try:
         corpus = distributed.main_first(world, rank, lambda: prepare(opts.source, **where, **opts.prepare))
         model_cfg = ModelConfig(vocab_size=len(corpus.vocab), **opts.model)
+        counts = None
+        if model_cfg.softmax != "full" and base is None:
+            counts = corpus.counts("train")
+            model_cfg = model_cfg.resolve_softmax(counts)
         _check_fits(model_cfg, device)
         decay_steps, decay_time = _decay(train_cfg, _batches_per_epoch(corpus, train_cfg))
         config = {
@@ -197,7 +202,7 @@ def _create(out: Path, opts: Options, overwrite: bool, where: dict, base: dict |
     return Run(claim.dir if claim else out, corpus, model_cfg, train_cfg, decay_steps, decay_time,
                resuming=False, device=device,
                precision=precision, rank=rank, world_size=world, lock=claim.lock if claim else None, claim=claim,
-               init=base)
+               init=base, counts=counts if model_cfg.adaptive else None)
 
 
 class RunClaim:
@@ -313,6 +318,9 @@ def _make_dirs(path: Path) -> list[Path]:
             raise ChargenError(f"cannot create {d}: {e.strerror}; check the permissions of its parent "
                                "or choose another --out") from None
     return missing
+
+
+_ANY_VOCAB = 0x110000 + 1   # more characters than Unicode has: checks the options before the corpus is read
 
 
 def _check_fits(cfg: ModelConfig, device: torch.device) -> None:

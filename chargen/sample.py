@@ -95,8 +95,8 @@ class Sampler:
     def _prime(self, prompt_ids: np.ndarray, batch: int):
         """One forward call over [start, prompt]: logits (batch, V) for the next character, and the state."""
         ids = np.concatenate([[self.vocab.start_id], prompt_ids]).astype(np.int64)
-        logits, state = self.model(torch.from_numpy(ids).to(self.device)[None, :])   # (1, T, V)
-        logits = logits[:, -1].expand(batch, -1).contiguous()                         # (batch, V)
+        h, state = self.model.features(torch.from_numpy(ids).to(self.device)[None, :])  # (1, T, H)
+        logits = self.model.logits(h[:, -1]).expand(batch, -1).contiguous()             # (batch, V)
         if isinstance(state, tuple):
             state = tuple(s.expand(-1, batch, -1).contiguous() for s in state)
         else:

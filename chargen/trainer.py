@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from . import distributed
 from .batches import RandomWindows, StatefulStreams
@@ -118,6 +117,8 @@ class Trainer:
         self.model = CharRNN(run.model_config).to(self.device)
         if run.init is not None and not run.resuming:
             init_from_base(self.model, run.init["weights"], run.init["vocab_size"])
+        elif run.counts is not None and not run.resuming:
+            self.model.head.set_order(run.counts)   # the adaptive softmax's clusters follow the counts
         self.model.train()
         # beta2 0.99 rather than Adam's default 0.999 (as nanoGPT's character-level recipe does): a step
         # sees few targets (B*T characters), and a shorter memory of squared gradients lets the step size
@@ -257,8 +258,7 @@ class Trainer:
         if carried is not None and self.state_dtype != torch.float32:  # the dtype the RNN kernel works in
             carried = detach_state(carried, self.state_dtype)
         with self.autocast():
-            logits, state = self.ddp_model(x, carried)                    # (B, T, V)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            loss, state = self.ddp_model(x, carried, targets=y)
         # Detach: the next batch starts from this state, but gradients stop here (truncated BPTT).
         # It is kept (and saved) in float32 whatever the autocast dtype, so that a run can resume at
         # another precision; under bf16/fp16 it is cast back when fed in (exactly, so training is the

@@ -98,13 +98,13 @@ def test_nonfinite_steps_are_skipped_then_training_stops(text_file, tmp_path, mo
     calls = {"n": 0}
     original = CharRNN.forward
 
-    def flaky(self, ids, state=None):
-        logits, state = original(self, ids, state)
+    def flaky(self, ids, state=None, targets=None):
+        out, state = original(self, ids, state, targets)     # the loss, when training passes targets
         if self.training:
             calls["n"] += 1
             if calls["n"] in (5, 6) or calls["n"] >= 30:  # two bad steps, then bad for good
-                logits = logits * float("nan")
-        return logits, state
+                out = out * float("nan")
+        return out, state
 
     monkeypatch.setattr(CharRNN, "forward", flaky)
     run = tmp_path / "run"
@@ -293,9 +293,9 @@ def test_the_carried_state_is_float32_and_a_bf16_run_resumes_in_fp32(text_file, 
     if cell == "gru":  # the CPU's GRU keeps float32 under autocast: make it return bf16, as a bf16 kernel does
         forward = CharRNN.forward
 
-        def bf16_state(self, ids, state=None):
-            logits, state = forward(self, ids, None if state is None else state.float())
-            return logits, state.to(torch.bfloat16) if torch.is_autocast_enabled("cpu") else state
+        def bf16_state(self, ids, state=None, targets=None):
+            out, state = forward(self, ids, None if state is None else state.float(), targets)
+            return out, state.to(torch.bfloat16) if torch.is_autocast_enabled("cpu") else state
         monkeypatch.setattr(CharRNN, "forward", bf16_state)
     run = tmp_path / "run"
     train(text_file, out=run, max_steps=6, precision="bf16", cell=cell, **TINY)
