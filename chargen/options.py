@@ -63,7 +63,7 @@ class Spec:
         if kind is tuple and not (isinstance(value, tuple) and all(isinstance(v, str) and v for v in value)):
             return f"must be non-empty text, got {value!r}"
         if kind is list:
-            return _increasing_problem(value, self.minimum)
+            return _increasing_problem(value, self.minimum, self.maximum)
         if self.choices is not None and value not in self.choices:
             return f"must be one of {', '.join(map(str, self.choices))}, got {value!r}"
         return self._range_problem(value)
@@ -88,8 +88,9 @@ class Spec:
         return f"must be at most {_num(high)}, got {value!r}"
 
 
-def _increasing_problem(value, minimum) -> str | None:
-    """A list option (``--cutoffs 300,1000``): whole numbers, strictly increasing, from ``minimum``."""
+def _increasing_problem(value, minimum, maximum) -> str | None:
+    """A list option (``--cutoffs 300,1000``): whole numbers, strictly increasing, from ``minimum`` to
+    ``maximum``."""
     if not (isinstance(value, (list, tuple)) and value
             and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
         return f"must be whole numbers separated by commas, such as 300,1000, got {value!r}"
@@ -97,6 +98,8 @@ def _increasing_problem(value, minimum) -> str | None:
         return f"must increase from one number to the next, got {','.join(map(str, value))}"
     if minimum is not None and value[0] < minimum:
         return f"must start at {_num(minimum)} or more, got {','.join(map(str, value))}"
+    if maximum is not None and value[-1] > maximum:
+        return f"must each be at most {maximum:,}, got {','.join(map(str, value))}"
     return None
 
 
@@ -105,7 +108,7 @@ def parse_int_list(text) -> list[int]:
     if isinstance(text, (list, tuple)):
         return list(text)
     words = [w.strip() for w in str(text).split(",")]
-    if not all(re.fullmatch(r"\d+(_\d+)*", w) for w in words):
+    if not all(re.fullmatch(r"[0-9]+(_[0-9]+)*", w) for w in words):
         raise ChargenError(f"must be whole numbers separated by commas, such as 300,1000, got {text!r}")
     return [int(w.replace("_", "")) for w in words]
 

@@ -167,14 +167,27 @@ def check_weights_header(path: Path, model_config: ModelConfig) -> None:
     try:
         with safe_open(str(path), framework="numpy") as f:
             stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise ChargenError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]}); "
                            "the run folder is corrupt") from None
-    expected = model_config.parameter_shapes() if len(stored) == model_config.num_tensors else {}
-    if stored != expected:
-        wrong = sorted(set(stored) ^ set(expected)) or sorted(k for k in stored if stored[k] != expected[k])
-        raise ChargenError(f"{path} does not fit the model in config.json ({len(stored)} tensors; first "
-                           f"mismatch: {wrong[0] if wrong else '?'}); the run folder is corrupt")
+    expected_count = model_config.num_tensors
+    if len(stored) != expected_count:
+        detail = f"{len(stored)} tensors where the model has {expected_count}"
+        if expected_count <= 4096:     # a config edited to ask for millions of layers is not listed
+            expected = model_config.parameter_shapes()
+            missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+            detail += "".join(f"; {what} {names[0]}" + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+                              for what, names in (("missing", missing), ("unexpected", extra)) if names)
+        raise ChargenError(f"{path} does not fit the model in config.json ({detail}); the run folder is corrupt")
+    expected = model_config.parameter_shapes()
+    wrong = sorted(set(stored) ^ set(expected)) or sorted(k for k in stored if stored[k] != expected[k])
+    if wrong:
+        raise ChargenError(f"{path} does not fit the model in config.json (first mismatch: {wrong[0]}); "
+                           "the run folder is corrupt")
+    if "head.rank" in stored and dtypes["head.rank"] != "I64":
+        raise ChargenError(f"{path} holds head.rank as {dtypes['head.rank']}, not 64-bit integers; the run "
+                           "folder is corrupt")
 
 
 def _model_config(section) -> ModelConfig:

@@ -28,7 +28,7 @@ from chargen.prepared import prepare
 SHAPE = dict(num_layers=1, hidden_size=32)
 TRAIN = dict(batch_size=8, bptt=16, lr=1e-2, warmup_steps=0, preview_chars=0, eval_every=10, eval_chars=0,
              log_every=10)
-CJK = [chr(0x4E00 + i) for i in range(ADAPTIVE_FROM + 200)]
+CJK = [chr(0x4E00 + i) for i in range(1200)]          # past ADAPTIVE_FROM
 
 
 def zipf_text(chars: list[str], length: int, seed: int = 0) -> str:
@@ -226,6 +226,10 @@ def test_auto_picks_the_adaptive_softmax_for_a_large_alphabet_only(texts, tmp_pa
     big, small = config(tmp_path / "big")["model"], config(tmp_path / "small")["model"]
     assert big["vocab_size"] >= ADAPTIVE_FROM and big["softmax"] == "adaptive" and big["cutoffs"]
     assert small["vocab_size"] < ADAPTIVE_FROM and small["softmax"] == "full" and small["cutoffs"] is None
+    # a hidden state too narrow for a second cluster: auto falls back to the full softmax
+    chargen.train(texts["big"], out=tmp_path / "narrow", softmax="auto", max_steps=1,
+                  **dict(SHAPE, hidden_size=2), **TRAIN)
+    assert config(tmp_path / "narrow")["model"]["softmax"] == "full"
 
 
 def test_given_cutoffs_are_kept_from_flags_and_toml(texts, tmp_path, cli):
@@ -321,6 +325,9 @@ def test_a_fine_tune_keeps_the_bases_softmax_and_refuses_another(run, texts, tmp
     (["--softmax", "adaptive", "--cutoffs", "100000"], "must stay below the vocabulary's 1,2"),
     (["--softmax", "adaptive", "--cutoffs", "2,4,8"], "makes 3 clusters after the first, each 4x narrower: "
                                                       "too many for --hidden 32"),
+    (["--softmax", "adaptive", "--hidden", "2"], "the adaptive softmax needs --hidden 4 or more"),
+    (["--softmax", "adaptive", "--cutoffs", "99999999999"], "argument --cutoffs: must each be at most 1,114,111"),
+    (["--softmax", "adaptive", "--cutoffs", "\u0663"], "argument --cutoffs: must be whole numbers"),
     (["--softmax", "huge"], "argument --softmax: invalid choice: 'huge' (choose from 'full', 'adaptive', 'auto')"),
 ])
 def test_bad_softmax_options_are_one_line_and_write_nothing(texts, tmp_path, cli, args, fragment):
@@ -349,6 +356,14 @@ def test_a_damaged_order_or_softmax_section_is_one_line(run, tmp_path, cli):
     save_file(weights, str(bad / "model.safetensors"))
     code, _, err = cli("sample", bad, "--length", "5")
     assert code == 2 and "holds a head.rank that is not an order of the characters" in err, err
+    for damage, fragment in ((lambda w: w.pop("head.rank"), "tensors where the model has 12; missing head.rank)"),
+                             (lambda w: w.update({"head.rank": w["head.rank"].float()}),
+                              "holds head.rank as F32, not 64-bit integers")):
+        weights = load_file(str(run / "model.safetensors"))
+        damage(weights)
+        save_file(weights, str(bad / "model.safetensors"))
+        code, _, err = cli("sample", bad, "--length", "5")
+        assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
     for section in ({"softmax": "auto"}, {"cutoffs": None}):
         shutil.rmtree(bad)
         shutil.copytree(run, bad)

@@ -40,12 +40,13 @@ def torchrun(*args, procs=2, timeout=180):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_two_processes_train_like_one(text_file, tmp_path, cell):
-    r = torchrun("train", text_file, "--out", tmp_path / "ddp", "--cell", cell, "--max-steps", "20", *ARGS)
+@pytest.mark.parametrize("cell,softmax", [("lstm", "full"), ("gru", "full"), ("lstm", "adaptive")])
+def test_two_processes_train_like_one(text_file, tmp_path, cell, softmax):
+    r = torchrun("train", text_file, "--out", tmp_path / "ddp", "--cell", cell, "--softmax", softmax,
+                 "--max-steps", "20", *ARGS)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("trained 20 steps") == 1  # one summary, from rank 0
-    opts = dict(cell=cell, num_layers=1, hidden_size=32, batch_size=8, bptt=16, eval_every=10, preview_chars=0,
+    opts = dict(cell=cell, softmax=softmax, num_layers=1, hidden_size=32, batch_size=8, bptt=16, eval_every=10, preview_chars=0,
                 warmup_steps=0, lr=1e-2, schedule="constant", checkpoint_every=10, max_steps=20)
     train(text_file, out=tmp_path / "one", **opts)
     # DDP averages the two halves' gradients: the same step as one process over all 8 streams
