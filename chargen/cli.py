@@ -138,9 +138,9 @@ def cmd_info(args) -> int:
         print(json.dumps(info))
         return 0
     m, t = info["model"], info["train"]
+    head = f", adaptive softmax (cutoffs {','.join(map(str, m['cutoffs']))})" if m.get("softmax") == "adaptive" else ""
     print(f"{info['run']}: {m['cell'].upper()} {m['num_layers']}x{m['hidden_size']}, "
-          f"{info['parameters']:,} parameters, vocabulary {m['vocab_size']}" +
-          (f", adaptive softmax (cutoffs {','.join(map(str, m['cutoffs']))})" if m.get("softmax") == "adaptive" else ""))
+          f"{info['parameters']:,} parameters, vocabulary {m['vocab_size']}{head}")
     print(f"  corpus: {info['corpus']['source']} ({info['corpus']['chars']:,} characters)")
     print(f"  trained: {info['steps']} steps, {info['elapsed']:.0f}s; batch {t['batch_size']} x bptt {t['bptt']}, "
           f"lr {t['lr']}, {t['schedule']} schedule")

@@ -179,7 +179,8 @@ class ModelConfig:
         shapes = {"head.head.weight": (first, H), "head.head.bias": (first,), "head.rank": (V,)}
         for i in range(len(cuts) - 1):
             width = H // ADAPTIVE_DIV ** (i + 1)
-            shapes.update({f"head.tail.{i}.0.weight": (width, H), f"head.tail.{i}.1.weight": (cuts[i + 1] - cuts[i], width)})
+            shapes.update({f"head.tail.{i}.0.weight": (width, H),                  # projection, then cluster
+                           f"head.tail.{i}.1.weight": (cuts[i + 1] - cuts[i], width)})
         return shapes
 
     @property

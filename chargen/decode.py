@@ -20,32 +20,10 @@ import numpy as np
 import torch
 
 from .config import DEFAULT_TEMPERATURE, SampleOptions
+from .draws import uniforms, uniforms_at
 from .model import CharRNN
 
 __all__ = ["FastStep", "SampleOptions", "pick", "preview", "sample_ids", "uniforms", "uniforms_at"]
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-
-
-def uniforms(seeds: np.ndarray, start: int, count: int) -> np.ndarray:
-    """Uniform floats in [0, 1) for each seed (rows) and steps ``start .. start+count`` (columns)."""
-    return uniforms_at(np.asarray(seeds, dtype=np.uint64)[:, None],
-                       np.arange(start, start + count, dtype=np.uint64)[None, :])
-
-
-def uniforms_at(seeds: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """The uniform float in [0, 1) of each (seed, step) pair (arrays broadcast against each other)."""
-    seeds, steps = np.asarray(seeds, dtype=np.uint64), np.asarray(steps, dtype=np.uint64)
-    with np.errstate(over="ignore"):  # uint64 arithmetic wraps by definition
-        x = seeds * _GOLDEN + (steps + np.uint64(1)) * _M2
-        x ^= x >> np.uint64(30)
-        x *= _M1
-        x ^= x >> np.uint64(27)
-        x *= _M2
-        x ^= x >> np.uint64(31)
-    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))     # (rows, count)
-
 
 _BLOCK = 256  # steps of uniforms drawn at a time
 

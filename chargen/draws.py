@@ -1,0 +1,35 @@
+"""The random draws of sampling: a counter-based generator (splitmix64 of seed, row and step).
+
+A draw depends only on its own seed and step, never on a shared RNG: samplers are safe to share
+between threads, the same seed gives the same text on every device and backend, and row ``i`` of a
+batch drawn with seed ``s`` is exactly the single sample drawn with seed ``s + i``. NumPy only, so the
+torch-free runtime draws the same numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["uniforms", "uniforms_at"]
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def uniforms(seeds: np.ndarray, start: int, count: int) -> np.ndarray:
+    """Uniform floats in [0, 1) for each seed (rows) and steps ``start .. start+count`` (columns)."""
+    return uniforms_at(np.asarray(seeds, dtype=np.uint64)[:, None],
+                       np.arange(start, start + count, dtype=np.uint64)[None, :])
+
+
+def uniforms_at(seeds: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """The uniform float in [0, 1) of each (seed, step) pair (arrays broadcast against each other)."""
+    seeds, steps = np.asarray(seeds, dtype=np.uint64), np.asarray(steps, dtype=np.uint64)
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps by definition
+        x = seeds * _GOLDEN + (steps + np.uint64(1)) * _M2
+        x ^= x >> np.uint64(30)
+        x *= _M1
+        x ^= x >> np.uint64(27)
+        x *= _M2
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))     # (rows, count)
