@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import ModelConfig
+from .config import ModelConfig, SampleOptions
+from .draws import uniforms
 
-__all__ = ["NumpyStep", "log_softmax", "pick"]
+__all__ = ["NumpyStep", "log_softmax", "pick", "prime", "sample_ids"]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -112,6 +113,36 @@ class NumpyStep:
                 new_h.append(x)
             state = [new_h]
         return self.output(x), state
+
+
+def prime(step: NumpyStep, ids: list[int], batch: int = 1) -> tuple[np.ndarray, list]:
+    """Logits (batch, V) for the character after ``ids`` (the start id first), and the state: the ids
+    read one step at a time from the zero state."""
+    state = step.zero_state(1)
+    for i in ids:
+        logits, state = step(np.array([i]), state)
+    return np.repeat(logits, batch, axis=0), [[np.repeat(h, batch, axis=0) for h in layer] for layer in state]
+
+
+_BLOCK = 256  # steps of uniforms drawn at a time
+
+
+def sample_ids(step: NumpyStep, logits: np.ndarray, state: list, seeds: np.ndarray, opts: SampleOptions,
+               banned: int | None = None):
+    """``decode.sample_ids`` on NumPy: the next ids (B,) ``opts.length`` times, row ``i`` drawn from
+    ``seeds[i]``, one step per character after the first; ``banned`` is never drawn."""
+    greedy = opts.temperature == 0 or opts.top_k == 1
+    u_block = None
+    for t in range(opts.length):
+        u = None
+        if not greedy:
+            if t % _BLOCK == 0:
+                u_block = uniforms(seeds, t, _BLOCK)                                  # (B, BLOCK)
+            u = u_block[:, t % _BLOCK]
+        ids = pick(logits, u, opts.temperature, opts.top_k, opts.top_p, banned)    # (B,)
+        yield ids
+        if t + 1 < opts.length:
+            logits, state = step(ids, state)
 
 
 def pick(logits: np.ndarray, u: np.ndarray | None, temperature: float, top_k: int | None,

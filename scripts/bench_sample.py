@@ -13,9 +13,11 @@ weights) over a 65-character vocabulary:
   ``torch.inference_mode`` (with autograd on, the carried state drags a
   growing graph along and the loop gets slower the longer it runs, so that
   baseline depends on the length and is not used);
-* fast: ``Sampler.generate`` (one prompt forward, then FastStep per character).
+* fast: ``Sampler.generate`` (one prompt forward, then FastStep per character);
+* numpy: the torch-free step (``chargen.numpy_step``: prime, then one NumPy
+  step per character), single stream.
 
-Both draw the same uniforms, so the texts must be identical; the script says
+All draw the same uniforms, so the texts must be identical; the script says
 whether they are. Single-stream figures are medians of several rounds, with
 the ratio fast / naive; then batched throughput for n = 64 and n = 1024.
 """
@@ -35,7 +37,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from chargen.decode import pick, uniforms  # noqa: E402
+from chargen.config import SampleOptions  # noqa: E402
 from chargen.model import CharRNN, ModelConfig  # noqa: E402
+from chargen import numpy_step  # noqa: E402
 from chargen.sample import Sampler  # noqa: E402
 from chargen.tokenizer import CharVocab  # noqa: E402
 
@@ -75,6 +79,14 @@ def fast(sampler: Sampler, prompt: str, length: int, seed: int, temperature: flo
     return text, time.perf_counter() - t0
 
 
+def numpy_generate(step, vocab, prompt: str, length: int, seed: int, temperature: float):
+    t0 = time.perf_counter()
+    logits, state = numpy_step.prime(step, [vocab.start_id] + vocab.encode(prompt))
+    ids = list(numpy_step.sample_ids(step, logits, state, np.array([seed], dtype=np.uint64),
+                                     SampleOptions(length=length, temperature=temperature), vocab.unk_id))
+    return vocab.decode([int(i[0]) for i in ids]), time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cell", default="lstm", choices=("lstm", "gru"))
@@ -95,17 +107,22 @@ def main() -> None:
         sampler = Sampler(model, vocab, device)
         naive_len = 400 if hidden <= 256 else 150
         fast_len = 4000
-        naive_rates, fast_rates, identical = [], [], True
+        step = numpy_step.NumpyStep({k: v.numpy() for k, v in model.state_dict().items()}, model.config)
+        naive_rates, fast_rates, numpy_rates, identical = [], [], [], True
         for r in range(args.rounds):
             a, dt_naive = naive(sampler, "ROMEO:", naive_len, seed=r, temperature=1.0)
             b, _ = fast(sampler, "ROMEO:", naive_len, seed=r, temperature=1.0)
-            identical &= a == b
+            c, _ = numpy_generate(step, vocab, "ROMEO:", naive_len, seed=r, temperature=1.0)
+            identical &= a == b == c
             _, dt_fast = fast(sampler, "ROMEO:", fast_len, seed=r, temperature=1.0)
+            _, dt_numpy = numpy_generate(step, vocab, "ROMEO:", fast_len, seed=r, temperature=1.0)
             naive_rates.append(naive_len / dt_naive)
             fast_rates.append(fast_len / dt_fast)
-        nv, fs = statistics.median(naive_rates), statistics.median(fast_rates)
-        print(f"{layers}x{hidden}: naive {nv:,.0f} chars/s, fast {fs:,.0f} chars/s, ratio {fs / nv:.1f}x; "
-              f"same text as naive: {'yes' if identical else 'NO'}", flush=True)
+            numpy_rates.append(fast_len / dt_numpy)
+        nv, fs, npy = (statistics.median(x) for x in (naive_rates, fast_rates, numpy_rates))
+        print(f"{layers}x{hidden}: naive {nv:,.0f} chars/s, fast {fs:,.0f} chars/s ({fs / nv:.1f}x naive), "
+              f"numpy {npy:,.0f} chars/s ({npy / fs:.2f}x fast, {npy / nv:.1f}x naive); "
+              f"same text on all three: {'yes' if identical else 'NO'}", flush=True)
         for n in (64, 1024):
             length = 200 if n == 64 else 50
             rates = []

@@ -15,9 +15,9 @@ import torch
 
 from chargen import Sampler
 from chargen.decode import FastStep, pick as torch_pick
-from chargen.draws import uniforms
 from chargen.model import CharRNN, ModelConfig
-from chargen.numpy_step import NumpyStep, pick
+from chargen.config import SampleOptions
+from chargen.numpy_step import NumpyStep, pick, prime, sample_ids
 
 from conftest import REPO
 
@@ -70,15 +70,10 @@ def test_pick_matches_torch_for_the_same_logits_and_uniforms(temperature, top_k,
 
 def _numpy_generate(step: NumpyStep, vocab, prompt: str, length: int, seed: int, **kw) -> str:
     """Sampler.generate's loop on the NumPy step: prime on [start, prompt], then draw and step."""
-    state = step.zero_state(1)
-    for i in [vocab.start_id] + vocab.encode(prompt):
-        logits, state = step(np.array([i]), state)
-    u, out = uniforms(np.array([seed], dtype=np.uint64), 0, length), []
-    for t in range(length):
-        ids = pick(logits, u[:, t], kw.get("temperature", 1.0), kw.get("top_k"), kw.get("top_p"), vocab.unk_id)
-        out.append(vocab.chars[int(ids[0])])
-        logits, state = step(ids, state)
-    return "".join(out)
+    logits, state = prime(step, [vocab.start_id] + vocab.encode(prompt))
+    ids = sample_ids(step, logits, state, np.array([seed], dtype=np.uint64), SampleOptions(length=length, **kw),
+                     vocab.unk_id)
+    return "".join(vocab.chars[int(i[0])] for i in ids)
 
 
 def test_the_same_seed_gives_the_same_text_as_the_torch_sampler():
@@ -101,12 +96,13 @@ def test_the_same_seed_gives_the_same_text_as_the_torch_sampler():
 def test_the_numpy_step_never_imports_torch():
     code = ("import sys, numpy as np\n"
             "from chargen.rundir import open_run_dir\n"
-            "from chargen.numpy_step import NumpyStep, pick\n"
+            "from chargen.config import SampleOptions\n"
+            "from chargen.numpy_step import NumpyStep, prime, sample_ids\n"
             f"run = open_run_dir({str(GOLDEN)!r})\n"
             "step = NumpyStep.from_file(run.dir / 'model.safetensors', run.model_config)\n"
-            "logits, state = step(np.array([run.vocab.start_id]), step.zero_state(1))\n"
-            "ids = pick(logits, np.array([0.5]), 1.0, None, None, run.vocab.unk_id)\n"
-            "print(run.vocab.chars[int(ids[0])] != '', 'torch' in sys.modules)\n")
+            "logits, state = prime(step, [run.vocab.start_id] + run.vocab.encode('the '), batch=3)\n"
+            "ids = list(sample_ids(step, logits, state, np.arange(3, dtype=np.uint64), SampleOptions(length=20)))\n"
+            "print(len(ids) == 20 and ids[0].shape == (3,), 'torch' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "False"]
