@@ -146,7 +146,9 @@ class Batcher:
 
     def __init__(self, sampler: Sampler, max_batch: int = 256, on_step=None):
         self.sampler, self.max_batch, self._on_step = sampler, max_batch, on_step
-        self.vocab, self.step_fn = sampler.vocab, sampler.fast_step
+        if sampler.backend != "torch":
+            raise ChargenError("the batcher runs on the torch backend; load the sampler with backend='torch'")
+        self.vocab, self.step_fn = sampler.vocab, sampler.runtime.step
         # the unknown token, never drawn: made once on the device (as sample_ids does)
         unk = sampler.vocab.unk_id
         self._banned = None if unk is None else torch.tensor([unk], device=sampler.device)
@@ -231,9 +233,8 @@ class Batcher:
                 if _done_before_start(request):
                     item = (request, None, None)
                 else:
-                    with torch.inference_mode():
-                        logits, state = self.sampler._prime(request.prompt_ids, request.opts.n)
-                        item = (request, logits, self.step_fn.to_fast(state))
+                    logits, state = self.sampler._prime(request.prompt_ids, request.opts.n)
+                    item = (request, logits, state)
                 with self._cv:
                     self._primed.append(item)
                     self._priming = None
@@ -309,7 +310,6 @@ class Batcher:
         opts = request.opts
         if logits is None:   # a short prompt: read here
             logits, state = self.sampler._prime(request.prompt_ids, opts.n)
-            state = self.step_fn.to_fast(state)
         rows = [_Row(request, i, (opts.seed + i) % (1 << 64)) for i in range(opts.n)]
         if self._rows:
             self._logits = torch.cat([self._logits, logits])

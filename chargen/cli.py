@@ -202,7 +202,7 @@ def cmd_sample(args) -> int:
     settings = given(args, SampleOptions)
     settings["stop"] = tuple(_unescape(s) for s in settings.get("stop", ()))
     options = SampleOptions(**settings)
-    sampler = Sampler.load(args.run, device=args.device, checkpoint=args.checkpoint)
+    sampler = Sampler.load(args.run, device=args.device, checkpoint=args.checkpoint, backend=args.backend)
     out = sys.stdout
     if options.n == 1:
         pieces = sampler.stream(prompt, options)  # validates before anything is printed
@@ -228,7 +228,8 @@ def cmd_eval(args) -> int:
         raise ChargenError("give a FILE to score, or --split val|test for the run's own corpus (not both)")
     if args.split is None and (args.source is not None or args.batch_size is not None):
         raise ChargenError("--source and --batch-size go with --split; to score a file, pass only FILE")
-    sampler = Sampler.load(args.run, device=args.device, checkpoint=args.checkpoint)
+    sampler = Sampler.load(args.run, device=args.device, checkpoint=args.checkpoint,
+                           backend=_eval_backend(args))
     if args.file is not None:
         score, what = sampler.score_file(args.file), args.file
         result = {"run": args.run, "file": args.file}
@@ -248,6 +249,18 @@ def cmd_eval(args) -> int:
     else:
         print(f"{what}: {score.count:,} characters, {score.nats:.4f} nats/char ({score.bpc:.4f} bpc)")
     return 0
+
+
+def _eval_backend(args) -> str:
+    """Scoring reads whole sequences, which torch does in one call per layer: ``auto`` is torch when it is
+    installed (NumPy otherwise); ``--split`` needs torch."""
+    from .sample import resolve_backend, torch_installed
+
+    if args.split is not None and args.backend == "numpy":
+        raise ChargenError("--split runs on the torch backend; leave out --backend numpy")
+    if args.backend == "auto" and (torch_installed() or args.split is not None):
+        return resolve_backend("torch", args.device)
+    return resolve_backend(args.backend, args.device)
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -324,10 +337,17 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
                    help="best weights by validation loss (default) or the last checkpoint")
 
 
+def _add_backend_arg(p: argparse.ArgumentParser, default_help: str) -> None:
+    p.add_argument("--backend", choices=("auto", "torch", "numpy"), default="auto",
+                   help=f"what runs the model: numpy (CPU only, no torch needed) or torch; auto (default): "
+                        f"{default_help}")
+
+
 def _add_sample_args(p: argparse.ArgumentParser) -> None:
     from .config import SampleOptions
 
     _add_load_args(p)
+    _add_backend_arg(p, "numpy on the CPU, where it is faster, torch on another device")
     p.add_argument("--prompt", default=None, help="text to continue (\\n, \\t escapes allowed); default: none")
     p.add_argument("--prompt-file", default=None, metavar="F", help="read the prompt from a UTF-8 file")
     add_flags(p, SampleOptions)
@@ -351,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
          "Ctrl-C saves a checkpoint."),
         ("sample", cmd_sample, [_add_sample_args], "generate text from a trained run",
          "Print the prompt and its continuation to stdout as it is generated."),
-        ("eval", cmd_eval, [_add_load_args, _add_eval_args, _add_json],
+        ("eval", cmd_eval, [_add_load_args, _add_eval_args, _add_eval_backend, _add_json],
          "loss of a text file, or of the run's validation or test split, under a run's model (nats/char, bpc)",
          None),
         ("serve", cmd_serve, [_add_load_args, _add_serve_args],
@@ -368,6 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
             add(p)
         p.set_defaults(func=func)
     return parser
+
+
+def _add_eval_backend(p: argparse.ArgumentParser) -> None:
+    _add_backend_arg(p, "torch when it is installed (it reads a whole text faster), else numpy")
 
 
 def _add_json(p: argparse.ArgumentParser) -> None:
@@ -388,6 +412,26 @@ def _leave_process_group_quietly() -> None:
         os._exit(EXIT_USAGE)
 
 
+# Modules of the optional extras, and the extra that installs each.
+_EXTRAS = {"torch": "train", "datasets": "train", "starlette": "serve", "uvicorn": "serve",
+           "matplotlib": "plot", "onnx": "export", "onnxruntime": "export"}
+
+
+def _uses_torch(args) -> bool:
+    """Whether the command will run torch (and so imports it up front), as far as it is installed."""
+    from .sample import resolve_backend, torch_installed
+
+    if not torch_installed():
+        return False
+    if args.command in ("train", "serve"):
+        return True
+    if args.command == "sample":
+        return resolve_backend(args.backend, args.device) == "torch"
+    if args.command == "eval":
+        return _eval_backend(args) == "torch"
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``chargen`` command; returns the exit status."""
     parser = build_parser()
@@ -399,8 +443,17 @@ def main(argv: list[str] | None = None) -> int:
             if args.command != "info":
                 with ctrl_c_deferred():  # see ctrl_c_deferred: not inside numpy's or torch's initialisation
                     import numpy  # noqa: F401
-                    import torch  # noqa: F401
+                    if _uses_torch(args):
+                        import torch  # noqa: F401
         return args.func(args)
+    except ModuleNotFoundError as e:
+        extra = _EXTRAS.get((e.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        extra = "serve" if args.command == "serve" else extra
+        print(f"chargen {args.command}: error: this needs {e.name}, which is not installed: "
+              f'pip install "chargen[{extra}]"', file=sys.stderr)
+        return EXIT_USAGE
     except ChargenError as e:
         print(f"chargen {args.command}: error: {e}", file=sys.stderr)
         _leave_process_group_quietly()

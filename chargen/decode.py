@@ -23,7 +23,7 @@ from .config import DEFAULT_TEMPERATURE, SampleOptions
 from .draws import uniforms, uniforms_at
 from .model import CharRNN
 
-__all__ = ["FastStep", "SampleOptions", "pick", "preview", "sample_ids", "uniforms", "uniforms_at"]
+__all__ = ["FastStep", "SampleOptions", "TorchRuntime", "pick", "preview", "sample_ids", "uniforms", "uniforms_at"]
 
 _BLOCK = 256  # steps of uniforms drawn at a time
 
@@ -190,3 +190,48 @@ class FastStep:
         if self.adaptive is not None:
             return self.adaptive.log_probs(x), fast                                # (B, V)
         return torch.addmm(self.head_b, x, self.head_w), fast                      # (B, V)
+
+
+class TorchRuntime:
+    """The sampler's torch backend: a model on a device, primed with one ``nn.LSTM``/``nn.GRU`` call over
+    the prompt, then one :class:`FastStep` per character (``numpy_step.NumpyRuntime`` has the same methods)."""
+
+    name = "torch"
+
+    def __init__(self, model: CharRNN, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.step = FastStep(self.model)
+
+    @torch.inference_mode()
+    def prime(self, ids: np.ndarray, batch: int) -> tuple[torch.Tensor, list]:
+        """Logits (batch, V) after ``ids`` ([start, prompt]), read in one forward call, and the state."""
+        x = torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(self.device)[None, :]
+        h, state = self.model.features(x)                                          # (1, T, H)
+        logits = self.model.logits(h[:, -1]).expand(batch, -1).contiguous()       # (batch, V)
+        if isinstance(state, tuple):
+            state = tuple(s.expand(-1, batch, -1).contiguous() for s in state)
+        else:
+            state = state.expand(-1, batch, -1).contiguous()
+        return logits, self.step.to_fast(state)
+
+    def sample(self, logits, state, seeds: np.ndarray, opts: SampleOptions, banned: int | None):
+        return sample_ids(self.step, logits, state, seeds, opts, banned)
+
+    @staticmethod
+    def to_numpy(columns: list) -> np.ndarray:
+        """The drawn ids, one tensor (B,) per step -> (B, steps), copied off the device once."""
+        return torch.stack(columns, dim=1).cpu().numpy()
+
+    def scorer(self, start_id: int):
+        """A function of ids (t,) -> log-probabilities (t,) float64, the state carried between calls."""
+        from .evaluate import StreamScorer
+        scorer = StreamScorer(self.model, torch.tensor([start_id], device=self.device))
+
+        @torch.inference_mode()
+        def score(targets: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(np.asarray(targets, dtype=np.int64)).to(self.device)[None, :]
+            return scorer(x)[0].cpu().numpy()
+        return score

@@ -110,7 +110,8 @@ def _hf_load(builder: str, name: str, data_files=None):
     try:
         import datasets  # heavy: imported only when an hf: source is used
     except ImportError:
-        raise ChargenError("hf: sources need the 'datasets' package; pip install datasets") from None
+        raise ChargenError("hf: sources need the 'datasets' package: "
+                           "pip install \"chargen[train]\" (or datasets)") from None
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()  # its own failure messages would add lines to chargen's one
     try:

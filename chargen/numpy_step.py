@@ -17,7 +17,7 @@ import numpy as np
 from .config import ModelConfig, SampleOptions
 from .draws import uniforms
 
-__all__ = ["NumpyStep", "log_softmax", "pick", "prime", "sample_ids"]
+__all__ = ["NumpyRuntime", "NumpyStep", "Scorer", "log_softmax", "pick", "prime", "sample_ids"]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -64,8 +64,9 @@ class NumpyStep:
 
     @classmethod
     def from_file(cls, path, config: ModelConfig) -> "NumpyStep":
-        from safetensors.numpy import load_file
-        return cls(load_file(str(path)), config)
+        """The step of a run's weights file, checked against ``config`` (``rundir.load_arrays``)."""
+        from .rundir import load_arrays
+        return cls(load_arrays(path, config), config)
 
     def zero_state(self, batch: int) -> list:
         zeros = [np.zeros((batch, self.H), dtype=np.float32) for _ in range(self.L)]
@@ -81,6 +82,47 @@ class NumpyStep:
         for i, (project, cluster) in enumerate(self.tails):
             parts.append(log_softmax((x @ project) @ cluster) + head[:, c0 + i:c0 + i + 1])
         return np.concatenate(parts, axis=1)[:, self.rank]
+
+    def log_probs(self, x: np.ndarray) -> np.ndarray:
+        """Log-probabilities (N, V) of the next character after outputs x (N, H)."""
+        out = self.output(x)
+        return out if self.config.adaptive else log_softmax(out)
+
+    def features(self, ids: np.ndarray, state: list | None = None) -> tuple[np.ndarray, list]:
+        """ids (B, T) -> the top layer's outputs (B, T, H) and the state after them. Layer by layer: each
+        layer's input projection is one matmul over the whole sequence, then one matmul per step."""
+        ids = np.asarray(ids)
+        B, T = ids.shape
+        H = self.H
+        state = self.zero_state(B) if state is None else state
+        x = None                                                                      # (B, T, in)
+        new_state = [[] for _ in state]
+        for k, layer in enumerate(self.layers):
+            out = np.empty((B, T, H), dtype=np.float32)
+            if self.cell == "lstm":
+                a, w = layer
+                gin, w_hh = (a[ids], w) if k == 0 else (x @ w[:H] + a, w[H:])          # (B, T, 4H)
+                h, c = state[0][k], state[1][k]
+                for t in range(T):
+                    g = gin[:, t] + h @ w_hh
+                    i, f, o = _sigmoid(g[:, :H]), _sigmoid(g[:, H:2 * H]), _sigmoid(g[:, 3 * H:])
+                    c = f * c + i * np.tanh(g[:, 2 * H:3 * H])
+                    h = out[:, t] = o * np.tanh(c)
+                new_state[0].append(h)
+                new_state[1].append(c)
+            else:
+                gi_src, w_ih, w_hh, b_hh = layer
+                gin = gi_src[ids] if k == 0 else x @ w_ih + gi_src                     # (B, T, 3H)
+                h = state[0][k]
+                for t in range(T):
+                    gi, gh = gin[:, t], h @ w_hh + b_hh
+                    r = _sigmoid(gi[:, :H] + gh[:, :H])
+                    z = _sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
+                    n = np.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+                    h = out[:, t] = n + z * (h - n)
+                new_state[0].append(h)
+            x = out
+        return x, new_state
 
     def __call__(self, ids: np.ndarray, state: list) -> tuple[np.ndarray, list]:
         """ids (B,), per-layer state -> logits (B, V), new per-layer state."""
@@ -115,13 +157,12 @@ class NumpyStep:
         return self.output(x), state
 
 
-def prime(step: NumpyStep, ids: list[int], batch: int = 1) -> tuple[np.ndarray, list]:
+def prime(step: NumpyStep, ids, batch: int = 1) -> tuple[np.ndarray, list]:
     """Logits (batch, V) for the character after ``ids`` (the start id first), and the state: the ids
-    read one step at a time from the zero state."""
-    state = step.zero_state(1)
-    for i in ids:
-        logits, state = step(np.array([i]), state)
-    return np.repeat(logits, batch, axis=0), [[np.repeat(h, batch, axis=0) for h in layer] for layer in state]
+    read from the zero state."""
+    h, state = step.features(np.asarray(ids, dtype=np.int64)[None, :])
+    logits = step.output(h[:, -1])
+    return np.repeat(logits, batch, axis=0), [[np.repeat(x, batch, axis=0) for x in layer] for layer in state]
 
 
 _BLOCK = 256  # steps of uniforms drawn at a time
@@ -156,7 +197,8 @@ def pick(logits: np.ndarray, u: np.ndarray | None, temperature: float, top_k: in
     x = logits.astype(np.float64)
     V = x.shape[-1]
     if temperature != 1.0:
-        x = (x - x.max(axis=-1, keepdims=True)) / temperature
+        with np.errstate(over="ignore"):      # a tiny temperature sends all but the maximum to -inf
+            x = (x - x.max(axis=-1, keepdims=True)) / temperature
     if top_k is not None and top_k < V:
         kth = np.partition(x, V - top_k, axis=-1)[:, V - top_k:V - top_k + 1]       # (B, 1)
         x = np.where(x < kth, -np.inf, x)
@@ -173,3 +215,51 @@ def pick(logits: np.ndarray, u: np.ndarray | None, temperature: float, top_k: in
     total = cdf[:, -1:]
     target = np.minimum(np.asarray(u, dtype=np.float64)[:, None] * total, np.nextafter(total, 0.0))
     return (cdf <= target).sum(axis=-1)                     # searchsorted(right=True), row by row
+
+
+class NumpyRuntime:
+    """The sampler's NumPy backend: priming, drawing and scoring on a :class:`NumpyStep` (see sample.py;
+    ``decode.TorchRuntime`` is the torch one, with the same methods)."""
+
+    name = "numpy"
+
+    def __init__(self, step: NumpyStep):
+        self.step = step
+
+    def prime(self, ids: np.ndarray, batch: int) -> tuple[np.ndarray, list]:
+        """Logits (batch, V) after ``ids`` ([start, prompt]) and the per-layer state."""
+        return prime(self.step, ids, batch)
+
+    def sample(self, logits, state, seeds: np.ndarray, opts: SampleOptions, banned: int | None):
+        return sample_ids(self.step, logits, state, seeds, opts, banned)
+
+    @staticmethod
+    def to_numpy(columns: list) -> np.ndarray:
+        """The drawn ids, one array (B,) per step -> (B, steps)."""
+        return np.stack(columns, axis=1)
+
+    def scorer(self, start_id: int) -> "Scorer":
+        return Scorer(self.step, start_id)
+
+
+class Scorer:
+    """Log-probabilities of one stream of ids read piece by piece, the state carried (the NumPy
+    ``evaluate.StreamScorer``); the first id is scored after ``start_id``."""
+
+    CHUNK = 1024   # positions read at a time: the input projections of a chunk are (CHUNK, G*H) floats
+
+    def __init__(self, step: NumpyStep, start_id: int):
+        self.step, self.prev, self.state = step, int(start_id), None
+
+    def __call__(self, targets: np.ndarray) -> np.ndarray:
+        """targets (t,) -> log-probabilities (t,) float64."""
+        targets = np.asarray(targets, dtype=np.int64)
+        out = []
+        for lo in range(0, targets.size, self.CHUNK):
+            piece = targets[lo:lo + self.CHUNK]
+            x = np.concatenate([[self.prev], piece[:-1]])
+            h, self.state = self.step.features(x[None, :], self.state)
+            lp = self.step.log_probs(h[0])                                            # (t, V)
+            out.append(lp[np.arange(piece.size), piece].astype(np.float64))
+            self.prev = int(piece[-1])
+        return np.concatenate(out) if out else np.zeros(0)

@@ -190,6 +190,34 @@ def check_weights_header(path: Path, model_config: ModelConfig) -> None:
                            "folder is corrupt")
 
 
+def load_arrays(path: Path, model_config: ModelConfig) -> dict:
+    """A weights file as NumPy arrays (no torch), checked as ``checkpoint.load_weights`` checks it: the
+    names and shapes fit the config, the values are finite and ``head.rank`` is an order of the ids."""
+    import numpy as np
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ChargenError(f"{path} is missing; the run folder is incomplete")
+    check_weights_header(path, model_config)
+    try:
+        arrays = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ChargenError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]}); "
+                           "the run folder is corrupt") from None
+    for k, v in arrays.items():
+        if v.dtype.kind not in "fiu":
+            raise ChargenError(f"{path} holds {k} as {v.dtype}, not numbers; the run folder is corrupt")
+        if v.dtype.kind == "f" and not np.isfinite(v).all():
+            raise ChargenError(f"{path} holds non-finite values in {k}; the run folder is corrupt")
+    rank = arrays.get("head.rank")
+    if rank is not None and not np.array_equal(np.sort(rank), np.arange(rank.size)):
+        raise ChargenError(f"{path} holds a head.rank that is not an order of the characters; "
+                           "the run folder is corrupt")
+    return arrays
+
+
 def _model_config(section) -> ModelConfig:
     cfg = ModelConfig(**_complete(ModelConfig, section))
     if cfg.softmax == "auto" or (cfg.adaptive and cfg.cutoffs is None):

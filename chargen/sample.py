@@ -9,8 +9,10 @@ Usage::
     for piece in s.stream("ROMEO:", length=300, seed=1): print(piece, end="")
     s.score("To be, or not to be").bpc
 
-The prompt is primed with one forward call over all of it; after that each
-character costs one fast recurrent step (decode.py) with the state carried.
+The model runs on a backend: ``numpy`` (numpy_step.py: the CPU, torch never
+imported) or ``torch`` (decode.py: any device). Each reads the prompt, then
+draws each character with one fast recurrent step, the state carried. This
+module imports neither backend until a sampler is made.
 An empty prompt starts from the zero state fed a newline (the character that
 starts lines and documents), which is not part of the result; ``score`` scores
 the first character of a text the same way.
@@ -25,6 +27,7 @@ Seeding rule: sample ``i`` of ``generate(..., n=N, seed=s)`` is the text that
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import secrets
@@ -33,17 +36,13 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import torch
 
-from .checkpoint import load_weights
 from .config import SampleOptions
-from .decode import FastStep, sample_ids
-from .devices import resolve_device
 from .errors import ChargenError
-from .evaluate import WARMUP, Sample, SampleScorer, StreamScorer
-from .model import CharRNN
 from .rundir import open_run_dir
 from .tokenizer import CharVocab
+
+BACKENDS = ("auto", "torch", "numpy")
 
 
 @dataclass
@@ -56,30 +55,111 @@ class Score:
     bpc: float              # nats / ln 2
 
 
-class Sampler:
-    """A trained model ready to generate and score text. Safe to share between threads."""
+def torch_installed() -> bool:
+    """Whether PyTorch can be imported here (found without importing it: that takes seconds)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except ValueError:          # sys.modules["torch"] is None: imports of torch are blocked
+        return False
 
-    def __init__(self, model: CharRNN, vocab: CharVocab, device: torch.device | str = "cpu"):
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.vocab = vocab
-        self.fast_step = FastStep(self.model)
+
+def resolve_backend(backend: str, device="cpu") -> str:
+    """``torch`` or ``numpy`` for a ``backend`` asked for on ``device``. ``auto`` is NumPy on the CPU
+    (faster for one stream, and no torch import) and torch on an accelerator; without torch installed,
+    NumPy everywhere it can run."""
+    if backend not in BACKENDS:
+        raise ChargenError(f"unknown backend {backend!r}; use auto, torch or numpy")
+    name = device if isinstance(device, str) else str(device)
+    on_cpu = name == "cpu" or (name == "auto" and not _cuda_available())
+    if backend == "numpy" and not on_cpu:
+        raise ChargenError(f"the numpy backend runs on the CPU, not on {name}; choose the cpu device, "
+                           "or the torch backend")
+    if backend == "auto":
+        backend = "numpy" if on_cpu else "torch"
+    if backend == "torch" and not torch_installed():
+        raise ChargenError("the torch backend needs PyTorch, which is not installed here: "
+                           "pip install \"chargen[train]\" (or torch), or use the numpy backend")
+    return backend
+
+
+def _cuda_available() -> bool:
+    if not torch_installed():
+        return False
+    import torch
+    return torch.cuda.is_available()
+
+
+class Sampler:
+    """A trained model ready to generate and score text. Safe to share between threads.
+
+    It runs on one of two backends (:attr:`backend`): ``torch`` (any device) or ``numpy`` (the CPU, no
+    torch needed), which give the same text for the same seed (see the README on near ties).
+    """
+
+    def __init__(self, model, vocab: CharVocab, device="cpu"):
+        """A torch-backed sampler for a ``CharRNN`` in memory; :meth:`load` reads a run folder."""
+        from .decode import TorchRuntime
+        self.runtime, self.vocab = TorchRuntime(model, device), vocab
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str | torch.device = "cpu", checkpoint: str = "best") -> "Sampler":
-        """Load a run folder: config, vocabulary and weights (``best`` or ``last``); no pickle."""
+    def _with(cls, runtime, vocab: CharVocab) -> "Sampler":
+        self = cls.__new__(cls)
+        self.runtime, self.vocab = runtime, vocab
+        return self
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device="cpu", checkpoint: str = "best", backend: str = "auto") -> "Sampler":
+        """Load a run folder: config, vocabulary and weights (``best`` or ``last``); no pickle.
+
+        ``backend``: ``numpy`` (CPU only, never imports torch), ``torch``, or ``auto`` (see
+        :func:`resolve_backend`: NumPy on the CPU)."""
         if checkpoint not in ("best", "last"):
             raise ChargenError(f"checkpoint must be best or last, got {checkpoint!r}")
         if not isinstance(run_dir, (str, os.PathLike)):
             raise ChargenError(f"run_dir must be the path of a run folder, got {run_dir!r}")
+        backend = resolve_backend(backend, device)
         run = open_run_dir(run_dir)
-        device = resolve_device(device)
         path = run.dir / "model.safetensors" if checkpoint == "best" else run.dir / "last" / "model.safetensors"
+        if backend == "numpy":
+            from .numpy_step import NumpyRuntime, NumpyStep
+            return cls._with(NumpyRuntime(NumpyStep.from_file(path, run.model_config)), run.vocab)
+        from .checkpoint import load_weights
+        from .devices import resolve_device
+        from .model import CharRNN
+        device = resolve_device(device)
         model = CharRNN(run.model_config)
         load_weights(model, path)
         return cls(model, run.vocab, device)
+
+    @property
+    def backend(self) -> str:
+        """``torch`` or ``numpy``."""
+        return self.runtime.name
+
+    def _torch(self, what: str):
+        if self.backend != "torch":
+            raise ChargenError(f"{what} belongs to the torch backend; this sampler runs on {self.backend} "
+                               "(load it with backend='torch')")
+        return self.runtime
+
+    @property
+    def model(self):
+        """The ``CharRNN`` (torch backend only)."""
+        return self._torch("the model").model
+
+    @property
+    def device(self):
+        """The torch device (torch backend only)."""
+        return self._torch("the device").device
+
+    @property
+    def fast_step(self):
+        """The single-step kernel the torch backend decodes with (``decode.FastStep``)."""
+        return self._torch("the fast step").step
+
+    @fast_step.setter
+    def fast_step(self, step) -> None:
+        self._torch("the fast step").step = step
 
     # -- encoding ----------------------------------------------------------
 
@@ -91,17 +171,9 @@ class Sampler:
             raise ChargenError(f"text must be a str, got {type(text).__name__}")
         return self.vocab.encode_array(text, strict=unknown != "unk").astype(np.int64)
 
-    @torch.inference_mode()
     def _prime(self, prompt_ids: np.ndarray, batch: int):
-        """One forward call over [start, prompt]: logits (batch, V) for the next character, and the state."""
-        ids = np.concatenate([[self.vocab.start_id], prompt_ids]).astype(np.int64)
-        h, state = self.model.features(torch.from_numpy(ids).to(self.device)[None, :])  # (1, T, H)
-        logits = self.model.logits(h[:, -1]).expand(batch, -1).contiguous()             # (batch, V)
-        if isinstance(state, tuple):
-            state = tuple(s.expand(-1, batch, -1).contiguous() for s in state)
-        else:
-            state = state.expand(-1, batch, -1).contiguous()
-        return logits, state
+        """Logits (batch, V) for the character after [start, prompt], and the per-layer state."""
+        return self.runtime.prime(np.concatenate([[self.vocab.start_id], prompt_ids]).astype(np.int64), batch)
 
     # -- generation --------------------------------------------------------
 
@@ -118,12 +190,12 @@ class Sampler:
         opts = SampleOptions(**settings) if options is None else replace(options, **settings)
         return opts if opts.seed is not None else replace(opts, seed=secrets.randbits(63))
 
-    def _ids(self, prompt: str, opts: SampleOptions) -> Iterator[torch.Tensor]:
+    def _ids(self, prompt: str, opts: SampleOptions) -> Iterator:
         """The next ids (n,) step by step, ``length`` times."""
         prompt_ids = self.encode(prompt, opts.unknown)
         seeds = np.uint64(opts.seed) + np.arange(opts.n, dtype=np.uint64)
         logits, state = self._prime(prompt_ids, opts.n)
-        return sample_ids(self.fast_step, logits, self.fast_step.to_fast(state), seeds, opts, self.vocab.unk_id)
+        return self.runtime.sample(logits, state, seeds, opts, self.vocab.unk_id)
 
     def generate(self, prompt: str = "", options: SampleOptions | None = None, **settings) -> str | list[str]:
         """The continuation of ``prompt`` (without it): a str, or a list of ``n`` str decoded in one batch.
@@ -138,13 +210,13 @@ class Sampler:
             columns = list(steps)
             if not columns:
                 return "" if opts.n == 1 else [""] * opts.n
-            rows = torch.stack(columns, dim=1).cpu().numpy()                   # (n, length)
+            rows = self.runtime.to_numpy(columns)                              # (n, length)
             texts = [self.vocab.decode(row) for row in rows]
         else:
             texts = self._until_stops(steps, opts)
         return texts[0] if opts.n == 1 else texts
 
-    def _until_stops(self, steps: Iterator[torch.Tensor], opts: SampleOptions) -> list[str]:
+    def _until_stops(self, steps: Iterator, opts: SampleOptions) -> list[str]:
         chars, stops = self.vocab.chars, opts.stop
         outs = [[] for _ in range(opts.n)]
         done = [False] * opts.n
@@ -194,40 +266,36 @@ class Sampler:
 
     # -- scoring -----------------------------------------------------------
 
-    def _scorer(self) -> StreamScorer:
-        return StreamScorer(self.model, torch.tensor([self.vocab.start_id], device=self.device))
-
-    @torch.inference_mode()
     def score(self, text: str, unknown: str = "error") -> Score:
         """Log-probability of every character of ``text`` (normalized as the corpus was)."""
         ids = self.encode(text, unknown)
         if ids.size == 0:
             return _make_score(np.zeros(0), 0.0, 0)
-        lp = self._scorer()(torch.from_numpy(ids).to(self.device)[None, :])[0].cpu().numpy()
+        lp = self.runtime.scorer(self.vocab.start_id)(ids)
         return _make_score(lp, float(lp.sum()), lp.size)
 
-    @torch.inference_mode()
     def score_file(self, path: str | Path, chunk_chars: int = 1 << 16, unknown: str = "unk") -> Score:
         """Score a whole file, streaming through it with the state carried: memory stays small."""
         from .files import read_text_pieces
-        scorer = self._scorer()
+        scorer = self.runtime.scorer(self.vocab.start_id)
         total, count = 0.0, 0
         for piece in read_text_pieces(Path(path)):
-            ids = torch.from_numpy(self.encode(piece, unknown)).to(self.device)
-            for lo in range(0, ids.numel(), chunk_chars):
-                lp = scorer(ids[None, lo: lo + chunk_chars])
+            ids = self.encode(piece, unknown)
+            for lo in range(0, ids.size, chunk_chars):
+                lp = scorer(ids[lo: lo + chunk_chars])
                 total += float(lp.sum())
-                count += lp.numel()
+                count += lp.size
         if count == 0:
             raise ChargenError(f"{path} is empty; pass a file with text to score")
         return _make_score(np.zeros(0), total, count)
-
 
     def score_split(self, corpus, split: str = "val", *, batch_size: int = 32, chars: int | None = None,
                     progress: bool = False) -> Score:
         """The loss of a prepared corpus's split (a :class:`~chargen.prepared.PreparedCorpus`), as training
         validates: every character (or a ``chars`` sample), in segments warmed on the text before them.
         Streams from the memory map: memory stays small whatever the split's size."""
+        self._torch("score_split")
+        from .evaluate import WARMUP, Sample, SampleScorer
         if split not in ("train", "val", "test"):
             raise ChargenError(f"split must be train, val or test, got {split!r}")
         if corpus.vocab.chars != self.vocab.chars:

@@ -564,7 +564,7 @@ def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, device: str = "
         raise ChargenError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --host or --port") \
             from None
     with sock:
-        sampler = Sampler.load(run_dir, device=device, checkpoint=checkpoint)
+        sampler = Sampler.load(run_dir, device=device, checkpoint=checkpoint, backend="torch")
         # On a loopback address, only requests naming this machine: a web page cannot reach the server through
         # a name of its own (DNS rebinding).
         local = ipaddress.ip_address(address[0].split("%")[0]).is_loopback

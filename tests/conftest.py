@@ -78,7 +78,7 @@ class LiveServer:
 
         from chargen import Sampler
         from chargen.serve import create_app
-        self.sampler = sampler or Sampler.load(run)
+        self.sampler = sampler or Sampler.load(run, backend="torch")
         self.app = create_app(self.sampler, "golden", **kwargs)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

@@ -144,7 +144,7 @@ def test_the_fast_step_is_the_model_at_every_step(cell):
 
 
 def test_score_and_training_evaluation_read_the_same_probabilities(run, texts):
-    s = Sampler.load(run)
+    s = Sampler.load(run, backend="torch")
     text = texts["big"].read_text(encoding="utf-8")[-400:]
     scored = s.score(text)
     ids = [s.vocab.start_id] + s.vocab.encode(text)
@@ -159,7 +159,7 @@ def test_score_and_training_evaluation_read_the_same_probabilities(run, texts):
 
 
 def test_sampling_follows_the_tempered_distribution(run):
-    s = Sampler.load(run)
+    s = Sampler.load(run, backend="torch")
     n, temperature = 6000, 0.7
     firsts = s.generate("\u4e00", length=1, n=n, seed=99, temperature=temperature)
     counts = np.bincount([s.vocab.chars.index(c) for c in firsts], minlength=len(s.vocab))
@@ -183,7 +183,7 @@ def test_sampling_follows_the_tempered_distribution(run):
 
 
 def test_generate_stream_and_batches_agree(run):
-    s = Sampler.load(run)
+    s = Sampler.load(run, backend="torch")
     many = s.generate("\u4e00\u4e01", length=60, n=3, seed=10, top_p=0.9)
     assert many == [s.generate("\u4e00\u4e01", length=60, seed=10 + i, top_p=0.9) for i in range(3)]
     assert "".join(s.stream("\u4e00", length=80, seed=4, stop=("\u4e00\u4e00",))) == \
@@ -192,7 +192,7 @@ def test_generate_stream_and_batches_agree(run):
 
 @pytest.mark.parametrize("kind", [Batcher, ProcessBatcher])
 def test_batched_decoding_gives_each_request_its_own_text(run, kind):
-    s = Sampler.load(run)
+    s = Sampler.load(run, backend="torch")
     rng = random.Random(2)
     reqs = [dict(prompt=rng.choice(["", "\u4e00", "\u4e8c\u4e09"]), length=rng.choice([1, 20, 50]),
                  seed=rng.randrange(1 << 30), temperature=rng.choice([0.0, 0.8, 1.2]),
@@ -290,7 +290,7 @@ def test_a_fine_tune_adds_characters_to_the_last_cluster(run, texts, tmp_path):
         assert torch.equal(grown.state_dict()[name][:value.shape[0]], value), name
     V = base_cfg.vocab_size
     assert grown.head.rank[V:].tolist() == list(range(V, V + 5))
-    s = Sampler.load(run)
+    s = Sampler.load(run, backend="torch")
     ids = torch.from_numpy(s.encode(texts["big"].read_text(encoding="utf-8")[-3000:]))[None]
     before, after = _losses_on(base, grown, ids)
     n_last = V - base_cfg.cutoffs[-1]
@@ -298,7 +298,7 @@ def test_a_fine_tune_adds_characters_to_the_last_cluster(run, texts, tmp_path):
     with torch.no_grad():   # and the grown model is still normalized
         lp = grown.logits(grown.features(ids[:, :50])[0])
     torch.testing.assert_close(lp.exp().sum(-1), torch.ones(1, 50), rtol=0, atol=1e-5)
-    assert Sampler.load(out).generate("\u4e00", length=20, seed=1)
+    assert Sampler.load(out, backend="torch").generate("\u4e00", length=20, seed=1)
 
 
 def test_a_fine_tune_keeps_the_bases_softmax_and_refuses_another(run, texts, tmp_path):

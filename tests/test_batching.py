@@ -22,7 +22,7 @@ GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
 def sampler(tmp_path_factory) -> Sampler:
     d = tmp_path_factory.mktemp("b")
     shutil.copytree(GOLDEN / "run", d / "run")
-    return Sampler.load(d / "run")
+    return Sampler.load(d / "run", backend="torch")
 
 
 @pytest.fixture(params=["thread", "process"])

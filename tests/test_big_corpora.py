@@ -57,7 +57,7 @@ def test_every_evaluation_of_a_run_scores_the_same_sample_and_says_how_many(text
     assert [r["step"] for r in evals] == [10, 20]
     assert all(r["val_chars"] == sample.count for r in evals) and 3000 <= sample.count < 4100
     # the figure is the loss of exactly those characters
-    model = Sampler.load(run).model
+    model = Sampler.load(run, backend="torch").model
     corpus = chargen.prepare(text)
     total, n = streams_loss(model, corpus.val, corpus.train, chars=3000)
     assert evals[-1]["val_loss"] == pytest.approx(total / n, abs=1e-5)
@@ -128,7 +128,7 @@ def test_evaluation_never_reads_a_split_whole(text, tmp_path, chars):
     corpus = chargen.prepare(text)
     val = CountingReads(corpus.val)
     sample = Sample.plan(len(val), chars)
-    total, n = SampleScorer(val, corpus.train[-300:], sample, batch_size=4)(Sampler.load(tmp_path / "run").model)
+    total, n = SampleScorer(val, corpus.train[-300:], sample, batch_size=4)(Sampler.load(tmp_path / "run", backend="torch").model)
     assert n == sample.count
     assert max(val.reads) <= 256 + 1 + sample.length < len(val) // 4   # one segment and its warm-up at a time
     assert sum(val.reads) <= sample.count + len(sample.starts) * 257
@@ -184,7 +184,7 @@ def trained(text, tmp_path) -> Path:
 def test_eval_split_is_the_exact_full_figure(cli, text, trained, split):
     corpus = prepare(text, test_fraction=0.05)
     ids = corpus.ids(split)
-    total, n = streams_loss(Sampler.load(trained).model, ids, corpus.before(split, 1000))
+    total, n = streams_loss(Sampler.load(trained, backend="torch").model, ids, corpus.before(split, 1000))
     code, out, err = cli("eval", trained, "--split", split, "--json", "--batch-size", "3")
     assert code == 0, err
     got = json.loads(out)
@@ -233,7 +233,7 @@ def test_score_split_refuses_another_corpus(text, trained, tmp_path):
     other = tmp_path / "o.txt"
     other.write_text("completely different letters: XYZ QRS\n" * 300)
     with pytest.raises(ChargenError, match="vocabulary is not the model's"):
-        Sampler.load(trained).score_split(prepare(other), "val")
+        Sampler.load(trained, backend="torch").score_split(prepare(other), "val")
 
 
 def test_upload_in_chunks_equals_the_ids(tmp_path):

@@ -25,7 +25,7 @@ def trained(tmp_path_factory):
     chargen.train(d / "t.txt", out=d / "run", cache_dir=cache, max_steps=80, num_layers=1, hidden_size=32,
                   batch_size=8, bptt=32, lr=1e-2, warmup_steps=0, preview_chars=0, eval_every=1000)
     corpus = chargen.prepare(d / "t.txt", cache_dir=cache)
-    return Sampler.load(d / "run").model, np.asarray(corpus.train), np.asarray(corpus.val)
+    return Sampler.load(d / "run", backend="torch").model, np.asarray(corpus.train), np.asarray(corpus.val)
 
 
 def reference(model, train_ids, val, sample, warmup=WARMUP) -> tuple[float, int]:

@@ -67,14 +67,14 @@ def test_keep_vocab_reads_new_characters_as_unk_and_counts_them(texts, base, tmp
 def test_the_first_loss_on_the_base_characters_is_the_bases(texts, base):
     """New rows take almost no probability: on text of the base's characters, the fine-tune's model at
     step 0 scores what the base scores (within NEW_CHAR_PROB per new character)."""
-    base_cfg = Sampler.load(base).model.config
+    base_cfg = Sampler.load(base, backend="torch").model.config
     base_model = CharRNN(base_cfg)
     load_weights(base_model, base / "model.safetensors")
     grown = CharRNN(replace(base_cfg, vocab_size=base_cfg.vocab_size + 6))
     init_from_base(grown, base / "model.safetensors", base_cfg.vocab_size)
     for name, value in base_model.state_dict().items():   # every base row is copied exactly
         assert torch.equal(grown.state_dict()[name][:value.shape[0]], value), name
-    ids = torch.from_numpy(Sampler.load(base).encode(texts["base"].read_text()[:2000]))[None]
+    ids = torch.from_numpy(Sampler.load(base, backend="torch").encode(texts["base"].read_text()[:2000]))[None]
     with torch.no_grad():
         losses = [torch.nn.functional.cross_entropy(m(ids[:, :-1])[0][0], ids[0, 1:]).item()
                   for m in (base_model, grown)]

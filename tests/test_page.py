@@ -42,7 +42,7 @@ def run(golden_run) -> Path:
 
 @pytest.fixture(scope="module")
 def server(run):
-    sampler = Sampler.load(run)
+    sampler = Sampler.load(run, backend="torch")
     # set before the server starts: its Batcher takes the sampler's fast_step when it is made (at startup)
     sampler.fast_step = SlowStep(sampler.fast_step, 0.003)
     s = LiveServer(run, sampler=sampler, run_dir=run, limits=Limits(max_length=4096))

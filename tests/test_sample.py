@@ -13,6 +13,7 @@ import torch
 from chargen import ChargenError, Sampler
 from chargen.decode import FastStep, pick, uniforms
 from chargen.model import CharRNN, ModelConfig
+from chargen.numpy_step import NumpyRuntime, NumpyStep
 from chargen.tokenizer import CharVocab
 
 from conftest import REPO
@@ -20,26 +21,34 @@ from conftest import REPO
 ALPHABET = "\n abcdefghijklmnopqrstuvwxyz.,!?'ABCDEFGHIJ"
 
 
-def make_sampler(cell="lstm", layers=2, hidden=24, seed=0, with_unk=False) -> Sampler:
+def make_sampler(cell="lstm", layers=2, hidden=24, seed=0, with_unk=False, backend="torch") -> Sampler:
     torch.manual_seed(seed)
     vocab = CharVocab.build(ALPHABET, with_unk=with_unk)
     model = CharRNN(ModelConfig(vocab_size=len(vocab), cell=cell, num_layers=layers, hidden_size=hidden))
     with torch.no_grad():  # sharper distributions than the default init, so tests see structure
         for p in model.parameters():
             p.mul_(3.0)
-    return Sampler(model, vocab)
+    if backend == "torch":
+        s = Sampler(model, vocab)
+    else:
+        weights = {k: v.numpy() for k, v in model.state_dict().items()}
+        s = Sampler._with(NumpyRuntime(NumpyStep(weights, model.config)), vocab)
+    s.reference = model.eval()   # the nn.LSTM/nn.GRU model, for reference values
+    return s
 
 
-@pytest.fixture(scope="module", params=["lstm", "gru"])
+# Every behaviour of the sampler, on both backends.
+@pytest.fixture(scope="module", params=["lstm-torch", "gru-torch", "lstm-numpy", "gru-numpy"])
 def sampler(request):
-    return make_sampler(request.param)
+    cell, backend = request.param.split("-")
+    return make_sampler(cell, backend=backend)
 
 
 def reference_logits(s: Sampler, text: str) -> torch.Tensor:
     """Next-character logits after the start character and ``text``, with nn.LSTM/nn.GRU whole."""
     ids = [s.vocab.start_id] + s.vocab.encode(text)
     with torch.no_grad():
-        return s.model(torch.tensor([ids]))[0][0, -1]
+        return s.reference(torch.tensor([ids]))[0][0, -1]
 
 
 def test_same_seed_same_text_and_different_seeds_differ(sampler):
@@ -151,8 +160,9 @@ def test_batched_stops_are_per_sample(sampler):
         assert text == sampler.generate("", length=200, seed=7 + i, stop="e") and "e" not in text
 
 
-def test_thread_safety_same_seed_same_text():
-    s = make_sampler("lstm")
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_thread_safety_same_seed_same_text(backend):
+    s = make_sampler("lstm", backend=backend)
     expected = {seed: s.generate("a", length=150, seed=seed) for seed in range(8)}
     results = {}
 
@@ -242,11 +252,12 @@ def test_stream_checks_its_arguments_before_the_first_piece(sampler, kwargs):
         sampler.stream("a\u20ac")
 
 
-def test_unknown_prompt_characters():
-    s = make_sampler("lstm")
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_unknown_prompt_characters(backend):
+    s = make_sampler("lstm", backend=backend)
     with pytest.raises(ChargenError, match=r"not in the vocabulary: 'Z' '€'; remove them"):
         s.generate("aZ€", length=5)
-    with_unk = make_sampler("lstm", with_unk=True)
+    with_unk = make_sampler("lstm", with_unk=True, backend=backend)
     with pytest.raises(ChargenError, match="pass unknown='unk'"):
         with_unk.generate("aZ", length=5)
     text = with_unk.generate("aZ", length=20, unknown="unk", seed=1)

@@ -59,7 +59,7 @@ def test_a_streamed_completion_joins_to_the_same_text(client, server):
 
 @pytest.mark.parametrize("interval", [0.0, 0.1])
 def test_stream_interval_sets_how_often_a_stream_writes(run, interval):
-    sampler = Sampler.load(run)
+    sampler = Sampler.load(run, backend="torch")
     want = sampler.generate("the ", length=150, seed=4)
     sampler.fast_step = SlowStep(sampler.fast_step, 0.004)   # about 0.6 s for 150 characters
     s = LiveServer(run, sampler=sampler, decode_process=False, stream_interval=interval)
@@ -208,7 +208,7 @@ def test_on_a_loopback_address_only_requests_naming_this_machine_are_answered(ru
 
 
 def test_a_client_that_leaves_before_its_answer_frees_its_rows(run):
-    sampler = Sampler.load(run)
+    sampler = Sampler.load(run, backend="torch")
     sampler.fast_step = SlowStep(sampler.fast_step, 0.01)   # 1,000 characters: 10 s
     s = LiveServer(run, sampler=sampler)
     try:
@@ -227,7 +227,7 @@ def test_a_client_that_leaves_before_its_answer_frees_its_rows(run):
 
 
 def test_a_score_whose_client_left_is_skipped(run, monkeypatch):
-    sampler = Sampler.load(run)
+    sampler = Sampler.load(run, backend="torch")
     score = sampler.score
 
     def slow_score(text, *args):
@@ -355,7 +355,7 @@ def test_run_summary_has_the_curves_and_sizes(server, run):
 
 @pytest.mark.parametrize("decode_process", [True, False], ids=["process", "thread"])
 def test_a_failing_decoding_loop_is_a_server_error_not_a_hang(run, decode_process):
-    sampler = Sampler.load(run)
+    sampler = Sampler.load(run, backend="torch")
     sampler.fast_step = FailingStep(sampler.fast_step, at=30)
     s = LiveServer(run, sampler=sampler, decode_process=decode_process)
     try:
@@ -374,7 +374,7 @@ def test_a_failing_decoding_loop_is_a_server_error_not_a_hang(run, decode_proces
 
 
 def test_a_failing_decoding_loop_ends_a_stream_with_an_error_event(run):
-    sampler = Sampler.load(run)
+    sampler = Sampler.load(run, backend="torch")
     sampler.fast_step = FailingStep(sampler.fast_step, at=30)
     s = LiveServer(run, sampler=sampler)
     try:

@@ -83,7 +83,7 @@ COMMAND_FLAGS = {
     "prepare": {"corpora_dir", "cache_dir", "json"},
     "train": {"corpora_dir", "cache_dir", "out", "config", "preset", "resume", "overwrite", "progress",
               "init_from", "init_checkpoint", "keep_vocab"},
-    "sample": {"device", "checkpoint", "prompt", "prompt_file"},
+    "sample": {"device", "checkpoint", "backend", "prompt", "prompt_file"},
 }
 CONFIGS = {"prepare": (PrepareOptions,), "train": (PrepareOptions, ModelConfig, TrainConfig),
            "sample": (SampleOptions,)}
