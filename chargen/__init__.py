@@ -17,6 +17,7 @@ _LAZY = {
     "ModelConfig": ("chargen.config", "ModelConfig"),
     "CharRNN": ("chargen.model", "CharRNN"),
     "prepare": ("chargen.prepared", "prepare"),
+    "export": ("chargen.export", "export"),
     "PreparedCorpus": ("chargen.prepared", "PreparedCorpus"),
     "CharVocab": ("chargen.tokenizer", "CharVocab"),
     "StatefulStreams": ("chargen.batches", "StatefulStreams"),

@@ -10,6 +10,7 @@ Usage::
     chargen info RUN [--json]                      # what a run is and how far it got
     chargen serve RUN [--port 8000] [...]          # an OpenAI-compatible HTTP API over a run
     chargen plot RUN [RUN...] [-o curves.png]      # loss curves of runs in one PNG
+    chargen export RUN -o DIR                      # the model as one ONNX step, for other runtimes
 
 Each subcommand parses its flags and calls one library function. Mistakes a
 user can make (a ChargenError from the library, a bad flag) print one line on
@@ -295,6 +296,27 @@ def _int_in(low: int, high: int):
 _positive_int = _int_in(1, 1 << 20)
 
 
+def cmd_export(args) -> int:
+    from .export import export
+
+    out = export(args.run, args.output, checkpoint=args.checkpoint, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps({"run": args.run, "output": str(out), "files": ["model.onnx", "tokenizer.json",
+                                                                           "chargen.json"]}))
+    else:
+        print(f"exported {args.run} ({args.checkpoint} weights) to {out}: model.onnx, tokenizer.json, chargen.json")
+    return 0
+
+
+def _add_export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="folder to write model.onnx, tokenizer.json and chargen.json into (new or empty)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="best weights by validation loss (default) or the last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in DIR")
+
+
 def cmd_serve(args) -> int:
     from .serve import Limits, serve
 
@@ -376,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
          None),
         ("serve", cmd_serve, [_add_load_args, _add_serve_args],
          "serve a run over HTTP: an OpenAI-compatible completions API with continuous batching", None),
+        ("export", cmd_export, [_add_export_args, _add_json],
+         "write a run's model as one ONNX step (model.onnx), with its vocabulary, for apps in any language",
+         None),
         ("plot", cmd_plot, [_add_plot_args],
          "draw runs' loss curves into a PNG: validation bpc and training loss, resumes and best checkpoints",
          None),

@@ -20,8 +20,33 @@ from .draws import uniforms
 __all__ = ["NumpyRuntime", "NumpyStep", "Scorer", "log_softmax", "pick", "prime", "sample_ids"]
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))          # never overflows, unlike 1 / (1 + exp(-x))
+def _half_gates(gates: int, hidden: int, halved: tuple) -> np.ndarray:
+    """Column scales (gates * hidden,): 0.5 for the gates passed through a sigmoid, 1 for the others."""
+    scale = np.ones(gates * hidden, dtype=np.float32)
+    for g in halved:
+        scale[g * hidden:(g + 1) * hidden] = 0.5
+    return scale
+
+
+def _lstm_cell(gates: np.ndarray, c: np.ndarray, H: int) -> tuple[np.ndarray, np.ndarray]:
+    """h, c from the gates (B, 4H), the i, f and o columns pre-halved: sigmoid(x) = 0.5 tanh(x / 2) + 0.5,
+    so one tanh covers all four gates."""
+    t = np.tanh(gates)
+    s = t * 0.5
+    s += 0.5                                                                    # sigmoids of i, f, o
+    c = s[:, H:2 * H] * c
+    c += s[:, :H] * t[:, 2 * H:3 * H]                                           # f * c + i * tanh(g)
+    return s[:, 3 * H:] * np.tanh(c), c
+
+
+def _gru_cell(gi: np.ndarray, gh: np.ndarray, h: np.ndarray, H: int) -> np.ndarray:
+    """The new h from the input and hidden parts (B, 3H), their r and z columns pre-halved."""
+    rz = gi[:, :2 * H] + gh[:, :2 * H]
+    np.tanh(rz, out=rz)
+    rz *= 0.5
+    rz += 0.5                                                                   # sigmoids of r and z
+    n = np.tanh(gi[:, 2 * H:] + rz[:, :H] * gh[:, 2 * H:])
+    return n + rz[:, H:] * (h - n)                                              # (1 - z) * n + z * h
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -39,19 +64,25 @@ class NumpyStep:
         self.config, self.cell, self.L, self.H = c, c.cell, c.num_layers, c.hidden_size
         w = {k: np.asarray(v, dtype=np.int64 if k == "head.rank" else np.float32) for k, v in weights.items()}
         emb = w["embedding.weight"]                                                  # (V, E)
+        # The sigmoid gates' columns are halved once here (exact: a power of two), so that a step takes one
+        # tanh per gate group (see _lstm_cell): LSTM i, f, o; GRU r, z.
+        H = c.hidden_size
         self.layers = []
         for k in range(c.num_layers):
             w_ih, w_hh = w[f"rnn.weight_ih_l{k}"], w[f"rnn.weight_hh_l{k}"]          # (G*H, in), (G*H, H)
             b_ih, b_hh = w[f"rnn.bias_ih_l{k}"], w[f"rnn.bias_hh_l{k}"]
             if c.cell == "lstm":
-                if k == 0:
-                    self.layers.append((emb @ w_ih.T + (b_ih + b_hh), np.ascontiguousarray(w_hh.T)))
-                else:
-                    self.layers.append((b_ih + b_hh, np.ascontiguousarray(np.concatenate([w_ih, w_hh], 1).T)))
-            elif k == 0:  # GRU keeps input and hidden parts apart: r gates only the hidden part of n
-                self.layers.append((emb @ w_ih.T + b_ih, None, np.ascontiguousarray(w_hh.T), b_hh))
-            else:
-                self.layers.append((b_ih, np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T), b_hh))
+                half = _half_gates(4, H, (0, 1, 3))
+                if k == 0:   # the input projection of every id, biases folded in: (V, 4H)
+                    self.layers.append(((emb @ w_ih.T + (b_ih + b_hh)) * half, np.ascontiguousarray(w_hh.T * half)))
+                else:        # one matmul over [x, h]: (in + H, 4H)
+                    self.layers.append(((b_ih + b_hh) * half,
+                                        np.ascontiguousarray(np.concatenate([w_ih, w_hh], 1).T * half)))
+            else:  # GRU keeps input and hidden parts apart: r gates only the hidden part of n
+                half = _half_gates(3, H, (0, 1))
+                gi_src = (emb @ w_ih.T + b_ih) * half if k == 0 else b_ih * half
+                self.layers.append((gi_src, None if k == 0 else np.ascontiguousarray(w_ih.T * half),
+                                    np.ascontiguousarray(w_hh.T * half), b_hh * half))
         if c.adaptive:
             self.head_w = np.ascontiguousarray(w["head.head.weight"].T)              # (H, shortlist + clusters)
             self.head_b = w["head.head.bias"]
@@ -104,10 +135,8 @@ class NumpyStep:
                 gin, w_hh = (a[ids], w) if k == 0 else (x @ w[:H] + a, w[H:])          # (B, T, 4H)
                 h, c = state[0][k], state[1][k]
                 for t in range(T):
-                    g = gin[:, t] + h @ w_hh
-                    i, f, o = _sigmoid(g[:, :H]), _sigmoid(g[:, H:2 * H]), _sigmoid(g[:, 3 * H:])
-                    c = f * c + i * np.tanh(g[:, 2 * H:3 * H])
-                    h = out[:, t] = o * np.tanh(c)
+                    h, c = _lstm_cell(gin[:, t] + h @ w_hh, c, H)
+                    out[:, t] = h
                 new_state[0].append(h)
                 new_state[1].append(c)
             else:
@@ -115,11 +144,7 @@ class NumpyStep:
                 gin = gi_src[ids] if k == 0 else x @ w_ih + gi_src                     # (B, T, 3H)
                 h = state[0][k]
                 for t in range(T):
-                    gi, gh = gin[:, t], h @ w_hh + b_hh
-                    r = _sigmoid(gi[:, :H] + gh[:, :H])
-                    z = _sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
-                    n = np.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
-                    h = out[:, t] = n + z * (h - n)
+                    h = out[:, t] = _gru_cell(gin[:, t], h @ w_hh + b_hh, h, H)
                 new_state[0].append(h)
             x = out
         return x, new_state
@@ -132,12 +157,12 @@ class NumpyStep:
             new_h, new_c = [], []
             for k, (a, w) in enumerate(self.layers):
                 if k == 0:
-                    gates = a[ids] + hs[0] @ w                                        # (B, 4H)
+                    gates = hs[0] @ w                                                 # (B, 4H)
+                    gates += a[ids]
                 else:
-                    gates = a + np.concatenate([x, hs[k]], axis=1) @ w
-                i, f, o = _sigmoid(gates[:, :H]), _sigmoid(gates[:, H:2 * H]), _sigmoid(gates[:, 3 * H:])
-                c = f * cs[k] + i * np.tanh(gates[:, 2 * H:3 * H])
-                x = o * np.tanh(c)
+                    gates = np.concatenate([x, hs[k]], axis=1) @ w
+                    gates += a
+                x, c = _lstm_cell(gates, cs[k], H)
                 new_h.append(x)
                 new_c.append(c)
             state = [new_h, new_c]
@@ -147,11 +172,7 @@ class NumpyStep:
             for k, (gi_src, w_ih, w_hh, b_hh) in enumerate(self.layers):
                 h = hs[k]
                 gi = gi_src[ids] if k == 0 else x @ w_ih + gi_src                      # (B, 3H)
-                gh = h @ w_hh + b_hh
-                r = _sigmoid(gi[:, :H] + gh[:, :H])
-                z = _sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
-                n = np.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
-                x = n + z * (h - n)                                                   # (1 - z) * n + z * h
+                x = _gru_cell(gi, h @ w_hh + b_hh, h, H)
                 new_h.append(x)
             state = [new_h]
         return self.output(x), state
@@ -196,15 +217,17 @@ def pick(logits: np.ndarray, u: np.ndarray | None, temperature: float, top_k: in
         return logits.argmax(axis=-1)
     x = logits.astype(np.float64)
     V = x.shape[-1]
+    # The maximum shifted to 0 before dividing: a tiny temperature then sends every other logit to -inf.
+    x -= x.max(axis=-1, keepdims=True)
     if temperature != 1.0:
-        with np.errstate(over="ignore"):      # a tiny temperature sends all but the maximum to -inf
-            x = (x - x.max(axis=-1, keepdims=True)) / temperature
-    if top_k is not None and top_k < V:
+        with np.errstate(over="ignore"):
+            x /= temperature
+    if top_k is not None and top_k < V:   # (the maximum stays: it is 0 still)
         kth = np.partition(x, V - top_k, axis=-1)[:, V - top_k:V - top_k + 1]       # (B, 1)
         x = np.where(x < kth, -np.inf, x)
-    probs = np.exp(x - x.max(axis=-1, keepdims=True))
-    probs /= probs.sum(axis=-1, keepdims=True)                                       # (B, V)
+    probs = np.exp(x)                     # (B, V), unnormalized: the draw scales u by the total
     if top_p is not None and top_p < 1.0:
+        probs /= probs.sum(axis=-1, keepdims=True)
         order = np.argsort(-probs, axis=-1, kind="stable")   # among ties the lower ids stay, as in torch
         sorted_p = np.take_along_axis(probs, order, axis=-1)
         before = np.cumsum(sorted_p, axis=-1) - sorted_p
@@ -213,7 +236,10 @@ def pick(logits: np.ndarray, u: np.ndarray | None, temperature: float, top_k: in
         np.put_along_axis(probs, order, sorted_p, axis=-1)
     cdf = np.cumsum(probs, axis=-1)
     total = cdf[:, -1:]
+    # Strictly below the total, so the id drawn always has probability > 0.
     target = np.minimum(np.asarray(u, dtype=np.float64)[:, None] * total, np.nextafter(total, 0.0))
+    if len(cdf) == 1:
+        return np.searchsorted(cdf[0], target[0], side="right")
     return (cdf <= target).sum(axis=-1)                     # searchsorted(right=True), row by row
 
 

@@ -1,32 +1,35 @@
-"""Benchmark generation: the fast sampler against the naive one-nn.LSTM-call-per-character loop.
+"""Benchmark generation on every backend, against the naive one-nn.LSTM-call-per-character loop.
 
 Usage::
 
-    python scripts/bench_sample.py                       # 2x256 and 3x512 LSTMs, CPU
-    python scripts/bench_sample.py --cell gru --device cuda
+    python scripts/bench_sample.py                       # 2x256 and 3x512 LSTMs, CPU, 5 rounds
+    python scripts/bench_sample.py --cell gru --rounds 3 --sizes 2x256
 
-For each size, on a randomly initialised model (speed does not depend on the
-weights) over a 65-character vocabulary:
+For each size, on a randomly initialised model (speed does not depend on the weights) over tiny
+shakespeare's 65 characters, all drawing the same uniforms:
 
-* naive: ``logits, state = model(x, state)`` through ``nn.LSTM`` for every
-  character, then the same sampling rule (decode.pick) on its logits, under
-  ``torch.inference_mode`` (with autograd on, the carried state drags a
-  growing graph along and the loop gets slower the longer it runs, so that
-  baseline depends on the length and is not used);
-* fast: ``Sampler.generate`` (one prompt forward, then FastStep per character);
-* numpy: the torch-free step (``chargen.numpy_step``: prime, then one NumPy
-  step per character), single stream.
+* naive: ``logits, state = model(x, state)`` through ``nn.LSTM`` for every character, then the same
+  sampling rule (decode.pick), under ``torch.inference_mode``: the baseline;
+* torch: ``Sampler.generate`` on the torch backend (one prompt forward, then FastStep per character);
+* numpy: ``Sampler.generate`` on the NumPy backend (chargen.numpy_step);
+* onnx: the model exported by ``chargen export``, stepped by onnxruntime, picked by NumPy (if installed).
 
-All draw the same uniforms, so the texts must be identical; the script says
-whether they are. Single-stream figures are medians of several rounds, with
-the ratio fast / naive; then batched throughput for n = 64 and n = 1024.
+Single stream: medians over rounds, and whether all give the same text. The CPU's limit: the
+single-thread float32 matrix-vector GFLOP/s at the step's own shapes (a child process with one BLAS
+thread), and the fraction of it each backend reaches (chars/s x FLOPs per character / that). Then
+batched throughput for n = 8, 64 and 1024; then for 3x512, what float16 storage would give. Last, cold
+start: ``chargen sample RUN --length 100`` as whole processes on each backend (median of --rounds).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,100 +39,224 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from chargen.decode import pick, uniforms  # noqa: E402
 from chargen.config import SampleOptions  # noqa: E402
+from chargen.decode import pick, uniforms  # noqa: E402
 from chargen.model import CharRNN, ModelConfig  # noqa: E402
-from chargen import numpy_step  # noqa: E402
+from chargen.numpy_step import NumpyRuntime, NumpyStep, pick as numpy_pick  # noqa: E402
 from chargen.sample import Sampler  # noqa: E402
 from chargen.tokenizer import CharVocab  # noqa: E402
 
 CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny shakespeare's 65
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+PROMPT = "ROMEO:"
 
 
 @torch.inference_mode()
-def naive(sampler: Sampler, prompt: str, length: int, seed: int, temperature: float) -> tuple[str, float]:
-    model, vocab, device = sampler.model, sampler.vocab, sampler.device
-    ids = [sampler.vocab.start_id] + vocab.encode(prompt)
-    u = torch.from_numpy(uniforms(np.array([seed], dtype=np.uint64), 0, length)).to(device)
-    sync(device)
+def naive(model, vocab, length: int, seed: int) -> tuple[str, float]:
+    ids = [vocab.start_id] + vocab.encode(PROMPT)
+    u = torch.from_numpy(uniforms(np.array([seed], dtype=np.uint64), 0, length))
     t0 = time.perf_counter()
-    logits, state = model(torch.tensor([ids], device=device))
+    logits, state = model(torch.tensor([ids]))
     logits = logits[:, -1]
     out = []
     for t in range(length):
-        nxt = pick(logits, u[:, t], temperature, None, None, vocab.unk_id)     # (1,)
+        nxt = pick(logits, u[:, t], 1.0, None, None, vocab.unk_id)               # (1,)
         out.append(int(nxt))
         if t + 1 < length:
             logits, state = model(nxt[:, None], state)                           # one nn.LSTM call per char
             logits = logits[:, -1]
-    sync(device)
     return vocab.decode(out), time.perf_counter() - t0
 
 
-def fast(sampler: Sampler, prompt: str, length: int, seed: int, temperature: float, n: int = 1):
-    sync(sampler.device)
+def timed(sampler: Sampler, length: int, seed: int, n: int = 1):
     t0 = time.perf_counter()
-    text = sampler.generate(prompt, length=length, seed=seed, temperature=temperature, n=n)
-    sync(sampler.device)
+    text = sampler.generate(PROMPT, length=length, seed=seed, temperature=1.0, n=n)
     return text, time.perf_counter() - t0
 
 
-def numpy_generate(step, vocab, prompt: str, length: int, seed: int, temperature: float):
+class OnnxSampler:
+    """The exported step in onnxruntime, the same draws and rule as the sampler (greedy not needed here)."""
+
+    def __init__(self, export_dir: Path, vocab):
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        self.session = ort.InferenceSession(str(export_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.meta = json.loads((export_dir / "chargen.json").read_text())
+        self.vocab = vocab
+
+    def generate(self, length: int, seed: int, n: int = 1):
+        t0 = time.perf_counter()
+        state = {k: np.zeros([n if d == "batch" else d for d in s], np.float32) for k, s in self.meta["state"].items()}
+        names = list(state)
+        for i in [self.vocab.start_id] + self.vocab.encode(PROMPT):
+            logits, *new = self.session.run(None, {"ids": np.full(n, i, dtype=np.int64), **state})
+            state = dict(zip(names, new))
+        seeds = np.uint64(seed) + np.arange(n, dtype=np.uint64)
+        u = uniforms(seeds, 0, length)
+        cols = []
+        for t in range(length):
+            ids = numpy_pick(logits, u[:, t], 1.0, None, None, self.vocab.unk_id)
+            cols.append(ids)
+            if t + 1 < length:
+                logits, *new = self.session.run(None, {"ids": ids.astype(np.int64), **state})
+                state = dict(zip(names, new))
+        texts = [self.vocab.decode(row) for row in np.stack(cols, 1)]
+        return (texts[0] if n == 1 else texts), time.perf_counter() - t0
+
+
+def step_shapes(cell: str, layers: int, hidden: int, vocab: int) -> list[tuple[int, int]]:
+    """The (rows, cols) of every matrix one step multiplies a vector by, as the NumPy step does."""
+    g = 4 if cell == "lstm" else 3
+    shapes = [(hidden, g * hidden)]
+    for _ in range(1, layers):
+        shapes += [(2 * hidden, g * hidden)] if cell == "lstm" else [(hidden, g * hidden), (hidden, g * hidden)]
+    return shapes + [(hidden, vocab)]
+
+
+_GFLOPS_CHILD = r"""
+import sys, time, json, numpy as np
+shapes, dtype = json.loads(sys.argv[1]), sys.argv[2]
+mats = [np.random.default_rng(0).standard_normal(s).astype(dtype) for s in shapes]
+xs = [np.random.default_rng(1).standard_normal((1, s[0])).astype(dtype) for s in shapes]
+flops = sum(2 * r * c for r, c in shapes)
+best = []
+for _ in range(7):
     t0 = time.perf_counter()
-    logits, state = numpy_step.prime(step, [vocab.start_id] + vocab.encode(prompt))
-    ids = list(numpy_step.sample_ids(step, logits, state, np.array([seed], dtype=np.uint64),
-                                     SampleOptions(length=length, temperature=temperature), vocab.unk_id))
-    return vocab.decode([int(i[0]) for i in ids]), time.perf_counter() - t0
+    for _ in range(300):
+        for x, w in zip(xs, mats):
+            x @ w
+    best.append((time.perf_counter() - t0) / 300)
+t = sorted(best)[3]
+print(json.dumps({"gflops": flops / t / 1e9, "step_s": t}))
+"""
+
+
+def matvec_limit(shapes, dtype: str = "float32") -> dict:
+    """Single-thread matrix-vector GFLOP/s at these shapes, in a child with one BLAS thread."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", _GFLOPS_CHILD, json.dumps(shapes), dtype], env=env,
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def float16_storage(step: NumpyStep, rounds: int) -> tuple[float, float, float]:
+    """The matvecs of one 3x512 step: fp32 weights; fp16 weights widened to fp32 each step; fp16 matmul."""
+    mats = [w for _, w in step.layers] + [step.head_w]
+    xs = [np.ones((1, w.shape[0]), np.float32) for w in mats]
+    half = [w.astype(np.float16) for w in mats]
+    xs16 = [x.astype(np.float16) for x in xs]
+
+    def rate(fn, reps):
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            times.append((time.perf_counter() - t0) / reps)
+        return 1 / statistics.median(times)
+    fp32 = rate(lambda: [x @ w for x, w in zip(xs, mats)], 300)
+    widen = rate(lambda: [x @ w.astype(np.float32) for x, w in zip(xs, half)], 20)
+    fp16 = rate(lambda: [x @ w for x, w in zip(xs16, half)], 5)
+    return fp32, widen, fp16
+
+
+def cold_start(run: Path, backend: str, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "chargen", "sample", str(run), "--length", "100", "--seed", "1",
+                        "--backend", backend], check=True, capture_output=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def make_run(model: CharRNN, vocab, folder: Path) -> Path:
+    """A run folder holding ``model``: the golden run's files with this config and these weights."""
+    import shutil
+    from chargen.checkpoint import save_weights
+    src = REPO / "tests" / "data" / "golden" / "run"
+    run = folder / "run"
+    shutil.copytree(src, run)
+    (run / "last").is_dir() and shutil.rmtree(run / "last")
+    config = json.loads((run / "config.json").read_text())
+    config["model"] = model.config.to_dict()
+    (run / "config.json").write_text(json.dumps(config))
+    vocab.save(run / "tokenizer.json")
+    save_weights(model, run / "model.safetensors")
+    return run
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cell", default="lstm", choices=("lstm", "gru"))
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--sizes", default="2x256,3x512")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    try:
+        import onnxruntime  # noqa: F401
+        from chargen.export import export
+    except ImportError:
+        export = None
     vocab = CharVocab.build(CHARS, with_unk=False)
-    print(f"{args.cell}, device {device}, {torch.get_num_threads()} threads, vocabulary {len(vocab)}", flush=True)
+    print(f"{args.cell}, CPU, torch {torch.__version__} with {torch.get_num_threads()} threads, numpy "
+          f"{np.__version__}, vocabulary {len(vocab)}, medians of {args.rounds} rounds", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-sample-"))
     for size in args.sizes.split(","):
         layers, hidden = (int(v) for v in size.split("x"))
         torch.manual_seed(0)
         model = CharRNN(ModelConfig(vocab_size=len(vocab), cell=args.cell, num_layers=layers, hidden_size=hidden))
-        sampler = Sampler(model, vocab, device)
+        run = make_run(model, vocab, tmp / size)
+        backends = {"torch": Sampler.load(run, backend="torch"), "numpy": Sampler.load(run, backend="numpy")}
+        onnx_sampler = None
+        if export is not None:
+            onnx_sampler = OnnxSampler(export(run, tmp / size / "onnx"), vocab)
         naive_len = 400 if hidden <= 256 else 150
-        fast_len = 4000
-        step = numpy_step.NumpyStep({k: v.numpy() for k, v in model.state_dict().items()}, model.config)
-        naive_rates, fast_rates, numpy_rates, identical = [], [], [], True
+        length = 4000 if hidden <= 256 else 1500
+        rates = {k: [] for k in ("naive", "torch", "numpy", "onnx")}
+        identical = True
         for r in range(args.rounds):
-            a, dt_naive = naive(sampler, "ROMEO:", naive_len, seed=r, temperature=1.0)
-            b, _ = fast(sampler, "ROMEO:", naive_len, seed=r, temperature=1.0)
-            c, _ = numpy_generate(step, vocab, "ROMEO:", naive_len, seed=r, temperature=1.0)
-            identical &= a == b == c
-            _, dt_fast = fast(sampler, "ROMEO:", fast_len, seed=r, temperature=1.0)
-            _, dt_numpy = numpy_generate(step, vocab, "ROMEO:", fast_len, seed=r, temperature=1.0)
-            naive_rates.append(naive_len / dt_naive)
-            fast_rates.append(fast_len / dt_fast)
-            numpy_rates.append(fast_len / dt_numpy)
-        nv, fs, npy = (statistics.median(x) for x in (naive_rates, fast_rates, numpy_rates))
-        print(f"{layers}x{hidden}: naive {nv:,.0f} chars/s, fast {fs:,.0f} chars/s ({fs / nv:.1f}x naive), "
-              f"numpy {npy:,.0f} chars/s ({npy / fs:.2f}x fast, {npy / nv:.1f}x naive); "
-              f"same text on all three: {'yes' if identical else 'NO'}", flush=True)
-        for n in (64, 1024):
-            length = 200 if n == 64 else 50
-            rates = []
-            for r in range(args.rounds):
-                _, dt = fast(sampler, "ROMEO:", length, seed=r, temperature=1.0, n=n)
-                rates.append(n * length / dt)
-            print(f"    batched n={n}: {statistics.median(rates):,.0f} chars/s in total", flush=True)
+            a, dt = naive(backends["torch"].model, vocab, naive_len, seed=r)
+            rates["naive"].append(naive_len / dt)
+            same = [backends[k].generate(PROMPT, length=naive_len, seed=r, temperature=1.0) for k in backends]
+            if onnx_sampler is not None:
+                same.append(onnx_sampler.generate(naive_len, seed=r)[0])
+            identical &= all(t == a for t in same)
+            for k, s in backends.items():
+                rates[k].append(length / timed(s, length, seed=r)[1])
+            if onnx_sampler is not None:
+                rates["onnx"].append(length / onnx_sampler.generate(length, seed=r)[1])
+        med = {k: statistics.median(v) for k, v in rates.items() if v}
+        shapes = step_shapes(args.cell, layers, hidden, len(vocab))
+        flops = sum(2 * r_ * c_ for r_, c_ in shapes)
+        limit = matvec_limit(shapes)
+        print(f"\n{layers}x{hidden} {args.cell.upper()}, one stream ({flops / 1e6:.2f} MFLOP per character; "
+              f"single-thread fp32 matvec at these shapes: {limit['gflops']:.1f} GFLOP/s, a limit of "
+              f"{1 / limit['step_s']:,.0f} chars/s); same text on all: {'yes' if identical else 'NO'}", flush=True)
+        for k in ("naive", "torch", "numpy", "onnx"):
+            if k in med:
+                print(f"  {k:6s} {med[k]:>9,.0f} chars/s   {med[k] / med['naive']:5.1f}x naive   "
+                      f"{med[k] / med['torch']:5.2f}x torch   {med[k] * flops / 1e9:5.1f} GFLOP/s = "
+                      f"{med[k] * flops / 1e9 / limit['gflops']:4.0%} of the matvec limit", flush=True)
+        for n in (8, 64, 1024):
+            blen = {8: 500, 64: 200, 1024: 50}[n] // (2 if hidden > 256 else 1)
+            row = {}
+            for k, s in backends.items():
+                row[k] = statistics.median(n * blen / timed(s, blen, seed=r, n=n)[1] for r in range(args.rounds))
+            if onnx_sampler is not None:
+                row["onnx"] = statistics.median(n * blen / onnx_sampler.generate(blen, seed=r, n=n)[1]
+                                                for r in range(args.rounds))
+            print(f"  batched n={n:<5d} " + "   ".join(f"{k} {v:,.0f}" for k, v in row.items())
+                  + f" chars/s in total; numpy {row['numpy'] / row['torch']:.2f}x torch", flush=True)
+        if hidden >= 512:
+            weights = sum(w.nbytes for _, w in backends["numpy"].runtime.step.layers) + \
+                      backends["numpy"].runtime.step.head_w.nbytes
+            fp32, widen, fp16 = float16_storage(backends["numpy"].runtime.step, args.rounds)
+            print(f"  the matrices one step reads: {weights / 2**20:.1f} MiB in fp32; their matvecs alone: fp32 "
+                  f"{fp32:,.0f} steps/s; fp16 storage widened to fp32 each step {widen:,.0f}; fp16 matmul "
+                  f"(NumPy has no fp16 BLAS) {fp16:,.0f}", flush=True)
+        if size == args.sizes.split(",")[0]:
+            cold = {k: cold_start(run, k, args.rounds) for k in ("numpy", "torch")}
+            print(f"  cold start, chargen sample RUN --length 100 (whole process): numpy {cold['numpy']:.2f} s, "
+                  f"torch {cold['torch']:.2f} s", flush=True)
 
 
 if __name__ == "__main__":
