@@ -12,6 +12,8 @@ shakespeare's 65 characters, all drawing the same uniforms:
   sampling rule (decode.pick), under ``torch.inference_mode``: the baseline;
 * torch: ``Sampler.generate`` on the torch backend (one prompt forward, then FastStep per character);
 * numpy: ``Sampler.generate`` on the NumPy backend (chargen.numpy_step);
+* numpy, 1 BLAS thread: the same in a child process with OPENBLAS_NUM_THREADS=1 (OpenBLAS splits the
+  larger matrix-vector products over the cores; the CPU's limit below is one thread's);
 * onnx: the model exported by ``chargen export``, stepped by onnxruntime, picked by NumPy (if installed).
 
 Single stream: medians over rounds, and whether all give the same text. The CPU's limit: the
@@ -138,6 +140,29 @@ def matvec_limit(shapes, dtype: str = "float32") -> dict:
     return json.loads(done.stdout)
 
 
+_ONE_THREAD_CHILD = r"""
+import json, statistics, sys, time
+from chargen.sample import Sampler
+run, length, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = Sampler.load(run, backend="numpy")
+rates = []
+for r in range(rounds):
+    t0 = time.perf_counter()
+    s.generate("ROMEO:", length=length, seed=r, temperature=1.0)
+    rates.append(length / (time.perf_counter() - t0))
+print(statistics.median(rates))
+"""
+
+
+def numpy_one_thread(run: Path, length: int, rounds: int) -> float:
+    """The NumPy backend's single-stream chars/s with one BLAS thread (a child process)."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", _ONE_THREAD_CHILD, str(run), str(length), str(rounds)], env=env,
+                          capture_output=True, text=True, check=True)
+    return float(done.stdout)
+
+
 def float16_storage(step: NumpyStep, rounds: int) -> tuple[float, float, float]:
     """The matvecs of one 3x512 step: fp32 weights; fp16 weights widened to fp32 each step; fp16 matmul."""
     mats = [w for _, w in step.layers] + [step.head_w]
@@ -225,15 +250,17 @@ def main() -> None:
             if onnx_sampler is not None:
                 rates["onnx"].append(length / onnx_sampler.generate(length, seed=r)[1])
         med = {k: statistics.median(v) for k, v in rates.items() if v}
+        med["numpy1"] = numpy_one_thread(run, length, args.rounds)
         shapes = step_shapes(args.cell, layers, hidden, len(vocab))
         flops = sum(2 * r_ * c_ for r_, c_ in shapes)
         limit = matvec_limit(shapes)
         print(f"\n{layers}x{hidden} {args.cell.upper()}, one stream ({flops / 1e6:.2f} MFLOP per character; "
               f"single-thread fp32 matvec at these shapes: {limit['gflops']:.1f} GFLOP/s, a limit of "
               f"{1 / limit['step_s']:,.0f} chars/s); same text on all: {'yes' if identical else 'NO'}", flush=True)
-        for k in ("naive", "torch", "numpy", "onnx"):
+        labels = {"numpy1": "numpy, 1 BLAS thread"}
+        for k in ("naive", "torch", "numpy", "numpy1", "onnx"):
             if k in med:
-                print(f"  {k:6s} {med[k]:>9,.0f} chars/s   {med[k] / med['naive']:5.1f}x naive   "
+                print(f"  {labels.get(k, k):21s} {med[k]:>9,.0f} chars/s   {med[k] / med['naive']:5.1f}x naive   "
                       f"{med[k] / med['torch']:5.2f}x torch   {med[k] * flops / 1e9:5.1f} GFLOP/s = "
                       f"{med[k] * flops / 1e9 / limit['gflops']:4.0%} of the matvec limit", flush=True)
         for n in (8, 64, 1024):
