@@ -101,6 +101,12 @@ class ModelConfig:
                                         minimum=1, metavar="E", group="model")
     dropout: float = option(0.0, "dropout between layers and before the head", minimum=0.0, below=1.0,
                             metavar="P", group="model")
+    input_dropout: float = option(0.0, "locked dropout on the embedding output: one mask per sequence, the same "
+                                       "at every step (AWD-LSTM's variational dropout)", minimum=0.0, below=1.0,
+                                  metavar="P", group="model")
+    output_dropout: float = option(0.0, "locked dropout on the last layer's output, before the head (one mask per "
+                                        "sequence, as --input-dropout)", minimum=0.0, below=1.0, metavar="P",
+                                   group="model")
     tie_weights: bool = option(False, "tie the embedding and head weights", flag="tie", group="model")
     softmax: str = option("full", "output layer: full softmax, adaptive (frequent characters cost little, "
                                   f"rare ones go to smaller clusters), or auto: adaptive from {ADAPTIVE_FROM:,} "

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .config import ADAPTIVE_DIV, ModelConfig
 
-__all__ = ["AdaptiveHead", "CharRNN", "ModelConfig", "detach_state", "state_tensors", "state_from_tensors"]
+__all__ = ["AdaptiveHead", "CharRNN", "LockedDropout", "ModelConfig", "detach_state", "state_tensors", "state_from_tensors"]
 
 
 class AdaptiveHead(nn.AdaptiveLogSoftmaxWithLoss):
@@ -76,8 +76,25 @@ class AdaptiveHead(nn.AdaptiveLogSoftmaxWithLoss):
         return out.view(shape)
 
 
+class LockedDropout(nn.Module):
+    """Dropout with one mask per sequence, the same at every time step (Gal & Ghahramani 2016; AWD-LSTM):
+    (B, T, D) -> (B, T, D), the identity in eval mode or at p = 0."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = torch.empty(x.shape[0], 1, x.shape[2], device=x.device, dtype=x.dtype).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+
 class CharRNN(nn.Module):
-    """Embedding -> ``nn.LSTM``/``nn.GRU`` (batch first) -> dropout -> linear head."""
+    """Embedding -> locked dropout -> ``nn.LSTM``/``nn.GRU`` (batch first) -> dropout, locked dropout ->
+    output layer."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -88,6 +105,7 @@ class CharRNN(nn.Module):
         self.rnn = rnn(c.embedding_size, c.hidden_size, c.num_layers, batch_first=True,
                        dropout=c.dropout if c.num_layers > 1 else 0.0)
         self.drop = nn.Dropout(c.dropout)
+        self.input_drop, self.output_drop = LockedDropout(c.input_dropout), LockedDropout(c.output_dropout)
         if c.adaptive:
             self.head = AdaptiveHead(c.hidden_size, c.vocab_size, c.cutoffs)
         else:
@@ -133,8 +151,8 @@ class CharRNN(nn.Module):
 
     def features(self, ids: torch.Tensor, state=None):
         """ids (B, T) -> what the output layer reads (B, T, H), state after the last step."""
-        out, state = self.rnn(self.embedding(ids), state)    # (B, T, H)
-        return self.drop(out), state
+        out, state = self.rnn(self.input_drop(self.embedding(ids)), state)    # (B, T, H)
+        return self.output_drop(self.drop(out)), state
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Output layer: (..., H) -> (..., V); log-probabilities with the adaptive softmax."""

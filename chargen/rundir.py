@@ -236,7 +236,7 @@ def _section(run_dir: Path, name: str, build):
 # Options added after format 1 was fixed, with the value that gives a run written before them the
 # behaviour it was trained with.
 _ADDED_LATER = {"TrainConfig": {"eval_chars": 0},   # every validation character was scored
-                "ModelConfig": {"softmax": "full", "cutoffs": None}}
+                "ModelConfig": {"softmax": "full", "cutoffs": None, "input_dropout": 0.0, "output_dropout": 0.0}}
 
 
 def _complete(cls, section) -> dict:
