@@ -94,6 +94,9 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load weights saved by :func:`save_weights`, checking names, shapes and finiteness."""
     if not Path(path).is_file():
         raise ChargenError(f"{path} is missing; the run folder is incomplete")
+    if hasattr(model, "config"):   # names, shapes and dtypes from the header first, as the NumPy backend reads it
+        from .rundir import check_weights_header
+        check_weights_header(Path(path), model.config)
     try:
         load_model(model, str(path), strict=True)
     except (SafetensorError, OSError, ValueError) as e:

@@ -259,6 +259,9 @@ def _eval_backend(args) -> str:
 
     if args.split is not None and args.backend == "numpy":
         raise ChargenError("--split runs on the torch backend; leave out --backend numpy")
+    if args.split is not None and not torch_installed():
+        raise ChargenError('--split needs PyTorch, which is not installed here: pip install "chargen[train]" '
+                           "(scoring a FILE works without it)")
     if args.backend == "auto" and (torch_installed() or args.split is not None):
         return resolve_backend("torch", args.device)
     return resolve_backend(args.backend, args.device)
@@ -460,7 +463,12 @@ def _uses_torch(args) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``chargen`` command; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command == "eval" and args.file is None and len(rest) == 1 and not rest[0].startswith("-"):
+        args.file = rest[0]   # FILE after an option (argparse fills the optional FILE only right after RUN)
+    elif rest:
+        parser.exit(EXIT_USAGE, f"chargen {args.command}: error: unrecognized arguments: {' '.join(rest)} "
+                                f"(see chargen {args.command} --help)\n")
     try:
         if argv is None:  # the process itself: a kill cleans up like Ctrl-C
             from .signals import ctrl_c_deferred, stop_like_ctrl_c

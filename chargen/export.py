@@ -21,6 +21,7 @@ Nothing here imports torch: ``pip install "chargen[export]"`` (onnx) is all it n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -40,8 +41,9 @@ FILES = ("model.onnx", "tokenizer.json", "chargen.json")
 def export(run_dir, out, checkpoint: str = "best", overwrite: bool = False) -> Path:
     """Write the export of ``run_dir`` into the folder ``out`` (see the module docstring); returns it.
 
-    ``out`` must not exist, or be empty, or (with ``overwrite``) hold an earlier export. The files are
-    written in a hidden folder beside it and moved in whole: a failure leaves ``out`` as it was."""
+    ``out`` must be new, or empty, or (with ``overwrite``) hold an earlier export and nothing else. The
+    files are written into a hidden folder inside ``out`` and then renamed into place, so the folder keeps
+    its mode and owner, and a failure leaves it as it was (a folder made for the export is removed)."""
     try:
         import onnx
     except ImportError:
@@ -61,22 +63,33 @@ def export(run_dir, out, checkpoint: str = "best", overwrite: bool = False) -> P
     model = build_model(step)
     onnx.checker.check_model(model)
     meta = _meta(run, step, checkpoint)
+    made = _make_dirs(out)
+    stage = None
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.chargen-export-", dir=out.parent))
-    except OSError as e:
-        raise ChargenError(f"cannot write beside {out} ({e.strerror}); choose a folder you can write to") from None
-    try:
-        os.chmod(stage, DIR_MODE)
+        stage = Path(tempfile.mkdtemp(prefix=STAGE, dir=out))
         onnx.save(model, str(stage / "model.onnx"))
         shutil.copyfile(run.dir / "tokenizer.json", stage / "tokenizer.json")
         write_json(stage / "chargen.json", meta)
-        _move_into_place(stage, out, overwrite)
+        _check_target(out, overwrite)   # again: another export may have landed while this one was built
+        from .signals import ctrl_c_deferred
+        with ctrl_c_deferred():         # the three renames go through together (chargen.json last)
+            for name in FILES:
+                os.replace(stage / name, out / name)
+        fsync_dir(out)
+        made = []
     except OSError as e:
-        raise ChargenError(f"cannot write the export into {out} ({e.strerror})") from None
+        raise ChargenError(f"cannot write the export into {out} ({e.strerror or e}); choose a folder you can "
+                           "write to") from None
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        for d in reversed(made):      # what this export created, if it did not finish
+            with contextlib.suppress(OSError):
+                d.rmdir()
     return out
+
+
+STAGE = ".chargen-export-"
 
 
 def is_export(path: Path) -> bool:
@@ -86,36 +99,51 @@ def is_export(path: Path) -> bool:
             meta = json.load(f)
     except (OSError, ValueError):
         return False
-    return isinstance(meta, dict) and isinstance(meta.get("chargen_export"), int)
+    return isinstance(meta, dict) and type(meta.get("chargen_export")) is int
 
 
 def _check_target(out: Path, overwrite: bool) -> None:
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ChargenError(f"{out} exists and is not a folder; choose a new folder for the export")
-    if not out.is_dir() or not any(out.iterdir()):
+    try:
+        if out.is_symlink() or (out.exists() and not out.is_dir()):
+            raise ChargenError(f"{out} exists and is not a folder; choose a new folder for the export")
+        if not out.is_dir():
+            return
+        entries = sorted(p.name for p in out.iterdir() if not p.name.startswith(STAGE))
+    except OSError as e:
+        raise ChargenError(f"cannot use {out} as the export folder ({e.strerror or e}); choose another") from None
+    if not entries:
         return
     if not is_export(out):
         raise ChargenError(f"{out} exists and is not a chargen export; choose a new or empty folder "
                            "(--overwrite only replaces an earlier export)")
+    others = [name for name in entries if name not in FILES]
+    if others:
+        raise ChargenError(f"{out} holds files that are not the export's ({', '.join(others[:3])}"
+                           f"{' and more' if len(others) > 3 else ''}); an export gets a folder of its own: "
+                           "choose a new or empty folder")
     if not overwrite:
         raise ChargenError(f"{out} already holds an export; pass --overwrite to replace it")
 
 
-def _move_into_place(stage: Path, out: Path, overwrite: bool) -> None:
-    if out.is_dir() and any(out.iterdir()):
-        _check_target(out, overwrite)   # again: another export may have landed while this one was built
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.chargen-old-", dir=out.parent))
-        os.rename(out, trash / "old")
-        try:
-            os.rename(stage, out)
-        except OSError:
-            os.rename(trash / "old", out)
-            raise
-        finally:
-            shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(stage, out)   # onto a missing or empty folder: one rename
-    fsync_dir(out.parent)
+def _make_dirs(out: Path) -> list[Path]:
+    """Make ``out`` and any missing parents; the folders made, outermost first."""
+    missing = []
+    p = out.absolute()
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    made = []
+    try:
+        for d in reversed(missing):
+            d.mkdir(mode=DIR_MODE)
+            made.append(d)
+    except OSError as e:
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise ChargenError(f"cannot make the folder {out} ({e.strerror or e}); choose a folder you can write "
+                           "to") from None
+    return made
 
 
 def _meta(run, step, checkpoint: str) -> dict:

@@ -27,7 +27,7 @@ def _parameters(path: Path) -> int:
     adaptive softmax's frequency order, are not parameters)."""
     from safetensors import safe_open
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:   # no torch
             return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()
                        if not f.get_slice(k).get_dtype().startswith(("I", "U")))
     except Exception as e:  # safetensors raises its own error types

@@ -160,6 +160,9 @@ def open_run_dir(run_dir: str | os.PathLike) -> RunFolder:
     return RunFolder(run_dir, config, model_config, train_config, prepare, vocab)
 
 
+WEIGHT_DTYPES = ("F16", "F32", "F64")   # what a weights file may hold (runs write F32, and head.rank as I64)
+
+
 def check_weights_header(path: Path, model_config: ModelConfig) -> None:
     """Compare the tensor names and shapes in a weights file's header with the config, before
     anything is allocated: a config.json edited to ask for a huge model fails here, cheaply."""
@@ -188,6 +191,10 @@ def check_weights_header(path: Path, model_config: ModelConfig) -> None:
     if "head.rank" in stored and dtypes["head.rank"] != "I64":
         raise ChargenError(f"{path} holds head.rank as {dtypes['head.rank']}, not 64-bit integers; the run "
                            "folder is corrupt")
+    odd = sorted(k for k in stored if k != "head.rank" and dtypes[k] not in WEIGHT_DTYPES)
+    if odd:   # both backends read the same files: NumPy has no bfloat16 or float8, and no weight is complex
+        raise ChargenError(f"{path} holds {odd[0]} as {dtypes[odd[0]]}; chargen reads weights in float16, "
+                           "float32 or float64: the run folder is corrupt")
 
 
 def load_arrays(path: Path, model_config: ModelConfig) -> dict:

@@ -70,7 +70,7 @@ def resolve_backend(backend: str, device="cpu") -> str:
     if backend not in BACKENDS:
         raise ChargenError(f"unknown backend {backend!r}; use auto, torch or numpy")
     name = device if isinstance(device, str) else str(device)
-    on_cpu = name == "cpu" or (name == "auto" and not _cuda_available())
+    on_cpu = name == "cpu" or name.startswith("cpu:") or (name == "auto" and not _cuda_available())
     if backend == "numpy" and not on_cpu:
         raise ChargenError(f"the numpy backend runs on the CPU, not on {name}; choose the cpu device, "
                            "or the torch backend")

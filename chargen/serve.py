@@ -543,11 +543,14 @@ def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, device: str = "
           api_key: str | None = None, max_batch: int = 256, limits: Limits | None = None,
           threads: int | None = None, stream_interval: float = STREAM_INTERVAL) -> None:
     """Load a run and serve it until Ctrl-C (see the module docstring)."""
+    from .sample import torch_installed
     try:
         import starlette  # noqa: F401
         import uvicorn
     except ImportError:
         raise ChargenError('chargen serve needs its extra: pip install "chargen[serve]"') from None
+    if not torch_installed():   # its decoding loop runs on the torch backend
+        raise ChargenError('chargen serve needs its extra: pip install "chargen[serve]" (it runs on torch)')
     import ipaddress
     import socket
     from pathlib import Path

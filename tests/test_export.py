@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -173,3 +174,55 @@ def test_without_the_extra_the_message_says_which(tmp_path):
     assert done.returncode == 2
     assert done.stderr == 'chargen export: error: chargen export needs its extra: pip install "chargen[export]"\n'
     assert not (tmp_path / "x").exists()
+
+
+def test_overwrite_replaces_only_an_export_and_keeps_the_folder(cli, tmp_path):
+    out = tmp_path / "x"
+    out.mkdir(mode=0o700)
+    assert cli("export", str(GOLDEN), "-o", str(out))[0] == 0
+    assert (out.stat().st_mode & 0o777) == 0o700                              # the folder itself is kept
+    (out / "myapp.py").write_text("mine")
+    code, _, err = cli("export", str(GOLDEN), "-o", str(out), "--overwrite")
+    assert code == 2 and err == (f"chargen export: error: {out} holds files that are not the export's (myapp.py); "
+                                 "an export gets a folder of its own: choose a new or empty folder\n")
+    assert (out / "myapp.py").read_text() == "mine"
+    (out / "myapp.py").unlink()
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "chargen.json").write_text('{"chargen_export": true}')  # not an export's mark
+    assert cli("export", str(GOLDEN), "-o", str(tmp_path / "fake"), "--overwrite")[0] == 2
+    runs_home = tmp_path / "exports"                    # a run kept inside an export's folder is never touched
+    assert cli("export", str(GOLDEN), "-o", str(runs_home))[0] == 0
+    shutil.copytree(GOLDEN, runs_home / "myrun")
+    code, _, err = cli("export", str(runs_home / "myrun"), "-o", str(runs_home), "--overwrite")
+    assert code == 2 and "holds files that are not the export's (myrun)" in err
+    assert (runs_home / "myrun" / "model.safetensors").is_file()
+
+
+def test_the_current_folder_and_long_names(cli, tmp_path, monkeypatch):
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    assert cli("export", str(GOLDEN), "-o", ".")[0] == 0
+    assert cli("export", str(GOLDEN), "-o", ".", "--overwrite")[0] == 0
+    assert sorted(p.name for p in Path(".").iterdir()) == ["chargen.json", "model.onnx", "tokenizer.json"]
+    code, _, err = cli("export", str(GOLDEN), "-o", "y" * 300)
+    assert code == 2 and err.startswith("chargen export: error: cannot ") and "File name too long" in err
+    assert cli("export", str(GOLDEN), "-o", "z" * 250)[0] == 0                 # long, but a valid name
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    import chargen.export as ex
+
+    def fail(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(ex, "write_json", fail)
+    with pytest.raises(ChargenError, match=r"cannot write the export into .* \(No space left on device\)"):
+        export(GOLDEN, tmp_path / "a" / "b" / "x")
+    assert list(tmp_path.iterdir()) == []                                      # the folders it made are gone
+    (tmp_path / "old").mkdir()
+    monkeypatch.undo()
+    export(GOLDEN, tmp_path / "old")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
+    monkeypatch.setattr(ex, "write_json", fail)
+    with pytest.raises(ChargenError):
+        export(GOLDEN, tmp_path / "old", checkpoint="last", overwrite=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()} == before

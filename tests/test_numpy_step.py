@@ -116,6 +116,7 @@ def test_load_picks_the_backend(both):
     t, n = both
     assert (t.backend, n.backend) == ("torch", "numpy")
     assert Sampler.load(GOLDEN).backend == "numpy"                          # auto, on the CPU
+    assert Sampler.load(GOLDEN, device="cpu:0").backend == "numpy"
     with pytest.raises(ChargenError, match="belongs to the torch backend"):
         n.model
     with pytest.raises(ChargenError, match="unknown backend 'jax'; use auto, torch or numpy"):
@@ -221,10 +222,40 @@ def test_the_command_line_without_torch(tmp_path):
         (("train", "--out", str(tmp_path / "r"), "--max-steps", "1"),
          'chargen train: error: this needs torch, which is not installed: pip install "chargen[train]"'),
         (("sample", str(GOLDEN), "--backend", "torch"), "chargen sample: error: the torch backend needs PyTorch"),
-        (("eval", str(GOLDEN), "--split", "val"), "chargen eval: error: the torch backend needs PyTorch"),
     ]:
         done = _cli(*argv, block_torch=True)
         assert done.returncode == 2 and done.stderr.startswith(message) and done.stderr.count("\n") == 1, \
             done.stderr
         assert "Traceback" not in done.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float8_e4m3fn", "complex64", "bool", "int32"])
+def test_both_backends_refuse_the_same_odd_weight_dtypes(golden_run, cli, dtype):
+    from safetensors.torch import load_file, save_file
+    weights = load_file(str(golden_run / "model.safetensors"))
+    weights["embedding.weight"] = weights["embedding.weight"].to(getattr(torch, dtype))
+    save_file(weights, str(golden_run / "model.safetensors"))
+    label = {"bfloat16": "BF16", "float8_e4m3fn": "F8_E4M3", "complex64": "C64", "bool": "BOOL", "int32": "I32"}
+    for backend in ("numpy", "torch"):
+        code, _, err = cli("sample", str(golden_run), "--backend", backend, "--length", "5")
+        assert code == 2 and err == (f"chargen sample: error: {golden_run}/model.safetensors holds embedding.weight "
+                                     f"as {label[dtype]}; chargen reads weights in float16, float32 or float64: the "
+                                     "run folder is corrupt\n"), err
+
+
+def test_info_and_eval_without_torch(tmp_path):
+    done = _cli("info", str(GOLDEN), "--json", block_torch=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["parameters"] == Sampler.load(GOLDEN, backend="torch").model.num_parameters
+    f = tmp_path / "t.txt"
+    f.write_text("the cat\n")
+    done = _cli("eval", str(GOLDEN), "--backend", "numpy", str(f), block_torch=True)   # FILE after an option
+    assert done.returncode == 0 and "8 characters" in done.stdout, done.stderr
+    done = _cli("eval", str(GOLDEN), "--split", "val", block_torch=True)
+    assert done.returncode == 2 and done.stderr == ('chargen eval: error: --split needs PyTorch, which is not '
+                                                    'installed here: pip install "chargen[train]" (scoring a FILE '
+                                                    'works without it)\n')
+    done = _cli("serve", str(GOLDEN), "--port", "0", block_torch=True)
+    assert done.returncode == 2 and done.stderr.startswith(
+        'chargen serve: error: chargen serve needs its extra: pip install "chargen[serve]"'), done.stderr
