@@ -20,13 +20,10 @@ import numpy as np
 import torch
 
 from .config import DEFAULT_TEMPERATURE, SampleOptions
-from .draws import uniforms, uniforms_at
+from .draws import draw_loop, uniforms, uniforms_at
 from .model import CharRNN
 
 __all__ = ["FastStep", "SampleOptions", "TorchRuntime", "pick", "preview", "sample_ids", "uniforms", "uniforms_at"]
-
-_BLOCK = 256  # steps of uniforms drawn at a time
-
 
 def sample_ids(step: "FastStep", logits: torch.Tensor, state: list, seeds: np.ndarray, opts: SampleOptions,
                banned: int | None = None):
@@ -35,20 +32,10 @@ def sample_ids(step: "FastStep", logits: torch.Tensor, state: list, seeds: np.nd
     Row ``i`` draws from ``seeds[i]``; one fast step per character after the first. ``banned``
     (the unknown token) is never drawn.
     """
-    greedy = opts.temperature == 0 or opts.top_k == 1
     if banned is not None:  # made once on the device: a host-to-device copy per character would block on CUDA
         banned = torch.tensor([banned], device=logits.device)
-    u_block = None
-    for t in range(opts.length):
-        u = None
-        if not greedy:
-            if t % _BLOCK == 0:
-                u_block = torch.from_numpy(uniforms(seeds, t, _BLOCK)).to(logits.device)  # (B, BLOCK)
-            u = u_block[:, t % _BLOCK]
-        ids = pick(logits, u, opts.temperature, opts.top_k, opts.top_p, banned)          # (B,)
-        yield ids
-        if t + 1 < opts.length:
-            logits, state = step(ids, state)
+    return draw_loop(step, pick, logits, state, seeds, opts, banned,
+                     to_array=lambda u: torch.from_numpy(u).to(logits.device))
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["uniforms", "uniforms_at"]
+__all__ = ["draw_loop", "uniforms", "uniforms_at"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -33,3 +33,24 @@ def uniforms_at(seeds: np.ndarray, steps: np.ndarray) -> np.ndarray:
         x *= _M2
         x ^= x >> np.uint64(31)
     return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))     # (rows, count)
+
+
+BLOCK = 256  # steps of uniforms drawn at a time
+
+
+def draw_loop(step, pick, logits, state, seeds: np.ndarray, opts, banned=None, to_array=lambda u: u):
+    """The next ids (B,) ``opts.length`` times, for any backend: ``pick(logits, u, temperature, top_k, top_p,
+    banned)`` draws with row ``i``'s uniforms from ``seeds[i]`` (``to_array`` puts a block of them where the
+    logits are), then ``step(ids, state)`` gives the next logits; no step after the last draw."""
+    greedy = opts.temperature == 0 or opts.top_k == 1
+    u_block = None
+    for t in range(opts.length):
+        u = None
+        if not greedy:
+            if t % BLOCK == 0:
+                u_block = to_array(uniforms(seeds, t, BLOCK))                      # (B, BLOCK)
+            u = u_block[:, t % BLOCK]
+        ids = pick(logits, u, opts.temperature, opts.top_k, opts.top_p, banned)   # (B,)
+        yield ids
+        if t + 1 < opts.length:
+            logits, state = step(ids, state)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import ModelConfig, SampleOptions
-from .draws import uniforms
+from .draws import draw_loop
 
 __all__ = ["NumpyRuntime", "NumpyStep", "Scorer", "log_softmax", "pick", "prime", "sample_ids"]
 
@@ -186,25 +186,11 @@ def prime(step: NumpyStep, ids, batch: int = 1) -> tuple[np.ndarray, list]:
     return np.repeat(logits, batch, axis=0), [[np.repeat(x, batch, axis=0) for x in layer] for layer in state]
 
 
-_BLOCK = 256  # steps of uniforms drawn at a time
-
-
 def sample_ids(step: NumpyStep, logits: np.ndarray, state: list, seeds: np.ndarray, opts: SampleOptions,
                banned: int | None = None):
     """``decode.sample_ids`` on NumPy: the next ids (B,) ``opts.length`` times, row ``i`` drawn from
     ``seeds[i]``, one step per character after the first; ``banned`` is never drawn."""
-    greedy = opts.temperature == 0 or opts.top_k == 1
-    u_block = None
-    for t in range(opts.length):
-        u = None
-        if not greedy:
-            if t % _BLOCK == 0:
-                u_block = uniforms(seeds, t, _BLOCK)                                  # (B, BLOCK)
-            u = u_block[:, t % _BLOCK]
-        ids = pick(logits, u, opts.temperature, opts.top_k, opts.top_p, banned)    # (B,)
-        yield ids
-        if t + 1 < opts.length:
-            logits, state = step(ids, state)
+    return draw_loop(step, pick, logits, state, seeds, opts, banned)
 
 
 def pick(logits: np.ndarray, u: np.ndarray | None, temperature: float, top_k: int | None,
