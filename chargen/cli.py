@@ -109,7 +109,8 @@ def cmd_train(args) -> int:
         return 0
     best = ("no validation split" if result.best_val_loss is None else
             f"best val {result.best_val_loss:.4f} nats/char ({result.best_val_bpc:.4f} bpc)")
-    print(f"trained {result.steps} steps in {result.elapsed:.0f}s ({result.chars_per_sec:,.0f} chars/s, "
+    print(f"trained {result.steps} steps in {result.elapsed:.0f}s on {result.device}, {result.precision} "
+          f"({result.chars_per_sec:,.0f} chars/s, "
           f"stopped: {result.stopped}); {best}")
     print(f"run: {result.run_dir}   sample: chargen sample {result.run_dir}")
     return 0

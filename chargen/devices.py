@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -35,11 +36,35 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return device
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto``: fp32 on the CPU, bf16 on CUDA where supported (else fp16 with a grad scaler)."""
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), so that bf16 products run faster
+    than float32 ones rather than being emulated. ``CHARGEN_CPU_BF16=0`` (or ``1``) overrides the probe:
+    the tests set it, so that ``--precision auto`` means the same on every CPU they run on."""
+    forced = os.environ.get("CHARGEN_CPU_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    try:
+        return any(getattr(cpu, name, lambda: False)() for name in checks)
+    except RuntimeError:
+        return False
+
+
+def resolve_precision(name: str, device: torch.device, cell: str | None = None) -> str:
+    """``auto``: bf16 on CUDA where supported (else fp16 with a grad scaler); on the CPU, bf16 for a GRU
+    where the CPU has native bf16, else fp32.
+
+    On the CPU a GRU under bf16 autocast runs its matrix products in bf16 and keeps its gates' sums and
+    state in float32: measured on tiny shakespeare with the cpu preset, 1.6-1.8x the steps in the same
+    time and the same loss at equal steps (README, "Time to quality"). An LSTM runs oneDNN's bf16 kernel
+    end to end, state included, so it stays fp32 unless asked.
+    """
     if name == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device.type == "cpu" and cell == "gru" and native_bf16():
+            return "bf16"
         return "fp32"
     if name == "fp16" and device.type != "cuda":
         raise ChargenError("--precision fp16 needs a CUDA device; use fp32 or bf16 here")

@@ -166,9 +166,9 @@ def _create(out: Path, opts: Options, overwrite: bool, where: dict, base: dict |
     if not ({"max_steps", "epochs", "max_time"} & set(train_opts)):
         train_opts["epochs"] = DEFAULT_EPOCHS
     train_cfg = TrainConfig(**train_opts)
-    ModelConfig(vocab_size=_ANY_VOCAB, **opts.model)   # bad options fail before any work
+    cell = ModelConfig(vocab_size=_ANY_VOCAB, **opts.model).cell   # bad options fail before any work
     PrepareOptions(**opts.prepare)
-    device, precision, rank, world = _devices(train_cfg)
+    device, precision, rank, world = _devices(train_cfg, cell)
     if train_cfg.batch_size % world:  # checked before the folder is touched
         raise ChargenError(f"batch size {train_cfg.batch_size} must be a multiple of the {world} processes")
     claim = distributed.main_first(world, rank, lambda: RunClaim(out, overwrite), others=False)
@@ -340,10 +340,11 @@ def _check_fits(cfg: ModelConfig, device: torch.device) -> None:
                            "use a smaller --hidden, --layers or --embedding")
 
 
-def _devices(cfg: TrainConfig) -> tuple[torch.device, str, int, int]:
-    """Resolve device and precision, then join the process group: (device, precision, rank, world)."""
+def _devices(cfg: TrainConfig, cell: str) -> tuple[torch.device, str, int, int]:
+    """Resolve device and precision (for a model of this cell), then join the process group:
+    (device, precision, rank, world)."""
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device, cell)
     rank, world, device = distributed.init(device)
     return device, precision, rank, world
 
@@ -373,7 +374,7 @@ def _corpus_summary(corpus: PreparedCorpus, opts: Options) -> dict:
 def _resume(out: Path, opts: Options, where: dict) -> Run:
     folder = open_run_dir(check_run_dir(out))
     train_cfg = _resumed_train_config(folder, opts)
-    device, precision, rank, world = _devices(train_cfg)
+    device, precision, rank, world = _devices(train_cfg, folder.model_config.cell)
     lock = distributed.main_first(world, rank, lambda: RunLock(out), others=False)
     try:
         _check_not_finished(last_dir(out), opts)  # a resume needs a complete checkpoint, of a run to go on with

@@ -50,6 +50,8 @@ class TrainResult:
     chars_per_sec: float
     elapsed: float
     main: bool = True     # False on the other processes of a multi-process run
+    device: str = "cpu"
+    precision: str = "fp32"   # what --precision resolved to (auto: see devices.resolve_precision)
 
 
 def train(source=None, *, out, resume: bool = False, overwrite: bool = False,
@@ -159,7 +161,8 @@ class Trainer:
         self.wall_start = time.perf_counter() - self.progress.elapsed
         if self.cfg.max_time is not None and self.run.is_main:
             self.evaluator.probe(self.model)  # how long an evaluation takes, before the first one
-        self.log.event(self.progress.step, "started", at=round(time.time(), 3))  # wall clock: setup is done
+        self.log.event(self.progress.step, "started", at=round(time.time(), 3),  # wall clock: setup is done
+                       device=str(self.device), precision=self.run.precision)
         if self.run.init is not None and not self.run.resuming:
             self.log.say(fine_tune_message(self.run.init, self.run.corpus.meta))
         first_step = self.progress.step
@@ -351,7 +354,7 @@ class Trainer:
         return TrainResult(run_dir=str(self.run.dir), steps=p.step, best_val_loss=best,
                            best_val_bpc=None if best is None else best / math.log(2), stopped=stopped,
                            chars_per_sec=self.meter.chars_per_sec, elapsed=time.perf_counter() - self.wall_start,
-                           main=self.run.is_main)
+                           main=self.run.is_main, device=str(self.device), precision=self.run.precision)
 
     def _on_interrupt(self) -> None:
         """Stopped by Ctrl-C between two steps (every process at the same one): checkpoint exactly.

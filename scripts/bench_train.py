@@ -3,11 +3,13 @@
 Usage::
 
     python scripts/bench_train.py                        # the cpu preset's shapes, 5 rounds
+    python scripts/bench_train.py --precision fp32       # the same in float32 (auto: as chargen train resolves it)
     python scripts/bench_train.py --preset gpu --device cuda --steps 200
 
 Both sides train the same shapes on the same corpus for the same number of
 steps: embedding -> nn.LSTM/GRU -> linear, AdamW, global-norm clipping,
-stateful streams with the state detached between batches. The bare loop is
+stateful streams with the state detached between batches, under the same
+autocast precision and weight decay. The bare loop is
 the minimum any trainer must do; chargen adds its schedule, the non-finite
 guard, logging and metrics (evaluation and checkpoints are pushed past the
 end so that both time the same work). Rounds alternate the two sides;
@@ -33,6 +35,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from chargen.prepared import prepare  # noqa: E402
 from chargen.config import PRESETS  # noqa: E402
+from chargen.devices import resolve_precision  # noqa: E402
 
 
 def corpus_source() -> tuple[str, list[str]]:
@@ -44,7 +47,8 @@ def corpus_source() -> tuple[str, list[str]]:
     return "pystdlib", []
 
 
-def bare_loop(ids: torch.Tensor, V: int, cfg: dict, steps: int, warmup: int, device: torch.device) -> float:
+def bare_loop(ids: torch.Tensor, V: int, cfg: dict, steps: int, warmup: int, device: torch.device,
+              precision: str) -> float:
     """chars/s of the plainest stateful TBPTT loop."""
     B, T, H, L = cfg["batch_size"], cfg["bptt"], cfg["hidden_size"], cfg["num_layers"]
     E = cfg.get("embedding_size") or H
@@ -55,7 +59,8 @@ def bare_loop(ids: torch.Tensor, V: int, cfg: dict, steps: int, warmup: int, dev
     params = [*emb.parameters(), *rnn.parameters(), *head.parameters()]
     for m in (emb, rnn, head):
         m.to(device)
-    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=cfg["lr"], betas=(0.9, 0.99), weight_decay=cfg.get("weight_decay", 0.0))
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     S = (ids.numel() - 1) // B
     x_all = ids[: B * S].view(B, S).to(device)
     y_all = ids[1: B * S + 1].view(B, S).to(device)
@@ -70,9 +75,10 @@ def bare_loop(ids: torch.Tensor, V: int, cfg: dict, steps: int, warmup: int, dev
         x, y = x_all[:, k * T:(k + 1) * T], y_all[:, k * T:(k + 1) * T]
         if k == 0:
             state = None
-        out, state = rnn(emb(x), state)
-        loss = F.cross_entropy(head(drop(out)).flatten(0, 1), y.flatten())
-        state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out, state = rnn(emb(x), state)
+            loss = F.cross_entropy(head(drop(out)).float().flatten(0, 1), y.flatten())
+        state = tuple(s.detach().float() for s in state) if isinstance(state, tuple) else state.detach().float()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -82,13 +88,14 @@ def bare_loop(ids: torch.Tensor, V: int, cfg: dict, steps: int, warmup: int, dev
     return steps * B * T / (time.perf_counter() - t0)
 
 
-def chargen_loop(source: str, dirs: list[str], cfg: dict, steps: int, warmup: int, device: str, cache: str) -> float:
+def chargen_loop(source: str, dirs: list[str], cfg: dict, steps: int, warmup: int, device: str, cache: str,
+                 precision: str) -> float:
     """chars/s of chargen's trainer over the same steps (warmup steps excluded)."""
     from chargen.runs import open_run
     from chargen.trainer import Trainer
     with tempfile.TemporaryDirectory() as tmp:
         opts = dict(cfg, max_steps=steps + warmup, eval_every=10**9, checkpoint_every=10**9,
-                    log_every=50, preview_chars=0, device=device, warmup_steps=0)
+                    log_every=50, preview_chars=0, device=device, warmup_steps=0, precision=precision)
         run = open_run(source, out=Path(tmp) / "run", corpora_dirs=dirs, cache_dir=cache, options=opts)
         trainer = Trainer(run, show_bar=False)
         trainer._evaluate = lambda row: None      # time training, not the final evaluation
@@ -118,6 +125,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default=None, help="fp32, bf16 or auto (default: the preset's, else auto)")
     args = ap.parse_args()
     source, dirs = corpus_source()
     cache = tempfile.mkdtemp()
@@ -126,19 +134,21 @@ def main() -> None:
     cfg = {"cell": "lstm", "num_layers": 2, "hidden_size": 256, "dropout": 0.0, "lr": 2e-3,
            "batch_size": 64, "bptt": 128}
     cfg.update({k: v for k, v in PRESETS[args.preset].items()
-                if k in ("cell", "num_layers", "hidden_size", "embedding_size", "dropout", "lr", "batch_size", "bptt")})
+                if k in ("cell", "num_layers", "hidden_size", "embedding_size", "dropout", "lr", "batch_size", "bptt",
+                         "weight_decay")})
     device = torch.device(args.device)
-    print(f"{source}, preset {args.preset}: {cfg}, {args.steps} timed steps, device {device}, "
+    precision = resolve_precision(args.precision or PRESETS[args.preset].get("precision", "auto"), device, cfg["cell"])
+    print(f"{source}, preset {args.preset}: {cfg}, {args.steps} timed steps, device {device}, {precision}, "
           f"{torch.get_num_threads()} threads", flush=True)
     bare, ours = [], []
     for r in range(args.rounds):
         # alternate which side goes first, so neither always runs on a warmer (or cooler) machine
         if r % 2 == 0:
-            bare.append(bare_loop(ids, len(corpus.vocab), cfg, args.steps, args.warmup, device))
-            ours.append(chargen_loop(source, dirs, cfg, args.steps, args.warmup, args.device, cache))
+            bare.append(bare_loop(ids, len(corpus.vocab), cfg, args.steps, args.warmup, device, precision))
+            ours.append(chargen_loop(source, dirs, cfg, args.steps, args.warmup, args.device, cache, precision))
         else:
-            ours.append(chargen_loop(source, dirs, cfg, args.steps, args.warmup, args.device, cache))
-            bare.append(bare_loop(ids, len(corpus.vocab), cfg, args.steps, args.warmup, device))
+            ours.append(chargen_loop(source, dirs, cfg, args.steps, args.warmup, args.device, cache, precision))
+            bare.append(bare_loop(ids, len(corpus.vocab), cfg, args.steps, args.warmup, device, precision))
         print(f"round {r + 1}: bare {bare[-1]:,.0f} chars/s, chargen {ours[-1]:,.0f} chars/s", flush=True)
     b, o = statistics.median(bare), statistics.median(ours)
     cell = "nn.LSTM" if cfg["cell"] == "lstm" else "nn.GRU"

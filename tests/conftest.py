@@ -32,10 +32,13 @@ def shared_corpora() -> Path | None:
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own cache, and downloads are off unless a test turns them on."""
+    """Every test gets its own cache, and downloads are off unless a test turns them on. ``--precision auto``
+    means fp32 on every CPU (a test of the bf16 rule sets CHARGEN_CPU_BF16=1 itself), so that results do
+    not depend on whether the machine has native bf16."""
     cache = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("CHARGEN_CACHE", str(cache))
     monkeypatch.setenv("CHARGEN_OFFLINE", "1")
+    monkeypatch.setenv("CHARGEN_CPU_BF16", "0")
     return cache
 
 

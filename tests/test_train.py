@@ -368,3 +368,48 @@ def test_bf16_where_the_cpu_cannot_is_one_clear_error(text_file, tmp_path):
     with pytest.raises(ChargenError, match="--precision bf16 does not run a LSTM on this cpu .*use --precision fp32"):
         train(text_file, out=tmp_path / "run", max_steps=3, precision="bf16", **TINY)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("native,cell,want", [("1", "gru", "bf16"), ("0", "gru", "fp32"), ("1", "lstm", "fp32"),
+                                              ("0", "lstm", "fp32")])
+def test_auto_precision_on_the_cpu_is_bf16_for_a_gru_where_the_cpu_has_native_bf16(native, cell, want, monkeypatch):
+    from chargen.devices import native_bf16, resolve_precision
+    monkeypatch.setenv("CHARGEN_CPU_BF16", native)
+    assert native_bf16() is (native == "1")
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu, cell) == want
+    for given in ("fp32", "bf16"):  # a precision asked for is kept, whatever the CPU
+        assert resolve_precision(given, cpu, cell) == given
+
+
+def test_the_bf16_probe_answers_without_the_override(monkeypatch):
+    from chargen.devices import native_bf16
+    monkeypatch.delenv("CHARGEN_CPU_BF16")
+    assert isinstance(native_bf16(), bool)
+    monkeypatch.setenv("CHARGEN_CPU_BF16", "maybe")  # not 0 or 1: the probe decides
+    assert native_bf16() is (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_a_run_says_what_auto_precision_chose_and_a_resume_chooses_again(text_file, tmp_path, native, monkeypatch,
+                                                                         cli):
+    monkeypatch.setenv("CHARGEN_CPU_BF16", native)
+    want = "bf16" if native == "1" else "fp32"
+    run = tmp_path / "run"
+    code, out, _ = cli("train", text_file, "--out", run, "--cell", "gru", "--max-steps", "6", "--layers", "1",
+                       "--hidden", "32", "--batch-size", "8", "--bptt", "16", "--preview-chars", "0")
+    assert code == 0 and f"trained 6 steps in" in out and f"s on cpu, {want} (" in out
+    started = [r for r in metrics(run) if r.get("event") == "started"]
+    assert [(r["device"], r["precision"]) for r in started] == [("cpu", want)]
+    assert json.loads((run / "config.json").read_text())["train"]["precision"] == "auto"  # the choice, not its result
+    monkeypatch.setenv("CHARGEN_CPU_BF16", "0" if native == "1" else "1")  # the same run on another CPU
+    result = train(out=run, resume=True, max_steps=9)
+    assert result.steps == 9 and result.precision == ("fp32" if native == "1" else "bf16")
+    started = [r for r in metrics(run) if r.get("event") == "started"]
+    assert [r["precision"] for r in started] == [want, result.precision]
+
+
+def test_auto_keeps_an_lstm_in_fp32_on_a_cpu_with_native_bf16(text_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHARGEN_CPU_BF16", "1")
+    result = train(text_file, out=tmp_path / "run", cell="lstm", max_steps=4, **TINY)
+    assert result.precision == "fp32"
