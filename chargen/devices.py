@@ -55,10 +55,10 @@ def resolve_precision(name: str, device: torch.device, cell: str | None = None) 
     """``auto``: bf16 on CUDA where supported (else fp16 with a grad scaler); on the CPU, bf16 for a GRU
     where the CPU has native bf16, else fp32.
 
-    On the CPU a GRU under bf16 autocast runs its matrix products in bf16 and keeps its gates' sums and
-    state in float32: measured on tiny shakespeare with the cpu preset, 1.6-1.8x the steps in the same
-    time and the same loss at equal steps (README, "Time to quality"). An LSTM runs oneDNN's bf16 kernel
-    end to end, state included, so it stays fp32 unless asked.
+    On the CPU a GRU under bf16 autocast runs its matrix products and gates in bf16 and keeps its state
+    in float32: measured on tiny shakespeare with the cpu preset, 1.4-1.8x the steps in the same time
+    and a loss as good (README, "Time to quality"). An LSTM runs oneDNN's bf16 kernel end to end, state
+    included, so it stays fp32 unless asked.
     """
     if name == "auto":
         if device.type == "cuda":
