@@ -98,7 +98,7 @@ def chargen_loop(source: str, dirs: list[str], cfg: dict, steps: int, warmup: in
                     log_every=50, preview_chars=0, device=device, warmup_steps=0, precision=precision)
         run = open_run(source, out=Path(tmp) / "run", corpora_dirs=dirs, cache_dir=cache, options=opts)
         trainer = Trainer(run, show_bar=False)
-        trainer._evaluate = lambda row: None      # time training, not the final evaluation
+        trainer._evaluate = lambda row, final=False: True  # time training, not the final evaluation
         trainer._checkpoint = lambda: None
         times = []
         original = trainer.train_step
@@ -125,7 +125,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precision", default=None, help="fp32, bf16 or auto (default: the preset's, else auto)")
+    ap.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16", "fp16"),
+                    help="default: the preset's, else auto (as chargen train resolves it)")
     args = ap.parse_args()
     source, dirs = corpus_source()
     cache = tempfile.mkdtemp()
