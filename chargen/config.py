@@ -302,8 +302,8 @@ class TrainConfig:
     max_bad_steps: int = option(5, "stop after N non-finite steps in a row", minimum=1, resumable=True,
                                 metavar="N", group=EVALUATION)
     device: str = option("auto", "auto: CUDA when present", choices=DEVICES, resumable=True, group=DEVICE)
-    precision: str = option("auto", "auto: fp32 on CPU, bf16 (else fp16) on CUDA", choices=PRECISIONS,
-                            resumable=True, group=DEVICE)
+    precision: str = option("auto", "auto: bf16 (else fp16) on CUDA; on the CPU, bf16 for a GRU where the CPU "
+                                    "has native bf16, else fp32", choices=PRECISIONS, resumable=True, group=DEVICE)
 
     def __post_init__(self):
         if isinstance(self.eval_chars, str):

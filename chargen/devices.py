@@ -40,9 +40,11 @@ def native_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), so that bf16 products run faster
     than float32 ones rather than being emulated. ``CHARGEN_CPU_BF16=0`` (or ``1``) overrides the probe:
     the tests set it, so that ``--precision auto`` means the same on every CPU they run on."""
-    forced = os.environ.get("CHARGEN_CPU_BF16")
+    forced = os.environ.get("CHARGEN_CPU_BF16", "").strip()
     if forced in ("0", "1"):
         return forced == "1"
+    if forced:
+        raise ChargenError(f"CHARGEN_CPU_BF16 must be 0 or 1 (or unset, to ask the CPU), got {forced!r}")
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     try:

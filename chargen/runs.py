@@ -32,7 +32,7 @@ from .prepared import PreparedCorpus, cached, prepare
 from .rundir import (FORMAT_VERSION, LOCK_FILE, RunFolder, RunLock, check_run_dir, last_dir, looks_like_run,
                      open_run_dir, read_json)
 from .config import (DEFAULT_EPOCHS, RESUMABLE, ModelConfig, Options, PrepareOptions, TrainConfig, preset,
-                     layer_options, step_budget)
+                     layer_options, schedule_lr, step_budget)
 
 
 @dataclass
@@ -380,7 +380,7 @@ def _resume(out: Path, opts: Options, where: dict) -> Run:
         _check_not_finished(last_dir(out), opts)  # a resume needs a complete checkpoint, of a run to go on with
         corpus = distributed.main_first(world, rank, lambda: run_corpus(folder, opts.source, from_cache=False,
                                                                           **where))
-        _check_budget_left(last_dir(out), train_cfg, _batches_per_epoch(corpus, train_cfg))
+        _check_budget_left(last_dir(out), train_cfg, _batches_per_epoch(corpus, train_cfg), folder.config)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -424,9 +424,17 @@ def _check_not_finished(last: Path, opts: Options) -> None:
                            "to train on, give it a new budget (--max-steps, --epochs or --max-time)")
 
 
-def _check_budget_left(last: Path, cfg: TrainConfig, batches_per_epoch: int) -> None:
-    """A finished run given a new budget that it has already spent would train nothing: say so."""
+def _check_budget_left(last: Path, cfg: TrainConfig, batches_per_epoch: int, config: dict) -> None:
+    """A finished run given a new budget that it has already spent, or whose learning rate has decayed to
+    0, would train nothing: say so."""
     info = read_json(last / "trainer.json")
+    sched = config.get("schedule", {})
+    if schedule_lr(cfg, info.get("step", 0), info.get("elapsed", 0.0), sched.get("decay_steps"),
+                   sched.get("decay_time")) == 0.0:
+        raise ChargenError(f"{last.parent} is at step {info.get('step')}, past the end of its cosine, where "
+                           "--min-lr-ratio 0 puts the learning rate at 0: more steps would change nothing; to "
+                           f"train on, start a new run from its weights: chargen train --init-from {last.parent} "
+                           "--out NEW_RUN")
     steps = step_budget(cfg, batches_per_epoch)
     spent = ((steps is not None and info.get("step", 0) >= steps) or
              (cfg.max_time is not None and info.get("elapsed", 0.0) >= cfg.max_time))

@@ -1,4 +1,4 @@
-"""Benchmark the trainer's overhead: chargen's chars/s against a bare nn.LSTM loop.
+"""Benchmark the trainer's overhead: chargen's chars/s against a bare nn.LSTM or nn.GRU loop.
 
 Usage::
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -35,7 +36,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from chargen.prepared import prepare  # noqa: E402
 from chargen.config import PRESETS  # noqa: E402
-from chargen.devices import resolve_precision  # noqa: E402
+from chargen.devices import resolve_device, resolve_precision  # noqa: E402
+from chargen.errors import ChargenError  # noqa: E402
 
 
 def corpus_source() -> tuple[str, list[str]]:
@@ -121,15 +123,40 @@ def chargen_loop(source: str, dirs: list[str], cfg: dict, steps: int, warmup: in
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=at_least(1), default=60)
+    ap.add_argument("--warmup", type=at_least(0), default=5)
+    ap.add_argument("--rounds", type=at_least(1), default=5)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"))
     ap.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16", "fp16"),
                     help="default: the preset's, else auto (as chargen train resolves it)")
     args = ap.parse_args()
-    source, dirs = corpus_source()
+    try:
+        device = resolve_device(args.device)
+        precision = resolve_precision(args.precision or PRESETS[args.preset].get("precision", "auto"), device,
+                                      PRESETS[args.preset].get("cell", "lstm"))
+    except ChargenError as e:
+        ap.error(str(e))
     cache = tempfile.mkdtemp()
+    try:
+        run(args, device, precision, cache)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def at_least(low: int):
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"must be a whole number of at least {low}, got {text!r}")
+        return value
+    return convert
+
+
+def run(args, device: torch.device, precision: str, cache: str) -> None:
+    source, dirs = corpus_source()
     corpus = prepare(source, corpora_dirs=dirs, cache_dir=cache)
     ids = torch.from_numpy(corpus.train.astype("int64"))
     cfg = {"cell": "lstm", "num_layers": 2, "hidden_size": 256, "dropout": 0.0, "lr": 2e-3,
@@ -137,8 +164,6 @@ def main() -> None:
     cfg.update({k: v for k, v in PRESETS[args.preset].items()
                 if k in ("cell", "num_layers", "hidden_size", "embedding_size", "dropout", "lr", "batch_size", "bptt",
                          "weight_decay")})
-    device = torch.device(args.device)
-    precision = resolve_precision(args.precision or PRESETS[args.preset].get("precision", "auto"), device, cfg["cell"])
     print(f"{source}, preset {args.preset}: {cfg}, {args.steps} timed steps, device {device}, {precision}, "
           f"{torch.get_num_threads()} threads", flush=True)
     bare, ours = [], []

@@ -386,8 +386,22 @@ def test_the_bf16_probe_answers_without_the_override(monkeypatch):
     from chargen.devices import native_bf16
     monkeypatch.delenv("CHARGEN_CPU_BF16")
     assert isinstance(native_bf16(), bool)
-    monkeypatch.setenv("CHARGEN_CPU_BF16", "maybe")  # not 0 or 1: the probe decides
-    assert native_bf16() is (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    probe = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    for empty in ("", "  "):  # set but empty: the probe decides
+        monkeypatch.setenv("CHARGEN_CPU_BF16", empty)
+        assert native_bf16() is probe
+    monkeypatch.setenv("CHARGEN_CPU_BF16", " 1 ")
+    assert native_bf16() is True
+
+
+@pytest.mark.parametrize("value", ["yes", "false", "2", "no"])
+def test_a_cpu_bf16_override_that_is_not_0_or_1_is_one_clear_error(value, text_file, tmp_path, monkeypatch, cli):
+    monkeypatch.setenv("CHARGEN_CPU_BF16", value)
+    code, out, err = cli("train", text_file, "--out", tmp_path / "run", "--cell", "gru", "--max-steps", "2")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [f"chargen train: error: CHARGEN_CPU_BF16 must be 0 or 1 (or unset, to ask "
+                                        f"the CPU), got {value!r}"]
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("native", ["1", "0"])
@@ -413,3 +427,22 @@ def test_auto_keeps_an_lstm_in_fp32_on_a_cpu_with_native_bf16(text_file, tmp_pat
     monkeypatch.setenv("CHARGEN_CPU_BF16", "1")
     result = train(text_file, out=tmp_path / "run", cell="lstm", max_steps=4, **TINY)
     assert result.precision == "fp32"
+
+
+def test_a_run_whose_cosine_reached_a_floor_of_0_is_not_resumed_into_steps_that_change_nothing(text_file, tmp_path,
+                                                                                                cli):
+    run = tmp_path / "run"
+    opts = dict(TINY, warmup_steps=2, min_lr_ratio=0.0)
+    train(text_file, out=run, max_steps=10, **opts)
+    before = {p.name: p.read_bytes() for p in sorted((run / "last").iterdir())}
+    code, _, err = cli("train", "--out", run, "--resume", "--max-steps", "400")
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"chargen train: error: {run} is at step {json.loads((run / 'last' / 'trainer.json').read_text())['step']}, "
+        "past the end of its cosine, where --min-lr-ratio 0 puts the learning rate at 0: more steps would change "
+        f"nothing; to train on, start a new run from its weights: chargen train --init-from {run} --out NEW_RUN"]
+    assert {p.name: p.read_bytes() for p in sorted((run / "last").iterdir())} == before
+    # with a floor above 0 the same resume trains on, at the floor
+    train(text_file, out=tmp_path / "floor", max_steps=10, **dict(opts, min_lr_ratio=0.1))
+    assert train(out=tmp_path / "floor", resume=True, max_steps=14).steps == 14
+    assert [r["lr"] for r in metrics(tmp_path / "floor") if "lr" in r][-1] == pytest.approx(1e-3)
