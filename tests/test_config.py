@@ -24,21 +24,31 @@ def test_every_preset_key_is_an_option_and_builds_valid_configs(name):
     TrainConfig(**opts.train)
 
 
-def test_the_cpu_presets_earlier_recipe_is_reachable_by_the_flags_the_readme_gives():
-    """Issue 14: the cpu preset changed (batch 64, lr 6e-3, weight decay 0.2, floor 0, bf16 where native);
-    the recipe before it is the preset plus the flags the README names, parsed as the command line does."""
+EARLIER_CPU_PRESETS = [
+    # before 2026-12-03: batch 32, lr 4e-3, no weight decay, a floor of a tenth, fp32
+    ("--batch-size 32 --bptt 100 --lr 4e-3 --weight-decay 0 --min-lr-ratio 0.1 --precision fp32",
+     dict(batch_size=32, bptt=100, lr=4e-3, weight_decay=0.0, min_lr_ratio=0.1, precision="fp32")),
+    # 2026-12-03: batch 64 x bptt 100, lr 6e-3, weight decay 0.2
+    ("--batch-size 64 --bptt 100 --lr 6e-3 --weight-decay 0.2",
+     dict(batch_size=64, bptt=100, lr=6e-3, weight_decay=0.2, min_lr_ratio=0.0)),
+]
+
+
+@pytest.mark.parametrize("flags,changed", EARLIER_CPU_PRESETS)
+def test_the_cpu_presets_earlier_recipes_are_reachable_by_the_flags_the_readme_gives(flags, changed):
+    """Issue 14: the cpu preset changed twice; each recipe before it is the preset plus the flags the README
+    names, parsed as the command line does."""
     from chargen.cli import build_parser
     from chargen.options import given
-    before = dict(cell="gru", num_layers=2, hidden_size=320, embedding_size=64, dropout=0.0, batch_size=32,
-                  bptt=100, lr=4e-3, warmup_steps=50, eval_every=250, weight_decay=0.0, min_lr_ratio=0.1,
-                  precision="fp32")
-    flags = "--batch-size 32 --lr 4e-3 --weight-decay 0 --min-lr-ratio 0.1 --precision fp32"
+    shape = dict(cell="gru", num_layers=2, hidden_size=320, embedding_size=64, dropout=0.0, warmup_steps=50,
+                 eval_every=250)
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     assert f"`--preset cpu {flags}`" in readme
     args = build_parser().parse_args(["train", "--out", "run", "--preset", "cpu", *flags.split()])
     opts = layer_options(None, None, args.preset, {k: v for cls in OPTION_CLASSES for k, v in given(args, cls).items()})
-    assert {**opts.model, **opts.train} == before
-    assert PRESETS["cpu"]["batch_size"] == 64 and "precision" not in PRESETS["cpu"]  # auto: bf16 where native
+    assert {**opts.model, **opts.train} == {**shape, **changed}
+    assert "precision" not in PRESETS["cpu"]  # auto: bf16 where native
+    assert (PRESETS["cpu"]["batch_size"], PRESETS["cpu"]["bptt"]) == (128, 50)
 
 
 @pytest.mark.parametrize("line,fragment", [
