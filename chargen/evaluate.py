@@ -158,7 +158,7 @@ class SampleScorer:
                         return None
                     if deadline is not None and now + (now - began) / done * (self.chunks - done) > deadline:
                         return None
-            result = -float(total), sample.count
+            result = 0.0 - float(total), sample.count   # not -total: a text scored perfectly is 0.0, not -0.0
             self.seconds_per_chunk = (time.perf_counter() - began) / done
             return result
         finally:

@@ -446,3 +446,17 @@ def test_a_run_whose_cosine_reached_a_floor_of_0_is_not_resumed_into_steps_that_
     train(text_file, out=tmp_path / "floor", max_steps=10, **dict(opts, min_lr_ratio=0.1))
     assert train(out=tmp_path / "floor", resume=True, max_steps=14).steps == 14
     assert [r["lr"] for r in metrics(tmp_path / "floor") if "lr" in r][-1] == pytest.approx(1e-3)
+
+
+def test_a_text_the_model_predicts_perfectly_scores_0_not_minus_0(tmp_path, cli):
+    """One character repeated: every prediction is certain, and the loss is +0.0 in the metrics, the result and
+    the printed line (it printed -0.0000 before)."""
+    text = tmp_path / "a.txt"
+    text.write_text("a" * 4000, encoding="utf-8")
+    code, out, err = cli("train", text, "--out", tmp_path / "run", "--layers", "1", "--hidden", "8",
+                         "--batch-size", "4", "--bptt", "16", "--max-steps", "4", "--eval-every", "2",
+                         "--preview-chars", "0", "--no-progress")
+    assert code == 0, err
+    vals = [r["val_loss"] for r in metrics(tmp_path / "run") if "val_loss" in r]
+    assert vals and all(v == 0.0 and math.copysign(1.0, v) == 1.0 for v in vals)
+    assert "best val 0.0000 nats/char (0.0000 bpc)" in out + err and "-0.0000" not in out + err
