@@ -98,7 +98,13 @@ def test_fine_tune_defaults_and_given_flags(texts, base, tmp_path):
     out = tmp_path / "defaults"
     chargen.train(texts["new"], out=out, max_steps=5, init_from=base, batch_size=8, bptt=16, preview_chars=0)
     train = config(out)["train"]
-    assert train["lr"] == config(base)["train"]["lr"] and train["warmup_steps"] == 0   # the base's (0: its own)
+    # the base's peak up to 4e-3 (this base trained at 1e-2), and the base's warmup (0: its own)
+    assert config(base)["train"]["lr"] == 1e-2 and train["lr"] == 4e-3 and train["warmup_steps"] == 0
+    low = tmp_path / "low-base"
+    chargen.train(texts["new"], out=low, max_steps=3, **dict(SHAPE, **dict(TRAIN, lr=2e-3)))
+    chargen.train(texts["new"], out=tmp_path / "from-low", max_steps=2, init_from=low, batch_size=8, bptt=16,
+                  preview_chars=0)
+    assert config(tmp_path / "from-low")["train"]["lr"] == 2e-3   # below the cap: the base's own
     out = tmp_path / "given"
     chargen.train(texts["new"], out=out, max_steps=5, init_from=base, batch_size=8, bptt=16, preview_chars=0,
                   lr=3e-3, warmup_steps=2, dropout=0.1)   # dropout does not change the shape
