@@ -114,7 +114,6 @@ def open_run(source=None, *, out, resume=False, overwrite=False, corpora_dirs=()
 # base): from a base trained at 4e-3, the base's 4e-3 reached 1.601 bpc, half of it 1.645, a quarter 1.768 (a
 # lower peak, the usual advice, lost); from the cpu preset's base trained at 1.3e-2 (2026-12-04), 4e-3
 # reached 1.597 and the base's 1.3e-2 1.669, overfitting the small text from its first evaluation on.
-FINE_TUNE_LR_FACTOR = 1.0
 FINE_TUNE_MAX_LR = 4e-3
 FINE_TUNE_WARMUP = 20
 _SHAPE = ("cell", "num_layers", "hidden_size", "embedding_size", "tie_weights", "softmax", "cutoffs")
@@ -153,7 +152,7 @@ def _fine_tune(init_from, checkpoint: str, keep_vocab: bool, opts: Options) -> d
     opts.prepare.update(vocab_base=list(base.vocab.chars), vocab_grow=not keep_vocab)
     chosen = opts.explicit | set(preset(opts.preset) if opts.preset else ())   # a preset's lr is a choice too
     if "lr" not in chosen:
-        opts.train["lr"] = min(base.train_config.lr * FINE_TUNE_LR_FACTOR, FINE_TUNE_MAX_LR)
+        opts.train["lr"] = min(base.train_config.lr, FINE_TUNE_MAX_LR)
     if "warmup_steps" not in chosen:
         opts.train["warmup_steps"] = min(FINE_TUNE_WARMUP, base.train_config.warmup_steps)
     from .info import run_info

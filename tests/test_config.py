@@ -134,7 +134,8 @@ def test_leaving_the_warmup_under_a_time_budget_never_jumps():
     ramp step at a time, and never above the clock's cosine."""
     cfg = TrainConfig(lr=1.3e-2, warmup_steps=50, min_lr_ratio=0.0)
     rates = [schedule_lr(cfg, s, s / 3, None, 30.0) for s in range(91)]
-    cosine = [schedule_lr(TrainConfig(lr=1.3e-2, warmup_steps=0, min_lr_ratio=0.0), s, s / 3, None, 30.0) for s in range(91)]
+    no_warmup = TrainConfig(lr=1.3e-2, warmup_steps=0, min_lr_ratio=0.0)
+    cosine = [schedule_lr(no_warmup, s, s / 3, None, 30.0) for s in range(91)]
     assert all(r <= c for r, c in zip(rates, cosine))
     assert max(abs(b - a) for a, b in zip(rates, rates[1:])) <= 1.3e-2 / 50 + 1e-12
     peak = rates.index(max(rates))
