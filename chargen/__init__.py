@@ -10,18 +10,18 @@ from .version import __version__  # noqa: E402
 from .errors import ChargenError  # noqa: E402  (light: no heavy imports)
 
 _LAZY = {
-    "Sampler": ("chargen.sample", "Sampler"),
+    "Sampler": ("chargen.generate.sampler", "Sampler"),
     "SampleOptions": ("chargen.config", "SampleOptions"),
-    "train": ("chargen.trainer", "train"),
+    "train": ("chargen.training.trainer", "train"),
     "TrainConfig": ("chargen.config", "TrainConfig"),
     "ModelConfig": ("chargen.config", "ModelConfig"),
-    "CharRNN": ("chargen.model", "CharRNN"),
-    "prepare": ("chargen.prepared", "prepare"),
-    "export": ("chargen.export", "export"),
-    "PreparedCorpus": ("chargen.prepared", "PreparedCorpus"),
-    "CharVocab": ("chargen.tokenizer", "CharVocab"),
-    "StatefulStreams": ("chargen.batches", "StatefulStreams"),
-    "RandomWindows": ("chargen.batches", "RandomWindows"),
+    "CharRNN": ("chargen.model.network", "CharRNN"),
+    "prepare": ("chargen.data.prepared", "prepare"),
+    "export": ("chargen.generate.export", "export"),
+    "PreparedCorpus": ("chargen.data.prepared", "PreparedCorpus"),
+    "CharVocab": ("chargen.data.vocab", "CharVocab"),
+    "StatefulStreams": ("chargen.data.batches", "StatefulStreams"),
+    "RandomWindows": ("chargen.data.batches", "RandomWindows"),
 }
 
 __all__ = ["ChargenError", "__version__", *_LAZY]

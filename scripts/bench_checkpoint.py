@@ -24,9 +24,9 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from chargen import files  # noqa: E402
-from chargen.checkpoint import ResumeState, save_last  # noqa: E402
+from chargen.runs.checkpoint import ResumeState, save_last  # noqa: E402
 from chargen.config import ModelConfig  # noqa: E402
-from chargen.model import CharRNN  # noqa: E402
+from chargen.model.network import CharRNN  # noqa: E402
 
 
 def one(model, optimizer, scaler, folder: Path, durable: bool) -> float:

@@ -39,7 +39,7 @@ def seed_text() -> str:
         if p and p.is_file():
             return p.read_text(encoding="utf-8")
     sys.path.insert(0, str(REPO))
-    from chargen.corpus import stdlib_files
+    from chargen.data.sources import stdlib_files
     _, files = stdlib_files()
     return "".join(f.read_text(encoding="utf-8", errors="replace") for f in files[:200])
 

@@ -11,7 +11,7 @@ shakespeare's 65 characters, all drawing the same uniforms:
 * naive: ``logits, state = model(x, state)`` through ``nn.LSTM`` for every character, then the same
   sampling rule (decode.pick), under ``torch.inference_mode``: the baseline;
 * torch: ``Sampler.generate`` on the torch backend (one prompt forward, then FastStep per character);
-* numpy: ``Sampler.generate`` on the NumPy backend (chargen.numpy_step);
+* numpy: ``Sampler.generate`` on the NumPy backend (chargen.generate.numpy_step);
 * numpy, 1 BLAS thread: the same in a child process with OPENBLAS_NUM_THREADS=1 (OpenBLAS splits the
   larger matrix-vector products over the cores; the CPU's limit below is one thread's);
 * onnx: the model exported by ``chargen export``, stepped by onnxruntime, picked by NumPy (if installed).
@@ -42,11 +42,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from chargen.config import SampleOptions  # noqa: E402
-from chargen.decode import pick, uniforms  # noqa: E402
-from chargen.model import CharRNN, ModelConfig  # noqa: E402
-from chargen.numpy_step import NumpyRuntime, NumpyStep, pick as numpy_pick  # noqa: E402
-from chargen.sample import Sampler  # noqa: E402
-from chargen.tokenizer import CharVocab  # noqa: E402
+from chargen.generate.torch_step import pick, uniforms  # noqa: E402
+from chargen.model.network import CharRNN, ModelConfig  # noqa: E402
+from chargen.generate.numpy_step import NumpyRuntime, NumpyStep, pick as numpy_pick  # noqa: E402
+from chargen.generate.sampler import Sampler  # noqa: E402
+from chargen.data.vocab import CharVocab  # noqa: E402
 
 CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny shakespeare's 65
 PROMPT = "ROMEO:"
@@ -142,7 +142,7 @@ def matvec_limit(shapes, dtype: str = "float32") -> dict:
 
 _ONE_THREAD_CHILD = r"""
 import json, statistics, sys, time
-from chargen.sample import Sampler
+from chargen.generate.sampler import Sampler
 run, length, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 s = Sampler.load(run, backend="numpy")
 rates = []
@@ -197,7 +197,7 @@ def cold_start(run: Path, backend: str, rounds: int) -> float:
 def make_run(model: CharRNN, vocab, folder: Path) -> Path:
     """A run folder holding ``model``: the golden run's files with this config and these weights."""
     import shutil
-    from chargen.checkpoint import save_weights
+    from chargen.runs.checkpoint import save_weights
     src = REPO / "tests" / "data" / "golden" / "run"
     run = folder / "run"
     shutil.copytree(src, run)
@@ -218,7 +218,7 @@ def main() -> None:
     args = ap.parse_args()
     try:
         import onnxruntime  # noqa: F401
-        from chargen.export import export
+        from chargen.generate.export import export
     except ImportError:
         export = None
     vocab = CharVocab.build(CHARS, with_unk=False)

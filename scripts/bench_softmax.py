@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from chargen.config import COVER, default_cutoffs  # noqa: E402
-from chargen.prepared import prepare  # noqa: E402
+from chargen.data.prepared import prepare  # noqa: E402
 
 
 def chargen(*args, capture: bool = False) -> str:

@@ -34,9 +34,9 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from chargen.prepared import prepare  # noqa: E402
+from chargen.data.prepared import prepare  # noqa: E402
 from chargen.config import PRESETS  # noqa: E402
-from chargen.devices import resolve_device, resolve_precision  # noqa: E402
+from chargen.model.devices import resolve_device, resolve_precision  # noqa: E402
 from chargen.errors import ChargenError  # noqa: E402
 
 
@@ -93,8 +93,8 @@ def bare_loop(ids: torch.Tensor, V: int, cfg: dict, steps: int, warmup: int, dev
 def chargen_loop(source: str, dirs: list[str], cfg: dict, steps: int, warmup: int, device: str, cache: str,
                  precision: str) -> float:
     """chars/s of chargen's trainer over the same steps (warmup steps excluded)."""
-    from chargen.runs import open_run
-    from chargen.trainer import Trainer
+    from chargen.training.launch import open_run
+    from chargen.training.trainer import Trainer
     with tempfile.TemporaryDirectory() as tmp:
         opts = dict(cfg, max_steps=steps + warmup, eval_every=10**9, checkpoint_every=10**9,
                     log_every=50, preview_chars=0, device=device, warmup_steps=0, precision=precision)

@@ -14,6 +14,7 @@ import pytest
 from chargen.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
+GOLDEN_DIR = REPO / "tests" / "fixtures" / "golden"  # a run written by an earlier chargen: see its README
 HOSTILE = ("plain ascii, then  two spaces\n\ttab\r\nCRLF\n"
            "日本語のテキスト 中文 한국어\n"
            "emoji 😀🎉👩‍👩‍👧 flags 🇫🇷\n"
@@ -44,9 +45,9 @@ def isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="module")
 def golden_run(tmp_path_factory) -> Path:
-    """A copy of the golden run (tests/data/golden/run), one per test module."""
+    """A copy of the golden run (tests/fixtures/golden/run), one per test module."""
     d = tmp_path_factory.mktemp("golden")
-    shutil.copytree(Path(__file__).resolve().parent / "data" / "golden" / "run", d / "run")
+    shutil.copytree(GOLDEN_DIR / "run", d / "run")
     return d / "run"
 
 
@@ -80,7 +81,7 @@ class LiveServer:
         import uvicorn
 
         from chargen import Sampler
-        from chargen.serve import create_app
+        from chargen.serve.app import create_app
         self.sampler = sampler or Sampler.load(run, backend="torch")
         self.app = create_app(self.sampler, "golden", **kwargs)
         with socket.socket() as s:

@@ -1,0 +1,277 @@
+"""``chargen export``: a run's model as one ONNX step, for apps in any language (issue 13).
+
+::
+
+    DIR/
+      model.onnx       one recurrent step: ids (batch,) and the state in; logits (batch, V) and the state out
+      tokenizer.json   the run's vocabulary (tokenizers.Tokenizer.from_file loads it)
+      chargen.json     what a caller needs: the characters by id, the start and unknown ids, the state's
+                       names and shapes, how prompts were normalized
+
+The graph is built from the same prepared arrays as the NumPy backend (``numpy_step.NumpyStep``): the
+first layer's input projection is a (V, G*H) table gathered by id, deeper LSTM layers take one matmul
+over [x, h], and the output layer is the full softmax's matrix or the adaptive softmax's clusters (whose
+outputs are log-probabilities; ``chargen.json`` says so). The sigmoid gates' columns come halved, as the
+NumPy step keeps them, so each sigmoid is 0.5 tanh + 0.5. The batch is a dynamic dimension. Only opset-17
+operators that every ONNX runtime has: Gather, MatMul, Add, Mul, Sub, Tanh, Split, Concat, Unsqueeze,
+Slice, LogSoftmax.
+
+Nothing here imports torch: ``pip install "chargen[export]"`` (onnx) is all it needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ChargenError
+from ..files import DIR_MODE, fsync_dir, write_json
+
+EXPORT_FORMAT = 1
+OPSET = 17
+FILES = ("model.onnx", "tokenizer.json", "chargen.json")
+
+
+def export(run_dir, out, checkpoint: str = "best", overwrite: bool = False) -> Path:
+    """Write the export of ``run_dir`` into the folder ``out`` (see the module docstring); returns it.
+
+    ``out`` must be new, or empty, or (with ``overwrite``) hold an earlier export and nothing else. The
+    files are written into a hidden folder inside ``out`` and then renamed into place, so the folder keeps
+    its mode and owner, and a failure leaves it as it was (a folder made for the export is removed)."""
+    try:
+        import onnx
+    except ImportError:
+        raise ChargenError('chargen export needs its extra: pip install "chargen[export]"') from None
+    from .numpy_step import NumpyStep
+    from ..runs.folder import open_run_dir
+
+    if checkpoint not in ("best", "last"):
+        raise ChargenError(f"checkpoint must be best or last, got {checkpoint!r}")
+    if not isinstance(run_dir, (str, os.PathLike)) or not isinstance(out, (str, os.PathLike)) or str(out) == "":
+        raise ChargenError("give the run folder and an output folder as paths")
+    out = Path(out)
+    _check_target(out, overwrite)
+    run = open_run_dir(run_dir)
+    path = run.dir / "model.safetensors" if checkpoint == "best" else run.dir / "last" / "model.safetensors"
+    step = NumpyStep.from_file(path, run.model_config)
+    model = build_model(step)
+    onnx.checker.check_model(model)
+    meta = _meta(run, step, checkpoint)
+    made = _make_dirs(out)
+    stage = None
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=STAGE, dir=out))
+        onnx.save(model, str(stage / "model.onnx"))
+        shutil.copyfile(run.dir / "tokenizer.json", stage / "tokenizer.json")
+        write_json(stage / "chargen.json", meta)
+        _check_target(out, overwrite)   # again: another export may have landed while this one was built
+        from ..signals import ctrl_c_deferred
+        with ctrl_c_deferred():         # the three renames go through together (chargen.json last)
+            for name in FILES:
+                os.replace(stage / name, out / name)
+        fsync_dir(out)
+        made = []
+    except OSError as e:
+        raise ChargenError(f"cannot write the export into {out} ({e.strerror or e}); choose a folder you can "
+                           "write to") from None
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        for d in reversed(made):      # what this export created, if it did not finish
+            with contextlib.suppress(OSError):
+                d.rmdir()
+    return out
+
+
+STAGE = ".chargen-export-"
+
+
+def is_export(path: Path) -> bool:
+    """Whether ``path`` holds a chargen export (its ``chargen.json`` says so): only that may be overwritten."""
+    try:
+        with open(Path(path) / "chargen.json", encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and type(meta.get("chargen_export")) is int
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    try:
+        if out.is_symlink() or (out.exists() and not out.is_dir()):
+            raise ChargenError(f"{out} exists and is not a folder; choose a new folder for the export")
+        if not out.is_dir():
+            return
+        entries = sorted(p.name for p in out.iterdir() if not p.name.startswith(STAGE))
+    except OSError as e:
+        raise ChargenError(f"cannot use {out} as the export folder ({e.strerror or e}); choose another") from None
+    if not entries:
+        return
+    if not is_export(out):
+        raise ChargenError(f"{out} exists and is not a chargen export; choose a new or empty folder "
+                           "(--overwrite only replaces an earlier export)")
+    others = [name for name in entries if name not in FILES]
+    if others:
+        raise ChargenError(f"{out} holds files that are not the export's ({', '.join(others[:3])}"
+                           f"{' and more' if len(others) > 3 else ''}); an export gets a folder of its own: "
+                           "choose a new or empty folder")
+    if not overwrite:
+        raise ChargenError(f"{out} already holds an export; pass --overwrite to replace it")
+
+
+def _make_dirs(out: Path) -> list[Path]:
+    """Make ``out`` and any missing parents; the folders made, outermost first."""
+    missing = []
+    p = out.absolute()
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    made = []
+    try:
+        for d in reversed(missing):
+            d.mkdir(mode=DIR_MODE)
+            made.append(d)
+    except OSError as e:
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise ChargenError(f"cannot make the folder {out} ({e.strerror or e}); choose a folder you can write "
+                           "to") from None
+    return made
+
+
+def _meta(run, step, checkpoint: str) -> dict:
+    c = step.config
+    state_shape = [c.num_layers, "batch", c.hidden_size]
+    state = {"h": state_shape, "c": state_shape} if c.cell == "lstm" else {"h": state_shape}
+    options = run.config["corpus"].get("options") or {}
+    return {
+        "chargen_export": EXPORT_FORMAT,
+        "chargen_version": _version(),
+        "checkpoint": checkpoint,
+        "cell": c.cell, "num_layers": c.num_layers, "hidden_size": c.hidden_size, "vocab_size": c.vocab_size,
+        "chars": list(run.vocab.chars),
+        "start_id": run.vocab.start_id,
+        "unk_id": run.vocab.unk_id,
+        "normalize": options.get("normalize", "none"),      # what the corpus was, so prompts must be: nfc, nfkc
+        "lowercase": bool(options.get("lowercase", False)),
+        "inputs": {"ids": {"dtype": "int64", "shape": ["batch"]},
+                   **{k: {"dtype": "float32", "shape": v} for k, v in state.items()}},
+        "outputs": {"logits": {"dtype": "float32", "shape": ["batch", c.vocab_size]},
+                    **{f"{k}_out": {"dtype": "float32", "shape": v} for k, v in state.items()}},
+        "state": state,
+        "logits_are_log_probs": c.adaptive,
+        "usage": "feed the start id first (then the prompt's ids), one id per row per call, from a zero state; "
+                 "each call returns the next character's logits and the state to feed back in",
+    }
+
+
+def _version() -> str:
+    from ..version import __version__
+    return __version__
+
+
+class _Graph:
+    """Nodes and initializers of an ONNX graph under construction, with fresh value names."""
+
+    def __init__(self):
+        from onnx import helper, numpy_helper
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.nodes, self.inits, self._n = [], [], 0
+
+    def const(self, array: np.ndarray, name: str | None = None) -> str:
+        name = name or self._fresh("const")
+        self.inits.append(self.numpy_helper.from_array(np.array(array, order="C"), name))   # 0-d stays 0-d
+        return name
+
+    def op(self, op_type: str, *inputs: str, outputs: int | list[str] = 1, **attrs):
+        names = outputs if isinstance(outputs, list) else [self._fresh(op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(self.helper.make_node(op_type, list(inputs), names, **attrs))
+        return names[0] if len(names) == 1 else names
+
+    def _fresh(self, stem: str) -> str:
+        self._n += 1
+        return f"{stem}_{self._n}"
+
+
+def build_model(step):
+    """The ONNX model of one step of ``step`` (a ``numpy_step.NumpyStep``)."""
+    from onnx import TensorProto, helper
+
+    c, H, L = step.config, step.H, step.L
+    g = _Graph()
+    i64 = lambda *v: np.array(v, dtype=np.int64)        # noqa: E731
+    state_names = ["h", "c"] if c.cell == "lstm" else ["h"]
+    layer_state = {name: [g.op("Gather", name, g.const(np.array(k, dtype=np.int64)), axis=0) for k in range(L)]
+                   for name in state_names}                                          # (B, H) each
+    new = {name: [] for name in state_names}
+    half = g.const(np.array(0.5, dtype=np.float32), "half")
+    x = None
+    for k, layer in enumerate(step.layers):
+        h = layer_state["h"][k]
+        if c.cell == "lstm":
+            a, w = layer
+            if k == 0:
+                gates = g.op("Add", g.op("Gather", g.const(a, "l0.table"), "ids", axis=0),
+                             g.op("MatMul", h, g.const(w, "l0.w_hh")))
+            else:
+                gates = g.op("Add", g.op("MatMul", g.op("Concat", x, h, axis=1), g.const(w, f"l{k}.w")),
+                             g.const(a, f"l{k}.b"))
+            t = g.op("Tanh", gates)                       # the i, f, o columns are halved: their sigmoids are
+            sig = g.op("Add", g.op("Mul", t, half), half)   # 0.5 tanh + 0.5 (numpy_step._lstm_cell)
+            quarters = g.const(i64(H, H, H, H))
+            i, f, _, o = g.op("Split", sig, quarters, axis=1, outputs=4)
+            tg = g.op("Split", t, quarters, axis=1, outputs=4)[2]
+            cell = g.op("Add", g.op("Mul", f, layer_state["c"][k]), g.op("Mul", i, tg))
+            x = g.op("Mul", o, g.op("Tanh", cell))
+            new["c"].append(cell)
+        else:
+            gi_src, w_ih, w_hh, b_hh = layer
+            if k == 0:
+                gi = g.op("Gather", g.const(gi_src, "l0.table"), "ids", axis=0)
+            else:
+                gi = g.op("Add", g.op("MatMul", x, g.const(w_ih, f"l{k}.w_ih")), g.const(gi_src, f"l{k}.b_ih"))
+            gh = g.op("Add", g.op("MatMul", h, g.const(w_hh, f"l{k}.w_hh")), g.const(b_hh, f"l{k}.b_hh"))
+            split = g.const(i64(2 * H, H))
+            i_rz, i_n = g.op("Split", gi, split, axis=1, outputs=2)
+            h_rz, h_n = g.op("Split", gh, split, axis=1, outputs=2)
+            rz = g.op("Add", g.op("Mul", g.op("Tanh", g.op("Add", i_rz, h_rz)), half), half)  # halved: sigmoids
+            r, z = g.op("Split", rz, g.const(i64(H, H)), axis=1, outputs=2)
+            n = g.op("Tanh", g.op("Add", i_n, g.op("Mul", r, h_n)))
+            x = g.op("Add", n, g.op("Mul", z, g.op("Sub", h, n)))                # (1 - z) * n + z * h
+        new["h"].append(x)
+    axis0 = g.const(i64(0))
+    for name in state_names:
+        g.op("Concat", *[g.op("Unsqueeze", v, axis0) for v in new[name]], axis=0, outputs=[f"{name}_out"])
+    if not c.adaptive:
+        g.op("Add", g.op("MatMul", x, g.const(step.head_w, "head.w")), g.const(step.head_b, "head.b"),
+             outputs=["logits"])
+    else:
+        head = g.op("LogSoftmax", g.op("Add", g.op("MatMul", x, g.const(step.head_w, "head.w")),
+                                       g.const(step.head_b, "head.b")), axis=1)
+        c0, axis1 = c.cutoffs[0], g.const(i64(1))
+        parts = [g.op("Slice", head, g.const(i64(0)), g.const(i64(c0)), axis1)]
+        for i, (project, cluster) in enumerate(step.tails):
+            tail = g.op("LogSoftmax", g.op("MatMul", g.op("MatMul", x, g.const(project, f"tail{i}.project")),
+                                           g.const(cluster, f"tail{i}.out")), axis=1)
+            gate = g.op("Slice", head, g.const(i64(c0 + i)), g.const(i64(c0 + i + 1)), axis1)
+            parts.append(g.op("Add", tail, gate))
+        g.op("Gather", g.op("Concat", *parts, axis=1), g.const(step.rank, "head.rank"), axis=1, outputs=["logits"])
+
+    state_type = [L, "batch", H]
+    inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"])]
+    inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, state_type) for name in state_names]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", c.vocab_size])]
+    outputs += [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, state_type) for name in state_names]
+    graph = helper.make_graph(g.nodes, "chargen_step", inputs, outputs, initializer=g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="chargen",
+                              producer_version=_version())
+    model.ir_version = 8          # what opset 17 needs; readable by onnxruntime 1.13 and later
+    helper.set_model_props(model, {"chargen_export": str(EXPORT_FORMAT), "cell": c.cell})
+    return model

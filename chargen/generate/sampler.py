@@ -1,0 +1,350 @@
+"""The sampler: load a run, generate or stream text, score text.
+
+Usage::
+
+    from chargen import Sampler
+    s = Sampler.load("runs/shakespeare")                  # best weights, CPU
+    s.generate("ROMEO:", length=300, temperature=0.8, top_p=0.95, seed=1)
+    s.generate("ROMEO:", length=300, n=4, seed=1)         # 4 samples in one batch
+    for piece in s.stream("ROMEO:", length=300, seed=1): print(piece, end="")
+    s.score("To be, or not to be").bpc
+
+The model runs on a backend: ``numpy`` (numpy_step.py: the CPU, torch never
+imported) or ``torch`` (decode.py: any device). Each reads the prompt, then
+draws each character with one fast recurrent step, the state carried. This
+module imports neither backend until a sampler is made.
+An empty prompt starts from the zero state fed a newline (the character that
+starts lines and documents), which is not part of the result; ``score`` scores
+the first character of a text the same way.
+
+Options (length, temperature, top-k, top-p, stop strings, n, seed, the
+unknown-character policy) are one validated ``SampleOptions``; the keyword
+arguments of ``generate`` and ``stream`` are its fields.
+
+Seeding rule: sample ``i`` of ``generate(..., n=N, seed=s)`` is the text that
+``generate(..., seed=s + i)`` returns. ``seed=None`` draws a fresh seed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import secrets
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..config import SampleOptions
+from ..errors import ChargenError
+from ..runs.folder import open_run_dir
+from ..data.vocab import CharVocab
+
+BACKENDS = ("auto", "torch", "numpy")
+
+
+@dataclass
+class Score:
+    """Per-character log-probabilities (natural log) of a text, and their mean loss."""
+
+    logprobs: np.ndarray    # (N,), one per character (after normalization); empty for score_file
+    count: int              # characters scored
+    nats: float             # mean negative log-probability per character
+    bpc: float              # nats / ln 2
+
+
+def torch_installed() -> bool:
+    """Whether PyTorch can be imported here (found without importing it: that takes seconds)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except ValueError:          # sys.modules["torch"] is None: imports of torch are blocked
+        return False
+
+
+def resolve_backend(backend: str, device="cpu") -> str:
+    """``torch`` or ``numpy`` for a ``backend`` asked for on ``device``. ``auto`` is NumPy on the CPU
+    (faster for one stream, and no torch import) and torch on an accelerator; without torch installed,
+    NumPy everywhere it can run."""
+    if backend not in BACKENDS:
+        raise ChargenError(f"unknown backend {backend!r}; use auto, torch or numpy")
+    name = device if isinstance(device, str) else str(device)
+    on_cpu = name == "cpu" or name.startswith("cpu:") or (name == "auto" and not _cuda_available())
+    if backend == "numpy" and not on_cpu:
+        raise ChargenError(f"the numpy backend runs on the CPU, not on {name}; choose the cpu device, "
+                           "or the torch backend")
+    if backend == "auto":
+        backend = "numpy" if on_cpu else "torch"
+    if backend == "torch" and not torch_installed():
+        raise ChargenError("the torch backend needs PyTorch, which is not installed here: "
+                           "pip install \"chargen[train]\" (or torch), or use the numpy backend")
+    return backend
+
+
+def _cuda_available() -> bool:
+    if not torch_installed():
+        return False
+    import torch
+    return torch.cuda.is_available()
+
+
+class Sampler:
+    """A trained model ready to generate and score text. Safe to share between threads.
+
+    It runs on one of two backends (:attr:`backend`): ``torch`` (any device) or ``numpy`` (the CPU, no
+    torch needed), which give the same text for the same seed (see the README on near ties).
+    """
+
+    def __init__(self, model, vocab: CharVocab, device="cpu"):
+        """A torch-backed sampler for a ``CharRNN`` in memory; :meth:`load` reads a run folder."""
+        from .torch_step import TorchRuntime
+        self.runtime, self.vocab = TorchRuntime(model, device), vocab
+
+    @classmethod
+    def _with(cls, runtime, vocab: CharVocab) -> "Sampler":
+        self = cls.__new__(cls)
+        self.runtime, self.vocab = runtime, vocab
+        return self
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device="cpu", checkpoint: str = "best", backend: str = "auto") -> "Sampler":
+        """Load a run folder: config, vocabulary and weights (``best`` or ``last``); no pickle.
+
+        ``backend``: ``numpy`` (CPU only, never imports torch), ``torch``, or ``auto`` (see
+        :func:`resolve_backend`: NumPy on the CPU)."""
+        if checkpoint not in ("best", "last"):
+            raise ChargenError(f"checkpoint must be best or last, got {checkpoint!r}")
+        if not isinstance(run_dir, (str, os.PathLike)):
+            raise ChargenError(f"run_dir must be the path of a run folder, got {run_dir!r}")
+        backend = resolve_backend(backend, device)
+        run = open_run_dir(run_dir)
+        path = run.dir / "model.safetensors" if checkpoint == "best" else run.dir / "last" / "model.safetensors"
+        if backend == "numpy":
+            from .numpy_step import NumpyRuntime, NumpyStep
+            return cls._with(NumpyRuntime(NumpyStep.from_file(path, run.model_config)), run.vocab)
+        from ..runs.checkpoint import load_weights
+        from ..model.devices import resolve_device
+        from ..model.network import CharRNN
+        device = resolve_device(device)
+        model = CharRNN(run.model_config)
+        load_weights(model, path)
+        return cls(model, run.vocab, device)
+
+    @property
+    def backend(self) -> str:
+        """``torch`` or ``numpy``."""
+        return self.runtime.name
+
+    def _torch(self, what: str):
+        if self.backend != "torch":
+            raise ChargenError(f"{what} belongs to the torch backend; this sampler runs on {self.backend} "
+                               "(load it with backend='torch')")
+        return self.runtime
+
+    @property
+    def model(self):
+        """The ``CharRNN`` (torch backend only)."""
+        return self._torch("the model").model
+
+    @property
+    def device(self):
+        """The torch device (torch backend only)."""
+        return self._torch("the device").device
+
+    @property
+    def fast_step(self):
+        """The single-step kernel the torch backend decodes with (``decode.FastStep``)."""
+        return self._torch("the fast step").step
+
+    @fast_step.setter
+    def fast_step(self, step) -> None:
+        self._torch("the fast step").step = step
+
+    # -- encoding ----------------------------------------------------------
+
+    def encode(self, text: str, unknown: str = "error") -> np.ndarray:
+        """Ids of ``text``; characters outside the vocabulary are an error (or UNK with ``unknown="unk"``)."""
+        if unknown not in ("error", "unk"):
+            raise ChargenError(f"unknown must be error or unk, got {unknown!r}")
+        if not isinstance(text, str):
+            raise ChargenError(f"text must be a str, got {type(text).__name__}")
+        return self.vocab.encode_array(text, strict=unknown != "unk").astype(np.int64)
+
+    def _prime(self, prompt_ids: np.ndarray, batch: int):
+        """Logits (batch, V) for the character after [start, prompt], and the per-layer state."""
+        return self.runtime.prime(np.concatenate([[self.vocab.start_id], prompt_ids]).astype(np.int64), batch)
+
+    # -- generation --------------------------------------------------------
+
+    def _options(self, prompt: str, options: SampleOptions | None, settings: dict) -> SampleOptions:
+        if not isinstance(prompt, str):
+            raise ChargenError(f"the prompt must be text (str), got {type(prompt).__name__}")
+        if options is not None and not isinstance(options, SampleOptions):
+            raise ChargenError(f"options must be a SampleOptions, got {type(options).__name__}; "
+                               "or pass the settings as keywords")
+        unknown = sorted(set(settings) - {f.name for f in fields(SampleOptions)})
+        if unknown:
+            raise ChargenError(f"unknown sampling option(s) {', '.join(unknown)}; the options are "
+                               f"{', '.join(f.name for f in fields(SampleOptions))}")
+        opts = SampleOptions(**settings) if options is None else replace(options, **settings)
+        return opts if opts.seed is not None else replace(opts, seed=secrets.randbits(63))
+
+    def _ids(self, prompt: str, opts: SampleOptions) -> Iterator:
+        """The next ids (n,) step by step, ``length`` times."""
+        prompt_ids = self.encode(prompt, opts.unknown)
+        seeds = np.uint64(opts.seed) + np.arange(opts.n, dtype=np.uint64)
+        logits, state = self._prime(prompt_ids, opts.n)
+        return self.runtime.sample(logits, state, seeds, opts, self.vocab.unk_id)
+
+    def generate(self, prompt: str = "", options: SampleOptions | None = None, **settings) -> str | list[str]:
+        """The continuation of ``prompt`` (without it): a str, or a list of ``n`` str decoded in one batch.
+
+        ``settings`` are :class:`SampleOptions` fields (``length``, ``temperature``,
+        ``top_k``, ``top_p``, ``stop``, ``n``, ``seed``, ``unknown``), given alone
+        or over an ``options`` object.
+        """
+        opts = self._options(prompt, options, settings)
+        steps = self._ids(prompt, opts)
+        if not opts.stop:  # nothing to watch for: keep ids on the device, decode once at the end
+            columns = list(steps)
+            if not columns:
+                return "" if opts.n == 1 else [""] * opts.n
+            rows = self.runtime.to_numpy(columns)                              # (n, length)
+            texts = [self.vocab.decode(row) for row in rows]
+        else:
+            texts = self._until_stops(steps, opts)
+        return texts[0] if opts.n == 1 else texts
+
+    def _until_stops(self, steps: Iterator, opts: SampleOptions) -> list[str]:
+        chars, stops = self.vocab.chars, opts.stop
+        outs = [[] for _ in range(opts.n)]
+        done = [False] * opts.n
+        for ids in steps:
+            for row, i in enumerate(ids.tolist()):
+                if done[row]:
+                    continue
+                outs[row].append(chars[i])
+                if _ends_with_stop(outs[row], stops):
+                    done[row] = True
+            if all(done):
+                break
+        return [_cut_at_stop("".join(o), stops) for o in outs]
+
+    def stream(self, prompt: str = "", options: SampleOptions | None = None, **settings) -> Iterator[str]:
+        """Yield the continuation in pieces as it is produced; joined, they equal ``generate``.
+
+        Text that could be the start of a stop string is held back until it is
+        known not to be one. Options are checked now, not at the first piece.
+        """
+        opts = self._options(prompt, options, settings)
+        if opts.n != 1:
+            raise ChargenError(f"stream produces one sample; pass n=1 (got n={opts.n}), or use generate")
+        self.encode(prompt, opts.unknown)
+        return self._stream(prompt, opts)
+
+    def _stream(self, prompt: str, opts: SampleOptions) -> Iterator[str]:
+        chars, stops = self.vocab.chars, opts.stop
+        pending = ""
+        for ids in self._ids(prompt, opts):
+            pending += chars[int(ids[0])]
+            if not stops:
+                yield pending
+                pending = ""
+                continue
+            hit = _cut_at_stop(pending, stops)
+            if hit != pending:
+                if hit:
+                    yield hit
+                return
+            keep = _partial_stop_suffix(pending, stops)
+            if len(pending) > keep:
+                yield pending[: len(pending) - keep]
+                pending = pending[len(pending) - keep:]
+        if pending:
+            yield pending
+
+    # -- scoring -----------------------------------------------------------
+
+    def score(self, text: str, unknown: str = "error") -> Score:
+        """Log-probability of every character of ``text`` (normalized as the corpus was)."""
+        ids = self.encode(text, unknown)
+        if ids.size == 0:
+            return _make_score(np.zeros(0), 0.0, 0)
+        lp = self.runtime.scorer(self.vocab.start_id)(ids)
+        return _make_score(lp, float(lp.sum()), lp.size)
+
+    def score_file(self, path: str | Path, chunk_chars: int = 1 << 16, unknown: str = "unk") -> Score:
+        """Score a whole file, streaming through it with the state carried: memory stays small."""
+        from ..files import read_text_pieces
+        scorer = self.runtime.scorer(self.vocab.start_id)
+        total, count = 0.0, 0
+        for piece in read_text_pieces(Path(path)):
+            ids = self.encode(piece, unknown)
+            for lo in range(0, ids.size, chunk_chars):
+                lp = scorer(ids[lo: lo + chunk_chars])
+                total += float(lp.sum())
+                count += lp.size
+        if count == 0:
+            raise ChargenError(f"{path} is empty; pass a file with text to score")
+        return _make_score(np.zeros(0), total, count)
+
+    def score_split(self, corpus, split: str = "val", *, batch_size: int = 32, chars: int | None = None,
+                    progress: bool = False) -> Score:
+        """The loss of a prepared corpus's split (a :class:`~chargen.prepared.PreparedCorpus`), as training
+        validates: every character (or a ``chars`` sample), in segments warmed on the text before them.
+        Streams from the memory map: memory stays small whatever the split's size."""
+        self._torch("score_split")
+        from ..model.scoring import WARMUP, Sample, SampleScorer
+        if split not in ("train", "val", "test"):
+            raise ChargenError(f"split must be train, val or test, got {split!r}")
+        if corpus.vocab.chars != self.vocab.chars:
+            raise ChargenError("this corpus's vocabulary is not the model's; score the corpus the run was trained on")
+        ids = corpus.reader(split)
+        if len(ids) == 0:
+            raise ChargenError(f"the corpus {corpus.meta['source']} has no {split} split (0 characters); "
+                               "choose another split")
+        scorer = SampleScorer(ids, corpus.before(split, WARMUP + 1), Sample.plan(len(ids), chars),
+                              batch_size=batch_size, device=self.device)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=scorer.sample.count, unit="char", unit_scale=True, leave=False, desc=f"eval {split}")
+        try:
+            total, count = scorer(self.model, tick=bar.update if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        return _make_score(np.zeros(0), -total, count)
+
+
+def _make_score(logprobs: np.ndarray, total: float, count: int) -> Score:
+    nats = -total / count if count else float("nan")
+    return Score(logprobs=logprobs, count=count, nats=nats, bpc=nats / math.log(2))
+
+
+def _ends_with_stop(chars: list[str], stops: tuple[str, ...]) -> bool:
+    longest = max(len(s) for s in stops)
+    tail = "".join(chars[-longest:])
+    return any(tail.endswith(s) for s in stops)
+
+
+def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
+    """Text up to the first place where a stop string appears (the stop string removed)."""
+    cut = len(text)
+    for s in stops:
+        i = text.find(s)
+        if i >= 0:
+            cut = min(cut, i)
+    return text[:cut]
+
+
+def _partial_stop_suffix(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of some stop string."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best

@@ -1,0 +1,489 @@
+"""Opening a run folder for training: new, overwritten or resumed.
+
+``open_run`` layers the options (preset < TOML file < keyword options),
+checks them, takes the run folder's lock, prepares the corpus, and only then
+writes ``config.json`` and ``tokenizer.json``: a bad option never leaves a
+half-made run behind, and a folder that another process is training into is
+refused before anything in it is touched. On ``--resume`` it reloads the
+run's own options, refuses a different corpus or vocabulary, and lets only
+the resumable options (budget, evaluation, device) change.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shlex
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import distributed
+from ..runs import replace
+from ..version import __version__
+from ..data.batches import RandomWindows, StatefulStreams
+from ..model.devices import resolve_device, resolve_precision
+from ..errors import ChargenError
+from ..files import write_json
+from ..config.options import specs
+from ..data.prepared import PreparedCorpus, cached, prepare
+from ..runs.folder import (FORMAT_VERSION, LOCK_FILE, RunFolder, RunLock, check_run_dir, last_dir, looks_like_run,
+                     open_run_dir, read_json)
+from ..config import (DEFAULT_EPOCHS, RESUMABLE, ModelConfig, Options, PrepareOptions, TrainConfig, preset,
+                     layer_options, schedule_lr, step_budget)
+
+
+@dataclass
+class Run:
+    """An opened run: its folder (locked by rank 0), corpus, configs, schedule length and device."""
+
+    dir: Path
+    corpus: PreparedCorpus
+    model_config: ModelConfig
+    train_config: TrainConfig
+    decay_steps: int | None       # cosine length in steps, or None
+    decay_time: float | None      # cosine length in seconds (a --max-time budget), or None
+    resuming: bool
+    device: torch.device
+    precision: str                # resolved: fp32, bf16 or fp16
+    rank: int = 0
+    world_size: int = 1
+    lock: RunLock | None = None   # rank 0's lock on the folder
+    claim: RunClaim | None = None  # rank 0's claim on a new run's folder, until its first checkpoint
+    init: dict | None = None       # a fine-tune's base (see _fine_tune): its weights start the model
+    counts: "np.ndarray | None" = None  # a new adaptive-softmax run's training counts: its characters' order
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def resume_hint(self) -> str:
+        folder = self.claim.out if self.claim is not None else self.dir
+        return f"chargen train --out {shlex.quote(str(folder))} --resume"
+
+    def close(self) -> None:
+        """Let go of the folder's lock."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def settle(self) -> None:
+        """Called after each checkpoint: the first one makes a new run real (and replaces an overwritten one)."""
+        if self.claim is not None:
+            self.dir = self.claim.settle()
+            self.claim = None
+
+    def abandon_if_unstarted(self) -> None:
+        """A new run that fails (or is interrupted) before its first checkpoint leaves nothing behind."""
+        if self.claim is not None:
+            self.claim.abandon()
+            self.claim = self.lock = None
+
+
+def open_run(source=None, *, out, resume=False, overwrite=False, corpora_dirs=(), cache_dir=None,
+             config_file=None, preset=None, options=None, init_from=None, init_checkpoint: str | None = None,
+             keep_vocab: bool = False) -> Run:
+    """Layer and check the options, lock the folder, prepare the corpus, and create or reopen the run.
+    ``init_from``: a run folder whose weights, shape and vocabulary the new run starts from (fine-tuning)."""
+    if not isinstance(out, (str, os.PathLike)) or str(out) == "":
+        raise ChargenError(f"--out must name a run folder, got {out!r}")
+    opts = layer_options(source, config_file, preset, dict(options or {}))
+    if resume and overwrite:
+        raise ChargenError("--resume and --overwrite contradict each other; pass one")
+    if init_from is None and (init_checkpoint is not None or keep_vocab):
+        raise ChargenError(f"{'--init-checkpoint' if init_checkpoint is not None else '--keep-vocab'} "
+                           "goes with --init-from BASE_RUN")
+    base = None
+    if init_from is not None:
+        if resume:
+            raise ChargenError("--init-from starts a new run; a resumed run has its weights already "
+                               "(leave --init-from out)")
+        base = _fine_tune(init_from, init_checkpoint or "best", keep_vocab, opts)
+    where = dict(corpora_dirs=corpora_dirs, cache_dir=cache_dir)
+    out = Path(out)
+    if Path.cwd().is_relative_to(out.resolve()):  # --out . (or ..): the folder's contents are replaced around us
+        out = Path(os.path.abspath(out))
+    return _resume(out, opts, where) if resume else _create(out, opts, overwrite, where, base)
+
+
+# What a fine-tune changes in the defaults, unless given: its peak learning rate is the base's (not the
+# library default) up to FINE_TUNE_MAX_LR, and its warmup short (the weights are already trained; a fine-tune
+# is short). Measured (scripts/bench_finetune.py, 1 minute on 86 KB of licences from a 4-minute Shakespeare
+# base): from a base trained at 4e-3, the base's 4e-3 reached 1.601 bpc, half of it 1.645, a quarter 1.768 (a
+# lower peak, the usual advice, lost); from the cpu preset's base trained at 1.3e-2 (2026-12-04), 4e-3
+# reached 1.597 and the base's 1.3e-2 1.669, overfitting the small text from its first evaluation on.
+FINE_TUNE_MAX_LR = 4e-3
+FINE_TUNE_WARMUP = 20
+_SHAPE = ("cell", "num_layers", "hidden_size", "embedding_size", "tie_weights", "softmax", "cutoffs")
+
+
+def _fine_tune(init_from, checkpoint: str, keep_vocab: bool, opts: Options) -> dict:
+    """Check the base run and fold it into ``opts`` (shape, vocabulary, normalization, fine-tune defaults);
+    what the new run's config.json records of it."""
+    if checkpoint not in ("best", "last"):
+        raise ChargenError(f"--init-checkpoint must be best or last, got {checkpoint!r}")
+    if not isinstance(init_from, (str, os.PathLike)) or str(init_from) == "":
+        raise ChargenError(f"--init-from must name a run folder, got {init_from!r}")
+    if Path(init_from).exists() and not Path(init_from).is_dir():
+        raise ChargenError(f"--init-from {init_from} is a file, not a run folder; name the folder of a trained run")
+    base = open_run_dir(check_run_dir(Path(init_from)))
+    if checkpoint == "best":
+        weights = base.dir / "model.safetensors"
+    else:
+        try:
+            weights = last_dir(base.dir) / "model.safetensors"
+        except ChargenError:
+            raise ChargenError(f"{base.dir} has no complete last/ checkpoint; start from its best weights "
+                               "(--init-checkpoint best)") from None
+    for name in _SHAPE:
+        if name in opts.explicit and opts.model.get(name) != getattr(base.model_config, name):
+            flag = specs(ModelConfig)[name].flag
+            raise ChargenError(f"--{flag} would change the model's shape; a fine-tune takes its shape from "
+                               f"{base.dir} (leave --{flag} out)")
+    for name in ("normalize", "lowercase"):
+        base_value = base.prepare.get(name, getattr(PrepareOptions, name))
+        if name in opts.explicit and opts.prepare.get(name) != base_value:
+            raise ChargenError(f"--{name} must be what {base.dir} was prepared with ({base_value!r}): its "
+                               "vocabulary reads text that way")
+        opts.prepare[name] = base_value
+    opts.model.update({k: getattr(base.model_config, k) for k in _SHAPE})
+    opts.prepare.update(vocab_base=list(base.vocab.chars), vocab_grow=not keep_vocab)
+    chosen = opts.explicit | set(preset(opts.preset) if opts.preset else ())   # a preset's lr is a choice too
+    if "lr" not in chosen:
+        opts.train["lr"] = min(base.train_config.lr, FINE_TUNE_MAX_LR)
+    if "warmup_steps" not in chosen:
+        opts.train["warmup_steps"] = min(FINE_TUNE_WARMUP, base.train_config.warmup_steps)
+    from ..runs.info import run_info
+    info = run_info(base.dir)
+    step = info["best_step"] if checkpoint == "best" and info["best_step"] is not None else info["steps"]
+    return {"from": str(base.dir.resolve()), "checkpoint": checkpoint, "weights": str(weights),
+            "corpus_fingerprint": base.config["corpus"]["fingerprint"], "step": step,
+            "best_val_loss": info["best_val_loss"], "vocab_size": len(base.vocab), "keep_vocab": keep_vocab}
+
+
+def _create(out: Path, opts: Options, overwrite: bool, where: dict, base: dict | None = None) -> Run:
+    train_opts = dict(opts.train)
+    if not ({"max_steps", "epochs", "max_time"} & set(train_opts)):
+        train_opts["epochs"] = DEFAULT_EPOCHS
+    train_cfg = TrainConfig(**train_opts)
+    cell = ModelConfig(vocab_size=_ANY_VOCAB, **opts.model).cell   # bad options fail before any work
+    PrepareOptions(**opts.prepare)
+    device, precision, rank, world = _devices(train_cfg, cell)
+    if train_cfg.batch_size % world:  # checked before the folder is touched
+        raise ChargenError(f"batch size {train_cfg.batch_size} must be a multiple of the {world} processes")
+    claim = distributed.main_first(world, rank, lambda: RunClaim(out, overwrite), others=False)
+    try:
+        corpus = distributed.main_first(world, rank, lambda: prepare(opts.source, **where, **opts.prepare))
+        model_cfg = ModelConfig(vocab_size=len(corpus.vocab), **opts.model)
+        counts = None
+        if model_cfg.softmax != "full" and base is None:
+            counts = corpus.counts("train")
+            model_cfg = model_cfg.resolve_softmax(counts)
+        _check_fits(model_cfg, device)
+        decay_steps, decay_time = _decay(train_cfg, _batches_per_epoch(corpus, train_cfg))
+        config = {
+            "format_version": FORMAT_VERSION,
+            "model": model_cfg.to_dict(),
+            "train": train_cfg.to_dict(),
+            "schedule": {"decay_steps": decay_steps, "decay_time": decay_time},
+            "corpus": _corpus_summary(corpus, opts),
+            "versions": {"chargen": __version__, "torch": torch.__version__, "python": sys.version.split()[0]},
+            "world_size": world,
+        }
+        if base is not None:
+            base = dict(base, added_chars=corpus.meta.get("added_chars", 0),
+                        unknown_chars=corpus.meta.get("unknown_chars", 0))
+            config["init"] = {k: v for k, v in base.items() if k != "weights"}
+        distributed.main_first(world, rank, lambda: claim.fill(config, corpus), others=False)
+    except BaseException:
+        if claim is not None:
+            claim.abandon()
+        raise
+    return Run(claim.dir if claim else out, corpus, model_cfg, train_cfg, decay_steps, decay_time,
+               resuming=False, device=device,
+               precision=precision, rank=rank, world_size=world, lock=claim.lock if claim else None, claim=claim,
+               init=base, counts=counts if model_cfg.adaptive else None)
+
+
+class RunClaim:
+    """Rank 0's hold on a new run's folder: made if missing, locked, checked; undone if the run never starts.
+
+    A run that ``--overwrite`` replaces is not touched until the new run
+    exists: the new one is built in a hidden folder inside it and moved into
+    its place at its first checkpoint (:meth:`settle`; see ``replace.py``).
+    Until then :meth:`abandon` removes what this claim made (the new run's
+    files, and any folders it created, when empty) and nothing else: a folder
+    it could not lock is never touched.
+    """
+
+    def __init__(self, out: Path, overwrite: bool):
+        if out.is_symlink() and not out.exists():
+            raise ChargenError(f"{out} is a symbolic link to a missing folder; choose another --out")
+        if out.exists() and not out.is_dir():
+            raise ChargenError(f"{out} is a file, not a run folder; choose another --out")
+        self.out, self.overwrite, self.filled = out, overwrite, False
+        self.made = _make_dirs(out)                    # folders this call created, deepest first
+        self.dir = out                                 # where the new run is built
+        try:
+            self.lock = RunLock(out)
+        except BaseException:
+            self._prune()
+            raise
+        try:
+            replace.recover(out, LOCK_FILE)  # what a replacement cut short by a kill left behind
+            if self._check_contents():
+                self.dir = self._stage()
+        except BaseException:
+            self.lock.release()
+            self._prune()
+            raise
+
+    @property
+    def staged(self) -> bool:
+        """Whether the new run is being built beside an old one it will replace."""
+        return self.dir != self.out
+
+    def _check_contents(self) -> bool:
+        """Whether ``out`` holds a run to replace; refuses a folder that may not be written into."""
+        if not any(p.name != LOCK_FILE for p in self.out.iterdir()):
+            return False
+        is_run = looks_like_run(self.out)
+        if not self.overwrite:
+            what = "a run" if is_run else "not empty"
+            raise ChargenError(f"{self.out} already exists ({what}); pass --resume to continue it, --overwrite to "
+                               "replace it, or choose another --out")
+        if not is_run:
+            raise ChargenError(f"{self.out} exists and is not a chargen run folder; --overwrite only replaces "
+                               "runs. Choose another --out")
+        return True
+
+    def _stage(self) -> Path:
+        try:
+            return replace.stage(self.out)
+        except OSError as e:
+            raise ChargenError(f"cannot write into {self.out} ({e.strerror}); --overwrite needs the run folder "
+                               "writable. Check its permissions or choose another --out") from None
+
+    def fill(self, config: dict, corpus: PreparedCorpus) -> None:
+        """Write the new run's config and vocabulary."""
+        self.filled = True
+        write_json(self.dir / "config.json", config)
+        corpus.vocab.save(self.dir / "tokenizer.json")
+
+    def settle(self) -> Path:
+        """The new run exists (its first checkpoint is written): put it in place of the old. Returns its folder."""
+        if self.staged:
+            replace.move_in(self.dir, self.out, LOCK_FILE)
+            self.dir = self.out
+        return self.dir
+
+    def abandon(self) -> None:
+        """Undo this claim (the run never reached its first checkpoint), and let go of the lock."""
+        if self.staged:  # the old run was never touched
+            shutil.rmtree(self.dir, ignore_errors=True)
+        elif self.filled:  # everything in the folder is this run's: it was empty before
+            for p in self.out.iterdir():
+                if p.name != LOCK_FILE:
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        self.lock.release()
+        self._prune()
+
+    def _prune(self) -> None:
+        """Remove the folders this claim created, deepest first, as long as they are empty."""
+        for d in self.made:
+            try:
+                d.rmdir()
+            except OSError:  # not empty: another run lives there now
+                break
+
+
+def _make_dirs(path: Path) -> list[Path]:
+    """``mkdir -p path``; the folders that did not exist before, deepest first."""
+    missing = []
+    for p in [path, *path.parents]:
+        if p.exists() or p.is_symlink():
+            break
+        missing.append(p)
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue  # made by another process just now: not ours to remove
+        except OSError as e:
+            for made in missing[missing.index(d) + 1:]:
+                try:
+                    made.rmdir()
+                except OSError:
+                    break
+            raise ChargenError(f"cannot create {d}: {e.strerror}; check the permissions of its parent "
+                               "or choose another --out") from None
+    return missing
+
+
+_ANY_VOCAB = 0x110000 + 1   # more characters than Unicode has: checks the options before the corpus is read
+
+
+def _check_fits(cfg: ModelConfig, device: torch.device) -> None:
+    """Refuse, before anything is allocated, a model whose training state cannot fit in memory."""
+    need = cfg.num_parameters * 4 * 4  # fp32 weights, gradients and AdamW's two moments
+    try:
+        if device.type == "cuda":
+            have = torch.cuda.get_device_properties(device).total_memory
+        else:
+            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no way to know here: let the allocator decide
+        return
+    if need > have:
+        raise ChargenError(f"a {cfg.cell.upper()} {cfg.num_layers}x{cfg.hidden_size} model (embedding "
+                           f"{cfg.embedding_size}) has {cfg.num_parameters:,} parameters, about {need // 2**30:,} "
+                           f"GiB to train, more than the {have / 2**30:,.1f} GiB of {device.type} memory here; "
+                           "use a smaller --hidden, --layers or --embedding")
+
+
+def _devices(cfg: TrainConfig, cell: str) -> tuple[torch.device, str, int, int]:
+    """Resolve device and precision (for a model of this cell), then join the process group:
+    (device, precision, rank, world)."""
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device, cell)
+    rank, world, device = distributed.init(device)
+    return device, precision, rank, world
+
+
+def _batches_per_epoch(corpus: PreparedCorpus, cfg: TrainConfig) -> int:
+    """Batches per epoch; fails early when the training split is too short for one batch."""
+    layout = StatefulStreams if cfg.layout == "stateful" else RandomWindows
+    return len(layout(corpus.reader("train"), cfg.batch_size, cfg.bptt))
+
+
+def _decay(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int | None, float | None]:
+    """The cosine's length: --decay-steps, else the budget the run is created with (steps or time)."""
+    if cfg.decay_steps is not None:
+        return cfg.decay_steps, None
+    return step_budget(cfg, batches_per_epoch), cfg.max_time
+
+
+def _corpus_summary(corpus: PreparedCorpus, opts: Options) -> dict:
+    summary = {**corpus.summary(), "prepare": dict(opts.prepare),
+               "requested_source": None if opts.source is None else str(opts.source),
+               "working_folder": os.getcwd()}  # what a relative source was relative to
+    summary.pop("cache_dir", None)
+    summary.pop("reused", None)
+    return summary
+
+
+def _resume(out: Path, opts: Options, where: dict) -> Run:
+    folder = open_run_dir(check_run_dir(out))
+    train_cfg = _resumed_train_config(folder, opts)
+    device, precision, rank, world = _devices(train_cfg, folder.model_config.cell)
+    lock = distributed.main_first(world, rank, lambda: RunLock(out), others=False)
+    try:
+        _check_not_finished(last_dir(out), opts)  # a resume needs a complete checkpoint, of a run to go on with
+        corpus = distributed.main_first(world, rank, lambda: run_corpus(folder, opts.source, from_cache=False,
+                                                                          **where))
+        _check_budget_left(last_dir(out), train_cfg, _batches_per_epoch(corpus, train_cfg), folder.config)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    sched = folder.config.get("schedule", {})
+    return Run(out, corpus, folder.model_config, train_cfg, sched.get("decay_steps"), sched.get("decay_time"),
+               resuming=True, device=device, precision=precision, rank=rank, world_size=world, lock=lock)
+
+
+def _resumed_train_config(folder, opts: Options) -> TrainConfig:
+    """The run's own TrainConfig with the resumable options the user gave; any other change is refused."""
+    if opts.preset is not None:
+        raise ChargenError(f"--preset {opts.preset} applies when a run is created; a resumed run keeps its "
+                           "options (drop --preset)")
+    created = {"model": folder.model_config.to_dict(), "train": folder.train_config.to_dict(),
+               "corpus": asdict(PrepareOptions(**folder.prepare))}
+    for what, cls, given in (("model", ModelConfig, opts.model), ("corpus", PrepareOptions, opts.prepare),
+                             ("train", TrainConfig, opts.train)):
+        for k, v in given.items():
+            if k not in opts.explicit or created[what][k] == v or k in RESUMABLE:
+                continue
+            flag = specs(cls)[k].flag
+            rule = ("every evaluation of a run scores the same sample" if k == "eval_chars" else
+                    "only budget, evaluation and device options change on resume" if what == "train" else
+                    f"a resumed run keeps its {what} options")
+            raise ChargenError(f"the run was created with --{flag} {created[what][k]!r}, not {v!r}; {rule} "
+                               "(drop the flag)")
+    merged = created["train"]
+    merged.update({k: v for k, v in opts.train.items() if k in opts.explicit and k in RESUMABLE})
+    budget = {"max_steps", "epochs", "max_time"}
+    if budget & opts.explicit:  # a new budget replaces the old one whole, of whatever kind it was
+        merged.update({k: (opts.train[k] if k in opts.explicit else None) for k in budget})
+    return TrainConfig(**merged)
+
+
+def _check_not_finished(last: Path, opts: Options) -> None:
+    """A run that finished (its budget spent, or stopped by --patience) goes on only with a new budget."""
+    info = read_json(last / "trainer.json")
+    if info.get("stopped") and not ({"max_steps", "epochs", "max_time"} & opts.explicit):
+        raise ChargenError(f"{last.parent} already finished (stopped: {info['stopped']} at step {info.get('step')}); "
+                           "to train on, give it a new budget (--max-steps, --epochs or --max-time)")
+
+
+def _check_budget_left(last: Path, cfg: TrainConfig, batches_per_epoch: int, config: dict) -> None:
+    """A finished run given a new budget that it has already spent, or whose learning rate has decayed to
+    0, would train nothing: say so."""
+    info = read_json(last / "trainer.json")
+    sched = config.get("schedule", {})
+    if schedule_lr(cfg, info.get("step", 0), info.get("elapsed", 0.0), sched.get("decay_steps"),
+                   sched.get("decay_time")) == 0.0:
+        raise ChargenError(f"{last.parent} is at step {info.get('step')}, past the end of its cosine, where "
+                           "--min-lr-ratio 0 puts the learning rate at 0: more steps would change nothing; to "
+                           f"train on, start a new run from its weights: chargen train --init-from {last.parent} "
+                           "--out NEW_RUN")
+    steps = step_budget(cfg, batches_per_epoch)
+    spent = ((steps is not None and info.get("step", 0) >= steps) or
+             (cfg.max_time is not None and info.get("elapsed", 0.0) >= cfg.max_time))
+    if info.get("stopped") and spent:
+        raise ChargenError(f"{last.parent} is already at step {info.get('step')} ({info.get('elapsed', 0):.0f}s): "
+                           "that budget is spent; give a larger one")
+
+
+def run_corpus(folder: RunFolder, source=None, *, from_cache: bool = True, corpora_dirs=(),
+               cache_dir=None) -> PreparedCorpus:
+    """The prepared corpus a run was trained on: with ``from_cache``, straight from the cache by its
+    fingerprint (the source is not read); else, or when the cache no longer holds it, prepared again
+    from ``source`` (default: the source the run was created with) and checked to be the same text."""
+    stored = folder.config["corpus"]
+    corpus = cached(stored["fingerprint"], cache_dir) if from_cache and source is None else None
+    if corpus is not None:
+        corpus.meta["source"] = stored.get("source", corpus.meta["source"])  # as the run names it
+    else:
+        stored_source = _stored_source(stored)
+        # a single file found again under another name is the same corpus: it keeps its name in the fingerprint
+        name = Path(stored_source).name if source is not None and stored_source is not None else None
+        corpus = prepare(source if source is not None else stored_source, corpora_dirs=corpora_dirs,
+                         cache_dir=cache_dir, file_name=name, **folder.prepare)
+        _check_same_corpus(stored, corpus)
+    if folder.vocab.chars != corpus.vocab.chars:
+        raise ChargenError("the run's tokenizer.json differs from the corpus vocabulary; the run folder was "
+                           "changed by hand: start a new run")
+    return corpus
+
+
+def _stored_source(stored: dict) -> str | None:
+    """The source a run was created with; a relative path that is not here is taken from where it was."""
+    source, where = stored.get("requested_source"), stored.get("working_folder")
+    if source is None or where is None or os.path.isabs(os.path.expanduser(source)) or source.startswith("hf:"):
+        return source
+    here_exists = Path(source).exists() or bool(glob.has_magic(source) and glob.glob(source, recursive=True))
+    there = os.path.join(where, source)
+    if not here_exists and (Path(there).exists() or (glob.has_magic(source) and glob.glob(there, recursive=True))):
+        return there
+    return source
+
+
+def _check_same_corpus(stored: dict, corpus: PreparedCorpus) -> None:
+    if corpus.fingerprint != stored.get("fingerprint"):
+        raise ChargenError(
+            f"this corpus differs from the run's: the run was trained on {stored.get('source')} "
+            f"({stored.get('chars'):,} characters, fingerprint {str(stored.get('fingerprint'))[:12]}), this is "
+            f"{corpus.meta['source']} ({corpus.meta['chars']:,} characters, fingerprint {corpus.fingerprint[:12]}); "
+            "pass the text the run was trained on, or start a new run")

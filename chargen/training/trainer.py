@@ -1,0 +1,450 @@
+"""Training: stateful truncated BPTT with clipping, evaluation, checkpoints and exact resume.
+
+Usage (the CLI is a thin layer over this)::
+
+    from chargen import train
+    result = train("tinyshakespeare", out="runs/shakespeare", preset="cpu", max_time=300)
+
+One step: take batch k of the B streams (see batches.py), start from the
+state batch k-1 ended with, detached so gradients stop at T steps (reset to
+zeros where the streams restart), run forward and backward, clip the global
+gradient norm, and take an AdamW step at the scheduled learning rate. A
+non-finite loss or gradient skips the step; several in a row stop the run.
+
+Everything a resume needs is in ``last/`` (see checkpoint.py). Batches are a
+pure function of the step, the CPU RNG (dropout) is saved, and previews draw
+from their own counter-based seed, so on CPU a run resumed at step N is bit
+for bit the run that never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from . import distributed
+from ..data.batches import RandomWindows, StatefulStreams
+from ..runs.checkpoint import ResumeState, init_from_base, load_last, restore_rng, rng_states, save_last, save_weights
+from ..config import schedule_lr, step_budget
+from ..generate.torch_step import preview
+from ..model.devices import autocast, state_dtype
+from ..errors import ChargenError, Interrupted
+from ..model.scoring import WARMUP, Sample, SampleScorer, mean_loss
+from ..runs.metrics import Meter, MetricsLog, ProgressBar, Timing
+from ..model.network import CharRNN, detach_state, state_from_tensors, state_tensors
+from .launch import Run, open_run
+from ..signals import StopRequest, ctrl_c_ignored
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    steps: int
+    best_val_loss: float | None
+    best_val_bpc: float | None
+    stopped: str          # "budget", "patience", "interrupted"
+    chars_per_sec: float
+    elapsed: float
+    main: bool = True     # False on the other processes of a multi-process run
+    device: str = "cpu"
+    precision: str = "fp32"   # what --precision resolved to (auto: see devices.resolve_precision)
+
+
+def train(source=None, *, out, resume: bool = False, overwrite: bool = False,
+          progress: bool | None = None, corpora_dirs=(), cache_dir=None, config_file=None,
+          preset: str | None = None, init_from=None, init_checkpoint: str | None = None, keep_vocab: bool = False,
+          **options) -> TrainResult:
+    """Train a CharRNN on ``source`` into the run folder ``out``.
+
+    ``options`` are fields of :class:`TrainConfig`, :class:`ModelConfig`
+    (``cell``, ``num_layers``, ``hidden_size``, ``dropout``, ...) and of the
+    prepare options (``val_fraction``, ``normalize``, ...), by field or flag
+    name; ``preset`` and ``config_file`` (TOML) supply defaults that
+    ``options`` override.
+
+    ``init_from`` (a run folder) fine-tunes: the model starts from that run's weights (``init_checkpoint``
+    best or last) and shape; characters of ``source`` it lacks are added to the vocabulary after its own
+    (its ids never move), or with ``keep_vocab`` become the unknown token.
+    """
+    run = open_run(source, out=out, resume=resume, overwrite=overwrite, corpora_dirs=corpora_dirs,
+                   cache_dir=cache_dir, config_file=config_file, preset=preset, options=options,
+                   init_from=init_from, init_checkpoint=init_checkpoint, keep_vocab=keep_vocab)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    try:
+        result = Trainer(run, show_bar=progress).fit()
+    except BaseException:
+        run.abandon_if_unstarted()
+        raise
+    finally:
+        run.close()
+    # Every process reaches the end before any leaves the group: tearing it down while rank 0
+    # still writes the last checkpoint aborts the others ("terminate called ..."). On an error
+    # the group is left to the exiting process, so each rank still prints its one line.
+    distributed.barrier()
+    distributed.shutdown()
+    return result
+
+
+def fine_tune_message(init: dict, corpus_meta: dict) -> str:
+    """What a fine-tune starts from, and what became of the characters its base lacks."""
+    text = f"fine-tuning from {init['from']} ({init['checkpoint']} weights, step {init['step']})"
+    added, unknown = corpus_meta.get("added_chars", 0), corpus_meta.get("unknown_chars", 0)
+    if init["keep_vocab"]:
+        return text + (f"; {unknown:,} characters of the corpus are not in its vocabulary and read as <unk> "
+                       "(--keep-vocab)" if unknown else "; every character of the corpus is in its vocabulary")
+    text += f"; {added} new characters added to its vocabulary of {init['vocab_size']}" if added else ""
+    return text + (f"; {unknown:,} characters read as <unk> (rarer than --min-char-count in training, or only "
+                   "in validation or test)" if unknown else "")
+
+
+class Trainer:
+    """The training loop over an opened run (see runs.open_run); ``fit`` tells the story."""
+
+    def __init__(self, run: Run, show_bar: bool = False):
+        self.run, self.cfg, self.device = run, run.train_config, run.device
+        self.show_bar = show_bar
+        self.vocab = run.corpus.vocab
+        cfg = self.cfg
+        layout = StatefulStreams if cfg.layout == "stateful" else RandomWindows
+        extra = {"seed": cfg.seed} if cfg.layout == "random" else {}
+        self.batches = layout(run.corpus.reader("train"), cfg.batch_size, cfg.bptt, rank=run.rank,
+                              world_size=run.world_size, device=self.device, **extra)
+        self.total_steps = step_budget(cfg, len(self.batches))
+        torch.manual_seed(cfg.seed)
+        self.model = CharRNN(run.model_config).to(self.device)
+        if run.init is not None and not run.resuming:
+            init_from_base(self.model, run.init["weights"], run.init["vocab_size"])
+        elif run.counts is not None and not run.resuming:
+            self.model.head.set_order(run.counts)   # the adaptive softmax's clusters follow the counts
+        self.model.train()
+        # beta2 0.99 rather than Adam's default 0.999 (as nanoGPT's character-level recipe does): a step
+        # sees few targets (B*T characters), and a shorter memory of squared gradients lets the step size
+        # follow the fast early changes of short, high-learning-rate runs like the cpu preset's.
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
+                                           weight_decay=cfg.weight_decay, **fused)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=run.precision == "fp16")
+        self.ddp_model = distributed.wrap_model(self.model, self.device, run.world_size)
+        self.carried = None        # the hidden state the last batch ended with (stateful layout), float32
+        self.state_dtype = state_dtype(self.model, run.precision, self.device)
+        self.progress = ResumeState(world_size=run.world_size)
+        self.stop_reason = None    # set by evaluation (patience), on rank 0
+        self.interrupted = False   # Ctrl-C asked the loop to stop after this step
+        self.log = MetricsLog(run.dir, run.is_main)
+        self.meter = Meter(self.device)
+        corpus = run.corpus
+        val = corpus.reader("val")
+        self.evaluator = SampleScorer(val, corpus.before("val", WARMUP + 1),
+                                      Sample.plan(len(val), cfg.eval_chars or None), batch_size=cfg.eval_batch_size,
+                                      device=self.device, autocast=self.autocast)
+        self.timing = Timing(run.model_config.num_parameters)
+        self.time_up = False       # --max-time: no time left to train on
+        self.skipping = False      # --max-time: the last evaluation due was skipped
+        if run.resuming:
+            self._restore()
+
+    def autocast(self):
+        return autocast(self.run.precision, self.device)
+
+    # -- the story of a run ----------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        self.log.open()
+        self.bar = ProgressBar.open(self.show_bar and self.run.is_main, self.total_steps, self.progress.step)
+        self.log.bar = self.bar
+        # The time budget is wall-clock (evaluation and checkpoints included), carried across resumes.
+        self.wall_start = time.perf_counter() - self.progress.elapsed
+        if self.cfg.max_time is not None and self.run.is_main:
+            self.evaluator.probe(self.model)  # how long an evaluation takes, before the first one
+        self.log.event(self.progress.step, "started", at=round(time.time(), 3),  # wall clock: setup is done
+                       device=str(self.device), precision=self.run.precision)
+        if self.run.init is not None and not self.run.resuming:
+            self.log.say(fine_tune_message(self.run.init, self.run.corpus.meta))
+        first_step = self.progress.step
+        try:
+            with StopRequest() as self.stop_request:
+                while not self._should_stop():
+                    self._step()
+                    self._log_and_evaluate()
+                    if self.progress.step % self.cfg.checkpoint_every == 0:
+                        self._checkpoint()
+                    self.progress.elapsed = time.perf_counter() - self.wall_start
+        except KeyboardInterrupt:  # a second Ctrl-C: the step it hit may be half done, so nothing is saved
+            self._close_bar()
+            claim = self.run.claim
+            if claim is None:
+                self.log.say(f"interrupted again, inside step {self.progress.step + 1}; not saved: the last "
+                             f"checkpoint stands. Resume with: {self.run.resume_hint()}")
+            else:
+                kept = f"; {claim.out} still holds the run it was to replace" if claim.staged else ""
+                self.log.say("interrupted again, before the run's first checkpoint: nothing to resume, and "
+                             f"the new run is removed{kept}; start it again")
+            raise Interrupted from None
+        finally:
+            self._close_bar()
+        if self.time_up and self.progress.step == first_step and not self.interrupted:
+            self._no_time_to_train()
+        if self.interrupted:
+            self._on_interrupt()
+            raise Interrupted
+        return self._finish()
+
+    def _no_time_to_train(self) -> None:
+        left = self.cfg.max_time - self.progress.elapsed
+        raise ChargenError(f"--max-time {self.cfg.max_time:g}s leaves no time to train: {max(left, 0):.2f}s are left, and "
+                           f"one step, the final evaluation and checkpoint need about "
+                           f"{self.timing.step + self._to_finish():.2f}s; give a larger budget")
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = self.log.bar = None
+
+    def _budget_spent(self) -> bool:
+        """Steps or epochs done; or no time left for one more step, the final evaluation and checkpoint."""
+        p, cfg = self.progress, self.cfg
+        if self.total_steps is not None and p.step >= self.total_steps:
+            return True
+        if cfg.max_time is not None and p.elapsed + self.timing.step + self._to_finish() >= cfg.max_time:
+            self.time_up = True  # for good: a final evaluation quicker than foreseen does not reopen the run
+        return self.time_up
+
+    def _to_finish(self) -> float:
+        """Seconds the end of the run needs: the final checkpoint and evaluation."""
+        return self.timing.checkpoint + self._final_eval_reserve()
+
+    def _final_eval_reserve(self) -> float:
+        """Time kept for the final evaluation: its estimate with a margin, when that is at most half the
+        budget (a longer one would leave too little to train: it is skipped instead)."""
+        reserve = 1.5 * self._eval_estimate() + min(0.5, 0.05 * self.cfg.max_time)  # and room for jitter
+        return reserve if reserve <= self.cfg.max_time / 2 else 0.0
+
+    def _eval_estimate(self) -> float:
+        if self.timing.evaluation is not None:
+            return self.timing.evaluation
+        per_chunk = self.evaluator.seconds_per_chunk or 0.0
+        return (self.evaluator.estimate() or 0.0) + per_chunk / self.evaluator.chunk * self.cfg.preview_chars
+
+    def _eval_deadline(self, final: bool) -> float | None:
+        """When an evaluation must be over: the budget's end less the final checkpoint, and less the final
+        evaluation's reserve for one that is not the final one."""
+        if self.cfg.max_time is None:
+            return None
+        end = self.wall_start + self.cfg.max_time - self.timing.checkpoint
+        return end if final else end - self._final_eval_reserve()
+
+    def _should_stop(self) -> bool:
+        stop = self._budget_spent() or self.stop_reason is not None
+        self.interrupted = self.stop_request.requested
+        if self.run.world_size > 1:  # rank 0 decides, so every process stops at the same step
+            stop, self.interrupted = distributed.broadcast_flags([stop, self.interrupted], self.device)
+        return stop or self.interrupted
+
+    def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Forward and backward on batch ``step``, clipped; returns (loss, pre-clip grad norm, lr).
+
+        The optimizer step itself is taken by the caller, once the values are known to be finite.
+        """
+        cfg = self.cfg
+        x, y, starts = self.batches.get(step)                             # (B, T) each
+        if starts:
+            self.carried = None                                           # zero state: streams restart
+        lr = schedule_lr(cfg, step, self.progress.elapsed, self.run.decay_steps, self.run.decay_time)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        carried = self.carried
+        if carried is not None and self.state_dtype != torch.float32:  # the dtype the RNN kernel works in
+            carried = detach_state(carried, self.state_dtype)
+        with self.autocast():
+            loss, state = self.ddp_model(x, carried, targets=y)
+        # Detach: the next batch starts from this state, but gradients stop here (truncated BPTT).
+        # It is kept (and saved) in float32 whatever the autocast dtype, so that a run can resume at
+        # another precision; under bf16/fp16 it is cast back when fed in (exactly, so training is the
+        # same). Random windows always start from zeros, so there is nothing to carry.
+        self.carried = detach_state(state, torch.float32) if cfg.layout == "stateful" else None
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+        return loss.detach(), grad_norm, lr
+
+    def _step(self) -> None:
+        """One training step, skipped when anything is non-finite; advances the step and the clock."""
+        t0 = time.perf_counter()
+        loss, grad_norm, lr = self.train_step(self.progress.step)
+        # One host sync per step: the finite check decides whether to step.
+        if self.run.world_size > 1:
+            loss, any_bad = distributed.mean_and_any_bad(loss, self.run.world_size)
+            loss_ok = not any_bad
+        else:
+            loss_ok = bool(torch.isfinite(loss))
+        finite = loss_ok and bool(torch.isfinite(grad_norm))
+        if finite:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.progress.bad_streak = 0
+        elif loss_ok and self.scaler.is_enabled():
+            # fp16: gradients that overflow the loss scale are the grad scaler's ordinary business, not
+            # divergence. It skips the update and lowers the scale; the carried state stays.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.log.event(self.progress.step, "scale_overflow", scale=self.scaler.get_scale())
+        else:
+            self._skip_nonfinite(loss, grad_norm)
+        self.progress.step += 1
+        now = time.perf_counter()
+        self.timing.step = now - t0
+        self.progress.elapsed = now - self.wall_start
+        self.meter.add(loss if finite else None, grad_norm, lr,
+                       self.batches.chars_per_batch * self.run.world_size, now - t0)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def _skip_nonfinite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        p = self.progress
+        self.optimizer.zero_grad(set_to_none=True)
+        self.carried = None
+        p.bad_streak += 1
+        self.log.event(p.step, "nonfinite", loss=float(loss), grad_norm=float(grad_norm))
+        if self.scaler.is_enabled():
+            self.scaler.update(self.scaler.get_scale() / 2)
+        if p.bad_streak >= self.cfg.max_bad_steps:
+            self.log.event(p.step, "stopped", reason="nonfinite")
+            kept = (f"the last good checkpoint is in {self.run.dir}/last" if self.run.claim is None else
+                    "it had no checkpoint yet, so nothing is kept")
+            raise ChargenError(
+                f"training diverged: {p.bad_streak} steps in a row with a non-finite loss or "
+                f"gradient at step {p.step}; {kept}; lower --lr or --clip and resume or start again")
+
+    def _log_and_evaluate(self) -> None:
+        """Write a metrics line every --log-every steps, and evaluate every --eval-every, and at the end."""
+        step, cfg = self.progress.step, self.cfg
+        at_end = self._budget_spent()
+        due = step % cfg.eval_every == 0 or at_end
+        if step % cfg.log_every == 0 or at_end:
+            row = self.meter.line(step, self.progress.elapsed)
+        elif due:
+            row = dict(step=step, elapsed=round(self.progress.elapsed, 3))
+        else:
+            return
+        if due and not self._evaluate(row, final=at_end) and "loss" not in row:
+            return  # skipped, and no log line due either
+        self.log.write(row)
+        if self.bar is not None:
+            self.bar.show(row, self.cfg.max_time, self.progress.elapsed)
+
+    def _finish(self) -> TrainResult:
+        """The final state of the run is always evaluated and checkpointed."""
+        p = self.progress
+        stopped = p.stopped = self.stop_reason or "budget"
+        if p.step and p.last_eval_step != p.step:
+            row = dict(step=p.step, elapsed=round(p.elapsed, 3))
+            self._evaluate(row, final=True)
+            self.log.write(row)
+        p.elapsed = time.perf_counter() - self.wall_start
+        self._checkpoint()
+        self.log.event(p.step, "stopped", reason=stopped)
+        self.log.close()
+        best = p.best_val_loss
+        return TrainResult(run_dir=str(self.run.dir), steps=p.step, best_val_loss=best,
+                           best_val_bpc=None if best is None else best / math.log(2), stopped=stopped,
+                           chars_per_sec=self.meter.chars_per_sec, elapsed=time.perf_counter() - self.wall_start,
+                           main=self.run.is_main, device=str(self.device), precision=self.run.precision)
+
+    def _on_interrupt(self) -> None:
+        """Stopped by Ctrl-C between two steps (every process at the same one): checkpoint exactly.
+        Further Ctrl-Cs are ignored while the checkpoint is written, so it is never cut short."""
+        with ctrl_c_ignored():
+            self._checkpoint()
+        self.log.event(self.progress.step, "stopped", reason="interrupted")
+        self.log.close()
+        self.log.say(f"interrupted at step {self.progress.step}; checkpoint saved. "
+                     f"Resume with: {self.run.resume_hint()}")
+
+    # -- evaluation ------------------------------------------------------------
+
+    def _evaluate(self, row: dict, final: bool = False) -> bool:
+        """Validate on the run's sample, keep the best weights, print a preview; asks to stop when patience
+        runs out. Under --max-time an evaluation that would not end in time (leaving room for the final
+        one, unless it is the final one) is skipped, with an event in the metrics (once in a row of skips).
+        Whether it ran.
+
+        Only rank 0 evaluates; the others carry on to the next step's broadcast.
+        """
+        p = self.progress
+        p.last_eval_step = p.step
+        if not self.run.is_main:
+            return False
+        if not len(self.evaluator.ids):
+            self._save_best()  # no validation split: the latest weights are the best we know
+            return False
+        began, deadline = time.perf_counter(), self._eval_deadline(final)
+        result = None
+        if deadline is None or began + self._eval_estimate() <= deadline:
+            result = self.evaluator(self.model, deadline)
+        if result is None:
+            if not self.skipping:
+                self.log.event(p.step, "eval_skipped", reason="time", estimate=round(self._eval_estimate(), 3),
+                               left=round(deadline - began, 3))
+            self.skipping = True
+            return False
+        self.skipping = False
+        loss, bpc = mean_loss(*result)
+        row.update(val_loss=round(loss, 5), val_bpc=round(bpc, 5), val_chars=result[1])
+        if p.best_val_loss is None or loss < p.best_val_loss:
+            p.best_val_loss, p.best_step, p.evals_since_best = loss, p.step, 0
+            self._save_best()
+        else:
+            p.evals_since_best += 1
+        message = f"step {p.step}: val {loss:.4f} nats/char ({bpc:.4f} bpc)"
+        if self.cfg.preview_chars:
+            text = preview(self.model, self.vocab, self.cfg.preview_chars, seed=self.cfg.seed + p.step)
+            message += f"\n--- sample ---\n{text}\n--------------"
+        self.log.say(message)
+        self.timing.evaluation = time.perf_counter() - began
+        row.update(eval_s=round(self.timing.evaluation, 3))
+        if self.cfg.patience is not None and p.evals_since_best >= self.cfg.patience:
+            self.stop_reason = "patience"
+        return True
+
+    # -- checkpoints -----------------------------------------------------------
+
+    def _save_best(self) -> None:
+        if self.run.is_main:
+            save_weights(self.model, self.run.dir / "model.safetensors",
+                         {"step": self.progress.step, "val_loss": self.progress.best_val_loss})
+
+    def _checkpoint(self) -> None:
+        """Write last/. With several processes every rank must call it: states and RNGs are gathered."""
+        carried = state_tensors(self.carried) if self.carried is not None else {}
+        carried, rng = distributed.gather_checkpoint(carried, rng_states(self.device), self.run.world_size)
+        if not self.run.is_main:
+            return
+        began = time.perf_counter()
+        if not (self.run.dir / "model.safetensors").is_file():
+            self._save_best()
+        self.progress.rng, self.progress.carried = rng, carried
+        save_last(self.run.dir, self.model, self.optimizer, self.scaler, self.progress)
+        self.timing.checkpoint = time.perf_counter() - began
+        self.progress.rng, self.progress.carried = {}, {}
+        self.run.settle()
+        self.log.path = self.run.dir / "metrics.jsonl"
+
+    def _restore(self) -> None:
+        run = self.run
+        self.progress = load_last(run.dir, self.model, self.optimizer, self.scaler, self.device, run.world_size)
+        restore_rng(self.progress.rng, self.device, f".{run.rank}" if run.world_size > 1 else "", run.dir)
+        if self.progress.carried:
+            rows = getattr(self.batches, "rows", slice(None))  # this rank's streams
+            mine = {k: v[:, rows].contiguous().to(self.device) for k, v in self.progress.carried.items()}
+            self.carried = state_from_tensors(mine, run.model_config.cell)
+        self.progress.rng, self.progress.carried = {}, {}
+        if self.progress.stopped == "patience":  # extended with a new budget: patience starts over
+            self.progress.evals_since_best = 0
+        self.progress.stopped = None
+        self.log.truncate(self.progress.step)

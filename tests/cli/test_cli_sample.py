@@ -1,0 +1,129 @@
+"""chargen sample / eval through the command line, with a run trained for a few steps."""
+
+import json
+import shutil
+
+import pytest
+
+from chargen import Sampler
+from chargen.training.trainer import train
+
+from test_cli import one_error_line
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sample")
+    corpus = d / "c.txt"
+    corpus.write_text("to be or not to be, that is the question.\n" * 200)
+    out = d / "run"
+    train(corpus, out=out, num_layers=1, hidden_size=32, batch_size=8, bptt=16, max_steps=60,
+          eval_every=30, preview_chars=0, lr=1e-2, warmup_steps=0, cache_dir=d / "cache")
+    return out
+
+
+def test_sample_prints_prompt_and_continuation_deterministically(cli, run):
+    code, out, err = cli("sample", run, "--prompt", "to be", "--length", "120", "--seed", "4")
+    assert code == 0, err
+    assert out.startswith("to be") and len(out) == len("to be") + 120 + 1
+    assert cli("sample", run, "--prompt", "to be", "--length", "120", "--seed", "4")[1] == out
+    api = Sampler.load(run).generate("to be", length=120, seed=4, temperature=0.8)
+    assert out == "to be" + api + "\n"
+
+
+def test_sample_n_with_delimiters_and_stop_escapes(cli, run):
+    code, out, _ = cli("sample", run, "-n", "3", "--length", "200", "--seed", "1", "--stop", r"\n")
+    assert code == 0
+    parts = out.split("----- sample ")
+    assert len(parts) == 4 and parts[1].startswith("1 of 3 -----\n")
+    for part in parts[1:]:
+        body = part.split("-----\n", 1)[1]
+        assert body.rstrip("\n").count("\n") == 0   # stopped at the first newline
+
+
+def test_sample_checkpoint_last_and_greedy(cli, run):
+    code, out, _ = cli("sample", run, "--checkpoint", "last", "--temperature", "0", "--length", "30")
+    assert code == 0 and len(out) == 31
+
+
+def test_eval_matches_score(cli, run, tmp_path):
+    text = "to be or not to be.\n" * 20
+    f = tmp_path / "t.txt"
+    f.write_text(text)
+    code, out, err = cli("eval", run, f, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    score = Sampler.load(run).score(text)
+    assert result["chars"] == len(text)
+    assert result["nats"] == pytest.approx(score.nats, rel=1e-5)
+    assert result["bpc"] == pytest.approx(score.bpc, rel=1e-5)
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--temperature", "-1"], ["argument --temperature: must be at least 0, got -1.0"]),
+    (["--temperature", "nan"], ["argument --temperature: must be a finite number"]),
+    (["--top-k", "0"], ["argument --top-k: must be at least 1, got 0"]),
+    (["--top-p", "1.5"], ["argument --top-p: must be in (0, 1], got 1.5"]),
+    (["--length", "-1"], ["argument --length: must be at least 0, got -1"]),
+    (["-n", "0"], ["argument -n: must be in [1, 65536], got 0"]),
+    (["--seed", "-1"], ["argument --seed: must be in [0, 2**63 - 1], got -1"]),
+    (["--device", "foo"], ["unknown device 'foo'"]),
+    (["--device", "cuda:x"], ["unknown device 'cuda:x'"]),                          # issue 8, item 8
+    (["--device", "mps"] if not __import__("torch").backends.mps.is_available() else ["--device", "foo"],
+     ["mps" if not __import__("torch").backends.mps.is_available() else "foo"]),
+    (["--temperature", "1e-310", "--length", "3", "--top-p", "2"], ["argument --top-p: must be in (0, 1]"]),
+    (["--prompt", "QXZ€"], ["not in the vocabulary", "'€'"]),
+    (["--prompt-file", "/no/such/prompt.txt"], ["cannot read prompt file /no/such/prompt.txt"]),
+    (["--prompt", "a", "--prompt-file", "x"], ["pass --prompt or --prompt-file, not both"]),
+    (["--device", "cuda"] if not __import__("torch").cuda.is_available() else ["--top-k", "-1"],
+     ["cuda"] if not __import__("torch").cuda.is_available() else ["--top-k"]),
+])
+def test_bad_sample_input(cli, run, args, fragments):
+    code, out, err = cli("sample", run, *args)
+    assert code == 2 and out == ""
+    one_error_line(err, *fragments)
+
+
+@pytest.mark.parametrize("damage,fragments", [
+    ("missing", ["does not exist"]),
+    ("no_weights", ["missing model.safetensors"]),
+    ("bad_config", ["config.json is not readable JSON"]),
+    ("truncated", ["model.safetensors is not a readable safetensors file"]),
+    ("bad_tokenizer", ["tokenizer.json is not a readable tokenizer"]),
+])
+def test_sample_from_a_damaged_run(cli, run, tmp_path, damage, fragments):
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    if damage == "missing":
+        shutil.rmtree(broken)
+    elif damage == "no_weights":
+        (broken / "model.safetensors").unlink()
+    elif damage == "bad_config":
+        (broken / "config.json").write_text("[")
+    elif damage == "truncated":
+        data = (broken / "model.safetensors").read_bytes()
+        (broken / "model.safetensors").write_bytes(data[:100])
+    elif damage == "bad_tokenizer":
+        (broken / "tokenizer.json").write_text("{}")
+    code, out, err = cli("sample", broken, "--length", "5")
+    assert code == 2 and out == ""
+    one_error_line(err, *fragments)
+    code, _, err = cli("eval", broken, broken.parent / "x.txt")
+    assert code == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_a_run_trained_on_cuda_samples_on_cpu_and_cuda(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("to be or not to be, that is the question.\n" * 200)
+    out = tmp_path / "run"
+    train(corpus, out=out, num_layers=2, hidden_size=32, batch_size=8, bptt=16, max_steps=40, device="cuda",
+          preview_chars=0, lr=1e-2, warmup_steps=0)
+    cpu = Sampler.load(out, device="cpu")
+    gpu = Sampler.load(out, device="cuda")
+    assert len(cpu.generate("to", length=50, seed=1)) == 50
+    assert gpu.generate("to", length=200, seed=3) == gpu.generate("to", length=200, seed=3)
+    assert gpu.generate("to", length=100, temperature=0) == cpu.generate("to", length=100, temperature=0)
+    batch = gpu.generate("to", length=40, n=8, seed=5)
+    assert batch[3] == gpu.generate("to", length=40, seed=8)
