@@ -11,10 +11,10 @@ from .configs import (ADAPTIVE_DIV, ADAPTIVE_FROM, BUDGET, CELLS, COVER, DEFAULT
                       DEVICE, DEVICES, ERRORS_CHOICES, EVAL_CHARS, EVALUATION, LAYOUTS, MIN_SHORTLIST,
                       NORMALIZE_CHOICES, OPTIMIZATION, OPTION_CLASSES, PRECISIONS, PRESETS, RESUMABLE, SCHEDULES,
                       SOFTMAXES, ModelConfig, Options, PrepareOptions, SampleOptions, TrainConfig,
-                      default_cutoffs, layer_options, parse_eval_chars, preset, schedule_lr, step_budget)
+                      default_cutoffs, layer_options, parse_eval_chars, preset)
 
 __all__ = ["ADAPTIVE_DIV", "ADAPTIVE_FROM", "BUDGET", "CELLS", "COVER", "DEFAULT_EPOCHS", "DEFAULT_TEMPERATURE",
            "DEVICE", "DEVICES", "ERRORS_CHOICES", "EVAL_CHARS", "EVALUATION", "LAYOUTS", "MIN_SHORTLIST",
            "NORMALIZE_CHOICES", "OPTIMIZATION", "OPTION_CLASSES", "PRECISIONS", "PRESETS", "RESUMABLE", "SCHEDULES",
            "SOFTMAXES", "ModelConfig", "Options", "PrepareOptions", "SampleOptions", "TrainConfig",
-           "default_cutoffs", "layer_options", "parse_eval_chars", "preset", "schedule_lr", "step_budget"]
+           "default_cutoffs", "layer_options", "parse_eval_chars", "preset"]

@@ -31,9 +31,10 @@ from ..files import write_json
 from ..config.options import specs
 from ..data.prepared import PreparedCorpus, cached, prepare
 from ..runs.folder import (FORMAT_VERSION, LOCK_FILE, RunFolder, RunLock, check_run_dir, last_dir, looks_like_run,
-                     open_run_dir, read_json)
+                           open_run_dir, read_json)
 from ..config import (DEFAULT_EPOCHS, RESUMABLE, ModelConfig, Options, PrepareOptions, TrainConfig, preset,
-                     layer_options, schedule_lr, step_budget)
+                      layer_options)
+from .budget import schedule_lr, step_budget
 
 
 @dataclass

@@ -29,7 +29,7 @@ import torch
 from . import distributed
 from ..data.batches import RandomWindows, StatefulStreams
 from ..runs.checkpoint import ResumeState, init_from_base, load_last, restore_rng, rng_states, save_last, save_weights
-from ..config import schedule_lr, step_budget
+from .budget import schedule_lr, step_budget
 from ..generate.torch_step import preview
 from ..model.devices import autocast, state_dtype
 from ..errors import ChargenError, Interrupted

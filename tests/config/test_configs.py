@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 
 from chargen import ChargenError, SampleOptions
-from chargen.config import (OPTION_CLASSES, PRESETS, ModelConfig, PrepareOptions, TrainConfig, layer_options,
-                            schedule_lr, step_budget)
+from chargen.config import OPTION_CLASSES, PRESETS, ModelConfig, PrepareOptions, TrainConfig, layer_options
 from chargen.config.options import specs
 from conftest import GOLDEN_DIR as GOLDEN, REPO  # noqa: E402
-
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -101,51 +99,6 @@ def test_each_option_class_round_trips_through_its_checks():
         cls(**kwargs)  # the defaults are valid
         for name, spec in specs(cls).items():
             assert spec.problem(spec.default) is None, (cls.__name__, name)
-
-
-def test_step_budget_is_the_smaller_of_steps_and_epochs():
-    assert step_budget(TrainConfig(max_steps=50, epochs=2.0), 30) == 50
-    assert step_budget(TrainConfig(max_steps=50, epochs=1.5), 30) == 45
-    assert step_budget(TrainConfig(max_time=60.0), 30) is None
-
-
-def test_a_step_cosine_starts_after_a_plain_linear_warmup():
-    cfg = TrainConfig(lr=1e-2, warmup_steps=10, min_lr_ratio=0.0)
-    assert [schedule_lr(cfg, s, 1e9, 110, None) for s in range(10)] == [1e-2 * (s + 1) / 10 for s in range(10)]
-    assert schedule_lr(cfg, 10, 0.0, 110, None) == 1e-2                       # the cosine's start: the peak
-    assert schedule_lr(cfg, 60, 0.0, 110, None) == pytest.approx(5e-3)         # half way: half the peak
-    assert schedule_lr(cfg, 110, 0.0, 110, None) == 0.0
-
-
-def test_a_time_budget_ends_at_the_floor_even_inside_the_warmup():
-    """The warmup counts steps, a --max-time cosine follows the clock: a budget that makes fewer steps than
-    the warmup still ends at the floor (it stood at the ramp's value, near the peak, before)."""
-    cfg = TrainConfig(lr=1.3e-2, warmup_steps=50, min_lr_ratio=0.0)
-    assert schedule_lr(cfg, 30, 30.0, None, 30.0) == 0.0
-    floor = TrainConfig(lr=1.3e-2, warmup_steps=50, min_lr_ratio=0.1)
-    assert schedule_lr(floor, 30, 30.0, None, 30.0) == pytest.approx(1.3e-3)
-    # early in the budget the ramp is the lower of the two, exactly as before
-    assert [schedule_lr(cfg, s, 0.01 * s, None, 300.0) for s in range(5)] == [1.3e-2 * (s + 1) / 50 for s in range(5)]
-
-
-def test_leaving_the_warmup_under_a_time_budget_never_jumps():
-    """Steps that take a third of a second each through a 30 s budget: a 50-step warmup ends 17 s in, when
-    the clock's cosine is well below the peak; the rate rises, then falls, never moving by more than one
-    ramp step at a time, and never above the clock's cosine."""
-    cfg = TrainConfig(lr=1.3e-2, warmup_steps=50, min_lr_ratio=0.0)
-    rates = [schedule_lr(cfg, s, s / 3, None, 30.0) for s in range(91)]
-    no_warmup = TrainConfig(lr=1.3e-2, warmup_steps=0, min_lr_ratio=0.0)
-    cosine = [schedule_lr(no_warmup, s, s / 3, None, 30.0) for s in range(91)]
-    assert all(r <= c for r, c in zip(rates, cosine))
-    assert max(abs(b - a) for a, b in zip(rates, rates[1:])) <= 1.3e-2 / 50 + 1e-12
-    peak = rates.index(max(rates))
-    assert 0 < peak < 50 and rates[peak:] == sorted(rates[peak:], reverse=True) and rates[-1] == 0.0
-    assert rates[50:] == cosine[50:]
-
-
-def test_a_constant_schedule_keeps_its_warmup_ramp():
-    cfg = TrainConfig(lr=1e-2, warmup_steps=4, schedule="constant")
-    assert [schedule_lr(cfg, s, 1e9, None, 10.0) for s in range(6)] == [2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2]
 
 
 def test_sample_options_object_equals_keywords():
