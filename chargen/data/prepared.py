@@ -145,6 +145,18 @@ def prepare(source: str | os.PathLike | None = None, *,
     opts = PrepareOptions(**options)
     src = resolve_source(source, corpora_dirs=corpora_dirs, cache_dir=cache_dir,
                          text_column=opts.text_column, encoding=opts.encoding, offline=offline, file_name=file_name)
+    resolved = _resolved_options(opts, src)
+    fingerprint = _fingerprint(src, resolved)
+    final = cache_root(cache_dir) / "prepared" / fingerprint[:24]
+    meta = _load_meta(final, fingerprint)
+    if meta is not None:  # named as asked this time (the same text may come through another path)
+        return PreparedCorpus(final, {**meta, "source": src.name}, reused=True)
+    meta = _build_folder(src, resolved, fingerprint, final, progress)
+    return PreparedCorpus(final, _load_meta(final, fingerprint) or meta, reused=False)
+
+
+def _resolved_options(opts: PrepareOptions, src: Source) -> dict:
+    """The options the fingerprint holds: the fractions decided, and only the keys that apply to ``src``."""
     val_fraction = src.val_fraction if opts.val_fraction is None else opts.val_fraction
     test_fraction = src.test_fraction if opts.test_fraction is None else opts.test_fraction
     if val_fraction + test_fraction >= 1.0:
@@ -155,30 +167,30 @@ def prepare(source: str | os.PathLike | None = None, *,
     if opts.vocab_base is None:   # a corpus of its own: fingerprints as before fine-tuning existed
         resolved.pop("vocab_base")
         resolved.pop("vocab_grow")
+    return resolved
 
-    key = json.dumps({"format": FORMAT_VERSION, "source": src.identity(), "options": resolved},
-                     sort_keys=True)
-    fingerprint = hashlib.sha256(key.encode()).hexdigest()
-    root = cache_root(cache_dir) / "prepared"
-    final = root / fingerprint[:24]
-    meta = _load_meta(final, fingerprint)
-    if meta is not None:  # named as asked this time (the same text may come through another path)
-        return PreparedCorpus(final, {**meta, "source": src.name}, reused=True)
 
-    root.mkdir(parents=True, exist_ok=True)
-    with temporary_dir(root, prefix=f".{fingerprint[:24]}.") as tmp:
+def _fingerprint(src: Source, resolved: dict) -> str:
+    """The cache key: the format, the source's identity (its bytes) and the resolved options."""
+    key = json.dumps({"format": FORMAT_VERSION, "source": src.identity(), "options": resolved}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _build_folder(src: Source, resolved: dict, fingerprint: str, final: Path, progress: bool) -> dict:
+    """Prepare the corpus under a temporary name beside ``final`` and rename it to ``final``; its meta."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with temporary_dir(final.parent, prefix=f".{fingerprint[:24]}.") as tmp:
         meta = _build(src, resolved, tmp, progress)
         meta.update(source=src.name, fingerprint=fingerprint, format_version=FORMAT_VERSION,
                     reader_version=READER_VERSION, chargen_version=__version__)
         write_json(tmp / "meta.json", meta)
         try:
             os.rename(tmp, final)
-        except OSError:
-            # Another process finished the same corpus first: use its folder.
+        except OSError:   # another process finished the same corpus first: use its folder
             if _load_meta(final, fingerprint) is None:
                 shutil.rmtree(final, ignore_errors=True)
                 os.rename(tmp, final)
-    return PreparedCorpus(final, _load_meta(final, fingerprint) or meta, reused=False)
+    return meta
 
 
 class IdsReader:

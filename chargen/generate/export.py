@@ -202,11 +202,8 @@ class _Graph:
 
 def build_model(step):
     """The ONNX model of one step of ``step`` (a ``numpy_step.NumpyStep``)."""
-    from onnx import TensorProto, helper
-
-    c, H, L = step.config, step.H, step.L
+    c, L = step.config, step.L
     g = _Graph()
-    i64 = lambda *v: np.array(v, dtype=np.int64)        # noqa: E731
     state_names = ["h", "c"] if c.cell == "lstm" else ["h"]
     layer_state = {name: [g.op("Gather", name, g.const(np.array(k, dtype=np.int64)), axis=0) for k in range(L)]
                    for name in state_names}                                          # (B, H) each
@@ -216,55 +213,82 @@ def build_model(step):
     for k, layer in enumerate(step.layers):
         h = layer_state["h"][k]
         if c.cell == "lstm":
-            a, w = layer
-            if k == 0:
-                gates = g.op("Add", g.op("Gather", g.const(a, "l0.table"), "ids", axis=0),
-                             g.op("MatMul", h, g.const(w, "l0.w_hh")))
-            else:
-                gates = g.op("Add", g.op("MatMul", g.op("Concat", x, h, axis=1), g.const(w, f"l{k}.w")),
-                             g.const(a, f"l{k}.b"))
-            t = g.op("Tanh", gates)                       # the i, f, o columns are halved: their sigmoids are
-            sig = g.op("Add", g.op("Mul", t, half), half)   # 0.5 tanh + 0.5 (numpy_step._lstm_cell)
-            quarters = g.const(i64(H, H, H, H))
-            i, f, _, o = g.op("Split", sig, quarters, axis=1, outputs=4)
-            tg = g.op("Split", t, quarters, axis=1, outputs=4)[2]
-            cell = g.op("Add", g.op("Mul", f, layer_state["c"][k]), g.op("Mul", i, tg))
-            x = g.op("Mul", o, g.op("Tanh", cell))
+            x, cell = _lstm_layer(g, k, layer, x, h, layer_state["c"][k], half, step.H)
             new["c"].append(cell)
         else:
-            gi_src, w_ih, w_hh, b_hh = layer
-            if k == 0:
-                gi = g.op("Gather", g.const(gi_src, "l0.table"), "ids", axis=0)
-            else:
-                gi = g.op("Add", g.op("MatMul", x, g.const(w_ih, f"l{k}.w_ih")), g.const(gi_src, f"l{k}.b_ih"))
-            gh = g.op("Add", g.op("MatMul", h, g.const(w_hh, f"l{k}.w_hh")), g.const(b_hh, f"l{k}.b_hh"))
-            split = g.const(i64(2 * H, H))
-            i_rz, i_n = g.op("Split", gi, split, axis=1, outputs=2)
-            h_rz, h_n = g.op("Split", gh, split, axis=1, outputs=2)
-            rz = g.op("Add", g.op("Mul", g.op("Tanh", g.op("Add", i_rz, h_rz)), half), half)  # halved: sigmoids
-            r, z = g.op("Split", rz, g.const(i64(H, H)), axis=1, outputs=2)
-            n = g.op("Tanh", g.op("Add", i_n, g.op("Mul", r, h_n)))
-            x = g.op("Add", n, g.op("Mul", z, g.op("Sub", h, n)))                # (1 - z) * n + z * h
+            x = _gru_layer(g, k, layer, x, h, half, step.H)
         new["h"].append(x)
-    axis0 = g.const(i64(0))
+    axis0 = g.const(_i64(0))
     for name in state_names:
         g.op("Concat", *[g.op("Unsqueeze", v, axis0) for v in new[name]], axis=0, outputs=[f"{name}_out"])
+    _head(g, step, x)
+    return _onnx_model(g, step, state_names)
+
+
+def _i64(*values: int) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+def _lstm_layer(g: _Graph, k: int, layer, x: str | None, h: str, c_prev: str, half: str, H: int) -> tuple[str, str]:
+    """Layer ``k`` of an LSTM step: its output and its new cell state."""
+    a, w = layer
+    if k == 0:
+        gates = g.op("Add", g.op("Gather", g.const(a, "l0.table"), "ids", axis=0),
+                     g.op("MatMul", h, g.const(w, "l0.w_hh")))
+    else:
+        gates = g.op("Add", g.op("MatMul", g.op("Concat", x, h, axis=1), g.const(w, f"l{k}.w")),
+                     g.const(a, f"l{k}.b"))
+    t = g.op("Tanh", gates)                       # the i, f, o columns are halved: their sigmoids are
+    sig = g.op("Add", g.op("Mul", t, half), half)   # 0.5 tanh + 0.5 (numpy_step._lstm_cell)
+    quarters = g.const(_i64(H, H, H, H))
+    i, f, _, o = g.op("Split", sig, quarters, axis=1, outputs=4)
+    tg = g.op("Split", t, quarters, axis=1, outputs=4)[2]
+    cell = g.op("Add", g.op("Mul", f, c_prev), g.op("Mul", i, tg))
+    return g.op("Mul", o, g.op("Tanh", cell)), cell
+
+
+def _gru_layer(g: _Graph, k: int, layer, x: str | None, h: str, half: str, H: int) -> str:
+    """Layer ``k`` of a GRU step: its output, which is also its new state."""
+    gi_src, w_ih, w_hh, b_hh = layer
+    if k == 0:
+        gi = g.op("Gather", g.const(gi_src, "l0.table"), "ids", axis=0)
+    else:
+        gi = g.op("Add", g.op("MatMul", x, g.const(w_ih, f"l{k}.w_ih")), g.const(gi_src, f"l{k}.b_ih"))
+    gh = g.op("Add", g.op("MatMul", h, g.const(w_hh, f"l{k}.w_hh")), g.const(b_hh, f"l{k}.b_hh"))
+    split = g.const(_i64(2 * H, H))
+    i_rz, i_n = g.op("Split", gi, split, axis=1, outputs=2)
+    h_rz, h_n = g.op("Split", gh, split, axis=1, outputs=2)
+    rz = g.op("Add", g.op("Mul", g.op("Tanh", g.op("Add", i_rz, h_rz)), half), half)  # halved: sigmoids
+    r, z = g.op("Split", rz, g.const(_i64(H, H)), axis=1, outputs=2)
+    n = g.op("Tanh", g.op("Add", i_n, g.op("Mul", r, h_n)))
+    return g.op("Add", n, g.op("Mul", z, g.op("Sub", h, n)))                # (1 - z) * n + z * h
+
+
+def _head(g: _Graph, step, x: str) -> None:
+    """The output layer on the last layer's output ``x``, into ``logits``: the full softmax's logits, or
+    the adaptive softmax's log-probabilities in id order."""
+    c = step.config
     if not c.adaptive:
         g.op("Add", g.op("MatMul", x, g.const(step.head_w, "head.w")), g.const(step.head_b, "head.b"),
              outputs=["logits"])
-    else:
-        head = g.op("LogSoftmax", g.op("Add", g.op("MatMul", x, g.const(step.head_w, "head.w")),
-                                       g.const(step.head_b, "head.b")), axis=1)
-        c0, axis1 = c.cutoffs[0], g.const(i64(1))
-        parts = [g.op("Slice", head, g.const(i64(0)), g.const(i64(c0)), axis1)]
-        for i, (project, cluster) in enumerate(step.tails):
-            tail = g.op("LogSoftmax", g.op("MatMul", g.op("MatMul", x, g.const(project, f"tail{i}.project")),
-                                           g.const(cluster, f"tail{i}.out")), axis=1)
-            gate = g.op("Slice", head, g.const(i64(c0 + i)), g.const(i64(c0 + i + 1)), axis1)
-            parts.append(g.op("Add", tail, gate))
-        g.op("Gather", g.op("Concat", *parts, axis=1), g.const(step.rank, "head.rank"), axis=1, outputs=["logits"])
+        return
+    head = g.op("LogSoftmax", g.op("Add", g.op("MatMul", x, g.const(step.head_w, "head.w")),
+                                   g.const(step.head_b, "head.b")), axis=1)
+    c0, axis1 = c.cutoffs[0], g.const(_i64(1))
+    parts = [g.op("Slice", head, g.const(_i64(0)), g.const(_i64(c0)), axis1)]
+    for i, (project, cluster) in enumerate(step.tails):
+        tail = g.op("LogSoftmax", g.op("MatMul", g.op("MatMul", x, g.const(project, f"tail{i}.project")),
+                                       g.const(cluster, f"tail{i}.out")), axis=1)
+        gate = g.op("Slice", head, g.const(_i64(c0 + i)), g.const(_i64(c0 + i + 1)), axis1)
+        parts.append(g.op("Add", tail, gate))
+    g.op("Gather", g.op("Concat", *parts, axis=1), g.const(step.rank, "head.rank"), axis=1, outputs=["logits"])
 
-    state_type = [L, "batch", H]
+
+def _onnx_model(g: _Graph, step, state_names: list[str]):
+    """The finished graph as an ONNX model, with its typed inputs and outputs and chargen's properties."""
+    from onnx import TensorProto, helper
+
+    c, state_type = step.config, [step.L, "batch", step.H]
     inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"])]
     inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, state_type) for name in state_names]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", c.vocab_size])]

@@ -104,66 +104,22 @@ def plot(runs: list, out="curves.png", x: str = "step", size: tuple[float, float
          dpi: int = 100) -> Path:
     """Draw the curves of ``runs`` (run folders) into the PNG ``out``; returns its path. The file appears
     whole or not at all."""
-    if str(out) == "":
-        raise ChargenError("-o must name a .png file, got ''")
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise ChargenError(f"-o must name a .png file, got {str(out)!r}")
+    out = _png_path(out)
     if not runs:
         raise ChargenError("name at least one run folder to plot")
-    unique = {}
-    for r in runs:   # a run named twice is drawn once
-        unique.setdefault(Path(r).resolve(), r)
-    runs = list(unique.values())
-    names = _names([Path(r) for r in runs])
-    curves = [run_curves(r, x, name) for r, name in zip(runs, names)]
+    runs = _unique(runs)
+    curves = [run_curves(r, x, name) for r, name in zip(runs, _names([Path(r) for r in runs]))]
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise ChargenError(f"cannot write {out}: {folder} is not a folder")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")   # files only: no display needed
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ChargenError('chargen plot needs its extra: pip install "chargen[plot]"') from None
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=size, dpi=dpi)
     try:
-        for i, c in enumerate(curves):
-            colour, style = f"C{i % 10}", ("-", "--", "-.", ":")[i // 10 % 4]   # 10 colours, then dashes
-            if c.train:
-                ax.plot(*zip(*c.train), color=colour, alpha=0.3, linewidth=1, linestyle=style)
-            if c.val:
-                ax.plot(*zip(*c.val), color=colour, marker="o", markersize=3, linewidth=1.8, label=c.name,
-                        linestyle=style)
-            else:
-                why = "no validation split" if c.no_val else "no validation yet"
-                ax.plot([], [], color=colour, linestyle=style, label=f"{c.name} ({why})")
-            for at in c.resumed:
-                ax.axvline(at, color=colour, linestyle=":", linewidth=1)
-            if c.best:
-                ax.plot(*c.best, color=colour, marker="*", markersize=14, markeredgecolor="black", linestyle="")
-        ax.set_xlabel(X_AXES[x])
-        ax.set_ylabel("bits per character")
-        ax.set_title("validation bpc (training loss lighter; star: best checkpoint, dotted: resumed)", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper right")
+        _draw(ax, curves, x)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             fig.tight_layout()
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{out.name}.", suffix=".png")
-        os.close(fd)
-        try:
-            with warnings.catch_warnings():   # a font without some glyph of a name: boxes, not a warning
-                warnings.simplefilter("ignore", UserWarning)
-                fig.savefig(tmp, format="png")
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)   # as an ordinary new file, not mkstemp's 0600
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _save(fig, out, folder)
     except OSError as e:
         raise ChargenError(f"cannot write {out}: {e.strerror or e}") from None
     except (ValueError, OverflowError) as e:   # matplotlib, on values it cannot lay out
@@ -171,6 +127,75 @@ def plot(runs: list, out="curves.png", x: str = "step", size: tuple[float, float
     finally:
         plt.close(fig)
     return out
+
+
+def _png_path(out) -> Path:
+    """``out`` as a path, which must name a .png file."""
+    if str(out) == "":
+        raise ChargenError("-o must name a .png file, got ''")
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ChargenError(f"-o must name a .png file, got {str(out)!r}")
+    return out
+
+
+def _unique(runs: list) -> list:
+    """The runs in order, each once: a run named twice (under any path) is drawn once."""
+    unique = {}
+    for r in runs:
+        unique.setdefault(Path(r).resolve(), r)
+    return list(unique.values())
+
+
+def _pyplot():
+    """matplotlib's pyplot, drawing to files only (an optional extra: a clear error where it is missing)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")   # files only: no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ChargenError('chargen plot needs its extra: pip install "chargen[plot]"') from None
+    return plt
+
+
+def _draw(ax, curves: list[Curves], x: str) -> None:
+    """Each run's curves in its colour (10 colours, then dashes), its resumes and best checkpoint, and the axes."""
+    for i, c in enumerate(curves):
+        colour, style = f"C{i % 10}", ("-", "--", "-.", ":")[i // 10 % 4]
+        if c.train:
+            ax.plot(*zip(*c.train), color=colour, alpha=0.3, linewidth=1, linestyle=style)
+        if c.val:
+            ax.plot(*zip(*c.val), color=colour, marker="o", markersize=3, linewidth=1.8, label=c.name,
+                    linestyle=style)
+        else:
+            why = "no validation split" if c.no_val else "no validation yet"
+            ax.plot([], [], color=colour, linestyle=style, label=f"{c.name} ({why})")
+        for at in c.resumed:
+            ax.axvline(at, color=colour, linestyle=":", linewidth=1)
+        if c.best:
+            ax.plot(*c.best, color=colour, marker="*", markersize=14, markeredgecolor="black", linestyle="")
+    ax.set_xlabel(X_AXES[x])
+    ax.set_ylabel("bits per character")
+    ax.set_title("validation bpc (training loss lighter; star: best checkpoint, dotted: resumed)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right")
+
+
+def _save(fig, out: Path, folder: Path) -> None:
+    """Write the figure to a temporary file in ``folder`` and rename it to ``out``: whole or not at all."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{out.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():   # a font without some glyph of a name: boxes, not a warning
+            warnings.simplefilter("ignore", UserWarning)
+            fig.savefig(tmp, format="png")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # as an ordinary new file, not mkstemp's 0600
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _names(paths: list[Path]) -> list[str]:
