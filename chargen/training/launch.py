@@ -6,7 +6,9 @@ writes ``config.json`` and ``tokenizer.json``: a bad option never leaves a
 half-made run behind, and a folder that another process is training into is
 refused before anything in it is touched. On ``--resume`` it reloads the
 run's own options, refuses a different corpus or vocabulary, and lets only
-the resumable options (budget, evaluation, device) change.
+the resumable options (budget, evaluation, device) change. A new run's
+folder is held by a claim (claim.py); a fine-tune's base is folded into the
+options first (finetune.py).
 """
 
 from __future__ import annotations
@@ -14,27 +16,24 @@ from __future__ import annotations
 import glob
 import os
 import shlex
-import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from . import distributed
-from ..runs import replace
-from ..version import __version__
-from ..data.batches import RandomWindows, StatefulStreams
-from ..model.devices import resolve_device, resolve_precision
-from ..errors import ChargenError
-from ..files import write_json
+from ..config import DEFAULT_EPOCHS, RESUMABLE, ModelConfig, Options, PrepareOptions, TrainConfig, layer_options
 from ..config.options import specs
+from ..data.batches import RandomWindows, StatefulStreams
 from ..data.prepared import PreparedCorpus, cached, prepare
-from ..runs.folder import (FORMAT_VERSION, LOCK_FILE, RunFolder, RunLock, check_run_dir, last_dir, looks_like_run,
-                           open_run_dir, read_json)
-from ..config import (DEFAULT_EPOCHS, RESUMABLE, ModelConfig, Options, PrepareOptions, TrainConfig, preset,
-                      layer_options)
+from ..errors import ChargenError
+from ..model.devices import resolve_device, resolve_precision
+from ..runs.folder import FORMAT_VERSION, RunFolder, RunLock, check_run_dir, last_dir, open_run_dir, read_json
+from ..version import __version__
+from . import distributed
 from .budget import schedule_lr, step_budget
+from .claim import RunClaim
+from .finetune import fine_tune_base
 
 
 @dataclass
@@ -54,7 +53,7 @@ class Run:
     world_size: int = 1
     lock: RunLock | None = None   # rank 0's lock on the folder
     claim: RunClaim | None = None  # rank 0's claim on a new run's folder, until its first checkpoint
-    init: dict | None = None       # a fine-tune's base (see _fine_tune): its weights start the model
+    init: dict | None = None       # a fine-tune's base (see finetune.py): its weights start the model
     counts: "np.ndarray | None" = None  # a new adaptive-softmax run's training counts: its characters' order
 
     @property
@@ -102,67 +101,12 @@ def open_run(source=None, *, out, resume=False, overwrite=False, corpora_dirs=()
         if resume:
             raise ChargenError("--init-from starts a new run; a resumed run has its weights already "
                                "(leave --init-from out)")
-        base = _fine_tune(init_from, init_checkpoint or "best", keep_vocab, opts)
+        base = fine_tune_base(init_from, init_checkpoint or "best", keep_vocab, opts)
     where = dict(corpora_dirs=corpora_dirs, cache_dir=cache_dir)
     out = Path(out)
     if Path.cwd().is_relative_to(out.resolve()):  # --out . (or ..): the folder's contents are replaced around us
         out = Path(os.path.abspath(out))
     return _resume(out, opts, where) if resume else _create(out, opts, overwrite, where, base)
-
-
-# What a fine-tune changes in the defaults, unless given: its peak learning rate is the base's (not the
-# library default) up to FINE_TUNE_MAX_LR, and its warmup short (the weights are already trained; a fine-tune
-# is short). Measured (scripts/bench_finetune.py, 1 minute on 86 KB of licences from a 4-minute Shakespeare
-# base): from a base trained at 4e-3, the base's 4e-3 reached 1.601 bpc, half of it 1.645, a quarter 1.768 (a
-# lower peak, the usual advice, lost); from the cpu preset's base trained at 1.3e-2 (2026-12-04), 4e-3
-# reached 1.597 and the base's 1.3e-2 1.669, overfitting the small text from its first evaluation on.
-FINE_TUNE_MAX_LR = 4e-3
-FINE_TUNE_WARMUP = 20
-_SHAPE = ("cell", "num_layers", "hidden_size", "embedding_size", "tie_weights", "softmax", "cutoffs")
-
-
-def _fine_tune(init_from, checkpoint: str, keep_vocab: bool, opts: Options) -> dict:
-    """Check the base run and fold it into ``opts`` (shape, vocabulary, normalization, fine-tune defaults);
-    what the new run's config.json records of it."""
-    if checkpoint not in ("best", "last"):
-        raise ChargenError(f"--init-checkpoint must be best or last, got {checkpoint!r}")
-    if not isinstance(init_from, (str, os.PathLike)) or str(init_from) == "":
-        raise ChargenError(f"--init-from must name a run folder, got {init_from!r}")
-    if Path(init_from).exists() and not Path(init_from).is_dir():
-        raise ChargenError(f"--init-from {init_from} is a file, not a run folder; name the folder of a trained run")
-    base = open_run_dir(check_run_dir(Path(init_from)))
-    if checkpoint == "best":
-        weights = base.dir / "model.safetensors"
-    else:
-        try:
-            weights = last_dir(base.dir) / "model.safetensors"
-        except ChargenError:
-            raise ChargenError(f"{base.dir} has no complete last/ checkpoint; start from its best weights "
-                               "(--init-checkpoint best)") from None
-    for name in _SHAPE:
-        if name in opts.explicit and opts.model.get(name) != getattr(base.model_config, name):
-            flag = specs(ModelConfig)[name].flag
-            raise ChargenError(f"--{flag} would change the model's shape; a fine-tune takes its shape from "
-                               f"{base.dir} (leave --{flag} out)")
-    for name in ("normalize", "lowercase"):
-        base_value = base.prepare.get(name, getattr(PrepareOptions, name))
-        if name in opts.explicit and opts.prepare.get(name) != base_value:
-            raise ChargenError(f"--{name} must be what {base.dir} was prepared with ({base_value!r}): its "
-                               "vocabulary reads text that way")
-        opts.prepare[name] = base_value
-    opts.model.update({k: getattr(base.model_config, k) for k in _SHAPE})
-    opts.prepare.update(vocab_base=list(base.vocab.chars), vocab_grow=not keep_vocab)
-    chosen = opts.explicit | set(preset(opts.preset) if opts.preset else ())   # a preset's lr is a choice too
-    if "lr" not in chosen:
-        opts.train["lr"] = min(base.train_config.lr, FINE_TUNE_MAX_LR)
-    if "warmup_steps" not in chosen:
-        opts.train["warmup_steps"] = min(FINE_TUNE_WARMUP, base.train_config.warmup_steps)
-    from ..runs.info import run_info
-    info = run_info(base.dir)
-    step = info["best_step"] if checkpoint == "best" and info["best_step"] is not None else info["steps"]
-    return {"from": str(base.dir.resolve()), "checkpoint": checkpoint, "weights": str(weights),
-            "corpus_fingerprint": base.config["corpus"]["fingerprint"], "step": step,
-            "best_val_loss": info["best_val_loss"], "vocab_size": len(base.vocab), "keep_vocab": keep_vocab}
 
 
 def _create(out: Path, opts: Options, overwrite: bool, where: dict, base: dict | None = None) -> Run:
@@ -207,121 +151,6 @@ def _create(out: Path, opts: Options, overwrite: bool, where: dict, base: dict |
                resuming=False, device=device,
                precision=precision, rank=rank, world_size=world, lock=claim.lock if claim else None, claim=claim,
                init=base, counts=counts if model_cfg.adaptive else None)
-
-
-class RunClaim:
-    """Rank 0's hold on a new run's folder: made if missing, locked, checked; undone if the run never starts.
-
-    A run that ``--overwrite`` replaces is not touched until the new run
-    exists: the new one is built in a hidden folder inside it and moved into
-    its place at its first checkpoint (:meth:`settle`; see ``replace.py``).
-    Until then :meth:`abandon` removes what this claim made (the new run's
-    files, and any folders it created, when empty) and nothing else: a folder
-    it could not lock is never touched.
-    """
-
-    def __init__(self, out: Path, overwrite: bool):
-        if out.is_symlink() and not out.exists():
-            raise ChargenError(f"{out} is a symbolic link to a missing folder; choose another --out")
-        if out.exists() and not out.is_dir():
-            raise ChargenError(f"{out} is a file, not a run folder; choose another --out")
-        self.out, self.overwrite, self.filled = out, overwrite, False
-        self.made = _make_dirs(out)                    # folders this call created, deepest first
-        self.dir = out                                 # where the new run is built
-        try:
-            self.lock = RunLock(out)
-        except BaseException:
-            self._prune()
-            raise
-        try:
-            replace.recover(out, LOCK_FILE)  # what a replacement cut short by a kill left behind
-            if self._check_contents():
-                self.dir = self._stage()
-        except BaseException:
-            self.lock.release()
-            self._prune()
-            raise
-
-    @property
-    def staged(self) -> bool:
-        """Whether the new run is being built beside an old one it will replace."""
-        return self.dir != self.out
-
-    def _check_contents(self) -> bool:
-        """Whether ``out`` holds a run to replace; refuses a folder that may not be written into."""
-        if not any(p.name != LOCK_FILE for p in self.out.iterdir()):
-            return False
-        is_run = looks_like_run(self.out)
-        if not self.overwrite:
-            what = "a run" if is_run else "not empty"
-            raise ChargenError(f"{self.out} already exists ({what}); pass --resume to continue it, --overwrite to "
-                               "replace it, or choose another --out")
-        if not is_run:
-            raise ChargenError(f"{self.out} exists and is not a chargen run folder; --overwrite only replaces "
-                               "runs. Choose another --out")
-        return True
-
-    def _stage(self) -> Path:
-        try:
-            return replace.stage(self.out)
-        except OSError as e:
-            raise ChargenError(f"cannot write into {self.out} ({e.strerror}); --overwrite needs the run folder "
-                               "writable. Check its permissions or choose another --out") from None
-
-    def fill(self, config: dict, corpus: PreparedCorpus) -> None:
-        """Write the new run's config and vocabulary."""
-        self.filled = True
-        write_json(self.dir / "config.json", config)
-        corpus.vocab.save(self.dir / "tokenizer.json")
-
-    def settle(self) -> Path:
-        """The new run exists (its first checkpoint is written): put it in place of the old. Returns its folder."""
-        if self.staged:
-            replace.move_in(self.dir, self.out, LOCK_FILE)
-            self.dir = self.out
-        return self.dir
-
-    def abandon(self) -> None:
-        """Undo this claim (the run never reached its first checkpoint), and let go of the lock."""
-        if self.staged:  # the old run was never touched
-            shutil.rmtree(self.dir, ignore_errors=True)
-        elif self.filled:  # everything in the folder is this run's: it was empty before
-            for p in self.out.iterdir():
-                if p.name != LOCK_FILE:
-                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        self.lock.release()
-        self._prune()
-
-    def _prune(self) -> None:
-        """Remove the folders this claim created, deepest first, as long as they are empty."""
-        for d in self.made:
-            try:
-                d.rmdir()
-            except OSError:  # not empty: another run lives there now
-                break
-
-
-def _make_dirs(path: Path) -> list[Path]:
-    """``mkdir -p path``; the folders that did not exist before, deepest first."""
-    missing = []
-    for p in [path, *path.parents]:
-        if p.exists() or p.is_symlink():
-            break
-        missing.append(p)
-    for d in reversed(missing):
-        try:
-            d.mkdir()
-        except FileExistsError:
-            continue  # made by another process just now: not ours to remove
-        except OSError as e:
-            for made in missing[missing.index(d) + 1:]:
-                try:
-                    made.rmdir()
-                except OSError:
-                    break
-            raise ChargenError(f"cannot create {d}: {e.strerror}; check the permissions of its parent "
-                               "or choose another --out") from None
-    return missing
 
 
 _ANY_VOCAB = 0x110000 + 1   # more characters than Unicode has: checks the options before the corpus is read

@@ -15,6 +15,9 @@ Everything a resume needs is in ``last/`` (see checkpoint.py). Batches are a
 pure function of the step, the CPU RNG (dropout) is saved, and previews draw
 from their own counter-based seed, so on CPU a run resumed at step N is bit
 for bit the run that never stopped.
+
+The loop is this module's; when to stop is budget.py's, evaluations are
+evaluation.py's, and writing and reading ``last/`` is checkpointing.py's.
 """
 
 from __future__ import annotations
@@ -26,18 +29,18 @@ from dataclasses import dataclass
 
 import torch
 
-from . import distributed
 from ..data.batches import RandomWindows, StatefulStreams
-from ..runs.checkpoint import ResumeState, init_from_base, load_last, restore_rng, rng_states, save_last, save_weights
-from .budget import schedule_lr, step_budget
-from ..generate.torch_step import preview
-from ..model.devices import autocast, state_dtype
 from ..errors import ChargenError, Interrupted
-from ..model.scoring import WARMUP, Sample, SampleScorer, mean_loss
+from ..model.devices import autocast, state_dtype
+from ..model.network import CharRNN, detach_state
+from ..runs.checkpoint import ResumeState, init_from_base
 from ..runs.metrics import Meter, MetricsLog, ProgressBar, Timing
-from ..model.network import CharRNN, detach_state, state_from_tensors, state_tensors
-from .launch import Run, open_run
 from ..signals import StopRequest, ctrl_c_ignored
+from . import checkpointing, distributed
+from .budget import Budget, schedule_lr, step_budget
+from .evaluation import Evaluation, make_scorer
+from .finetune import fine_tune_message
+from .launch import Run, open_run
 
 
 @dataclass
@@ -90,20 +93,8 @@ def train(source=None, *, out, resume: bool = False, overwrite: bool = False,
     return result
 
 
-def fine_tune_message(init: dict, corpus_meta: dict) -> str:
-    """What a fine-tune starts from, and what became of the characters its base lacks."""
-    text = f"fine-tuning from {init['from']} ({init['checkpoint']} weights, step {init['step']})"
-    added, unknown = corpus_meta.get("added_chars", 0), corpus_meta.get("unknown_chars", 0)
-    if init["keep_vocab"]:
-        return text + (f"; {unknown:,} characters of the corpus are not in its vocabulary and read as <unk> "
-                       "(--keep-vocab)" if unknown else "; every character of the corpus is in its vocabulary")
-    text += f"; {added} new characters added to its vocabulary of {init['vocab_size']}" if added else ""
-    return text + (f"; {unknown:,} characters read as <unk> (rarer than --min-char-count in training, or only "
-                   "in validation or test)" if unknown else "")
-
-
 class Trainer:
-    """The training loop over an opened run (see runs.open_run); ``fit`` tells the story."""
+    """The training loop over an opened run (see launch.open_run); ``fit`` tells the story."""
 
     def __init__(self, run: Run, show_bar: bool = False):
         self.run, self.cfg, self.device = run, run.train_config, run.device
@@ -114,7 +105,6 @@ class Trainer:
         extra = {"seed": cfg.seed} if cfg.layout == "random" else {}
         self.batches = layout(run.corpus.reader("train"), cfg.batch_size, cfg.bptt, rank=run.rank,
                               world_size=run.world_size, device=self.device, **extra)
-        self.total_steps = step_budget(cfg, len(self.batches))
         torch.manual_seed(cfg.seed)
         self.model = CharRNN(run.model_config).to(self.device)
         if run.init is not None and not run.resuming:
@@ -133,18 +123,14 @@ class Trainer:
         self.carried = None        # the hidden state the last batch ended with (stateful layout), float32
         self.state_dtype = state_dtype(self.model, run.precision, self.device)
         self.progress = ResumeState(world_size=run.world_size)
-        self.stop_reason = None    # set by evaluation (patience), on rank 0
+        self.stop_reason = None    # "patience", set after an evaluation, on rank 0
         self.interrupted = False   # Ctrl-C asked the loop to stop after this step
         self.log = MetricsLog(run.dir, run.is_main)
         self.meter = Meter(self.device)
-        corpus = run.corpus
-        val = corpus.reader("val")
-        self.evaluator = SampleScorer(val, corpus.before("val", WARMUP + 1),
-                                      Sample.plan(len(val), cfg.eval_chars or None), batch_size=cfg.eval_batch_size,
-                                      device=self.device, autocast=self.autocast)
         self.timing = Timing(run.model_config.num_parameters)
-        self.time_up = False       # --max-time: no time left to train on
-        self.skipping = False      # --max-time: the last evaluation due was skipped
+        self.scorer = make_scorer(run.corpus, cfg, self.device, self.autocast)
+        self.budget = Budget(cfg, step_budget(cfg, len(self.batches)), self.timing, self.scorer)
+        self.evaluation = Evaluation(self.scorer, self.budget, cfg, self.vocab, self.log, self.timing)
         if run.resuming:
             self._restore()
 
@@ -155,12 +141,11 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         self.log.open()
-        self.bar = ProgressBar.open(self.show_bar and self.run.is_main, self.total_steps, self.progress.step)
+        self.bar = ProgressBar.open(self.show_bar and self.run.is_main, self.budget.total_steps, self.progress.step)
         self.log.bar = self.bar
-        # The time budget is wall-clock (evaluation and checkpoints included), carried across resumes.
-        self.wall_start = time.perf_counter() - self.progress.elapsed
+        self.budget.start(self.progress.elapsed)
         if self.cfg.max_time is not None and self.run.is_main:
-            self.evaluator.probe(self.model)  # how long an evaluation takes, before the first one
+            self.scorer.probe(self.model)  # how long an evaluation takes, before the first one
         self.log.event(self.progress.step, "started", at=round(time.time(), 3),  # wall clock: setup is done
                        device=str(self.device), precision=self.run.precision)
         if self.run.init is not None and not self.run.resuming:
@@ -173,7 +158,7 @@ class Trainer:
                     self._log_and_evaluate()
                     if self.progress.step % self.cfg.checkpoint_every == 0:
                         self._checkpoint()
-                    self.progress.elapsed = time.perf_counter() - self.wall_start
+                    self.progress.elapsed = self.budget.elapsed()
         except KeyboardInterrupt:  # a second Ctrl-C: the step it hit may be half done, so nothing is saved
             self._close_bar()
             claim = self.run.claim
@@ -187,18 +172,12 @@ class Trainer:
             raise Interrupted from None
         finally:
             self._close_bar()
-        if self.time_up and self.progress.step == first_step and not self.interrupted:
-            self._no_time_to_train()
+        if self.budget.time_up and self.progress.step == first_step and not self.interrupted:
+            raise self.budget.too_short(self.progress.elapsed)
         if self.interrupted:
             self._on_interrupt()
             raise Interrupted
         return self._finish()
-
-    def _no_time_to_train(self) -> None:
-        left = self.cfg.max_time - self.progress.elapsed
-        raise ChargenError(f"--max-time {self.cfg.max_time:g}s leaves no time to train: {max(left, 0):.2f}s are left, and "
-                           f"one step, the final evaluation and checkpoint need about "
-                           f"{self.timing.step + self._to_finish():.2f}s; give a larger budget")
 
     def _close_bar(self) -> None:
         if self.bar is not None:
@@ -206,37 +185,7 @@ class Trainer:
         self.bar = self.log.bar = None
 
     def _budget_spent(self) -> bool:
-        """Steps or epochs done; or no time left for one more step, the final evaluation and checkpoint."""
-        p, cfg = self.progress, self.cfg
-        if self.total_steps is not None and p.step >= self.total_steps:
-            return True
-        if cfg.max_time is not None and p.elapsed + self.timing.step + self._to_finish() >= cfg.max_time:
-            self.time_up = True  # for good: a final evaluation quicker than foreseen does not reopen the run
-        return self.time_up
-
-    def _to_finish(self) -> float:
-        """Seconds the end of the run needs: the final checkpoint and evaluation."""
-        return self.timing.checkpoint + self._final_eval_reserve()
-
-    def _final_eval_reserve(self) -> float:
-        """Time kept for the final evaluation: its estimate with a margin, when that is at most half the
-        budget (a longer one would leave too little to train: it is skipped instead)."""
-        reserve = 1.5 * self._eval_estimate() + min(0.5, 0.05 * self.cfg.max_time)  # and room for jitter
-        return reserve if reserve <= self.cfg.max_time / 2 else 0.0
-
-    def _eval_estimate(self) -> float:
-        if self.timing.evaluation is not None:
-            return self.timing.evaluation
-        per_chunk = self.evaluator.seconds_per_chunk or 0.0
-        return (self.evaluator.estimate() or 0.0) + per_chunk / self.evaluator.chunk * self.cfg.preview_chars
-
-    def _eval_deadline(self, final: bool) -> float | None:
-        """When an evaluation must be over: the budget's end less the final checkpoint, and less the final
-        evaluation's reserve for one that is not the final one."""
-        if self.cfg.max_time is None:
-            return None
-        end = self.wall_start + self.cfg.max_time - self.timing.checkpoint
-        return end if final else end - self._final_eval_reserve()
+        return self.budget.spent(self.progress.step, self.progress.elapsed)
 
     def _should_stop(self) -> bool:
         stop = self._budget_spent() or self.stop_reason is not None
@@ -299,7 +248,7 @@ class Trainer:
         self.progress.step += 1
         now = time.perf_counter()
         self.timing.step = now - t0
-        self.progress.elapsed = now - self.wall_start
+        self.progress.elapsed = self.budget.elapsed(now)
         self.meter.add(loss if finite else None, grad_norm, lr,
                        self.batches.chars_per_batch * self.run.world_size, now - t0)
         if self.bar is not None:
@@ -346,14 +295,14 @@ class Trainer:
             row = dict(step=p.step, elapsed=round(p.elapsed, 3))
             self._evaluate(row, final=True)
             self.log.write(row)
-        p.elapsed = time.perf_counter() - self.wall_start
+        p.elapsed = self.budget.elapsed()
         self._checkpoint()
         self.log.event(p.step, "stopped", reason=stopped)
         self.log.close()
         best = p.best_val_loss
         return TrainResult(run_dir=str(self.run.dir), steps=p.step, best_val_loss=best,
                            best_val_bpc=None if best is None else best / math.log(2), stopped=stopped,
-                           chars_per_sec=self.meter.chars_per_sec, elapsed=time.perf_counter() - self.wall_start,
+                           chars_per_sec=self.meter.chars_per_sec, elapsed=self.budget.elapsed(),
                            main=self.run.is_main, device=str(self.device), precision=self.run.precision)
 
     def _on_interrupt(self) -> None:
@@ -366,13 +315,10 @@ class Trainer:
         self.log.say(f"interrupted at step {self.progress.step}; checkpoint saved. "
                      f"Resume with: {self.run.resume_hint()}")
 
-    # -- evaluation ------------------------------------------------------------
+    # -- evaluation and checkpoints --------------------------------------------
 
     def _evaluate(self, row: dict, final: bool = False) -> bool:
-        """Validate on the run's sample, keep the best weights, print a preview; asks to stop when patience
-        runs out. Under --max-time an evaluation that would not end in time (leaving room for the final
-        one, unless it is the final one) is skipped, with an event in the metrics (once in a row of skips).
-        Whether it ran.
+        """Evaluate into ``row`` (see evaluation.py); asks to stop when patience runs out. Whether it ran.
 
         Only rank 0 evaluates; the others carry on to the next step's broadcast.
         """
@@ -380,71 +326,20 @@ class Trainer:
         p.last_eval_step = p.step
         if not self.run.is_main:
             return False
-        if not len(self.evaluator.ids):
-            self._save_best()  # no validation split: the latest weights are the best we know
-            return False
-        began, deadline = time.perf_counter(), self._eval_deadline(final)
-        result = None
-        if deadline is None or began + self._eval_estimate() <= deadline:
-            result = self.evaluator(self.model, deadline)
-        if result is None:
-            if not self.skipping:
-                self.log.event(p.step, "eval_skipped", reason="time", estimate=round(self._eval_estimate(), 3),
-                               left=round(deadline - began, 3))
-            self.skipping = True
-            return False
-        self.skipping = False
-        loss, bpc = mean_loss(*result)
-        row.update(val_loss=round(loss, 5), val_bpc=round(bpc, 5), val_chars=result[1])
-        if p.best_val_loss is None or loss < p.best_val_loss:
-            p.best_val_loss, p.best_step, p.evals_since_best = loss, p.step, 0
-            self._save_best()
-        else:
-            p.evals_since_best += 1
-        message = f"step {p.step}: val {loss:.4f} nats/char ({bpc:.4f} bpc)"
-        if self.cfg.preview_chars:
-            text = preview(self.model, self.vocab, self.cfg.preview_chars, seed=self.cfg.seed + p.step)
-            message += f"\n--- sample ---\n{text}\n--------------"
-        self.log.say(message)
-        self.timing.evaluation = time.perf_counter() - began
-        row.update(eval_s=round(self.timing.evaluation, 3))
-        if self.cfg.patience is not None and p.evals_since_best >= self.cfg.patience:
+        ran = self.evaluation(self.model, p, self.run.dir, row, final)
+        if ran and self.cfg.patience is not None and p.evals_since_best >= self.cfg.patience:
             self.stop_reason = "patience"
-        return True
-
-    # -- checkpoints -----------------------------------------------------------
-
-    def _save_best(self) -> None:
-        if self.run.is_main:
-            save_weights(self.model, self.run.dir / "model.safetensors",
-                         {"step": self.progress.step, "val_loss": self.progress.best_val_loss})
+        return ran
 
     def _checkpoint(self) -> None:
         """Write last/. With several processes every rank must call it: states and RNGs are gathered."""
-        carried = state_tensors(self.carried) if self.carried is not None else {}
-        carried, rng = distributed.gather_checkpoint(carried, rng_states(self.device), self.run.world_size)
-        if not self.run.is_main:
-            return
-        began = time.perf_counter()
-        if not (self.run.dir / "model.safetensors").is_file():
-            self._save_best()
-        self.progress.rng, self.progress.carried = rng, carried
-        save_last(self.run.dir, self.model, self.optimizer, self.scaler, self.progress)
-        self.timing.checkpoint = time.perf_counter() - began
-        self.progress.rng, self.progress.carried = {}, {}
-        self.run.settle()
-        self.log.path = self.run.dir / "metrics.jsonl"
+        took = checkpointing.write_last(self.run, self.model, self.optimizer, self.scaler, self.progress,
+                                        self.carried)
+        if took is not None:
+            self.timing.checkpoint = took
+            self.log.path = self.run.dir / "metrics.jsonl"  # the first checkpoint may have moved the run
 
     def _restore(self) -> None:
-        run = self.run
-        self.progress = load_last(run.dir, self.model, self.optimizer, self.scaler, self.device, run.world_size)
-        restore_rng(self.progress.rng, self.device, f".{run.rank}" if run.world_size > 1 else "", run.dir)
-        if self.progress.carried:
-            rows = getattr(self.batches, "rows", slice(None))  # this rank's streams
-            mine = {k: v[:, rows].contiguous().to(self.device) for k, v in self.progress.carried.items()}
-            self.carried = state_from_tensors(mine, run.model_config.cell)
-        self.progress.rng, self.progress.carried = {}, {}
-        if self.progress.stopped == "patience":  # extended with a new budget: patience starts over
-            self.progress.evals_since_best = 0
-        self.progress.stopped = None
+        rows = getattr(self.batches, "rows", slice(None))  # this rank's streams
+        self.progress, self.carried = checkpointing.restore(self.run, self.model, self.optimizer, self.scaler, rows)
         self.log.truncate(self.progress.step)

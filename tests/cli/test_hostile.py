@@ -12,7 +12,7 @@ import pytest
 
 import chargen
 from chargen import ChargenError, Sampler, SampleOptions
-from chargen.training import launch as runs_mod
+from chargen.training import claim as runs_mod
 from chargen.runs.folder import LOCK_FILE, RunLock
 from test_cli import one_error_line
 from conftest import GOLDEN_DIR as GOLDEN  # noqa: E402
