@@ -1,0 +1,36 @@
+"""The ``chargen`` parser: one subparser per subcommand, each filled in by the subcommand's own module."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import eval as evaluate  # not to shadow the builtin here
+from . import export, info, plot, prepare, sample, serve, train
+
+EXIT_USAGE = 2
+
+# The subcommands in the order ``chargen --help`` lists them.
+COMMANDS = {"prepare": prepare, "train": train, "sample": sample, "eval": evaluate, "serve": serve,
+            "export": export, "plot": plot, "info": info}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and still exit status 2)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's name
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``chargen`` command; light: it imports no torch, numpy or datasets."""
+    from ..version import __version__
+
+    parser = _Parser(prog="chargen", description="Character-level text generation with LSTM/GRU models.")
+    parser.add_argument("--version", action="version", version=f"chargen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.HELP, description=command.DESCRIPTION or command.HELP)
+        command.add_args(p)
+        p.set_defaults(func=command.run)
+    return parser

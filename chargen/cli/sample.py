@@ -1,0 +1,89 @@
+"""``chargen sample``: a run's continuation of a prompt, streamed to stdout as it is generated."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..config.options import add_flags, given
+from ..errors import ChargenError
+from .args import add_backend_arg, add_load_args
+
+HELP = "generate text from a trained run"
+DESCRIPTION = "Print the prompt and its continuation to stdout as it is generated."
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    """The flags of ``chargen sample``: the run, the backend, the prompt and the SampleOptions."""
+    from ..config import SampleOptions
+
+    add_load_args(p)
+    add_backend_arg(p, "numpy on the CPU, where it is faster, torch on another device")
+    p.add_argument("--prompt", default=None, help="text to continue (\\n, \\t escapes allowed); default: none")
+    p.add_argument("--prompt-file", default=None, metavar="F", help="read the prompt from a UTF-8 file")
+    add_flags(p, SampleOptions)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the prompt and its continuation: one streamed sample, or n samples each under a header."""
+    from ..config import SampleOptions
+    from ..generate.sampler import Sampler
+
+    prompt = _prompt(args)
+    settings = given(args, SampleOptions)
+    settings["stop"] = tuple(_unescape(s) for s in settings.get("stop", ()))
+    options = SampleOptions(**settings)
+    sampler = Sampler.load(args.run, device=args.device, checkpoint=args.checkpoint, backend=args.backend)
+    out = sys.stdout
+    if options.n == 1:
+        pieces = sampler.stream(prompt, options)  # validates before anything is printed
+        out.write(prompt + next(pieces, ""))
+        out.flush()
+        for piece in pieces:
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+        out.flush()
+        return 0
+    for i, text in enumerate(sampler.generate(prompt, options)):
+        out.write(f"{chr(10) if i else ''}----- sample {i + 1} of {options.n} -----\n")
+        out.write(prompt + text + "\n")
+    out.flush()
+    return 0
+
+
+def _unescape(text: str) -> str:
+    """``\\n``, ``\\t``, ``\\r`` and ``\\\\`` in a flag value, so ``--stop '\\n\\n'`` means two newlines.
+
+    By hand rather than with the ``unicode_escape`` codec, which decodes its input
+    as Latin-1 (mangling any non-ASCII prompt) and would also expand ``\\x``,
+    ``\\u`` and ``\\N{...}`` sequences that a user may mean literally.
+    """
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "ntr\\":
+            out.append({"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def _prompt(args: argparse.Namespace) -> str:
+    """The prompt: ``--prompt`` unescaped, or the text of ``--prompt-file``, or nothing."""
+    if args.prompt is not None and args.prompt_file is not None:
+        raise ChargenError("pass --prompt or --prompt-file, not both")
+    if args.prompt_file is None:
+        prompt = _unescape(args.prompt) if args.prompt is not None else ""
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that were not UTF-8 reach Python as lone surrogates
+            raise ChargenError("--prompt is not valid UTF-8; pass UTF-8 text") from None
+        return prompt
+    try:
+        with open(args.prompt_file, encoding="utf-8-sig") as f:  # a leading BOM (Windows editors) is not text
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ChargenError(f"cannot read prompt file {args.prompt_file}: "
+                           f"{getattr(e, 'strerror', None) or e}") from None
