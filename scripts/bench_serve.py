@@ -43,7 +43,7 @@ def make_run(folder: Path) -> Path:
 def batcher_alone(run: Path, clients: int, chars: int, rounds: int) -> float:
     """Aggregate chars/s of the same requests through the server's decoding process alone, without HTTP."""
     from chargen import Sampler
-    from chargen.serve.batcher import ProcessBatcher
+    from chargen.serve.process_batcher import ProcessBatcher
     batcher = ProcessBatcher(Sampler.load(run))
     rates = []
     try:

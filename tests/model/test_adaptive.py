@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save_file
 
 import chargen
 from chargen import ChargenError, Sampler
-from chargen.serve.batcher import Batcher, ProcessBatcher
+from chargen.serve.batcher import Batcher
+from chargen.serve.process_batcher import ProcessBatcher
 from chargen.runs.checkpoint import init_from_base, load_weights
 from chargen.config import ADAPTIVE_FROM, default_cutoffs
 from chargen.generate.torch_step import FastStep

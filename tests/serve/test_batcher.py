@@ -13,7 +13,8 @@ import pytest
 from conftest import FailingStep, GOLDEN_DIR as GOLDEN  # noqa: E402
 
 from chargen import ChargenError, Sampler
-from chargen.serve.batcher import Batcher, BatcherClosed, ProcessBatcher
+from chargen.serve.batcher import Batcher, BatcherClosed
+from chargen.serve.process_batcher import ProcessBatcher
 
 
 

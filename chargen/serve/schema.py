@@ -1,0 +1,262 @@
+"""The server's request bodies, declared once: each a pydantic model holding its fields' types, ranges and
+defaults (:class:`CompletionRequest`, :class:`ScoreRequest`), and the one mapping of a body's mistake to
+OpenAI's error object (:class:`ApiError`: ``{"error": {"message", "type", "param", "code"}}``).
+
+What depends on the server (the served model's name, its :class:`~.state.Limits`) comes in the validation
+context: :meth:`parse` passes it. Fields are checked in the order they are declared, and the first mistake
+is the one reported, so each model declares its fields in the order the server has always checked them.
+Only the server imports this module (pydantic is in the serve extra).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, ClassVar, get_args
+
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError,
+                      ValidationInfo, field_validator)
+from pydantic_core import PydanticCustomError
+
+from .state import Limits
+
+MAX_LOGPROBS = 5          # likeliest characters a completion may list per position (OpenAI's cap too)
+LOGPROBS_CHARS = 1 << 16  # characters (rows x max_tokens) one request may ask log-probabilities for
+
+
+class ApiError(Exception):
+    """A refused request: its HTTP status and OpenAI's error object (message, type, param)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+
+
+def _refuse(message: str, param: str, status: int = 400, kind: str = "invalid_request_error") -> PydanticCustomError:
+    """A check's failure in its own words, carrying its whole error object (pydantic collects it)."""
+    return PydanticCustomError("chargen", "{message}", {"message": message, "param": param, "status": status,
+                                                        "kind": kind})
+
+
+def _param(error: dict) -> str:
+    """The field a pydantic error is about: a check's own param, or where the error is."""
+    return error["ctx"]["param"] if error["type"] == "chargen" else error["loc"][0]
+
+
+def _json_number(value):
+    """A JSON number as sent: no text, no true or false, nothing infinite (5.0 is a whole number, "5" is none)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (isinstance(value, float) and not math.isfinite(value)):
+        raise ValueError("not a finite number")
+    return value
+
+
+def _neutral(value):
+    """An OpenAI field that changes nothing here: accepted at ``value`` (or null), refused at any other."""
+    def check(given, info: ValidationInfo):
+        if given is not None and given != value:
+            raise _refuse(f"{info.field_name} is not supported by chargen (leave it out)", info.field_name)
+        return given
+    return AfterValidator(check)
+
+
+WholeNumber = Annotated[int, BeforeValidator(_json_number)]
+Number = Annotated[float, BeforeValidator(_json_number)]
+Text = Annotated[str, Field(min_length=1)]
+
+
+class _Body(BaseModel):
+    """A request body: unknown fields refused, the model checked against the one served, and every other
+    mistake said as what the field must be (:attr:`WRONG`, or its type and range)."""
+
+    model_config = ConfigDict(extra="forbid")
+    WRONG: ClassVar[dict[str, str]] = {}   # what a field that is neither a number nor a flag must be
+
+    @classmethod
+    def parse(cls, body: dict, model_name: str, limits: Limits):
+        """The body, checked against the served model's name and the server's limits; ApiError if wrong."""
+        unknown = sorted(set(body) - set(cls.model_fields))
+        if unknown:   # here, not by pydantic: a name may be no valid string (a lone surrogate)
+            raise ApiError(400, f"unknown field(s): {', '.join(map(ascii, unknown))}", unknown[0])
+        try:
+            return cls.model_validate(body, context={"model_name": model_name, "limits": limits})
+        except ValidationError as e:
+            raise cls.api_error(e, body, limits) from None
+
+    @classmethod
+    def api_error(cls, error: ValidationError, body: dict, limits: Limits) -> ApiError:
+        """The body's first mistake (by the field it names, in their order) as OpenAI's error: a check's own
+        words, or what the field must be (with the value as sent)."""
+        order = list(cls.model_fields)
+        first = min(error.errors(), key=lambda e: order.index(_param(e)))
+        if first["type"] == "chargen":
+            ctx = first["ctx"]
+            return ApiError(ctx["status"], ctx["message"], ctx["param"], ctx["kind"])
+        name = _param(first)
+        return ApiError(400, cls._must_be(name, body.get(name), limits), name)
+
+    @classmethod
+    def _must_be(cls, name: str, value, limits: Limits) -> str:
+        if name in cls.WRONG:
+            return cls.WRONG[name]
+        annotation = cls.model_fields[name].annotation   # X, or X | None; X may be Annotated[...]
+        kinds = {getattr(a, "__origin__", a) for a in (annotation, *get_args(annotation))}
+        if bool in kinds:
+            return f"{name} must be true or false, got {value!r}"
+        low, high = cls._bounds(name, limits)
+        return f"{name} must be {'a whole number' if int in kinds else 'a number'} in [{low}, {high}], got {value!r}"
+
+    @classmethod
+    def _bounds(cls, name: str, limits: Limits) -> tuple:
+        """A number's [low, high]: its Field's ge and le, or the server's limit where that sets the high."""
+        low = high = None
+        for m in cls.model_fields[name].metadata:
+            low, high = getattr(m, "ge", low), getattr(m, "le", high)
+        return low, cls._limit_highs(limits).get(name, high)
+
+    @classmethod
+    def _limit_highs(cls, limits: Limits) -> dict[str, int]:
+        return {}
+
+    @field_validator("model", check_fields=False)
+    @classmethod
+    def _served_here(cls, value, info: ValidationInfo):
+        served = info.context["model_name"]
+        if value != served:
+            raise _refuse(f"model {ascii(value)} is not served here; this server serves {served!r}", "model",
+                          404, "not_found_error")
+        return value
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: StrictBool = False   # end the stream with a chunk of no choices and the usage
+
+
+class CompletionRequest(_Body):
+    """``POST /v1/completions``: OpenAI's completion request, one token a character (fields in the order
+    they are checked)."""
+
+    # OpenAI's fields that change nothing here: accepted at their neutral value (or null), refused otherwise
+    best_of: Annotated[Any, _neutral(1)] = None
+    logit_bias: Annotated[Any, _neutral({})] = None
+    presence_penalty: Annotated[Any, _neutral(0)] = None
+    frequency_penalty: Annotated[Any, _neutral(0)] = None
+    suffix: Annotated[Any, _neutral("")] = None
+    model: Any = None                       # any value but the served model's name is a 404
+    prompt: str | Annotated[list[str], Field(min_length=1)] = ""   # Limits.max_prompts, of Limits.max_prompt
+    max_tokens: WholeNumber = Field(16, ge=0)              # at most Limits.max_length
+    temperature: Number = Field(1.0, ge=0.0, le=100.0)
+    n: WholeNumber = Field(1, ge=1)                        # at most Limits.max_n
+    top_p: Number | None = Field(None, ge=0.0, le=1.0)     # and above 0
+    top_k: WholeNumber | None = Field(None, ge=1, le=1 << 31)
+    seed: WholeNumber | None = Field(None, ge=0, le=2**63 - 1)
+    stop: Text | Annotated[list[Text], Field(max_length=4)] | None = None
+    logprobs: WholeNumber | None = Field(None, ge=0, le=MAX_LOGPROBS)   # at most LOGPROBS_CHARS characters
+    stream: StrictBool = False
+    echo: StrictBool = False                # not with logprobs
+    user: str | None = None
+    stream_options: StreamOptions | None = None   # only with stream
+
+    WRONG: ClassVar[dict[str, str]] = {
+        "prompt": "prompt must be a string or a non-empty list of strings",
+        "stop": "stop must be a non-empty string or a list of at most 4 of them",
+        "user": "user must be a string",
+        "stream_options": 'stream_options may only be {"include_usage": true or false}',
+    }
+
+    @classmethod
+    def _limit_highs(cls, limits: Limits) -> dict[str, int]:
+        return {"max_tokens": limits.max_length, "n": limits.max_n}
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def sample_settings(self) -> dict:
+        """The sampler's settings for each prompt, as ``Batcher.submit`` takes them (logprobs aside)."""
+        settings = {"length": self.max_tokens, "temperature": self.temperature, "n": self.n}
+        for name in ("top_p", "top_k", "seed"):   # left out when not given: the sampler's own default
+            if getattr(self, name) is not None:
+                settings[name] = getattr(self, name)
+        if self.stop is not None:
+            settings["stop"] = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return settings
+
+    @field_validator("max_tokens", "temperature", "n", mode="before")
+    @classmethod
+    def _null_is_the_default(cls, value, info: ValidationInfo):
+        return cls.model_fields[info.field_name].default if value is None else value
+
+    @field_validator("max_tokens", "n")
+    @classmethod
+    def _within_the_limit(cls, value: int, info: ValidationInfo) -> int:
+        if value > cls._limit_highs(info.context["limits"])[info.field_name]:
+            raise ValueError("above the server's limit")   # said as the field's range
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompts_within_the_limits(cls, value, info: ValidationInfo):
+        limits: Limits = info.context["limits"]
+        prompts = [value] if isinstance(value, str) else value
+        if len(prompts) > limits.max_prompts:
+            raise _refuse(f"at most {limits.max_prompts} prompts per request, got {len(prompts)}", "prompt")
+        if any(len(p) > limits.max_prompt for p in prompts):
+            raise _refuse(f"a prompt is longer than {limits.max_prompt:,} characters", "prompt")
+        return value
+
+    @field_validator("top_p")
+    @classmethod
+    def _top_p_above_0(cls, value: float | None) -> float | None:
+        if value == 0.0:
+            raise _refuse("top_p must be greater than 0", "top_p")
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _logprobs_within_the_cap(cls, value: int | None, info: ValidationInfo) -> int | None:
+        got = info.data   # the fields checked before this one, those that passed (the others are reported)
+        if value is not None and {"prompt", "n", "max_tokens"} <= set(got):
+            chars = len([got["prompt"]] if isinstance(got["prompt"], str) else got["prompt"]) * got["n"] * \
+                got["max_tokens"]
+            if chars > LOGPROBS_CHARS:
+                raise _refuse(f"logprobs for {chars:,} characters (prompts x n x max_tokens); at most "
+                              f"{LOGPROBS_CHARS:,} per request", "logprobs")
+        return value
+
+    @field_validator("echo", mode="before")
+    @classmethod
+    def _echo_without_logprobs(cls, value, info: ValidationInfo):
+        if value and info.data.get("logprobs") is not None:   # any echo that is not false: a mistake either way
+            raise _refuse("logprobs with echo is not supported: score the prompt with POST /v1/score", "logprobs")
+        return value
+
+    @field_validator("stream_options", mode="before")
+    @classmethod
+    def _only_when_streaming(cls, value, info: ValidationInfo):
+        if value is not None and info.data.get("stream") is False:
+            raise _refuse("stream_options is only for stream: true", "stream_options")
+        return value
+
+
+class ScoreRequest(_Body):
+    """``POST /v1/score``: the loss of a text under the model (chargen's own route)."""
+
+    model: Any = None                   # any value but the served model's name is a 404
+    text: Text                          # at most Limits.max_prompt characters
+    logprobs: StrictBool = False        # also each character's log-probability
+
+    WRONG: ClassVar[dict[str, str]] = {"text": "text must be a non-empty string"}
+
+    @field_validator("text")
+    @classmethod
+    def _within_the_limit(cls, value: str, info: ValidationInfo) -> str:
+        limits: Limits = info.context["limits"]
+        if len(value) > limits.max_prompt:
+            raise _refuse(f"text is {len(value):,} characters; at most {limits.max_prompt:,} are scored "
+                          "(chargen eval scores whole files)", "text")
+        return value

@@ -1,0 +1,143 @@
+"""``chargen serve``: load a run and serve it with uvicorn until Ctrl-C (the app is ``app.py``).
+
+The address is taken before the model loads (a port in use is one line, at once). Ctrl-C, SIGTERM or
+SIGHUP stop taking requests, give running ones :data:`SHUTDOWN_GRACE` seconds, then end them and the
+decoding process; a second Ctrl-C stops at once. Starlette, uvicorn and pydantic are imported only once
+:func:`serve` has checked that the serve extra is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import sys
+
+from ..errors import ChargenError
+from .state import STREAM_INTERVAL, AppState, Limits
+
+SHUTDOWN_GRACE = 3   # seconds running completions get to finish after Ctrl-C
+
+
+def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", checkpoint: str = "best",
+          api_key: str | None = None, max_batch: int = 256, limits: Limits | None = None,
+          threads: int | None = None, stream_interval: float = STREAM_INTERVAL) -> None:
+    """Load a run and serve it until Ctrl-C (see the module docstring)."""
+    _check_the_extra()
+    import ipaddress
+    from pathlib import Path
+
+    import uvicorn
+
+    from ..generate.sampler import Sampler
+    sock, address = _listen(host, port)
+    with sock:
+        from .app import create_app   # after the address: it imports torch, starlette and pydantic
+        sampler = Sampler.load(run_dir, device=device, checkpoint=checkpoint, backend="torch")
+        # On a loopback address, only requests naming this machine: a web page cannot reach the server through
+        # a name of its own (DNS rebinding).
+        local = ipaddress.ip_address(address[0].split("%")[0]).is_loopback
+        app = create_app(sampler, Path(run_dir).resolve().name, api_key=api_key, limits=limits,
+                         max_batch=max_batch, run_dir=run_dir, threads=threads, stream_interval=stream_interval,
+                         allowed_hosts={"localhost", "127.0.0.1", "::1", host} if local else None)
+        limits = limits or Limits()
+        server = _server_class()(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE + 1,
+                                                limit_concurrency=limits.max_queued + 256))
+        logging.getLogger("uvicorn.error").addFilter(_QuietWhenStopping(app.state.chargen))
+        bound = sock.getsockname()
+        print(f"chargen serve: {run_dir} on http://{_url_host(bound[0])}:{bound[1]} (Ctrl-C stops)",
+              file=sys.stderr, flush=True)
+        _run(server, sock)
+    print("chargen serve: stopped", file=sys.stderr)
+
+
+def _check_the_extra() -> None:
+    from ..generate.sampler import torch_installed
+    try:
+        import pydantic  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ChargenError('chargen serve needs its extra: pip install "chargen[serve]"') from None
+    if not torch_installed():   # its decoding loop runs on the torch backend
+        raise ChargenError('chargen serve needs its extra: pip install "chargen[serve]" (it runs on torch)')
+
+
+def _listen(host: str, port: int) -> tuple[socket.socket, tuple]:
+    """A socket bound to the address, and the address: one that is taken or not this machine's is a plain
+    error before the model loads."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        raise ChargenError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --host or --port") \
+            from None
+    return sock, address
+
+
+def _run(server, sock: socket.socket) -> None:
+    """Serve until stopped; SIGHUP (a closed terminal) stops it as Ctrl-C does."""
+    hangup = signal.getsignal(signal.SIGHUP) if hasattr(signal, "SIGHUP") else None
+    if hangup not in (None, signal.SIG_IGN):
+        signal.signal(signal.SIGHUP, lambda sig, frame: server.handle_exit(signal.SIGINT, frame))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        if not server.should_exit:   # not uvicorn's own shutdown: let the caller say it was interrupted
+            raise
+    finally:
+        if hangup not in (None, signal.SIG_IGN):
+            signal.signal(signal.SIGHUP, hangup)
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, whose shutdown gives running completions SHUTDOWN_GRACE seconds and then ends
+        them (the decoding loop closes: streams end with an error event, others get 503)."""
+
+        async def shutdown(self, sockets=None):
+            state: AppState = self.config.app.state.chargen
+            state.stopping = True
+
+            async def end_running():
+                await asyncio.sleep(SHUTDOWN_GRACE)
+                if state.batcher is not None:
+                    state.batcher.close()
+            ending = asyncio.create_task(end_running())
+            try:
+                await super().shutdown(sockets)
+            finally:
+                ending.cancel()
+
+    return Server
+
+
+class _QuietWhenStopping(logging.Filter):
+    """A filter for uvicorn's log: once the server is stopping, requests cut short (clients that do not read,
+    requests half sent) are expected; one line says how many, not a traceback each."""
+
+    def __init__(self, state: AppState):
+        super().__init__()
+        self.state = state
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.state.stopping:
+            return True
+        if record.exc_info and isinstance(record.exc_info[1], (asyncio.CancelledError, KeyboardInterrupt)):
+            return False
+        if record.getMessage().rstrip().endswith(("CancelledError", "KeyboardInterrupt")):  # a traceback as text
+            return False
+        if record.getMessage().startswith("Cancel "):
+            record.msg, record.args = "chargen serve: %s request(s) still open after %s s were cut short", \
+                (record.args[0] if record.args else "some", SHUTDOWN_GRACE)
+        return True
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
