@@ -198,7 +198,7 @@ def make_run(model: CharRNN, vocab, folder: Path) -> Path:
     """A run folder holding ``model``: the golden run's files with this config and these weights."""
     import shutil
     from chargen.runs.checkpoint import save_weights
-    src = REPO / "tests" / "data" / "golden" / "run"
+    src = REPO / "tests" / "fixtures" / "golden" / "run"
     run = folder / "run"
     shutil.copytree(src, run)
     (run / "last").is_dir() and shutil.rmtree(run / "last")
