@@ -59,9 +59,18 @@ def _neutral(value):
     return AfterValidator(check)
 
 
+def _not_empty(text: str) -> str:
+    """Checked in Python, not with ``min_length``: a length constraint makes pydantic-core copy the string into
+    Rust, which refuses a lone surrogate (half an emoji, as JavaScript slices text), and such a string is
+    a string all the same: a stop that never matches, a text whose characters the vocabulary judges."""
+    if not text:
+        raise ValueError("empty")
+    return text
+
+
 WholeNumber = Annotated[int, BeforeValidator(_json_number)]
 Number = Annotated[float, BeforeValidator(_json_number)]
-Text = Annotated[str, Field(min_length=1)]
+Text = Annotated[str, AfterValidator(_not_empty)]
 
 
 class _Body(BaseModel):

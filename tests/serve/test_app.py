@@ -167,6 +167,22 @@ def test_bad_requests_get_an_openai_error_and_the_server_goes_on(server, name, b
     assert ok.status_code == 200
 
 
+def test_a_lone_surrogate_is_text_like_any_other(server):
+    """Half an emoji (as JavaScript slices text) in a stop is a stop that never matches, and in a scored text a
+    character the vocabulary lacks: said as such, not as an empty string."""
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    plain = {"prompt": "the", "max_tokens": 12, "seed": 4}
+    want = httpx.post(server.url + "/v1/completions", json=plain, headers=headers).json()["choices"][0]["text"]
+    for stop in (b'"\\ud800"', b'["x", "\\udfff"]', b'"a\\ud83d"'):
+        body = json.dumps(plain).encode()[:-1] + b', "stop": ' + stop + b"}"
+        r = httpx.post(server.url + "/v1/completions", content=body, headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == (want.split("x")[0] if b"x" in stop else want)
+    r = httpx.post(server.url + "/v1/score", content=b'{"text": "a\\ud800b"}', headers=headers, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "text"
+    assert "not in the vocabulary" in r.json()["error"]["message"]
+
+
 def test_keys_routes_and_methods(server):
     assert httpx.get(server.url + "/v1/models").status_code == 401
     assert httpx.get(server.url + "/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
