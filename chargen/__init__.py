@@ -5,9 +5,8 @@ that ``import chargen`` (and ``chargen --help``) stays fast and does not pull
 in torch until it is needed.
 """
 
-from .version import __version__  # noqa: E402
-
-from .errors import ChargenError  # noqa: E402  (light: no heavy imports)
+from .errors import ChargenError
+from .version import __version__
 
 _LAZY = {
     "Sampler": ("chargen.generate.sampler", "Sampler"),
@@ -24,12 +23,13 @@ _LAZY = {
     "RandomWindows": ("chargen.data.batches", "RandomWindows"),
 }
 
-__all__ = ["ChargenError", "__version__", *_LAZY]
+__all__ = ["ChargenError", "__version__", *_LAZY]  # noqa: PLE0604 - the lazy names are strings
 
 
 def __getattr__(name):
     if name in _LAZY:
         import importlib
+
         module, attr = _LAZY[name]
         value = getattr(importlib.import_module(module), attr)
         globals()[name] = value

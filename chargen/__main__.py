@@ -1,4 +1,5 @@
 """``python -m chargen`` is the ``chargen`` command."""
+
 from .cli import main
 
 if __name__ == "__main__":  # not when a spawned process imports it

@@ -21,9 +21,10 @@ import os
 import shutil
 import tempfile
 import unicodedata
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Any
 
 from .errors import ChargenError
 
@@ -53,9 +54,9 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, FILE_MODE)
-        _fsync(tmp)               # the bytes reach the disk before the name points at them
+        _fsync(tmp)  # the bytes reach the disk before the name points at them
         os.replace(tmp, path)
-        fsync_dir(path.parent)    # and the rename itself survives a power cut
+        fsync_dir(path.parent)  # and the rename itself survives a power cut
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -66,7 +67,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
 DURABLE = True
 
 
-def _fsync(path) -> None:
+def _fsync(path: str | os.PathLike[str]) -> None:
     if not DURABLE:
         return
     fd = os.open(path, os.O_RDONLY)
@@ -76,7 +77,7 @@ def _fsync(path) -> None:
         os.close(fd)
 
 
-def fsync_dir(path) -> None:
+def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Flush a folder's entries (renames, new files) to disk; a no-op where folders cannot be opened."""
     if not DURABLE:
         return
@@ -90,12 +91,11 @@ def fsync_dir(path) -> None:
         os.close(fd)
 
 
-def write_json(path: str | os.PathLike, obj) -> None:
+def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented UTF-8 JSON, atomically."""
-    with atomic_write(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
+    with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -119,13 +119,14 @@ def temporary_dir(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def open_to_read(path: str | os.PathLike):
+def open_to_read(path: str | os.PathLike) -> IO[bytes]:
     """``open(path, "rb")``, or a one-line ChargenError naming the file and what to do."""
     try:
         return open(path, "rb")
     except OSError as e:
-        raise ChargenError(f"cannot read {path}: {e.strerror}; check its permissions, or leave it out of "
-                           "the source") from None
+        raise ChargenError(
+            f"cannot read {path}: {e.strerror}; check its permissions, or leave it out of the source"
+        ) from None
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -137,8 +138,13 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
-         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"), (codecs.BOM_UTF8, "utf-8"))
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+    (codecs.BOM_UTF8, "utf-8"),
+)
 
 
 def encoding_from_bom(path: str | os.PathLike) -> str | None:
@@ -183,8 +189,9 @@ def looks_binary(path: str | os.PathLike, encoding: str = "utf-8") -> bool:
 # --------------------------------------------------------------------------- decoding in pieces
 
 
-def read_text_pieces(path: Path, encoding: str = "utf-8", errors: str = "strict",
-                     chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[str]:
+def read_text_pieces(
+    path: Path, encoding: str = "utf-8", errors: str = "strict", chunk_bytes: int = READ_CHUNK_BYTES
+) -> Iterator[str]:
     """Decode a file in chunks; each piece but the last ends with a newline.
 
     Strict decoding errors name the file and the byte offset of the first bad
@@ -201,19 +208,23 @@ def read_text_pieces(path: Path, encoding: str = "utf-8", errors: str = "strict"
             yield from _pieces_cut_in_text(f, path, encoding, errors, chunk_bytes)
 
 
-def _not_valid(path, encoding: str, offset: int) -> ChargenError:
-    return ChargenError(f"{path} is not valid {encoding}: undecodable byte at offset {offset}; "
-                        "pass --encoding ENCODING if it is another encoding, or --errors replace")
+def _not_valid(path: str | os.PathLike, encoding: str, offset: int) -> ChargenError:
+    return ChargenError(
+        f"{path} is not valid {encoding}: undecodable byte at offset {offset}; "
+        "pass --encoding ENCODING if it is another encoding, or --errors replace"
+    )
 
 
-def _decode(buf, path, encoding, errors, offset) -> str:
+def _decode(buf: bytes | memoryview, path: str | os.PathLike, encoding: str, errors: str, offset: int) -> str:
     try:
         return str(buf, encoding, errors)
     except UnicodeDecodeError as e:
         raise _not_valid(path, encoding, offset + e.start) from None
 
 
-def _pieces_cut_in_bytes(f, path, encoding, errors, chunk_bytes) -> Iterator[str]:
+def _pieces_cut_in_bytes(
+    f: IO[bytes], path: str | os.PathLike, encoding: str, errors: str, chunk_bytes: int
+) -> Iterator[str]:
     # In ASCII-compatible encodings (UTF-8, Latin-1, the CJK codecs) byte 0x0A is
     # always a newline and never part of a longer character, so cutting the
     # bytes after it never splits a character and text is decoded only once.
@@ -227,8 +238,9 @@ def _pieces_cut_in_bytes(f, path, encoding, errors, chunk_bytes) -> Iterator[str
     while chunk := f.read(chunk_bytes):
         nul = chunk.find(b"\x00")
         if nul >= 0:
-            raise ChargenError(f"{path} looks like a binary file (NUL byte at offset "
-                               f"{start + len(carry) + nul}); pass a text file")
+            raise ChargenError(
+                f"{path} looks like a binary file (NUL byte at offset {start + len(carry) + nul}); pass a text file"
+            )
         buf = carry + chunk if carry else chunk
         cut = buf.rfind(b"\n") + 1
         if cut == 0:
@@ -260,7 +272,8 @@ def _safe_cut(buf: bytes, window: int = 1 << 16) -> int:
     lo = max(1, len(buf) - window)
     ascii_at = max(buf.rfind(bytes([c]), lo) for c in range(0x80))
     candidates = ([ascii_at] if ascii_at >= lo else []) + [
-        p for p in range(len(buf) - 1, lo - 1, -1) if (buf[p] & 0xC0) != 0x80]
+        p for p in range(len(buf) - 1, lo - 1, -1) if (buf[p] & 0xC0) != 0x80
+    ]
     for p in candidates[:4096]:
         if _joins_nothing(buf, p):
             return p
@@ -268,20 +281,25 @@ def _safe_cut(buf: bytes, window: int = 1 << 16) -> int:
 
 
 def _joins_nothing(buf: bytes, p: int, context: int = 256) -> bool:
-    left = buf[max(0, p - context):p].decode("utf-8", "ignore")
-    right = buf[p:p + context].decode("utf-8", "ignore")
-    if not right or right[0].encode("utf-8") != buf[p:p + len(right[0].encode("utf-8"))]:
+    left = buf[max(0, p - context) : p].decode("utf-8", "ignore")
+    right = buf[p : p + context].decode("utf-8", "ignore")
+    if not right or right[0].encode("utf-8") != buf[p : p + len(right[0].encode("utf-8"))]:
         return False  # the character at the cut is not all here yet
     if unicodedata.combining(right[0]):
         return False  # marks are reordered as a run, which may go on past what is read so far
-    return all(unicodedata.normalize(form, left + right) ==
-               unicodedata.normalize(form, left) + unicodedata.normalize(form, right) for form in ("NFC", "NFKC"))
+    return all(
+        unicodedata.normalize(form, left + right)
+        == unicodedata.normalize(form, left) + unicodedata.normalize(form, right)
+        for form in ("NFC", "NFKC")
+    )
 
 
-def _pieces_cut_in_text(f, path, encoding, errors, chunk_bytes) -> Iterator[str]:
+def _pieces_cut_in_text(
+    f: IO[bytes], path: str | os.PathLike, encoding: str, errors: str, chunk_bytes: int
+) -> Iterator[str]:
     decoder = codecs.getincrementaldecoder(encoding)(errors)
     consumed = 0  # bytes handed to the decoder so far
-    carry = ""    # text after the last newline, held for the next piece
+    carry = ""  # text after the last newline, held for the next piece
     first = True  # a leading byte-order mark (utf-16-le and the like keep it as U+FEFF) is not text
     while True:
         chunk = f.read(chunk_bytes)
@@ -292,14 +310,15 @@ def _pieces_cut_in_text(f, path, encoding, errors, chunk_bytes) -> Iterator[str]
         except UnicodeDecodeError as e:
             raise _not_valid(path, encoding, consumed - buffered + e.start) from None
         except UnicodeError as e:  # UTF-16/32 without a byte-order mark
-            raise ChargenError(f"{path} cannot be read as {encoding} ({e}); name the byte order, as in "
-                               f"--encoding {encoding}-le or {encoding}-be") from None
+            raise ChargenError(
+                f"{path} cannot be read as {encoding} ({e}); name the byte order, as in "
+                f"--encoding {encoding}-le or {encoding}-be"
+            ) from None
         consumed += len(chunk)
         if first and text:
             text, first = text.removeprefix("\ufeff"), False
         if "\x00" in text:
-            raise ChargenError(f"{path} looks like a binary file (it decodes to NUL characters); "
-                               "pass a text file")
+            raise ChargenError(f"{path} looks like a binary file (it decodes to NUL characters); pass a text file")
         if final:
             if carry + text:
                 yield carry + text

@@ -8,6 +8,9 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
 
 _SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
@@ -25,29 +28,32 @@ class StopRequest:
     """Within the ``with`` block (main thread only: no other thread receives signals), SIGINT, SIGTERM
     or SIGHUP sets :attr:`requested` instead of interrupting; a second one raises KeyboardInterrupt."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.requested = False
-        self._previous: dict = {}
+        self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():  # a signal ignored (nohup) stays ignored
-            self._previous = {sig: signal.signal(sig, self._handler) for sig in _SIGNALS
-                              if signal.getsignal(sig) is not signal.SIG_IGN}
+            self._previous = {
+                sig: signal.signal(sig, self._handler)
+                for sig in _SIGNALS
+                if signal.getsignal(sig) is not signal.SIG_IGN
+            }
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous = {}
 
-    def _handler(self, signum, frame) -> None:
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
 
 
 @contextlib.contextmanager
-def ctrl_c_ignored():
+def ctrl_c_ignored() -> Iterator[None]:
     """Ignore Ctrl-C for the block (a checkpoint being written must not be cut short)."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -60,18 +66,20 @@ def ctrl_c_ignored():
 
 
 @contextlib.contextmanager
-def ctrl_c_deferred():
+def ctrl_c_deferred() -> Iterator[None]:
     """Hold a Ctrl-C that arrives during the block and deliver it (KeyboardInterrupt) when the block ends.
 
     For importing numpy and torch: an interrupt that lands inside their C
     initialisation can be swallowed there and leave the module half made,
     which fails much later with a misleading error instead of stopping.
     """
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
         yield
         return
-    caught = []
+    caught: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     try:
         yield

@@ -21,12 +21,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+import torch
 
-from chargen import files  # noqa: E402
-from chargen.runs.checkpoint import ResumeState, save_last  # noqa: E402
-from chargen.config import ModelConfig  # noqa: E402
-from chargen.model.network import CharRNN  # noqa: E402
+from chargen import files
+from chargen.config import ModelConfig
+from chargen.model.network import CharRNN
+from chargen.runs.checkpoint import ResumeState, save_last
 
 
 def one(model, optimizer, scaler, folder: Path, durable: bool) -> float:
@@ -40,22 +40,26 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
-    for name, cfg in (("GRU 2x320 (cpu preset)", dict(cell="gru", num_layers=2, hidden_size=320, embedding_size=64)),
-                      ("LSTM 3x1024 (gpu preset)", dict(cell="lstm", num_layers=3, hidden_size=1024))):
+    for name, cfg in (
+        ("GRU 2x320 (cpu preset)", dict(cell="gru", num_layers=2, hidden_size=320, embedding_size=64)),
+        ("LSTM 3x1024 (gpu preset)", dict(cell="lstm", num_layers=3, hidden_size=1024)),
+    ):
         model = CharRNN(ModelConfig(vocab_size=65, **cfg))
         optimizer = torch.optim.AdamW(model.parameters())
         model(torch.zeros(1, 2, dtype=torch.long))[0].sum().backward()
         optimizer.step()  # so that the moments exist and are saved
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         timings = {True: [], False: []}
-        with tempfile.TemporaryDirectory(dir=REPO) as d:   # on the disk runs live on, not a tmpfs
+        with tempfile.TemporaryDirectory(dir=REPO) as d:  # on the disk runs live on, not a tmpfs
             for r in range(args.rounds):
-                for durable in ((True, False) if r % 2 == 0 else (False, True)):
+                for durable in (True, False) if r % 2 == 0 else (False, True):
                     timings[durable].append(one(model, optimizer, scaler, Path(d), durable))
         mb = sum(p.numel() for p in model.parameters()) * 4 * 3 / 1e6
         a, b = statistics.median(timings[True]), statistics.median(timings[False])
-        print(f"{name}: {mb:,.0f} MB per checkpoint; with fsync {a * 1000:,.1f} ms, without {b * 1000:,.1f} ms "
-              f"(median of {args.rounds}); durability costs {(a - b) * 1000:,.1f} ms per checkpoint")
+        print(
+            f"{name}: {mb:,.0f} MB per checkpoint; with fsync {a * 1000:,.1f} ms, without {b * 1000:,.1f} ms "
+            f"(median of {args.rounds}); durability costs {(a - b) * 1000:,.1f} ms per checkpoint"
+        )
     files.DURABLE = True
 
 

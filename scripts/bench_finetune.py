@@ -58,31 +58,39 @@ def main() -> None:
         base = Path(args.base) if args.base else work / "base"
         if not args.base:
             chargen("train", args.base_corpus, "--out", base, "--max-time", args.base_time, *common)
-        small = ["--eval-every", "50", "--eval-chars", "0"]   # every validation character, often
-        chargen("train", target, "--out", work / "tuned", "--init-from", base,
-                "--max-time", args.tune_time, *small, *common)
+        small = ["--eval-every", "50", "--eval-chars", "0"]  # every validation character, often
+        chargen(
+            "train", target, "--out", work / "tuned", "--init-from", base, "--max-time", args.tune_time, *small, *common
+        )
         chargen("train", target, "--out", work / "scratch", "--max-time", args.scratch_time, *small, *common)
 
         tuned, scratch = val_curve(work / "tuned"), val_curve(work / "scratch")
         print(f"\nsmall corpus: {target} ({target.stat().st_size:,} bytes); {os.cpu_count()} CPUs")
-        print(f"base: {base}, cpu preset on {args.base_corpus} for {args.base_time}, best val "
-              f"{min(v for _, _, v in val_curve(base)):.4f} bpc (its own corpus)\n")
+        print(
+            f"base: {base}, cpu preset on {args.base_corpus} for {args.base_time}, best val "
+            f"{min(v for _, _, v in val_curve(base)):.4f} bpc (its own corpus)\n"
+        )
         print("| run | budget | steps | final val bpc | best val bpc |")
         print("|---|---|---|---|---|")
-        for name, budget, curve in (("fine-tuned", args.tune_time, tuned), ("from scratch", args.scratch_time,
-                                                                          scratch)):
+        for name, budget, curve in (
+            ("fine-tuned", args.tune_time, tuned),
+            ("from scratch", args.scratch_time, scratch),
+        ):
             print(f"| {name} | {budget} | {curve[-1][0]} | {curve[-1][2]:.4f} | {min(v for _, _, v in curve):.4f} |")
         same_steps = [v for s, _, v in scratch if s <= tuned[-1][0]]
-        print(f"\nfrom scratch after the fine-tune's {tuned[-1][0]} steps: "
-              f"{same_steps[-1]:.4f} bpc" if same_steps else "")
+        print(
+            f"\nfrom scratch after the fine-tune's {tuned[-1][0]} steps: {same_steps[-1]:.4f} bpc" if same_steps else ""
+        )
         best_tuned, best_scratch = min(v for _, _, v in tuned), min(v for _, _, v in scratch)
-        print(f"fine-tuned best / scratch best: {best_tuned / best_scratch:.3f}; goal (fine-tuned in "
-              f"{args.tune_time} below scratch's best in {args.scratch_time}): "
-              f"{'met' if best_tuned < best_scratch else 'NOT met'}")
+        print(
+            f"fine-tuned best / scratch best: {best_tuned / best_scratch:.3f}; goal (fine-tuned in "
+            f"{args.tune_time} below scratch's best in {args.scratch_time}): "
+            f"{'met' if best_tuned < best_scratch else 'NOT met'}"
+        )
         try:
             chargen("plot", work / "tuned", work / "scratch", "-o", work / "curves.png", "--x", "time")
         except subprocess.CalledProcessError:
-            print("(no plot: pip install \"chargen[plot]\")")
+            print('(no plot: pip install "chargen[plot]")')
 
 
 if __name__ == "__main__":

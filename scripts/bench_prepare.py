@@ -40,13 +40,14 @@ def seed_text() -> str:
             return p.read_text(encoding="utf-8")
     sys.path.insert(0, str(REPO))
     from chargen.data.sources import stdlib_files
+
     _, files = stdlib_files()
     return "".join(f.read_text(encoding="utf-8", errors="replace") for f in files[:200])
 
 
 def make_corpus(path: Path, megabytes: int) -> int:
     seed = seed_text()
-    block = "".join(seed[i:i + 4000] + EXTRA for i in range(0, len(seed), 4000)).encode("utf-8")
+    block = "".join(seed[i : i + 4000] + EXTRA for i in range(0, len(seed), 4000)).encode("utf-8")
     target = megabytes * 1_000_000
     written = 0
     with open(path, "wb") as f:
@@ -64,12 +65,18 @@ def make_corpus(path: Path, megabytes: int) -> int:
 
 def run_prepare(path: Path, cache: Path) -> tuple[float, float]:
     """Seconds and peak RSS (MB) of one `chargen prepare` process."""
-    code = ("import resource, sys, time; from chargen.cli import main; t = time.perf_counter(); "
-            "rc = main(['prepare', sys.argv[1], '--cache-dir', sys.argv[2], '--json']); "
-            "dt = time.perf_counter() - t; "
-            "print(dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr); sys.exit(rc)")
-    r = subprocess.run([sys.executable, "-c", code, str(path), str(cache)], capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    code = (
+        "import resource, sys, time; from chargen.cli import main; t = time.perf_counter(); "
+        "rc = main(['prepare', sys.argv[1], '--cache-dir', sys.argv[2], '--json']); "
+        "dt = time.perf_counter() - t; "
+        "print(dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr); sys.exit(rc)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(cache)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     if r.returncode != 0:
         raise SystemExit(f"prepare failed: {r.stderr.strip()}")
     seconds, rss = r.stderr.strip().splitlines()[-1].split()
@@ -79,6 +86,7 @@ def run_prepare(path: Path, cache: Path) -> tuple[float, float]:
 def floor_seconds(path: Path) -> float:
     """Read, sha256 and UTF-8 decode the file in 16 MiB chunks."""
     import codecs
+
     t = time.perf_counter()
     dec = codecs.getincrementaldecoder("utf-8")()
     h = hashlib.sha256()
@@ -105,14 +113,21 @@ def main() -> None:
             t, r = run_prepare(path, cache)
             times.append(t)
             rss.append(r)
-            print(f"run {i + 1}: prepare {t:.2f}s ({mb / t:.1f} MB/s), peak RSS {r:.0f} MB; "
-                  f"read+hash+decode floor {floors[-1]:.2f}s", flush=True)
+            print(
+                f"run {i + 1}: prepare {t:.2f}s ({mb / t:.1f} MB/s), peak RSS {r:.0f} MB; "
+                f"read+hash+decode floor {floors[-1]:.2f}s",
+                flush=True,
+            )
         t, f = statistics.median(times), statistics.median(floors)
         print(f"\ncorpus: {mb:.1f} MB, {args.runs} runs, {os.cpu_count()} cores")
-        print(f"prepare: median {t:.2f}s = {mb / t:.1f} MB/s, peak RSS max {max(rss):.0f} MB "
-              f"(median {statistics.median(rss):.0f} MB)")
-        print(f"floor (read + sha256 + utf-8 decode): median {f:.2f}s = {mb / f:.1f} MB/s; "
-              f"prepare takes {t / f:.2f}x the floor")
+        print(
+            f"prepare: median {t:.2f}s = {mb / t:.1f} MB/s, peak RSS max {max(rss):.0f} MB "
+            f"(median {statistics.median(rss):.0f} MB)"
+        )
+        print(
+            f"floor (read + sha256 + utf-8 decode): median {f:.2f}s = {mb / f:.1f} MB/s; "
+            f"prepare takes {t / f:.2f}x the floor"
+        )
 
 
 if __name__ == "__main__":

@@ -38,15 +38,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from chargen.config import SampleOptions  # noqa: E402
-from chargen.generate.torch_step import pick, uniforms  # noqa: E402
-from chargen.model.network import CharRNN, ModelConfig  # noqa: E402
-from chargen.generate.numpy_step import NumpyRuntime, NumpyStep, pick as numpy_pick  # noqa: E402
-from chargen.generate.sampler import Sampler  # noqa: E402
-from chargen.data.vocab import CharVocab  # noqa: E402
+from chargen.data.vocab import CharVocab
+from chargen.generate.numpy_step import NumpyStep
+from chargen.generate.numpy_step import pick as numpy_pick
+from chargen.generate.sampler import Sampler
+from chargen.generate.torch_step import pick, uniforms
+from chargen.model.network import CharRNN, ModelConfig
 
 CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny shakespeare's 65
 PROMPT = "ROMEO:"
@@ -61,10 +61,10 @@ def naive(model, vocab, length: int, seed: int) -> tuple[str, float]:
     logits = logits[:, -1]
     out = []
     for t in range(length):
-        nxt = pick(logits, u[:, t], 1.0, None, None, vocab.unk_id)               # (1,)
+        nxt = pick(logits, u[:, t], 1.0, None, None, vocab.unk_id)  # (1,)
         out.append(int(nxt))
         if t + 1 < length:
-            logits, state = model(nxt[:, None], state)                           # one nn.LSTM call per char
+            logits, state = model(nxt[:, None], state)  # one nn.LSTM call per char
             logits = logits[:, -1]
     return vocab.decode(out), time.perf_counter() - t0
 
@@ -80,6 +80,7 @@ class OnnxSampler:
 
     def __init__(self, export_dir: Path, vocab):
         import onnxruntime as ort
+
         opts = ort.SessionOptions()
         self.session = ort.InferenceSession(str(export_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
         self.meta = json.loads((export_dir / "chargen.json").read_text())
@@ -135,8 +136,13 @@ print(json.dumps({"gflops": flops / t / 1e9, "step_s": t}))
 def matvec_limit(shapes, dtype: str = "float32") -> dict:
     """Single-thread matrix-vector GFLOP/s at these shapes, in a child with one BLAS thread."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-c", _GFLOPS_CHILD, json.dumps(shapes), dtype], env=env,
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _GFLOPS_CHILD, json.dumps(shapes), dtype],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(done.stdout)
 
 
@@ -156,10 +162,14 @@ print(statistics.median(rates))
 
 def numpy_one_thread(run: Path, length: int, rounds: int) -> float:
     """The NumPy backend's single-stream chars/s with one BLAS thread (a child process)."""
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-c", _ONE_THREAD_CHILD, str(run), str(length), str(rounds)], env=env,
-                          capture_output=True, text=True, check=True)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-c", _ONE_THREAD_CHILD, str(run), str(length), str(rounds)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(done.stdout)
 
 
@@ -178,6 +188,7 @@ def float16_storage(step: NumpyStep, rounds: int) -> tuple[float, float, float]:
                 fn()
             times.append((time.perf_counter() - t0) / reps)
         return 1 / statistics.median(times)
+
     fp32 = rate(lambda: [x @ w for x, w in zip(xs, mats)], 300)
     widen = rate(lambda: [x @ w.astype(np.float32) for x, w in zip(xs, half)], 20)
     fp16 = rate(lambda: [x @ w for x, w in zip(xs16, half)], 5)
@@ -188,8 +199,23 @@ def cold_start(run: Path, backend: str, rounds: int) -> float:
     times = []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "chargen", "sample", str(run), "--length", "100", "--seed", "1",
-                        "--backend", backend], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "chargen",
+                "sample",
+                str(run),
+                "--length",
+                "100",
+                "--seed",
+                "1",
+                "--backend",
+                backend,
+            ],
+            check=True,
+            capture_output=True,
+        )
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -197,7 +223,9 @@ def cold_start(run: Path, backend: str, rounds: int) -> float:
 def make_run(model: CharRNN, vocab, folder: Path) -> Path:
     """A run folder holding ``model``: the golden run's files with this config and these weights."""
     import shutil
+
     from chargen.runs.checkpoint import save_weights
+
     src = REPO / "tests" / "fixtures" / "golden" / "run"
     run = folder / "run"
     shutil.copytree(src, run)
@@ -218,12 +246,16 @@ def main() -> None:
     args = ap.parse_args()
     try:
         import onnxruntime  # noqa: F401
+
         from chargen.generate.export import export
     except ImportError:
         export = None
     vocab = CharVocab.build(CHARS, with_unk=False)
-    print(f"{args.cell}, CPU, torch {torch.__version__} with {torch.get_num_threads()} threads, numpy "
-          f"{np.__version__}, vocabulary {len(vocab)}, medians of {args.rounds} rounds", flush=True)
+    print(
+        f"{args.cell}, CPU, torch {torch.__version__} with {torch.get_num_threads()} threads, numpy "
+        f"{np.__version__}, vocabulary {len(vocab)}, medians of {args.rounds} rounds",
+        flush=True,
+    )
     tmp = Path(tempfile.mkdtemp(prefix="bench-sample-"))
     for size in args.sizes.split(","):
         layers, hidden = (int(v) for v in size.split("x"))
@@ -254,36 +286,55 @@ def main() -> None:
         shapes = step_shapes(args.cell, layers, hidden, len(vocab))
         flops = sum(2 * r_ * c_ for r_, c_ in shapes)
         limit = matvec_limit(shapes)
-        print(f"\n{layers}x{hidden} {args.cell.upper()}, one stream ({flops / 1e6:.2f} MFLOP per character; "
-              f"single-thread fp32 matvec at these shapes: {limit['gflops']:.1f} GFLOP/s, a limit of "
-              f"{1 / limit['step_s']:,.0f} chars/s); same text on all: {'yes' if identical else 'NO'}", flush=True)
+        print(
+            f"\n{layers}x{hidden} {args.cell.upper()}, one stream ({flops / 1e6:.2f} MFLOP per character; "
+            f"single-thread fp32 matvec at these shapes: {limit['gflops']:.1f} GFLOP/s, a limit of "
+            f"{1 / limit['step_s']:,.0f} chars/s); same text on all: {'yes' if identical else 'NO'}",
+            flush=True,
+        )
         labels = {"numpy1": "numpy, 1 BLAS thread"}
         for k in ("naive", "torch", "numpy", "numpy1", "onnx"):
             if k in med:
-                print(f"  {labels.get(k, k):21s} {med[k]:>9,.0f} chars/s   {med[k] / med['naive']:5.1f}x naive   "
-                      f"{med[k] / med['torch']:5.2f}x torch   {med[k] * flops / 1e9:5.1f} GFLOP/s = "
-                      f"{med[k] * flops / 1e9 / limit['gflops']:4.0%} of the matvec limit", flush=True)
+                print(
+                    f"  {labels.get(k, k):21s} {med[k]:>9,.0f} chars/s   {med[k] / med['naive']:5.1f}x naive   "
+                    f"{med[k] / med['torch']:5.2f}x torch   {med[k] * flops / 1e9:5.1f} GFLOP/s = "
+                    f"{med[k] * flops / 1e9 / limit['gflops']:4.0%} of the matvec limit",
+                    flush=True,
+                )
         for n in (8, 64, 1024):
             blen = {8: 500, 64: 200, 1024: 50}[n] // (2 if hidden > 256 else 1)
             row = {}
             for k, s in backends.items():
                 row[k] = statistics.median(n * blen / timed(s, blen, seed=r, n=n)[1] for r in range(args.rounds))
             if onnx_sampler is not None:
-                row["onnx"] = statistics.median(n * blen / onnx_sampler.generate(blen, seed=r, n=n)[1]
-                                                for r in range(args.rounds))
-            print(f"  batched n={n:<5d} " + "   ".join(f"{k} {v:,.0f}" for k, v in row.items())
-                  + f" chars/s in total; numpy {row['numpy'] / row['torch']:.2f}x torch", flush=True)
+                row["onnx"] = statistics.median(
+                    n * blen / onnx_sampler.generate(blen, seed=r, n=n)[1] for r in range(args.rounds)
+                )
+            print(
+                f"  batched n={n:<5d} "
+                + "   ".join(f"{k} {v:,.0f}" for k, v in row.items())
+                + f" chars/s in total; numpy {row['numpy'] / row['torch']:.2f}x torch",
+                flush=True,
+            )
         if hidden >= 512:
-            weights = sum(w.nbytes for _, w in backends["numpy"].runtime.step.layers) + \
-                      backends["numpy"].runtime.step.head_w.nbytes
+            weights = (
+                sum(w.nbytes for _, w in backends["numpy"].runtime.step.layers)
+                + backends["numpy"].runtime.step.head_w.nbytes
+            )
             fp32, widen, fp16 = float16_storage(backends["numpy"].runtime.step, args.rounds)
-            print(f"  the matrices one step reads: {weights / 2**20:.1f} MiB in fp32; their matvecs alone: fp32 "
-                  f"{fp32:,.0f} steps/s; fp16 storage widened to fp32 each step {widen:,.0f}; fp16 matmul "
-                  f"(NumPy has no fp16 BLAS) {fp16:,.0f}", flush=True)
+            print(
+                f"  the matrices one step reads: {weights / 2**20:.1f} MiB in fp32; their matvecs alone: fp32 "
+                f"{fp32:,.0f} steps/s; fp16 storage widened to fp32 each step {widen:,.0f}; fp16 matmul "
+                f"(NumPy has no fp16 BLAS) {fp16:,.0f}",
+                flush=True,
+            )
         if size == args.sizes.split(",")[0]:
             cold = {k: cold_start(run, k, args.rounds) for k in ("numpy", "torch")}
-            print(f"  cold start, chargen sample RUN --length 100 (whole process): numpy {cold['numpy']:.2f} s, "
-                  f"torch {cold['torch']:.2f} s", flush=True)
+            print(
+                f"  cold start, chargen sample RUN --length 100 (whole process): numpy {cold['numpy']:.2f} s, "
+                f"torch {cold['torch']:.2f} s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -33,10 +33,23 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_prepare import make_corpus  # noqa: E402
+from bench_prepare import make_corpus
 
-TRAIN = ["--preset", "cpu", "--max-steps", "30", "--eval-every", "20", "--log-every", "10",
-         "--checkpoint-every", "1000", "--preview-chars", "0", "--no-progress"]
+TRAIN = [
+    "--preset",
+    "cpu",
+    "--max-steps",
+    "30",
+    "--eval-every",
+    "20",
+    "--log-every",
+    "10",
+    "--checkpoint-every",
+    "1000",
+    "--preview-chars",
+    "0",
+    "--no-progress",
+]
 
 
 def run(cmd: list[str], env: dict) -> tuple[float, float]:
@@ -65,8 +78,21 @@ def measure(size_mb: int, runs: int, work: Path) -> dict:
         prep_rss.append(rss)
         out = work / f"run{size_mb}-{i}"
         launched = time.time()
-        _, rss = run([sys.executable, "-m", "chargen", "train", str(corpus), "--out", str(out),
-                      "--cache-dir", str(cache), *TRAIN], env)
+        _, rss = run(
+            [
+                sys.executable,
+                "-m",
+                "chargen",
+                "train",
+                str(corpus),
+                "--out",
+                str(out),
+                "--cache-dir",
+                str(cache),
+                *TRAIN,
+            ],
+            env,
+        )
         train_rss.append(rss)
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         to_first.append(next(r["at"] for r in rows if r.get("event") == "started") - launched)
@@ -75,8 +101,15 @@ def measure(size_mb: int, runs: int, work: Path) -> dict:
         subprocess.run(["rm", "-rf", str(cache), str(out)], check=True)
     corpus.unlink()
     med = statistics.median
-    return dict(mb=size_mb, prepare_s=med(prep_times), prepare_rss=med(prep_rss), train_rss=med(train_rss),
-                to_first_step_s=med(to_first), eval_s=med(evals), eval_chars=val_chars)
+    return dict(
+        mb=size_mb,
+        prepare_s=med(prep_times),
+        prepare_rss=med(prep_rss),
+        train_rss=med(train_rss),
+        to_first_step_s=med(to_first),
+        eval_s=med(evals),
+        eval_chars=val_chars,
+    )
 
 
 def main() -> None:
@@ -90,23 +123,30 @@ def main() -> None:
         for mb in args.mb:
             rows.append(measure(mb, args.runs, Path(tmp)))
             r = rows[-1]
-            print(f"  {mb:>5} MB: prepare {r['prepare_s']:.1f} s, {r['prepare_rss']:.0f} MB peak; "
-                  f"train {r['train_rss']:.0f} MB peak, first step after {r['to_first_step_s']:.1f} s, "
-                  f"one evaluation ({r['eval_chars']:,} chars) {r['eval_s']:.2f} s", flush=True)
+            print(
+                f"  {mb:>5} MB: prepare {r['prepare_s']:.1f} s, {r['prepare_rss']:.0f} MB peak; "
+                f"train {r['train_rss']:.0f} MB peak, first step after {r['to_first_step_s']:.1f} s, "
+                f"one evaluation ({r['eval_chars']:,} chars) {r['eval_s']:.2f} s",
+                flush=True,
+            )
     base = rows[0]
     print("\n| corpus | prepare | prepare peak RSS | train peak RSS | command to first step | one evaluation |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mb']:,} MB | {r['prepare_s']:.1f} s | {r['prepare_rss']:.0f} MB | {r['train_rss']:.0f} MB | "
-              f"{r['to_first_step_s']:.1f} s | {r['eval_s']:.2f} s ({r['eval_chars']:,} chars) |")
+        print(
+            f"| {r['mb']:,} MB | {r['prepare_s']:.1f} s | {r['prepare_rss']:.0f} MB | {r['train_rss']:.0f} MB | "
+            f"{r['to_first_step_s']:.1f} s | {r['eval_s']:.2f} s ({r['eval_chars']:,} chars) |"
+        )
     print(f"\nagainst the {base['mb']} MB baseline:")
     for r in rows[1:]:
         k = r["mb"] / base["mb"]
-        print(f"  {r['mb']} MB (x{k:g}): prepare time x{r['prepare_s'] / base['prepare_s']:.1f} (linear: x{k:g}); "
-              f"prepare RSS {r['prepare_rss'] - base['prepare_rss']:+.0f} MB; train RSS "
-              f"{r['train_rss'] - base['train_rss']:+.0f} MB (flat: within 50); first step "
-              f"{r['to_first_step_s'] - base['to_first_step_s']:+.1f} s; evaluation "
-              f"x{r['eval_s'] / base['eval_s']:.2f} (flat)")
+        print(
+            f"  {r['mb']} MB (x{k:g}): prepare time x{r['prepare_s'] / base['prepare_s']:.1f} (linear: x{k:g}); "
+            f"prepare RSS {r['prepare_rss'] - base['prepare_rss']:+.0f} MB; train RSS "
+            f"{r['train_rss'] - base['train_rss']:+.0f} MB (flat: within 50); first step "
+            f"{r['to_first_step_s'] - base['to_first_step_s']:+.1f} s; evaluation "
+            f"x{r['eval_s'] / base['eval_s']:.2f} (flat)"
+        )
 
 
 if __name__ == "__main__":

@@ -34,9 +34,29 @@ REPO = Path(__file__).resolve().parent.parent
 
 def make_run(folder: Path) -> Path:
     run = folder / "run"
-    subprocess.run([sys.executable, "-m", "chargen", "train", "--out", str(run), "--cell", "lstm", "--layers", "2",
-                    "--hidden", "256", "--max-steps", "20", "--preview-chars", "0", "--no-progress"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chargen",
+            "train",
+            "--out",
+            str(run),
+            "--cell",
+            "lstm",
+            "--layers",
+            "2",
+            "--hidden",
+            "256",
+            "--max-steps",
+            "20",
+            "--preview-chars",
+            "0",
+            "--no-progress",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return run
 
 
@@ -44,12 +64,15 @@ def batcher_alone(run: Path, clients: int, chars: int, rounds: int) -> float:
     """Aggregate chars/s of the same requests through the server's decoding process alone, without HTTP."""
     from chargen import Sampler
     from chargen.serve.process_batcher import ProcessBatcher
+
     batcher = ProcessBatcher(Sampler.load(run))
     rates = []
     try:
         for r in range(rounds):
             t = time.perf_counter()
-            requests = [batcher.submit("the ", length=chars, seed=1000 * r + i, temperature=0.8) for i in range(clients)]
+            requests = [
+                batcher.submit("the ", length=chars, seed=1000 * r + i, temperature=0.8) for i in range(clients)
+            ]
             for request in requests:
                 request.texts(timeout=300)
             rates.append(clients * chars / (time.perf_counter() - t))
@@ -60,6 +83,7 @@ def batcher_alone(run: Path, clients: int, chars: int, rounds: int) -> float:
 
 def baseline(run: Path, chars: int, rounds: int) -> float:
     from chargen import Sampler
+
     s = Sampler.load(run)
     s.generate("the ", length=50, seed=0)
     rates = []
@@ -88,6 +112,7 @@ async def one_client(client, url: str, chars: int, seed: int) -> tuple[float, in
 
 async def round_of(url: str, clients: int, chars: int, seed: int) -> dict:
     import httpx
+
     limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
     async with httpx.AsyncClient(limits=limits) as client:
         start = time.perf_counter()
@@ -96,8 +121,12 @@ async def round_of(url: str, clients: int, chars: int, seed: int) -> dict:
     firsts = sorted(r[0] for r in results)
     total = sum(r[1] for r in results)
     assert total == clients * chars, (total, clients * chars)
-    return {"aggregate": total / wall, "per_client": statistics.mean(r[1] / r[2] for r in results),
-            "p50": firsts[len(firsts) // 2], "p99": firsts[min(len(firsts) - 1, int(len(firsts) * 0.99))]}
+    return {
+        "aggregate": total / wall,
+        "per_client": statistics.mean(r[1] / r[2] for r in results),
+        "p50": firsts[len(firsts) // 2],
+        "p99": firsts[min(len(firsts) - 1, int(len(firsts) * 0.99))],
+    }
 
 
 def free_port() -> int:
@@ -119,10 +148,14 @@ def main() -> None:
         alone = {c: batcher_alone(run, c, args.chars, args.rounds) for c in args.clients}
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen([sys.executable, "-m", "chargen", "serve", str(run), "--port", str(port),
-                                   "--max-queued", "4096"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "chargen", "serve", str(run), "--port", str(port), "--max-queued", "4096"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             import httpx
+
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 try:
@@ -130,11 +163,15 @@ def main() -> None:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.2)
-            print(f"chargen serve, 2x256 LSTM, {args.chars} characters per request, median of {args.rounds} "
-                  f"rounds; {os.cpu_count()} CPUs")
+            print(
+                f"chargen serve, 2x256 LSTM, {args.chars} characters per request, median of {args.rounds} "
+                f"rounds; {os.cpu_count()} CPUs"
+            )
             print(f"baseline: Sampler.generate alone, one stream: {base:,.0f} chars/s\n")
-            print("| clients | aggregate chars/s | per-client chars/s | p50 first char | p99 first char | "
-                  "decoding process alone, no HTTP |")
+            print(
+                "| clients | aggregate chars/s | per-client chars/s | p50 first char | p99 first char | "
+                "decoding process alone, no HTTP |"
+            )
             print("|---|---|---|---|---|---|")
             rows = {}
             for c in args.clients:
@@ -142,11 +179,16 @@ def main() -> None:
                 rounds = [asyncio.run(round_of(url, c, args.chars, 1000 * r)) for r in range(args.rounds)]
                 row = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
                 rows[c] = row
-                print(f"| {c} | {row['aggregate']:,.0f} | {row['per_client']:,.0f} | {row['p50'] * 1000:.0f} ms | "
-                      f"{row['p99'] * 1000:.0f} ms | {alone[c]:,.0f} |", flush=True)
+                print(
+                    f"| {c} | {row['aggregate']:,.0f} | {row['per_client']:,.0f} | {row['p50'] * 1000:.0f} ms | "
+                    f"{row['p99'] * 1000:.0f} ms | {alone[c]:,.0f} |",
+                    flush=True,
+                )
             if 1 in rows and 64 in rows:
-                print(f"\n64 clients against one: {rows[64]['aggregate'] / rows[1]['aggregate']:.1f}x aggregate "
-                      f"(target >= 10x); the decoding process alone: {alone[64] / alone[1]:.1f}x")
+                print(
+                    f"\n64 clients against one: {rows[64]['aggregate'] / rows[1]['aggregate']:.1f}x aggregate "
+                    f"(target >= 10x); the decoding process alone: {alone[64] / alone[1]:.1f}x"
+                )
             if 8 in rows:
                 print(f"p50 time to first character at 8 clients: {rows[8]['p50'] * 1000:.0f} ms (target < 100 ms)")
         finally:

@@ -34,13 +34,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from chargen.config import COVER, default_cutoffs  # noqa: E402
-from chargen.data.prepared import prepare  # noqa: E402
+import itertools
+
+from chargen.config import COVER, default_cutoffs
+from chargen.data.prepared import prepare
 
 
 def chargen(*args, capture: bool = False) -> str:
-    done = subprocess.run([sys.executable, "-m", "chargen", *map(str, args)], check=True,
-                          stdout=subprocess.PIPE if capture else None, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "chargen", *map(str, args)],
+        check=True,
+        stdout=subprocess.PIPE if capture else None,
+        text=True,
+    )
     return done.stdout or ""
 
 
@@ -50,11 +56,32 @@ def rows(run: Path) -> list[dict]:
 
 def train_speed(corpus: str, run: Path, softmax: str, steps: int, min_count: int) -> float:
     """The trainer's chars/s over its logged intervals after the first two (allocator and threads warm)."""
-    chargen("train", corpus, "--out", run, "--preset", "cpu", "--softmax", softmax, "--min-char-count", min_count,
-            "--max-steps", steps, "--log-every", max(1, steps // 8), "--eval-every", steps * 10,
-            "--checkpoint-every", steps * 10, "--preview-chars", "0", "--no-progress", "--overwrite")
+    chargen(
+        "train",
+        corpus,
+        "--out",
+        run,
+        "--preset",
+        "cpu",
+        "--softmax",
+        softmax,
+        "--min-char-count",
+        min_count,
+        "--max-steps",
+        steps,
+        "--log-every",
+        max(1, steps // 8),
+        "--eval-every",
+        steps * 10,
+        "--checkpoint-every",
+        steps * 10,
+        "--preview-chars",
+        "0",
+        "--no-progress",
+        "--overwrite",
+    )
     logged = [r for r in rows(run) if "chars_per_sec" in r]
-    later = list(zip(logged, logged[1:]))[1:]           # each row's rate is over the steps since the one before
+    later = list(itertools.pairwise(logged))[1:]  # each row's rate is over the steps since the one before
     steps_in = [b["step"] - a["step"] for a, b in later]
     # Interval i took n_i * B * T / rate_i seconds; B * T cancels out of the overall rate.
     return sum(steps_in) / sum(n / b["chars_per_sec"] for n, (a, b) in zip(steps_in, later))
@@ -84,19 +111,25 @@ def speed(args, work: Path) -> None:
     for corpus, m in points:
         full, adaptive = (statistics.median(figures[(corpus, m, s)]) for s in ("full", "adaptive"))
         V, cuts = sizes[(corpus, m)]
-        print(f"| {Path(corpus).name} | {m} | {V:,} | {','.join(map(str, cuts))} | {full:,.0f} | {adaptive:,.0f} | "
-              f"{adaptive / full:.2f}x |", flush=True)
+        print(
+            f"| {Path(corpus).name} | {m} | {V:,} | {','.join(map(str, cuts))} | {full:,.0f} | {adaptive:,.0f} | "
+            f"{adaptive / full:.2f}x |",
+            flush=True,
+        )
     for (corpus, m, softmax), values in sorted(figures.items()):
-        print(f"raw chars/s {Path(corpus).name} --min-char-count {m} {softmax}: "
-              f"{', '.join(f'{v:,.0f}' for v in values)}")
+        print(
+            f"raw chars/s {Path(corpus).name} --min-char-count {m} {softmax}: {', '.join(f'{v:,.0f}' for v in values)}"
+        )
 
 
 def quality(args, work: Path) -> None:
     """The quality table: best validation loss of each output layer after the same wall-clock budget."""
     covers = [tuple(float(x) for x in c.split(":")) for c in args.covers.split()]
     print(f"\nquality: {args.quality_time} per run, evaluation included\n")
-    print("| --min-char-count | vocabulary | output layer | cutoffs | steps | best val (sample) nats | "
-          "best checkpoint, every val char, bpc |")
+    print(
+        "| --min-char-count | vocabulary | output layer | cutoffs | steps | best val (sample) nats | "
+        "best checkpoint, every val char, bpc |"
+    )
     print("|---|---|---|---|---|---|---|")
     for m in (int(x) for x in args.quality_at.split(",")):
         variants = [("full", "full", []), ("adaptive", f"adaptive {':'.join(map(str, COVER))}", [])]
@@ -107,13 +140,33 @@ def quality(args, work: Path) -> None:
                 variants.append(("adaptive", f"adaptive {':'.join(map(str, cover))}", ["--cutoffs", cuts]))
         for softmax, name, extra in variants:
             run = work / f"quality-{m}-{name.replace(' ', '-')}"
-            chargen("train", args.corpus, "--out", run, "--preset", "cpu", "--softmax", softmax, "--min-char-count", m,
-                    "--max-time", args.quality_time, "--preview-chars", "0", "--no-progress", "--overwrite", *extra)
+            chargen(
+                "train",
+                args.corpus,
+                "--out",
+                run,
+                "--preset",
+                "cpu",
+                "--softmax",
+                softmax,
+                "--min-char-count",
+                m,
+                "--max-time",
+                args.quality_time,
+                "--preview-chars",
+                "0",
+                "--no-progress",
+                "--overwrite",
+                *extra,
+            )
             evals = [r for r in rows(run) if "val_loss" in r]
             exact = json.loads(chargen("eval", run, "--split", "val", "--json", capture=True))
             V, cuts = vocabulary(run)
-            print(f"| {m} | {V:,} | {name} | {','.join(map(str, cuts or [])) or '-'} | {evals[-1]['step']} | "
-                  f"{min(r['val_loss'] for r in evals):.4f} | {exact['bpc']:.4f} |", flush=True)
+            print(
+                f"| {m} | {V:,} | {name} | {','.join(map(str, cuts or [])) or '-'} | {evals[-1]['step']} | "
+                f"{min(r['val_loss'] for r in evals):.4f} | {exact['bpc']:.4f} |",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -121,21 +174,29 @@ def main() -> None:
     ap.add_argument("corpus", help="a large-alphabet text file (see scripts/manpages_corpus.py)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the speed table (0: no speed table)")
     ap.add_argument("--steps", type=int, default=48, help="steps per speed run (default 48)")
-    ap.add_argument("--min-counts", default="1,10,300,1000,3000",
-                    help="--min-char-count values of the speed table, each a vocabulary size")
-    ap.add_argument("--english", default="tinyshakespeare", help="a small-alphabet corpus for comparison "
-                                                                  "('' to skip)")
+    ap.add_argument(
+        "--min-counts",
+        default="1,10,300,1000,3000",
+        help="--min-char-count values of the speed table, each a vocabulary size",
+    )
+    ap.add_argument("--english", default="tinyshakespeare", help="a small-alphabet corpus for comparison ('' to skip)")
     ap.add_argument("--quality-time", default="3m")
     ap.add_argument("--quality-at", default="1,300", help="min-char-counts of the quality runs ('' for none)")
-    ap.add_argument("--covers", default="", help="other cutoff coverages for adaptive quality runs, "
-                                                 "e.g. '0.8:0.95 0.95:0.995' (default: none)")
+    ap.add_argument(
+        "--covers",
+        default="",
+        help="other cutoff coverages for adaptive quality runs, e.g. '0.8:0.95 0.95:0.995' (default: none)",
+    )
     ap.add_argument("--out", default=None, help="keep the runs in this folder")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="chargen-softmax-") as tmp:
         work = Path(args.out) if args.out else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        print(f"corpus {args.corpus}; cpu preset; {os.cpu_count()} CPUs; {args.rounds} rounds of {args.steps} "
-              "steps per speed figure", flush=True)
+        print(
+            f"corpus {args.corpus}; cpu preset; {os.cpu_count()} CPUs; {args.rounds} rounds of {args.steps} "
+            "steps per speed figure",
+            flush=True,
+        )
         if args.rounds:
             speed(args, work)
         if args.quality_at:

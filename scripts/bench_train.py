@@ -30,14 +30,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-from chargen.data.prepared import prepare  # noqa: E402
-from chargen.config import PRESETS  # noqa: E402
-from chargen.model.devices import resolve_device, resolve_precision  # noqa: E402
-from chargen.errors import ChargenError  # noqa: E402
+from chargen.config import PRESETS
+from chargen.data.prepared import prepare
+from chargen.errors import ChargenError
+from chargen.model.devices import resolve_device, resolve_precision
 
 
 def corpus_source() -> tuple[str, list[str]]:
@@ -49,14 +49,19 @@ def corpus_source() -> tuple[str, list[str]]:
     return "pystdlib", []
 
 
-def bare_loop(ids: torch.Tensor, V: int, cfg: dict, steps: int, warmup: int, device: torch.device,
-              precision: str) -> float:
+def bare_loop(
+    ids: torch.Tensor, V: int, cfg: dict, steps: int, warmup: int, device: torch.device, precision: str
+) -> float:
     """chars/s of the plainest stateful TBPTT loop."""
     B, T, H, L = cfg["batch_size"], cfg["bptt"], cfg["hidden_size"], cfg["num_layers"]
     E = cfg.get("embedding_size") or H
     torch.manual_seed(0)
     rnn_cls = nn.LSTM if cfg["cell"] == "lstm" else nn.GRU
-    emb, rnn, head = nn.Embedding(V, E), rnn_cls(E, H, L, batch_first=True, dropout=cfg.get("dropout", 0.0)), nn.Linear(H, V)
+    emb, rnn, head = (
+        nn.Embedding(V, E),
+        rnn_cls(E, H, L, batch_first=True, dropout=cfg.get("dropout", 0.0)),
+        nn.Linear(H, V),
+    )
     drop = nn.Dropout(cfg.get("dropout", 0.0))
     params = [*emb.parameters(), *rnn.parameters(), *head.parameters()]
     for m in (emb, rnn, head):
@@ -65,7 +70,7 @@ def bare_loop(ids: torch.Tensor, V: int, cfg: dict, steps: int, warmup: int, dev
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     S = (ids.numel() - 1) // B
     x_all = ids[: B * S].view(B, S).to(device)
-    y_all = ids[1: B * S + 1].view(B, S).to(device)
+    y_all = ids[1 : B * S + 1].view(B, S).to(device)
     state = None
     t0 = None
     for step in range(steps + warmup):
@@ -74,7 +79,7 @@ def bare_loop(ids: torch.Tensor, V: int, cfg: dict, steps: int, warmup: int, dev
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
         k = step % (S // T)
-        x, y = x_all[:, k * T:(k + 1) * T], y_all[:, k * T:(k + 1) * T]
+        x, y = x_all[:, k * T : (k + 1) * T], y_all[:, k * T : (k + 1) * T]
         if k == 0:
             state = None
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -90,14 +95,25 @@ def bare_loop(ids: torch.Tensor, V: int, cfg: dict, steps: int, warmup: int, dev
     return steps * B * T / (time.perf_counter() - t0)
 
 
-def chargen_loop(source: str, dirs: list[str], cfg: dict, steps: int, warmup: int, device: str, cache: str,
-                 precision: str) -> float:
+def chargen_loop(
+    source: str, dirs: list[str], cfg: dict, steps: int, warmup: int, device: str, cache: str, precision: str
+) -> float:
     """chars/s of chargen's trainer over the same steps (warmup steps excluded)."""
     from chargen.training.launch import open_run
     from chargen.training.trainer import Trainer
+
     with tempfile.TemporaryDirectory() as tmp:
-        opts = dict(cfg, max_steps=steps + warmup, eval_every=10**9, checkpoint_every=10**9,
-                    log_every=50, preview_chars=0, device=device, warmup_steps=0, precision=precision)
+        opts = dict(
+            cfg,
+            max_steps=steps + warmup,
+            eval_every=10**9,
+            checkpoint_every=10**9,
+            log_every=50,
+            preview_chars=0,
+            device=device,
+            warmup_steps=0,
+            precision=precision,
+        )
         run = open_run(source, out=Path(tmp) / "run", corpora_dirs=dirs, cache_dir=cache, options=opts)
         trainer = Trainer(run, show_bar=False)
         trainer._evaluate = lambda row, final=False: True  # time training, not the final evaluation
@@ -111,6 +127,7 @@ def chargen_loop(source: str, dirs: list[str], cfg: dict, steps: int, warmup: in
                     torch.cuda.synchronize()
                 times.append(time.perf_counter())
             return original(step)
+
         trainer.train_step = timed
         trainer.fit()
         run.close()
@@ -127,13 +144,20 @@ def main() -> None:
     ap.add_argument("--warmup", type=at_least(0), default=5)
     ap.add_argument("--rounds", type=at_least(1), default=5)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"))
-    ap.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16", "fp16"),
-                    help="default: the preset's, else auto (as chargen train resolves it)")
+    ap.add_argument(
+        "--precision",
+        default=None,
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="default: the preset's, else auto (as chargen train resolves it)",
+    )
     args = ap.parse_args()
     try:
         device = resolve_device(args.device)
-        precision = resolve_precision(args.precision or PRESETS[args.preset].get("precision", "auto"), device,
-                                      PRESETS[args.preset].get("cell", "lstm"))
+        precision = resolve_precision(
+            args.precision or PRESETS[args.preset].get("precision", "auto"),
+            device,
+            PRESETS[args.preset].get("cell", "lstm"),
+        )
     except ChargenError as e:
         ap.error(str(e))
     cache = tempfile.mkdtemp()
@@ -152,6 +176,7 @@ def at_least(low: int):
         if value is None or value < low:
             raise argparse.ArgumentTypeError(f"must be a whole number of at least {low}, got {text!r}")
         return value
+
     return convert
 
 
@@ -159,13 +184,38 @@ def run(args, device: torch.device, precision: str, cache: str) -> None:
     source, dirs = corpus_source()
     corpus = prepare(source, corpora_dirs=dirs, cache_dir=cache)
     ids = torch.from_numpy(corpus.train.astype("int64"))
-    cfg = {"cell": "lstm", "num_layers": 2, "hidden_size": 256, "dropout": 0.0, "lr": 2e-3,
-           "batch_size": 64, "bptt": 128}
-    cfg.update({k: v for k, v in PRESETS[args.preset].items()
-                if k in ("cell", "num_layers", "hidden_size", "embedding_size", "dropout", "lr", "batch_size", "bptt",
-                         "weight_decay")})
-    print(f"{source}, preset {args.preset}: {cfg}, {args.steps} timed steps, device {device}, {precision}, "
-          f"{torch.get_num_threads()} threads", flush=True)
+    cfg = {
+        "cell": "lstm",
+        "num_layers": 2,
+        "hidden_size": 256,
+        "dropout": 0.0,
+        "lr": 2e-3,
+        "batch_size": 64,
+        "bptt": 128,
+    }
+    cfg.update(
+        {
+            k: v
+            for k, v in PRESETS[args.preset].items()
+            if k
+            in (
+                "cell",
+                "num_layers",
+                "hidden_size",
+                "embedding_size",
+                "dropout",
+                "lr",
+                "batch_size",
+                "bptt",
+                "weight_decay",
+            )
+        }
+    )
+    print(
+        f"{source}, preset {args.preset}: {cfg}, {args.steps} timed steps, device {device}, {precision}, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
     bare, ours = [], []
     for r in range(args.rounds):
         # alternate which side goes first, so neither always runs on a warmer (or cooler) machine

@@ -30,12 +30,70 @@ from pathlib import Path
 
 LANGS = {"zh": ["zh_CN", "zh_TW"], "ja": ["ja"]}
 # Requests whose arguments are text: headings, font macros, tagged paragraphs.
-TEXT_REQUESTS = {"SH", "SS", "B", "I", "SM", "SB", "BR", "BI", "IB", "IR", "RB", "RI", "IP", "TQ", "OP", "Nm",
-                 "Nd", "Sh", "Ss", "Dt", "Fl", "Ar", "Op", "Pa", "Xr", "Em", "Sy", "It", "Dl", "Cm", "Ev", "Li"}
-NAMED = {"em": "—", "en": "–", "aq": "'", "dq": '"', "lq": "“", "rq": "”", "oq": "‘", "cq": "’", "hy": "-",
-         "bu": "•", "co": "©", "rg": "®", "tm": "™", "mu": "×", "di": "÷", "<=": "≤", ">=": "≥", "->": "→",
-         "<-": "←", "ti": "~", "ha": "^", "rs": "\\", "ga": "`", "dg": "†", "de": "°", "+-": "±"}
-ESCAPE = re.compile(r"""\\(?:
+TEXT_REQUESTS = {
+    "SH",
+    "SS",
+    "B",
+    "I",
+    "SM",
+    "SB",
+    "BR",
+    "BI",
+    "IB",
+    "IR",
+    "RB",
+    "RI",
+    "IP",
+    "TQ",
+    "OP",
+    "Nm",
+    "Nd",
+    "Sh",
+    "Ss",
+    "Dt",
+    "Fl",
+    "Ar",
+    "Op",
+    "Pa",
+    "Xr",
+    "Em",
+    "Sy",
+    "It",
+    "Dl",
+    "Cm",
+    "Ev",
+    "Li",
+}
+NAMED = {
+    "em": "—",
+    "en": "–",
+    "aq": "'",
+    "dq": '"',
+    "lq": "“",
+    "rq": "”",
+    "oq": "‘",
+    "cq": "’",
+    "hy": "-",
+    "bu": "•",
+    "co": "©",
+    "rg": "®",
+    "tm": "™",
+    "mu": "×",
+    "di": "÷",
+    "<=": "≤",
+    ">=": "≥",
+    "->": "→",
+    "<-": "←",
+    "ti": "~",
+    "ha": "^",
+    "rs": "\\",
+    "ga": "`",
+    "dg": "†",
+    "de": "°",
+    "+-": "±",
+}
+ESCAPE = re.compile(
+    r"""\\(?:
       f(?:\[[^\]]*\]|\(..|.)          # font changes
     | s[+-]?(?:\[[^\]]*\]|\(..|\d+)   # size changes
     | \*(?:\[[^\]]*\]|\(..|.)         # strings
@@ -45,7 +103,9 @@ ESCAPE = re.compile(r"""\\(?:
     | [kz](?:.)                        # marks
     | [hvwlLoDHSxZbX]'[^']*'          # motions, widths, drawing
     | (.)                             # one-character escapes
-)""", re.VERBOSE)
+)""",
+    re.VERBOSE,
+)
 ONE = {"-": "-", "e": "\\", "\\": "\\", " ": " ", "~": " ", "0": " ", "t": "\t", ".": ".", "'": "'", "`": "`"}
 
 
@@ -66,13 +126,13 @@ def _arguments(rest: str) -> str:
 def strip_roff(source: str) -> str:
     """The text of a roff page: paragraphs separated by blank lines, markup gone."""
     out: list[str] = []
-    skipping = None              # inside a macro definition (.de ... ..) or an ignored block
+    skipping = None  # inside a macro definition (.de ... ..) or an ignored block
     for line in source.splitlines():
         if skipping is not None:
             if line.strip() == skipping:
                 skipping = None
             continue
-        if line.startswith((".\\\"", "'\\\"", ".\\#", "\\\"")):
+        if line.startswith(('.\\"', "'\\\"", ".\\#", '\\"')):
             continue
         if line.startswith((".", "'")):
             m = re.match(r"[.']\s*(\S*)\s*(.*)", line)
@@ -125,8 +185,11 @@ def main() -> int:
     for lang in dict.fromkeys(args.lang):
         these = pages(lang)
         if not these:
-            print(f"no manual pages in /usr/share/man/{{{','.join(LANGS[lang])}}}; install "
-                  f"manpages-{lang} first (apt-get install manpages-{lang})", file=sys.stderr)
+            print(
+                f"no manual pages in /usr/share/man/{{{','.join(LANGS[lang])}}}; install "
+                f"manpages-{lang} first (apt-get install manpages-{lang})",
+                file=sys.stderr,
+            )
             return 2
         found += these
     if not args.path_order:
@@ -141,8 +204,7 @@ def main() -> int:
     text = "\n".join(texts)
     args.out.write_text(text, encoding="utf-8")
     counts = Counter(text)
-    print(f"{args.out}: {len(texts)} pages ({skipped} skipped), {len(text):,} characters, "
-          f"{len(counts):,} distinct")
+    print(f"{args.out}: {len(texts)} pages ({skipped} skipped), {len(text):,} characters, {len(counts):,} distinct")
     return 0
 
 

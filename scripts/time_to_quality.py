@@ -36,8 +36,8 @@ def chargen(*args: str) -> subprocess.CompletedProcess:
 
 def main() -> None:
     argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[:argv.index("--")] if "--" in argv else argv
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--name", required=True, help="what this recipe is called in the output")
     ap.add_argument("--minutes", type=float, default=5.0)
@@ -54,8 +54,20 @@ def main() -> None:
     for seed in args.seeds.split(","):
         run = root / f"{args.name}-{seed}"
         t0 = time.perf_counter()
-        done = chargen("train", args.source, "--out", str(run), "--max-time", f"{args.minutes * 60:g}s",
-                       "--seed", seed, "--no-progress", "--preview-chars", "0", *extra)
+        done = chargen(
+            "train",
+            args.source,
+            "--out",
+            str(run),
+            "--max-time",
+            f"{args.minutes * 60:g}s",
+            "--seed",
+            seed,
+            "--no-progress",
+            "--preview-chars",
+            "0",
+            *extra,
+        )
         wall = time.perf_counter() - t0
         if done.returncode != 0:
             sys.exit(f"train failed: {done.stderr.strip().splitlines()[-1]}")
@@ -67,19 +79,37 @@ def main() -> None:
         steps = max((r.get("step", 0) for r in rows), default=0)
         train_loss = next((r["loss"] for r in reversed(rows) if "loss" in r), float("nan"))
         sampled = min((r["val_loss"] for r in rows if "val_loss" in r), default=float("nan"))
-        results.append(dict(seed=int(seed), val_nats=nats, sampled_best=sampled, steps=steps, train_loss=train_loss,
-                            wall_s=wall))
-        print(f"{args.name} seed {seed}: exact val {nats:.4f} nats/char (sampled best {sampled:.4f}), {steps} "
-              f"steps, last train loss {train_loss:.3f}, {wall:.0f} s in chargen train", flush=True)
+        results.append(
+            dict(seed=int(seed), val_nats=nats, sampled_best=sampled, steps=steps, train_loss=train_loss, wall_s=wall)
+        )
+        print(
+            f"{args.name} seed {seed}: exact val {nats:.4f} nats/char (sampled best {sampled:.4f}), {steps} "
+            f"steps, last train loss {train_loss:.3f}, {wall:.0f} s in chargen train",
+            flush=True,
+        )
     vals = [r["val_nats"] for r in results]
     spread = (max(vals) - min(vals)) / 2
-    print(f"{args.name}: mean {statistics.mean(vals):.4f} nats/char over {len(vals)} seed(s)"
-          + (f", spread ±{spread:.4f} (min {min(vals):.4f}, max {max(vals):.4f})" if len(vals) > 1 else "")
-          + f"; chargen train {' '.join(extra)}", flush=True)
+    print(
+        f"{args.name}: mean {statistics.mean(vals):.4f} nats/char over {len(vals)} seed(s)"
+        + (f", spread ±{spread:.4f} (min {min(vals):.4f}, max {max(vals):.4f})" if len(vals) > 1 else "")
+        + f"; chargen train {' '.join(extra)}",
+        flush=True,
+    )
     if args.log:
         with open(args.log, "a", encoding="utf-8") as f:
-            f.write(json.dumps(dict(name=args.name, flags=extra, minutes=args.minutes, results=results,
-                                    mean=statistics.mean(vals), date=time.strftime("%Y-%m-%d"))) + "\n")
+            f.write(
+                json.dumps(
+                    dict(
+                        name=args.name,
+                        flags=extra,
+                        minutes=args.minutes,
+                        results=results,
+                        mean=statistics.mean(vals),
+                        date=time.strftime("%Y-%m-%d"),
+                    )
+                )
+                + "\n"
+            )
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
     else:

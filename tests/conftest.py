@@ -15,12 +15,14 @@ from chargen.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN_DIR = REPO / "tests" / "fixtures" / "golden"  # a run written by an earlier chargen: see its README
-HOSTILE = ("plain ascii, then  two spaces\n\ttab\r\nCRLF\n"
-           "日本語のテキスト 中文 한국어\n"
-           "emoji 😀🎉👩‍👩‍👧 flags 🇫🇷\n"
-           "combining: e\u0301 a\u0308 n\u0303 (decomposed) é ä ñ (precomposed)\n"
-           "zero width \u200b joiner \u200d nbsp \u00a0 bom \ufeff rtl \u05e9\u05dc\u05d5\u05dd\n"
-           "<unk> is just text here\n")
+HOSTILE = (
+    "plain ascii, then  two spaces\n\ttab\r\nCRLF\n"
+    "日本語のテキスト 中文 한국어\n"
+    "emoji 😀🎉👩‍👩‍👧 flags 🇫🇷\n"
+    "combining: e\u0301 a\u0308 n\u0303 (decomposed) é ä ñ (precomposed)\n"
+    "zero width \u200b joiner \u200d nbsp \u00a0 bom \ufeff rtl \u05e9\u05dc\u05d5\u05dd\n"
+    "<unk> is just text here\n"
+)
 
 
 def shared_corpora() -> Path | None:
@@ -62,6 +64,7 @@ def corpora_dir() -> Path:
 @pytest.fixture
 def cli(capsys):
     """Run ``chargen ARGS`` in-process; returns (exit status, stdout, stderr)."""
+
     def run(*args: str):
         capsys.readouterr()  # only this command's output
         try:
@@ -70,6 +73,7 @@ def cli(capsys):
             code = e.code
         out, err = capsys.readouterr()
         return code, out, err
+
     return run
 
 
@@ -82,6 +86,7 @@ class LiveServer:
 
         from chargen import Sampler
         from chargen.serve.app import create_app
+
         self.sampler = sampler or Sampler.load(run, backend="torch")
         self.app = create_app(self.sampler, "golden", **kwargs)
         with socket.socket() as s:
@@ -134,3 +139,12 @@ class FailingStep:
 
     def to_fast(self, state):
         return self.step.to_fast(state)
+
+
+def one_error_line(err: str, *fragments: str):
+    """``err`` is one line, no traceback, holding every fragment: the CLI's way of saying what went wrong."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for f in fragments:
+        assert f in lines[0], lines[0]

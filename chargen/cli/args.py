@@ -7,8 +7,10 @@ import argparse
 
 from ..config.options import add_flags
 
-SOURCE_HELP = ("a text file, folder, glob, corpus name (tinyshakespeare, pystdlib) or hf:NAME; "
-               "default: pystdlib, the running Python's standard library")
+SOURCE_HELP = (
+    "a text file, folder, glob, corpus name (tinyshakespeare, pystdlib) or hf:NAME; "
+    "default: pystdlib, the running Python's standard library"
+)
 
 
 class WholeNumber:
@@ -38,25 +40,41 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("source", nargs="?", default=None, metavar="SOURCE", help=SOURCE_HELP)
     add_flags(p, PrepareOptions)
-    p.add_argument("--corpora-dir", action="append", default=[], metavar="DIR",
-                   help="folder searched first for named corpora (repeatable; also $CHARGEN_CORPORA)")
-    p.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="where prepared corpora and downloads live (default $CHARGEN_CACHE or ~/.cache/chargen)")
+    p.add_argument(
+        "--corpora-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="folder searched first for named corpora (repeatable; also $CHARGEN_CORPORA)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="where prepared corpora and downloads live (default $CHARGEN_CACHE or ~/.cache/chargen)",
+    )
 
 
 def add_load_args(p: argparse.ArgumentParser) -> None:
     """RUN, and which device and checkpoint to load it on."""
     p.add_argument("run", metavar="RUN")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                   help="best weights by validation loss (default) or the last checkpoint")
+    p.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        default="best",
+        help="best weights by validation loss (default) or the last checkpoint",
+    )
 
 
 def add_backend_arg(p: argparse.ArgumentParser, default_help: str) -> None:
     """``--backend``; default_help says what ``auto`` picks for this subcommand."""
-    p.add_argument("--backend", choices=("auto", "torch", "numpy"), default="auto",
-                   help=f"what runs the model: numpy (CPU only, no torch needed) or torch; auto (default): "
-                        f"{default_help}")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "torch", "numpy"),
+        default="auto",
+        help=f"what runs the model: numpy (CPU only, no torch needed) or torch; auto (default): {default_help}",
+    )
 
 
 def add_json(p: argparse.ArgumentParser) -> None:

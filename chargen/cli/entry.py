@@ -31,8 +31,15 @@ from .eval import eval_backend
 from .parser import EXIT_USAGE, build_parser
 
 # Modules of the optional extras, and the extra that installs each.
-_EXTRAS = {"torch": "train", "datasets": "train", "starlette": "serve", "uvicorn": "serve",
-           "matplotlib": "plot", "onnx": "export", "onnxruntime": "export"}
+_EXTRAS = {
+    "torch": "train",
+    "datasets": "train",
+    "starlette": "serve",
+    "uvicorn": "serve",
+    "matplotlib": "plot",
+    "onnx": "export",
+    "onnxruntime": "export",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,10 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if rest and args.command == "eval" and args.file is None and len(rest) == 1 and not rest[0].startswith("-"):
-        args.file = rest[0]   # FILE after an option (argparse fills the optional FILE only right after RUN)
+        args.file = rest[0]  # FILE after an option (argparse fills the optional FILE only right after RUN)
     elif rest:
-        parser.exit(EXIT_USAGE, f"chargen {args.command}: error: unrecognized arguments: {' '.join(rest)} "
-                                f"(see chargen {args.command} --help)\n")
+        parser.exit(
+            EXIT_USAGE,
+            f"chargen {args.command}: error: unrecognized arguments: {' '.join(rest)} "
+            f"(see chargen {args.command} --help)\n",
+        )
     try:
         if argv is None:  # the process itself: a kill cleans up like Ctrl-C
             _prepare_process(args)
@@ -53,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         if extra is None:
             raise
         extra = "serve" if args.command == "serve" else extra
-        print(f"chargen {args.command}: error: this needs {e.name}, which is not installed: "
-              f'pip install "chargen[{extra}]"', file=sys.stderr)
+        print(
+            f"chargen {args.command}: error: this needs {e.name}, which is not installed: "
+            f'pip install "chargen[{extra}]"',
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     except ChargenError as e:
         print(f"chargen {args.command}: error: {e}", file=sys.stderr)
@@ -80,6 +93,7 @@ def _prepare_process(args: argparse.Namespace) -> None:
     if args.command != "info":
         with ctrl_c_deferred():  # see ctrl_c_deferred: not inside numpy's or torch's initialisation
             import numpy  # noqa: F401
+
             if _uses_torch(args):
                 import torch  # noqa: F401
 

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
 
-from . import eval as evaluate  # not to shadow the builtin here
 from . import export, info, plot, prepare, sample, serve, train
+from . import eval as evaluate  # not to shadow the builtin here
 
 EXIT_USAGE = 2
 
 # The subcommands in the order ``chargen --help`` lists them.
-COMMANDS = {"prepare": prepare, "train": train, "sample": sample, "eval": evaluate, "serve": serve,
-            "export": export, "plot": plot, "info": info}
+COMMANDS = {
+    "prepare": prepare,
+    "train": train,
+    "sample": sample,
+    "eval": evaluate,
+    "serve": serve,
+    "export": export,
+    "plot": plot,
+    "info": info,
+}
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and still exit status 2)."""
 
-    def error(self, message: str):  # noqa: D401 - argparse's name
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

@@ -12,10 +12,15 @@ DESCRIPTION = None
 def add_args(p: argparse.ArgumentParser) -> None:
     """The flags of ``chargen plot``."""
     p.add_argument("runs", metavar="RUN", nargs="+", help="run folders, drawn together")
-    p.add_argument("-o", "--output", default="curves.png", metavar="FILE.png",
-                   help="the PNG to write (default curves.png)")
-    p.add_argument("--x", choices=("step", "time", "chars"), default="step",
-                   help="against steps (default), wall-clock minutes or millions of characters seen")
+    p.add_argument(
+        "-o", "--output", default="curves.png", metavar="FILE.png", help="the PNG to write (default curves.png)"
+    )
+    p.add_argument(
+        "--x",
+        choices=("step", "time", "chars"),
+        default="step",
+        help="against steps (default), wall-clock minutes or millions of characters seen",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -85,5 +85,4 @@ def _prompt(args: argparse.Namespace) -> str:
         with open(args.prompt_file, encoding="utf-8-sig") as f:  # a leading BOM (Windows editors) is not text
             return f.read()
     except (OSError, UnicodeDecodeError) as e:
-        raise ChargenError(f"cannot read prompt file {args.prompt_file}: "
-                           f"{getattr(e, 'strerror', None) or e}") from None
+        raise ChargenError(f"cannot read prompt file {args.prompt_file}: {getattr(e, 'strerror', None) or e}") from None

@@ -17,19 +17,44 @@ def add_args(p: argparse.ArgumentParser) -> None:
     add_load_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=WholeNumber(0, 65535), default=8000, help="port (default 8000)")
-    p.add_argument("--max-batch", type=positive_int, default=256, metavar="N",
-                   help="rows decoded together (default 256)")
-    p.add_argument("--max-length", type=positive_int, default=4096, metavar="N",
-                   help="most characters one completion may ask for (default 4096)")
-    p.add_argument("--max-queued", type=positive_int, default=256, metavar="N",
-                   help="rows decoding or waiting beyond which requests get 429 (default 256)")
-    p.add_argument("--api-key", default=None, metavar="KEY",
-                   help="require Authorization: Bearer KEY on /v1 routes (also $CHARGEN_API_KEY)")
-    p.add_argument("--stream-interval", type=WholeNumber(0, 10_000), default=20, metavar="MS",
-                   help="a stream writes at most every MS milliseconds, what is ready in one chunk (default 20; "
-                        "0: every character)")
-    p.add_argument("--threads", type=WholeNumber(1, 1024), default=None, metavar="N",
-                   help="torch threads of the decoding process (default: one fewer than the CPUs, at least 1)")
+    p.add_argument(
+        "--max-batch", type=positive_int, default=256, metavar="N", help="rows decoded together (default 256)"
+    )
+    p.add_argument(
+        "--max-length",
+        type=positive_int,
+        default=4096,
+        metavar="N",
+        help="most characters one completion may ask for (default 4096)",
+    )
+    p.add_argument(
+        "--max-queued",
+        type=positive_int,
+        default=256,
+        metavar="N",
+        help="rows decoding or waiting beyond which requests get 429 (default 256)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help="require Authorization: Bearer KEY on /v1 routes (also $CHARGEN_API_KEY)",
+    )
+    p.add_argument(
+        "--stream-interval",
+        type=WholeNumber(0, 10_000),
+        default=20,
+        metavar="MS",
+        help="a stream writes at most every MS milliseconds, what is ready in one chunk (default 20; "
+        "0: every character)",
+    )
+    p.add_argument(
+        "--threads",
+        type=WholeNumber(1, 1024),
+        default=None,
+        metavar="N",
+        help="torch threads of the decoding process (default: one fewer than the CPUs, at least 1)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,7 +69,16 @@ def run(args: argparse.Namespace) -> int:
         if not all("!" <= c <= "~" for c in api_key):
             raise ChargenError(f"{where} must be printable ASCII without spaces (clients send it in a header)")
     limits = Limits(max_length=args.max_length, max_queued=args.max_queued)
-    serve(args.run, host=args.host, port=args.port, device=args.device, checkpoint=args.checkpoint,
-          api_key=api_key, max_batch=args.max_batch, limits=limits, threads=args.threads,
-          stream_interval=args.stream_interval / 1000)
+    serve(
+        args.run,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        checkpoint=args.checkpoint,
+        api_key=api_key,
+        max_batch=args.max_batch,
+        limits=limits,
+        threads=args.threads,
+        stream_interval=args.stream_interval / 1000,
+    )
     return 0

@@ -20,11 +20,51 @@ from .model import ADAPTIVE_DIV, ADAPTIVE_FROM, CELLS, COVER, MIN_SHORTLIST, SOF
 from .prepare import ERRORS_CHOICES, NORMALIZE_CHOICES, PrepareOptions
 from .presets import OPTION_CLASSES, PRESETS, RESUMABLE, Options, layer_options, preset
 from .sample import DEFAULT_TEMPERATURE, SampleOptions
-from .train import (BUDGET, DEFAULT_EPOCHS, DEVICE, DEVICES, EVAL_CHARS, EVALUATION, LAYOUTS, OPTIMIZATION,
-                    PRECISIONS, SCHEDULES, TrainConfig, parse_eval_chars)
+from .train import (
+    BUDGET,
+    DEFAULT_EPOCHS,
+    DEVICE,
+    DEVICES,
+    EVAL_CHARS,
+    EVALUATION,
+    LAYOUTS,
+    OPTIMIZATION,
+    PRECISIONS,
+    SCHEDULES,
+    TrainConfig,
+    parse_eval_chars,
+)
 
-__all__ = ["ADAPTIVE_DIV", "ADAPTIVE_FROM", "BUDGET", "CELLS", "COVER", "DEFAULT_EPOCHS", "DEFAULT_TEMPERATURE",
-           "DEVICE", "DEVICES", "ERRORS_CHOICES", "EVAL_CHARS", "EVALUATION", "LAYOUTS", "MIN_SHORTLIST",
-           "NORMALIZE_CHOICES", "OPTIMIZATION", "OPTION_CLASSES", "PRECISIONS", "PRESETS", "RESUMABLE", "SCHEDULES",
-           "SOFTMAXES", "ModelConfig", "Options", "PrepareOptions", "SampleOptions", "TrainConfig",
-           "default_cutoffs", "layer_options", "parse_eval_chars", "preset"]
+__all__ = [
+    "ADAPTIVE_DIV",
+    "ADAPTIVE_FROM",
+    "BUDGET",
+    "CELLS",
+    "COVER",
+    "DEFAULT_EPOCHS",
+    "DEFAULT_TEMPERATURE",
+    "DEVICE",
+    "DEVICES",
+    "ERRORS_CHOICES",
+    "EVALUATION",
+    "EVAL_CHARS",
+    "LAYOUTS",
+    "MIN_SHORTLIST",
+    "NORMALIZE_CHOICES",
+    "OPTIMIZATION",
+    "OPTION_CLASSES",
+    "PRECISIONS",
+    "PRESETS",
+    "RESUMABLE",
+    "SCHEDULES",
+    "SOFTMAXES",
+    "ModelConfig",
+    "Options",
+    "PrepareOptions",
+    "SampleOptions",
+    "TrainConfig",
+    "default_cutoffs",
+    "layer_options",
+    "parse_eval_chars",
+    "preset",
+]

@@ -16,15 +16,24 @@ This module imports nothing from chargen but the error type.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
+import os
 import re
+import sys
 import types
 import typing
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import MISSING, dataclass, field, fields
-from functools import lru_cache
-from typing import Any, Callable
+from functools import cache
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ChargenError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -32,21 +41,21 @@ class Spec:
     """What a config field means on the command line and in files."""
 
     help: str
-    flag: str                      # without the leading dashes
-    kind: type                     # bool, int, float or str
-    optional: bool                 # None is allowed (it means "not set" / "derived")
+    flag: str  # without the leading dashes
+    kind: type  # bool, int, float or str
+    optional: bool  # None is allowed (it means "not set" / "derived")
     default: Any
-    choices: tuple | None = None
-    minimum: float | None = None   # value >= minimum
-    above: float | None = None     # value > above
-    below: float | None = None     # value < below
-    maximum: float | None = None   # value <= maximum
-    resumable: bool = False        # may change when a run is resumed
-    group: str | None = None       # the heading of its flag in --help
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None  # value >= minimum
+    above: float | None = None  # value > above
+    below: float | None = None  # value < below
+    maximum: float | None = None  # value <= maximum
+    resumable: bool = False  # may change when a run is resumed
+    group: str | None = None  # the heading of its flag in --help
     metavar: str | None = None
     parse: Callable[[str], Any] | None = None  # text (flag or TOML string) -> value
 
-    def problem(self, value) -> str | None:
+    def problem(self, value: Any) -> str | None:
         """Why ``value`` is not acceptable (a phrase such as "must be at least 1, got 0"), or None."""
         if value is None:
             return None if self.optional else f"must be set, got {value!r}"
@@ -55,8 +64,9 @@ class Spec:
             return f"must be true or false, got {value!r}"
         if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
             return f"must be a whole number, got {value!r}"
-        if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool)
-                              or not math.isfinite(value)):
+        if kind is float and (
+            not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+        ):
             return f"must be a finite number, got {value!r}"
         if kind is str and not isinstance(value, str):
             return f"must be text, got {value!r}"
@@ -68,11 +78,9 @@ class Spec:
             return f"must be one of {', '.join(map(str, self.choices))}, got {value!r}"
         return self._range_problem(value)
 
-    def _range_problem(self, value) -> str | None:
-        low_ok = ((self.minimum is None or value >= self.minimum) and
-                  (self.above is None or value > self.above))
-        high_ok = ((self.below is None or value < self.below) and
-                   (self.maximum is None or value <= self.maximum))
+    def _range_problem(self, value: Any) -> str | None:
+        low_ok = (self.minimum is None or value >= self.minimum) and (self.above is None or value > self.above)
+        high_ok = (self.below is None or value < self.below) and (self.maximum is None or value <= self.maximum)
         if low_ok and high_ok:
             return None
         low = self.minimum if self.minimum is not None else self.above
@@ -85,16 +93,20 @@ class Spec:
             return f"must be at least {_num(self.minimum)}, got {value!r}"
         if self.above is not None:
             return f"must be greater than {_num(self.above)}, got {value!r}"
+        assert high is not None  # neither bound below is set, so a bound above is what failed
         return f"must be at most {_num(high)}, got {value!r}"
 
 
-def _increasing_problem(value, minimum, maximum) -> str | None:
+def _increasing_problem(value: Any, minimum: float | None, maximum: float | None) -> str | None:
     """A list option (``--cutoffs 300,1000``): whole numbers, strictly increasing, from ``minimum`` to
     ``maximum``."""
-    if not (isinstance(value, (list, tuple)) and value
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+    if not (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
         return f"must be whole numbers separated by commas, such as 300,1000, got {value!r}"
-    if any(b <= a for a, b in zip(value, value[1:])):
+    if any(b <= a for a, b in itertools.pairwise(value)):
         return f"must increase from one number to the next, got {','.join(map(str, value))}"
     if minimum is not None and value[0] < minimum:
         return f"must start at {_num(minimum)} or more, got {','.join(map(str, value))}"
@@ -103,7 +115,7 @@ def _increasing_problem(value, minimum, maximum) -> str | None:
     return None
 
 
-def parse_int_list(text) -> list[int]:
+def parse_int_list(text: str | Sequence[int]) -> list[int]:
     """``"300,1000"`` -> [300, 1000] (spaces and ``_`` between digits allowed); a list passes through."""
     if isinstance(text, (list, tuple)):
         return list(text)
@@ -114,23 +126,45 @@ def parse_int_list(text) -> list[int]:
 
 
 def _num(x: float) -> str:
-    if isinstance(x, int) and x >= 2**31 and (x + 1) & x == 0:   # 2**63 - 1 reads better than its digits
+    if isinstance(x, int) and x >= 2**31 and (x + 1) & x == 0:  # 2**63 - 1 reads better than its digits
         return f"2**{(x + 1).bit_length() - 1} - 1"
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-def option(default, help: str, *, flag: str | None = None, choices=None, minimum=None, above=None,
-           below=None, maximum=None, resumable: bool = False, group: str | None = None,
-           metavar: str | None = None, parse: Callable[[str], Any] | None = None):
+def option(
+    default: _T,
+    help: str,
+    *,
+    flag: str | None = None,
+    choices: Iterable[Any] | None = None,
+    minimum: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    maximum: float | None = None,
+    resumable: bool = False,
+    group: str | None = None,
+    metavar: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+) -> _T:
     """A dataclass field that is also a user-facing option (see the module docstring)."""
-    meta = dict(help=help, flag=flag, choices=tuple(choices) if choices else None, minimum=minimum,
-                above=above, below=below, maximum=maximum, resumable=resumable, group=group,
-                metavar=metavar, parse=parse)
+    meta = dict(
+        help=help,
+        flag=flag,
+        choices=tuple(choices) if choices else None,
+        minimum=minimum,
+        above=above,
+        below=below,
+        maximum=maximum,
+        resumable=resumable,
+        group=group,
+        metavar=metavar,
+        parse=parse,
+    )
     return field(default=default, metadata={"option": meta})
 
 
-@lru_cache(maxsize=None)
-def specs(cls) -> dict[str, Spec]:
+@cache
+def specs(cls: type[DataclassInstance]) -> dict[str, Spec]:
     """``{field name: Spec}`` for the option fields of a config dataclass, in declaration order."""
     hints = typing.get_type_hints(cls)
     out = {}
@@ -145,12 +179,13 @@ def specs(cls) -> dict[str, Spec]:
             hint = next(a for a in args if a is not type(None))
         kind = typing.get_origin(hint) or hint
         default = f.default if f.default is not MISSING else None
-        out[f.name] = Spec(**{**meta, "flag": meta["flag"] or f.name.replace("_", "-")},
-                           kind=kind, optional=optional, default=default)
+        out[f.name] = Spec(
+            **{**meta, "flag": meta["flag"] or f.name.replace("_", "-")}, kind=kind, optional=optional, default=default
+        )
     return out
 
 
-def check_fields(config, *, by: str = "flag") -> None:
+def check_fields(config: DataclassInstance, *, by: str = "flag") -> None:
     """Check every option field of a config dataclass instance; the first problem is a ChargenError
     naming the option by its flag (``--hidden``) or, with ``by="name"``, by its Python name."""
     for name, spec in specs(type(config)).items():
@@ -163,12 +198,12 @@ def _dashes(flag: str) -> str:
     return f"-{flag}" if len(flag) == 1 else f"--{flag}"
 
 
-def resumable(cls) -> set[str]:
+def resumable(cls: type[DataclassInstance]) -> set[str]:
     """The fields of ``cls`` that may change when a run is resumed."""
     return {name for name, spec in specs(cls).items() if spec.resumable}
 
 
-def keys(*classes) -> dict[str, str]:
+def keys(*classes: type[DataclassInstance]) -> dict[str, str]:
     """Every spelling a user may give an option (flag or field name, dashes or underscores) -> field."""
     table = {}
     for cls in classes:
@@ -186,7 +221,7 @@ def canonical(key: str, table: dict[str, str]) -> str | None:
 # --------------------------------------------------------------------------- the command line
 
 
-def add_flags(parser: argparse.ArgumentParser, cls) -> None:
+def add_flags(parser: argparse.ArgumentParser, cls: type[DataclassInstance]) -> None:
     """Add one flag per option field of ``cls`` to an argparse parser, under its group's heading.
 
     Flags default to ``argparse.SUPPRESS``, so the parsed namespace holds only
@@ -198,7 +233,7 @@ def add_flags(parser: argparse.ArgumentParser, cls) -> None:
         if spec.group not in groups:
             groups[spec.group] = parser.add_argument_group(spec.group)
         target = groups[spec.group]
-        kwargs = dict(dest=name, default=argparse.SUPPRESS, help=_help(spec))
+        kwargs: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=_help(spec))
         if spec.kind is bool:
             kwargs.update(action="store_const", const=True)
         elif spec.kind is tuple:  # repeatable: each use adds one value
@@ -210,7 +245,7 @@ def add_flags(parser: argparse.ArgumentParser, cls) -> None:
         target.add_argument(_dashes(spec.flag), **kwargs)
 
 
-def given(args: argparse.Namespace, cls) -> dict:
+def given(args: argparse.Namespace, cls: type[DataclassInstance]) -> dict[str, Any]:
     """The options of ``cls`` that the user gave on the command line (see :func:`add_flags`)."""
     return {name: getattr(args, name) for name in specs(cls) if hasattr(args, name)}
 
@@ -222,7 +257,7 @@ def _help(spec: Spec) -> str:
 
 
 def _flag_type(spec: Spec) -> Callable[[str], Any]:
-    def convert(text: str):
+    def convert(text: str) -> Any:
         if spec.parse is not None:
             try:
                 value = spec.parse(text)
@@ -240,6 +275,7 @@ def _flag_type(spec: Spec) -> Callable[[str], Any]:
         if problem:
             raise argparse.ArgumentTypeError(problem)
         return value
+
     convert.__name__ = spec.kind.__name__  # argparse names the type in its messages
     return convert
 
@@ -247,15 +283,17 @@ def _flag_type(spec: Spec) -> Callable[[str], Any]:
 # --------------------------------------------------------------------------- TOML files
 
 
-def load_toml(path, classes, extra: typing.Iterable[str] = ()) -> dict:
+def load_toml(
+    path: str | os.PathLike[str], classes: Sequence[type[DataclassInstance]], extra: typing.Iterable[str] = ()
+) -> dict[str, Any]:
     """Options from a TOML file whose keys are flag names, each checked like its flag.
 
     Returns ``{field name: value}``; ``extra`` names further keys passed through
     unchecked (``source``, ``preset``).
     """
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
+    else:  # Python 3.10
         import tomli as tomllib
     try:
         with open(path, "rb") as f:
@@ -290,7 +328,7 @@ def load_toml(path, classes, extra: typing.Iterable[str] = ()) -> dict:
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*$")
 
 
-def parse_duration(text) -> float:
+def parse_duration(text: str | float) -> float:
     """``"90"``, ``"90s"``, ``"5m"``, ``"1.5h"`` -> seconds."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         return float(text)

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ChargenError
 from .model import ModelConfig
 from .options import keys, load_toml, parse_duration, resumable, specs
 from .prepare import PrepareOptions
 from .train import TrainConfig
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 OPTION_CLASSES = (ModelConfig, TrainConfig, PrepareOptions)  # what chargen train takes
 # Options that may change when a run is resumed; everything else is fixed by the run.
@@ -33,14 +37,45 @@ PRESETS: dict[str, dict] = {
     # preset before, on the same machine and day.
     # The preset of 2026-12-03 is --batch-size 64 --bptt 100 --lr 6e-3 --weight-decay 0.2; the one before
     # it --batch-size 32 --bptt 100 --lr 4e-3 --weight-decay 0 --min-lr-ratio 0.1 --precision fp32.
-    "cpu": dict(cell="gru", num_layers=2, hidden_size=320, embedding_size=64, dropout=0.0, batch_size=128,
-                bptt=50, lr=1.3e-2, warmup_steps=50, eval_every=250, weight_decay=0.3, min_lr_ratio=0.0),
+    "cpu": dict(
+        cell="gru",
+        num_layers=2,
+        hidden_size=320,
+        embedding_size=64,
+        dropout=0.0,
+        batch_size=128,
+        bptt=50,
+        lr=1.3e-2,
+        warmup_steps=50,
+        eval_every=250,
+        weight_decay=0.3,
+        min_lr_ratio=0.0,
+    ),
     # A single-GPU model for tiny shakespeare: wide LSTM, dropout against overfitting.
-    "gpu": dict(cell="lstm", num_layers=3, hidden_size=1024, dropout=0.3, batch_size=128, bptt=256,
-                lr=2e-3, warmup_steps=200, eval_every=250, weight_decay=0.0),
+    "gpu": dict(
+        cell="lstm",
+        num_layers=3,
+        hidden_size=1024,
+        dropout=0.3,
+        batch_size=128,
+        bptt=256,
+        lr=2e-3,
+        warmup_steps=200,
+        eval_every=250,
+        weight_decay=0.0,
+    ),
     # Seconds on any machine; for smoke tests and trying the pipeline.
-    "tiny": dict(cell="lstm", num_layers=1, hidden_size=64, batch_size=16, bptt=32, lr=3e-3,
-                 warmup_steps=10, eval_every=50, preview_chars=80),
+    "tiny": dict(
+        cell="lstm",
+        num_layers=1,
+        hidden_size=64,
+        batch_size=16,
+        bptt=32,
+        lr=3e-3,
+        warmup_steps=10,
+        eval_every=50,
+        preview_chars=80,
+    ),
 }
 
 
@@ -55,15 +90,20 @@ def preset(name: str) -> dict:
 class Options:
     """The layered options of a train call, split by the config they belong to."""
 
-    source: str | None
+    source: str | os.PathLike[str] | None
     model: dict
     train: dict
     prepare: dict
-    explicit: set    # the keys the user gave (flags, keyword options, TOML), not defaults or a preset
+    explicit: set  # the keys the user gave (flags, keyword options, TOML), not defaults or a preset
     preset: str | None = None
 
 
-def layer_options(source, config_file, preset_name, options: dict) -> Options:
+def layer_options(
+    source: str | os.PathLike[str] | None,
+    config_file: str | os.PathLike[str] | None,
+    preset_name: str | None,
+    options: dict[str, Any],
+) -> Options:
     """Merge preset < TOML file < options (user spellings allowed), and split them by config."""
     file_opts = load_toml(config_file, OPTION_CLASSES, extra=("source", "preset")) if config_file else {}
     preset_name = preset_name or file_opts.get("preset")
@@ -71,8 +111,10 @@ def layer_options(source, config_file, preset_name, options: dict) -> Options:
     file_opts.pop("preset", None)
     for where, value in (("SOURCE", source), (f"source in {config_file}", file_source)):
         if value is not None and (not isinstance(value, (str, os.PathLike)) or str(value) == ""):
-            raise ChargenError(f"{where} must be a path, glob or corpus name, got {value!r}; leave it out for "
-                               "the default corpus (pystdlib)")
+            raise ChargenError(
+                f"{where} must be a path, glob or corpus name, got {value!r}; leave it out for "
+                "the default corpus (pystdlib)"
+            )
     table = keys(*OPTION_CLASSES)
     given = {}
     for key, value in options.items():
@@ -89,8 +131,14 @@ def layer_options(source, config_file, preset_name, options: dict) -> Options:
             raise ChargenError(f"--max-time {e}") from None
     merged = {**(preset(preset_name) if preset_name else {}), **file_opts, **given}
 
-    def part(cls) -> dict:
+    def part(cls: type[DataclassInstance]) -> dict[str, Any]:
         return {k: v for k, v in merged.items() if k in specs(cls)}
 
-    return Options(source if source is not None else file_source, part(ModelConfig), part(TrainConfig),
-                   part(PrepareOptions), set(file_opts) | set(given), preset_name)
+    return Options(
+        source if source is not None else file_source,
+        part(ModelConfig),
+        part(TrainConfig),
+        part(PrepareOptions),
+        set(file_opts) | set(given),
+        preset_name,
+    )

@@ -24,7 +24,7 @@ EVALUATION, DEVICE = "evaluation and checkpoints", "device"
 EVAL_CHARS = 131072
 
 
-def parse_eval_chars(text) -> int:
+def parse_eval_chars(text: str | int) -> int:
     """``"all"`` -> 0 (every character), else a whole number (digits, ``_`` between them allowed)."""
     if isinstance(text, int) and not isinstance(text, bool):
         return text
@@ -41,49 +41,84 @@ class TrainConfig:
     """How to train; saved in the run's config.json. ``resumable`` options may change on --resume."""
 
     batch_size: int = option(64, "streams per batch", minimum=1, metavar="B", group=OPTIMIZATION)
-    bptt: int = option(128, "steps per batch; gradients stop after T", minimum=1, metavar="T",
-                       group=OPTIMIZATION)
+    bptt: int = option(128, "steps per batch; gradients stop after T", minimum=1, metavar="T", group=OPTIMIZATION)
     lr: float = option(2e-3, "peak learning rate of AdamW", above=0.0, group=OPTIMIZATION)
     weight_decay: float = option(0.0, "AdamW weight decay", minimum=0.0, metavar="WD", group=OPTIMIZATION)
-    clip: float = option(1.0, "clip the global gradient norm at C", above=0.0, metavar="C",
-                         group=OPTIMIZATION)
+    clip: float = option(1.0, "clip the global gradient norm at C", above=0.0, metavar="C", group=OPTIMIZATION)
     warmup_steps: int = option(100, "linear warmup steps", minimum=0, metavar="N", group=OPTIMIZATION)
     schedule: str = option("cosine", "learning-rate schedule", choices=SCHEDULES, group=OPTIMIZATION)
-    decay_steps: int | None = option(None, "cosine length (default: the step or time budget the run is "
-                                           "created with)", minimum=1, metavar="N", group=OPTIMIZATION)
-    min_lr_ratio: float = option(0.1, "the cosine ends at lr times this", minimum=0.0, maximum=1.0,
-                                 metavar="R", group=OPTIMIZATION)
-    layout: str = option("stateful", "stateful streams with carried state, or random windows from the "
-                                      "zero state", choices=LAYOUTS, group=OPTIMIZATION)
+    decay_steps: int | None = option(
+        None,
+        "cosine length (default: the step or time budget the run is created with)",
+        minimum=1,
+        metavar="N",
+        group=OPTIMIZATION,
+    )
+    min_lr_ratio: float = option(
+        0.1, "the cosine ends at lr times this", minimum=0.0, maximum=1.0, metavar="R", group=OPTIMIZATION
+    )
+    layout: str = option(
+        "stateful",
+        "stateful streams with carried state, or random windows from the zero state",
+        choices=LAYOUTS,
+        group=OPTIMIZATION,
+    )
     seed: int = option(1337, "random seed", minimum=0, maximum=2**63 - 1, metavar="S", group=OPTIMIZATION)
-    max_steps: int | None = option(None, "stop after N steps", minimum=1, resumable=True, metavar="N",
-                                   group=BUDGET)
-    epochs: float | None = option(None, "stop after N passes over the training split", above=0.0, maximum=1e9,
-                                  resumable=True, metavar="N", group=BUDGET)
-    max_time: float | None = option(None, "wall-clock budget: 90s, 5m, 1h", above=0.0, resumable=True,
-                                    metavar="DURATION", parse=parse_duration, group=BUDGET)
-    eval_every: int = option(500, "validate every N steps", minimum=1, resumable=True, metavar="N",
-                             group=EVALUATION)
-    eval_batch_size: int = option(32, "validation segments read side by side", minimum=1, resumable=True,
-                                  metavar="N", group=EVALUATION)
-    eval_chars: int = option(EVAL_CHARS, "characters each evaluation scores: a fixed sample spread over the "
-                                          "validation split, or all (0) of it (default 131072)",
-                             minimum=0, metavar="N|all", parse=parse_eval_chars, group=EVALUATION)
-    patience: int | None = option(None, "stop after N evaluations without improvement", minimum=1,
-                                  resumable=True, metavar="N", group=EVALUATION)
-    checkpoint_every: int = option(1000, "write last/ every N steps", minimum=1, resumable=True,
-                                   metavar="N", group=EVALUATION)
-    log_every: int = option(50, "metrics line every N steps", minimum=1, resumable=True, metavar="N",
-                            group=EVALUATION)
-    preview_chars: int = option(200, "sample length shown at each evaluation", minimum=0, resumable=True,
-                                metavar="N", group=EVALUATION)
-    max_bad_steps: int = option(5, "stop after N non-finite steps in a row", minimum=1, resumable=True,
-                                metavar="N", group=EVALUATION)
+    max_steps: int | None = option(None, "stop after N steps", minimum=1, resumable=True, metavar="N", group=BUDGET)
+    epochs: float | None = option(
+        None,
+        "stop after N passes over the training split",
+        above=0.0,
+        maximum=1e9,
+        resumable=True,
+        metavar="N",
+        group=BUDGET,
+    )
+    max_time: float | None = option(
+        None,
+        "wall-clock budget: 90s, 5m, 1h",
+        above=0.0,
+        resumable=True,
+        metavar="DURATION",
+        parse=parse_duration,
+        group=BUDGET,
+    )
+    eval_every: int = option(500, "validate every N steps", minimum=1, resumable=True, metavar="N", group=EVALUATION)
+    eval_batch_size: int = option(
+        32, "validation segments read side by side", minimum=1, resumable=True, metavar="N", group=EVALUATION
+    )
+    eval_chars: int = option(
+        EVAL_CHARS,
+        "characters each evaluation scores: a fixed sample spread over the "
+        "validation split, or all (0) of it (default 131072)",
+        minimum=0,
+        metavar="N|all",
+        parse=parse_eval_chars,
+        group=EVALUATION,
+    )
+    patience: int | None = option(
+        None, "stop after N evaluations without improvement", minimum=1, resumable=True, metavar="N", group=EVALUATION
+    )
+    checkpoint_every: int = option(
+        1000, "write last/ every N steps", minimum=1, resumable=True, metavar="N", group=EVALUATION
+    )
+    log_every: int = option(50, "metrics line every N steps", minimum=1, resumable=True, metavar="N", group=EVALUATION)
+    preview_chars: int = option(
+        200, "sample length shown at each evaluation", minimum=0, resumable=True, metavar="N", group=EVALUATION
+    )
+    max_bad_steps: int = option(
+        5, "stop after N non-finite steps in a row", minimum=1, resumable=True, metavar="N", group=EVALUATION
+    )
     device: str = option("auto", "auto: CUDA when present", choices=DEVICES, resumable=True, group=DEVICE)
-    precision: str = option("auto", "auto: bf16 (else fp16) on CUDA; on the CPU, bf16 for a GRU where the CPU "
-                                    "has native bf16, else fp32", choices=PRECISIONS, resumable=True, group=DEVICE)
+    precision: str = option(
+        "auto",
+        "auto: bf16 (else fp16) on CUDA; on the CPU, bf16 for a GRU where the CPU has native bf16, else fp32",
+        choices=PRECISIONS,
+        resumable=True,
+        group=DEVICE,
+    )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if isinstance(self.eval_chars, str):
             try:
                 self.eval_chars = parse_eval_chars(self.eval_chars)

@@ -22,19 +22,26 @@ loading the corpus: only the rows of the current batch are touched.
 from __future__ import annotations
 
 import mmap
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..errors import ChargenError
 
+if TYPE_CHECKING:
+    from .prepared import IdsReader
 
-def _read_rows(ids, starts, length: int) -> np.ndarray:
+
+def _read_rows(ids: np.ndarray | IdsReader, starts: Iterable[int], length: int) -> np.ndarray:
     """(len(starts), length) ids: ``ids[s:s + length]`` for each start (an array or an IdsReader)."""
-    return np.stack([np.asarray(ids[int(s):int(s) + length]) for s in starts])
+    return np.stack([np.asarray(ids[int(s) : int(s) + length]) for s in starts])
 
 
-def _to_device_source(ids, count: int, device: torch.device, on_device: bool | None):
+def _to_device_source(
+    ids: np.ndarray | IdsReader, count: int, device: torch.device, on_device: bool | None
+) -> torch.Tensor | None:
     """Keep ids where they are on CPU; copy the first ``count`` to an accelerator once when they fit."""
     if device.type == "cpu" or on_device is False:
         return None
@@ -46,7 +53,9 @@ def _to_device_source(ids, count: int, device: torch.device, on_device: bool | N
     return upload_ids(ids, device, count)
 
 
-def upload_ids(ids, device: torch.device, count: int | None = None, chunk: int = 1 << 24) -> torch.Tensor:
+def upload_ids(
+    ids: np.ndarray | IdsReader, device: torch.device, count: int | None = None, chunk: int = 1 << 24
+) -> torch.Tensor:
     """Copy the first ``count`` ids (all by default; an array, a memory map or an IdsReader) to ``device``
     a chunk at a time, so host memory stays flat in their number.
 
@@ -64,7 +73,7 @@ def upload_ids(ids, device: torch.device, count: int | None = None, chunk: int =
     return out
 
 
-def _drop_pages(ids: np.ndarray) -> None:
+def _drop_pages(ids: np.ndarray | IdsReader) -> None:
     """Let the kernel take back the pages of a memory map read once through (they count as this
     process's memory while mapped); the file is untouched and pages come back if read again."""
     mapping = getattr(ids, "_mmap", None)
@@ -88,9 +97,17 @@ class StatefulStreams:
     the streams of all ranks together and must be a multiple of W.
     """
 
-    def __init__(self, ids: np.ndarray, batch_size: int, bptt: int, *, rank: int = 0,
-                 world_size: int = 1, device: str | torch.device = "cpu",
-                 ids_on_device: bool | None = None):
+    def __init__(
+        self,
+        ids: np.ndarray | IdsReader,
+        batch_size: int,
+        bptt: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | torch.device = "cpu",
+        ids_on_device: bool | None = None,
+    ):
         if batch_size < 1 or bptt < 1:
             raise ChargenError("batch size and bptt must be at least 1")
         if world_size < 1 or not (0 <= rank < world_size):
@@ -103,11 +120,12 @@ class StatefulStreams:
             raise ChargenError(
                 f"corpus split too short for one batch: {n:,} characters, but batch size "
                 f"{batch_size} x bptt {bptt} needs at least {needed:,}; use a longer text or a "
-                "smaller --batch-size/--bptt")
+                "smaller --batch-size/--bptt"
+            )
         self.batch_size, self.bptt = batch_size, bptt
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
-        self.stream_len = (n - 1) // batch_size                    # S
+        self.stream_len = (n - 1) // batch_size  # S
         self.batches_per_epoch = self.stream_len // bptt
         local = batch_size // world_size
         self.rows = slice(rank * local, (rank + 1) * local)
@@ -136,7 +154,7 @@ class StatefulStreams:
         w = _read_rows(self.ids, [r * self.stream_len + k * T for r in range(self.rows.start, self.rows.stop)], T + 1)
         return _as_long(w[:, :-1], self.device), _as_long(w[:, 1:], self.device), k == 0
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
         """One epoch, in order."""
         for step in range(self.batches_per_epoch):
             yield self.get(step)
@@ -149,16 +167,27 @@ class RandomWindows:
     the zero state. Offsets depend only on ``(seed, step, rank)``.
     """
 
-    def __init__(self, ids: np.ndarray, batch_size: int, bptt: int, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
-                 ids_on_device: bool | None = None):
+    def __init__(
+        self,
+        ids: np.ndarray | IdsReader,
+        batch_size: int,
+        bptt: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | torch.device = "cpu",
+        ids_on_device: bool | None = None,
+    ):
         if batch_size < 1 or bptt < 1:
             raise ChargenError("batch size and bptt must be at least 1")
         if batch_size % world_size:
             raise ChargenError(f"batch size {batch_size} must be a multiple of the {world_size} processes")
         if len(ids) < bptt + 1:
-            raise ChargenError(f"corpus split too short: {len(ids):,} characters, but bptt {bptt} "
-                               f"needs at least {bptt + 1:,}; use a longer text or a smaller --bptt")
+            raise ChargenError(
+                f"corpus split too short: {len(ids):,} characters, but bptt {bptt} "
+                f"needs at least {bptt + 1:,}; use a longer text or a smaller --bptt"
+            )
         self.ids, self.batch_size, self.bptt, self.seed = ids, batch_size, bptt, seed
         self.rank, self.world_size = rank, world_size
         self.local = batch_size // world_size
@@ -177,10 +206,10 @@ class RandomWindows:
     def offsets(self, step: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, step])
         starts = rng.integers(0, len(self.ids) - self.bptt, size=self.batch_size)
-        return starts[self.rank * self.local: (self.rank + 1) * self.local]
+        return starts[self.rank * self.local : (self.rank + 1) * self.local]
 
     def get(self, step: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        index = self.offsets(step)[:, None] + self._span                  # (B, T+1)
+        index = self.offsets(step)[:, None] + self._span  # (B, T+1)
         if self._dev is not None:
             w = self._dev[torch.from_numpy(index).to(self.device)].long()
         else:
@@ -188,7 +217,7 @@ class RandomWindows:
         return w[:, :-1], w[:, 1:], True
 
 
-def _as_long(a, device: torch.device) -> torch.Tensor:
+def _as_long(a: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     if isinstance(a, torch.Tensor):
         return a.long()
     t = torch.from_numpy(np.ascontiguousarray(a).astype(np.int64))

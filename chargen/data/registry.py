@@ -20,9 +20,9 @@ import os
 import sys
 import sysconfig
 import urllib.request
-from functools import lru_cache
+from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import ChargenError
 from ..files import atomic_write, file_sha256
@@ -31,7 +31,7 @@ from ..files import atomic_write, file_sha256
 _STDLIB_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def registry() -> dict[str, dict]:
     """The corpora chargen knows by name: ``{name: entry}``."""
     with open(Path(__file__).with_name("registry.json"), encoding="utf-8") as f:
@@ -52,8 +52,9 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(xdg) / "chargen"
 
 
-def corpora_search_path(corpora_dirs: Sequence[str | os.PathLike] = (),
-                        cache_dir: str | os.PathLike | None = None) -> list[Path]:
+def corpora_search_path(
+    corpora_dirs: Sequence[str | os.PathLike] = (), cache_dir: str | os.PathLike | None = None
+) -> list[Path]:
     """Folders searched for a named corpus, in order.
 
     ``--corpora-dir`` flags, then ``$CHARGEN_CORPORA`` (``os.pathsep``
@@ -76,8 +77,7 @@ def stdlib_files() -> tuple[Path, list[Path]]:
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _STDLIB_SKIP_DIRS and not d.startswith("."))
-        files += [Path(dirpath) / f for f in filenames
-                  if f.endswith(".py") and not fnmatch.fnmatch(f, "test_*.py")]
+        files += [Path(dirpath) / f for f in filenames if f.endswith(".py") and not fnmatch.fnmatch(f, "test_*.py")]
     files.sort(key=lambda p: p.relative_to(root).as_posix())
     return root, files
 
@@ -87,9 +87,13 @@ def downloads_off() -> bool:
     return os.environ.get("CHARGEN_OFFLINE", "") not in ("", "0")
 
 
-def find_named_corpus(name: str, *, corpora_dirs: Sequence[str | os.PathLike] = (),
-                      cache_dir: str | os.PathLike | None = None,
-                      offline: bool | None = None) -> Path:
+def find_named_corpus(
+    name: str,
+    *,
+    corpora_dirs: Sequence[str | os.PathLike] = (),
+    cache_dir: str | os.PathLike | None = None,
+    offline: bool | None = None,
+) -> Path:
     """Path of a registry corpus: found on the search path, or downloaded once.
 
     A file found locally is checked against the registry's sha256 too, so a
@@ -104,7 +108,8 @@ def find_named_corpus(name: str, *, corpora_dirs: Sequence[str | os.PathLike] = 
             if digest != entry["sha256"]:
                 raise ChargenError(
                     f"{candidate} has sha256 {digest[:12]}…, but {name} should have "
-                    f"{entry['sha256'][:12]}…; delete or replace that file")
+                    f"{entry['sha256'][:12]}…; delete or replace that file"
+                )
             return candidate
     if offline is None:
         offline = downloads_off()
@@ -116,8 +121,9 @@ def find_named_corpus(name: str, *, corpora_dirs: Sequence[str | os.PathLike] = 
     return target
 
 
-def download(url: str, target: Path, sha256: str, *, name: str, hint: str, size: int | None = None,
-             timeout: float = 30) -> None:
+def download(
+    url: str, target: Path, sha256: str, *, name: str, hint: str, size: int | None = None, timeout: float = 30
+) -> None:
     """Fetch ``url`` to ``target``: streamed to a temporary file beside it, stopped as soon as it grows
     past ``size`` bytes (the registry's figure), and renamed into place only once its sha256 matches."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -130,8 +136,10 @@ def download(url: str, target: Path, sha256: str, *, name: str, hint: str, size:
                 while chunk := resp.read(1 << 20 if size is None else min(1 << 20, size + 1 - got)):
                     got += len(chunk)
                     if size is not None and got > size:
-                        raise ChargenError(f"download of {name} from {url} is larger than the {size:,} bytes it "
-                                           f"should have; stopped. Try again later, or {hint}")
+                        raise ChargenError(
+                            f"download of {name} from {url} is larger than the {size:,} bytes it "
+                            f"should have; stopped. Try again later, or {hint}"
+                        )
                     h.update(chunk)
                     out.write(chunk)
         except ChargenError:
@@ -141,8 +149,10 @@ def download(url: str, target: Path, sha256: str, *, name: str, hint: str, size:
             reason = " ".join(str(reason).split())[:200]  # a server's bytes, on one line
             raise ChargenError(f"could not download {name} from {url} ({reason}); {hint}") from None
         if h.hexdigest() != sha256:
-            raise ChargenError(f"download of {name} from {url} has sha256 {h.hexdigest()[:12]}… ({got:,} bytes), "
-                               f"expected {sha256[:12]}…; try again later, or {hint}")
+            raise ChargenError(
+                f"download of {name} from {url} has sha256 {h.hexdigest()[:12]}… ({got:,} bytes), "
+                f"expected {sha256[:12]}…; try again later, or {hint}"
+            )
     print(f"chargen: downloaded {name} to {target}", file=sys.stderr)
 
 
@@ -150,5 +160,6 @@ def _check_length(header: str | None, size: int | None, name: str, url: str, hin
     """Refuse a response that announces the wrong size before reading any of it."""
     if size is None or header is None or not header.strip().isdigit() or int(header) == size:
         return
-    raise ChargenError(f"{url} offers {int(header):,} bytes for {name}, which should have {size:,}; "
-                       f"try again later, or {hint}")
+    raise ChargenError(
+        f"{url} offers {int(header):,} bytes for {name}, which should have {size:,}; try again later, or {hint}"
+    )

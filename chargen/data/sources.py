@@ -25,9 +25,9 @@ import fnmatch
 import glob
 import os
 import stat
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 from ..errors import ChargenError
 from ..files import file_sha256, looks_binary, read_text_pieces
@@ -45,10 +45,10 @@ Documents = Callable[[str, str], Iterable[Iterable[str]]]
 class Source:
     """A resolved source: where its text comes from, and what identifies it for the fingerprint."""
 
-    name: str                      # what the user asked for, for summaries
-    kind: str                      # "files", "pystdlib" or "hf"
+    name: str  # what the user asked for, for summaries
+    kind: str  # "files", "pystdlib" or "hf"
     documents: Documents
-    identity: Callable[[], list]   # everything about the source that changes its text
+    identity: Callable[[], list]  # everything about the source that changes its text
     files: list[Path] = field(default_factory=list)
     val_fraction: float = DEFAULT_VAL_FRACTION
     test_fraction: float = 0.0
@@ -58,15 +58,19 @@ class Source:
         return _join_documents(self.documents(encoding, errors))
 
 
-def files_source(name: str, kind: str, files: list[Path], root: Path | None = None, file_name: str | None = None,
-                 **split) -> Source:
+def files_source(
+    name: str, kind: str, files: list[Path], root: Path | None = None, file_name: str | None = None, **split: float
+) -> Source:
     """A source read from files; they are named relative to ``root`` in the fingerprint (a single file by
     its name, or ``file_name``)."""
-    def identity() -> list:
-        return [kind, *([p.relative_to(root).as_posix() if root else file_name or p.name, file_sha256(p)]
-                        for p in files)]
 
-    def documents(encoding: str, errors: str):
+    def identity() -> list:
+        return [
+            kind,
+            *([p.relative_to(root).as_posix() if root else file_name or p.name, file_sha256(p)] for p in files),
+        ]
+
+    def documents(encoding: str, errors: str) -> Iterator[Iterator[str]]:
         return (read_text_pieces(p, encoding, errors) for p in files)
 
     return Source(name, kind, documents, identity, files, **split)
@@ -92,13 +96,16 @@ def _join_documents(documents: Iterable[Iterable[str]]) -> Iterator[str]:
             previous = last
 
 
-def resolve_source(source: str | os.PathLike | None = None, *,
-                   corpora_dirs: Sequence[str | os.PathLike] = (),
-                   cache_dir: str | os.PathLike | None = None,
-                   text_column: str = "text",
-                   encoding: str = "utf-8",
-                   offline: bool | None = None,
-                   file_name: str | None = None) -> Source:
+def resolve_source(
+    source: str | os.PathLike | None = None,
+    *,
+    corpora_dirs: Sequence[str | os.PathLike] = (),
+    cache_dir: str | os.PathLike | None = None,
+    text_column: str = "text",
+    encoding: str = "utf-8",
+    offline: bool | None = None,
+    file_name: str | None = None,
+) -> Source:
     """Turn what the user typed into a :class:`Source`, or raise ChargenError.
 
     ``encoding`` decides which files of a folder or glob are text (see
@@ -112,8 +119,9 @@ def resolve_source(source: str | os.PathLike | None = None, *,
     try:
         path = Path(text).expanduser()
     except RuntimeError:  # ~name of no user here
-        raise ChargenError(f"{text} names the home folder of a user this machine does not have; "
-                           "check the path") from None
+        raise ChargenError(
+            f"{text} names the home folder of a user this machine does not have; check the path"
+        ) from None
     kind = _kind(path)
     if kind == "file":
         return files_source(text, "files", [path], file_name=file_name)
@@ -132,15 +140,17 @@ def resolve_source(source: str | os.PathLike | None = None, *,
             raise ChargenError(f"{text} is neither a file nor a folder; pass a text file or a folder")
         raise ChargenError(f"{text} does not exist; check the path")
     known = ", ".join(sorted(registry()))
-    raise ChargenError(f"unknown corpus {text!r}: not a file, folder or glob, and not a known corpus "
-                       f"name ({known}); use hf:NAME for a Hugging Face dataset")
+    raise ChargenError(
+        f"unknown corpus {text!r}: not a file, folder or glob, and not a known corpus "
+        f"name ({known}); use hf:NAME for a Hugging Face dataset"
+    )
 
 
 def _hf_source(name: str, text_column: str) -> Source:
     from .hf import hf_dataset  # datasets stays unimported unless an hf: source is used
+
     ds = hf_dataset(name, text_column)
-    return Source(ds.name, "hf", lambda _encoding, _errors: ((doc,) for doc in ds.documents()),
-                  ds.identity, ds.files)
+    return Source(ds.name, "hf", lambda _encoding, _errors: ((doc,) for doc in ds.documents()), ds.identity, ds.files)
 
 
 def _folder_source(name: str, folder: Path, encoding: str) -> Source:
@@ -195,11 +205,15 @@ def _match(base: Path, rest: tuple[str, ...]) -> list[Path]:
             if key[0] is None or key in seen:
                 continue
             seen.add(key)
-            nxt = [(path, i + 1)] + [(path / name, i) for name in _names(path)
-                                     if not name.startswith(".") and _kind(path / name) == "dir"]
+            nxt = [(path, i + 1)] + [
+                (path / name, i) for name in _names(path) if not name.startswith(".") and _kind(path / name) == "dir"
+            ]
         elif glob.has_magic(part):
-            nxt = [(path / name, i + 1) for name in _names(path)
-                   if fnmatch.fnmatch(name, part) and (part.startswith(".") or not name.startswith("."))]
+            nxt = [
+                (path / name, i + 1)
+                for name in _names(path)
+                if fnmatch.fnmatch(name, part) and (part.startswith(".") or not name.startswith("."))
+            ]
         elif i + 1 == len(rest) or _kind(path / part) == "dir":
             nxt = [(path / part, i + 1)]
         stack.extend(reversed(nxt))
@@ -216,12 +230,13 @@ def _stat(path: Path) -> os.stat_result | None:
     except OSError as e:
         if e.errno == errno.ELOOP:
             return None
-        raise ChargenError(f"cannot read {path}: {e.strerror}; fix its permissions or leave it out of the "
-                           "source") from None
+        raise ChargenError(
+            f"cannot read {path}: {e.strerror}; fix its permissions or leave it out of the source"
+        ) from None
 
 
 def _kind(path: Path) -> str | None:
-    """"file" (regular), "dir", or None (missing, another kind, a link that loops or dangles)."""
+    """ "file" (regular), "dir", or None (missing, another kind, a link that loops or dangles)."""
     st = _stat(path)
     if st is None:
         return None
@@ -235,11 +250,12 @@ def _names(folder: Path) -> list[str]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as e:
-        raise ChargenError(f"cannot read the folder {folder}: {e.strerror}; fix its permissions or leave it "
-                           "out of the source") from None
+        raise ChargenError(
+            f"cannot read the folder {folder}: {e.strerror}; fix its permissions or leave it out of the source"
+        ) from None
 
 
-def _identity(path: Path):
+def _identity(path: Path) -> tuple[int, int] | None:
     st = _stat(path)
     return None if st is None else (st.st_dev, st.st_ino)
 
@@ -260,19 +276,24 @@ def _size(path: Path) -> int:
     try:
         return path.stat().st_size
     except OSError as e:
-        raise ChargenError(f"cannot read {path}: {e.strerror}; fix its permissions or leave it out of the "
-                           "source") from None
+        raise ChargenError(
+            f"cannot read {path}: {e.strerror}; fix its permissions or leave it out of the source"
+        ) from None
 
 
-def _registry_source(name: str, corpora_dirs, cache_dir, offline) -> Source:
+def _registry_source(
+    name: str, corpora_dirs: Sequence[str | os.PathLike], cache_dir: str | os.PathLike | None, offline: bool | None
+) -> Source:
     entry = registry()[name]
-    split = dict(val_fraction=entry.get("val_fraction", DEFAULT_VAL_FRACTION),
-                 test_fraction=entry.get("test_fraction", 0.0))
+    split = dict(
+        val_fraction=entry.get("val_fraction", DEFAULT_VAL_FRACTION), test_fraction=entry.get("test_fraction", 0.0)
+    )
     if entry.get("builtin"):
         root, files = stdlib_files()
         if not files:
-            raise ChargenError(f"found no standard-library sources under {root}; "
-                               "pass a file or folder as SOURCE instead")
+            raise ChargenError(
+                f"found no standard-library sources under {root}; pass a file or folder as SOURCE instead"
+            )
         return files_source(name, "pystdlib", files, root, **split)
     path = find_named_corpus(name, corpora_dirs=corpora_dirs, cache_dir=cache_dir, offline=offline)
     return files_source(name, "files", [path], **split)

@@ -20,23 +20,34 @@ the same.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from ..config import NORMALIZE_CHOICES
 from ..errors import ChargenError
 from ..files import atomic_write
 
+if TYPE_CHECKING:
+    import torch
+
 UNK = "<unk>"
 MAX_CODEPOINT = 0x10FFFF
 
 
-def make_normalizer(normalize: str = "none", lowercase: bool = False):
+def make_normalizer(normalize: str = "none", lowercase: bool = False) -> normalizers.Normalizer | None:
     """The ``tokenizers`` normalizer for these options, or None for the identity."""
     if normalize not in NORMALIZE_CHOICES:
         raise ChargenError(f"unknown normalization {normalize!r}; choose one of {', '.join(NORMALIZE_CHOICES)}")
-    steps = {"nfc": [normalizers.NFC()], "nfkc": [normalizers.NFKC()], "none": []}[normalize]
+    table: dict[str, list[normalizers.Normalizer]] = {
+        "nfc": [normalizers.NFC()],
+        "nfkc": [normalizers.NFKC()],
+        "none": [],
+    }
+    steps = table[normalize]
     if lowercase:
         steps.append(normalizers.Lowercase())
     if not steps:
@@ -73,8 +84,10 @@ class CharVocab:
         chars = [""] * size
         for token, i in vocab.items():
             if token != UNK and len(token) != 1:
-                raise ChargenError(f"tokenizer.json holds the multi-character token {token!r}; "
-                                   "chargen needs a character vocabulary it wrote itself")
+                raise ChargenError(
+                    f"tokenizer.json holds the multi-character token {token!r}; "
+                    "chargen needs a character vocabulary it wrote itself"
+                )
             chars[i] = token
         self.chars: list[str] = chars  # id -> character (UNK -> "<unk>", as tokenizers decodes it)
         self._lut: np.ndarray | None = None
@@ -84,18 +97,18 @@ class CharVocab:
     # -- construction -------------------------------------------------------
 
     @classmethod
-    def build(cls, chars, *, with_unk: bool, normalize: str = "none",
-              lowercase: bool = False) -> "CharVocab":
+    def build(
+        cls, chars: Iterable[str], *, with_unk: bool, normalize: str = "none", lowercase: bool = False
+    ) -> CharVocab:
         """A vocabulary of ``chars`` (any order; stored in code-point order)."""
         ordered = sorted(set(chars))
         return cls.from_tokens(([UNK] if with_unk else []) + ordered, normalize=normalize, lowercase=lowercase)
 
     @classmethod
-    def from_tokens(cls, tokens: list[str], *, normalize: str = "none", lowercase: bool = False) -> "CharVocab":
+    def from_tokens(cls, tokens: list[str], *, normalize: str = "none", lowercase: bool = False) -> CharVocab:
         """A vocabulary of ``tokens`` in this order (characters, and ``<unk>`` anywhere or nowhere)."""
         with_unk = UNK in tokens
-        model = models.WordLevel({t: i for i, t in enumerate(tokens)},
-                                 unk_token=UNK if with_unk else None)
+        model = models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token=UNK if with_unk else None)
         tok = Tokenizer(model)
         norm = make_normalizer(normalize, lowercase)
         if norm is not None:
@@ -106,15 +119,17 @@ class CharVocab:
         return cls(tok)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "CharVocab":
+    def load(cls, path: str | os.PathLike) -> CharVocab:
         """Load ``tokenizer.json``; a file that is not a chargen vocabulary is a ChargenError."""
         if not os.path.isfile(path):
             raise ChargenError(f"{path} is missing; the run or cache folder is incomplete")
         try:
             tok = Tokenizer.from_file(str(path))
         except Exception as e:
-            raise ChargenError(f"{path} is not a readable tokenizer ({str(e).splitlines()[0] if str(e) else e!r}); "
-                               "the file is corrupt: prepare or train again") from None
+            raise ChargenError(
+                f"{path} is not a readable tokenizer ({str(e).splitlines()[0] if str(e) else e!r}); "
+                "the file is corrupt: prepare or train again"
+            ) from None
         if type(tok.model).__name__ != "WordLevel":
             raise ChargenError(f"{path} is not a chargen character vocabulary")
         return cls(tok)
@@ -147,8 +162,10 @@ class CharVocab:
         try:
             return self._norm.normalize_str(text)
         except UnicodeEncodeError:  # lone surrogates: how Python carries bytes that were not UTF-8
-            raise ChargenError("the text is not valid Unicode (it holds bytes that were not UTF-8, or a lone "
-                               "surrogate); pass UTF-8 text") from None
+            raise ChargenError(
+                "the text is not valid Unicode (it holds bytes that were not UTF-8, or a lone "
+                "surrogate); pass UTF-8 text"
+            ) from None
 
     def unknown_chars(self, text: str) -> list[str]:
         """Distinct characters of ``text`` (after normalization) outside the vocabulary."""
@@ -180,8 +197,9 @@ class CharVocab:
             self.check_known(text)
         return self.tokenizer.encode(text).ids
 
-    def encode_array(self, text: str, *, normalized: bool = False, strict: bool = False,
-                     dtype=None) -> np.ndarray:
+    def encode_array(
+        self, text: str, *, normalized: bool = False, strict: bool = False, dtype: npt.DTypeLike | None = None
+    ) -> np.ndarray:
         """Vectorized ids of ``text``: the same ids as :meth:`encode`.
 
         ``normalized=True`` skips normalization (the caller already did it).
@@ -200,11 +218,14 @@ class CharVocab:
         missing = self.unknown_chars(text)
         if not missing:
             return
-        hint = ("pass unknown='unk' (--unknown unk) to map them to the unknown token"
-                if self.unk_id is not None else "remove them: this vocabulary has no unknown token")
+        hint = (
+            "pass unknown='unk' (--unknown unk) to map them to the unknown token"
+            if self.unk_id is not None
+            else "remove them: this vocabulary has no unknown token"
+        )
         raise ChargenError(f"characters not in the vocabulary: {_show(missing)}; {hint}")
 
-    def decode(self, ids) -> str:
+    def decode(self, ids: npt.ArrayLike | torch.Tensor) -> str:
         """Text of ``ids``, exactly as ``tokenizers`` decodes them (UNK -> "<unk>")."""
         ids = np.asarray(ids.cpu() if hasattr(ids, "cpu") else ids, dtype=np.int64).ravel()
         if self.unk_id is not None and np.any(ids == self.unk_id):
@@ -216,8 +237,9 @@ class CharVocab:
     @property
     def _codepoints(self) -> np.ndarray:
         if self._cp_table is None:
-            self._cp_table = np.array([ord(c) if i != self.unk_id else 0 for i, c in enumerate(self.chars)],
-                                      dtype="<u4")
+            self._cp_table = np.array(
+                [ord(c) if i != self.unk_id else 0 for i, c in enumerate(self.chars)], dtype="<u4"
+            )
         return self._cp_table
 
 

@@ -8,7 +8,13 @@ torch-free runtime draws the same numbers.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..config import SampleOptions
 
 __all__ = ["draw_loop", "uniforms", "uniforms_at"]
 
@@ -18,8 +24,9 @@ _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 def uniforms(seeds: np.ndarray, start: int, count: int) -> np.ndarray:
     """Uniform floats in [0, 1) for each seed (rows) and steps ``start .. start+count`` (columns)."""
-    return uniforms_at(np.asarray(seeds, dtype=np.uint64)[:, None],
-                       np.arange(start, start + count, dtype=np.uint64)[None, :])
+    return uniforms_at(
+        np.asarray(seeds, dtype=np.uint64)[:, None], np.arange(start, start + count, dtype=np.uint64)[None, :]
+    )
 
 
 def uniforms_at(seeds: np.ndarray, steps: np.ndarray) -> np.ndarray:
@@ -32,25 +39,38 @@ def uniforms_at(seeds: np.ndarray, steps: np.ndarray) -> np.ndarray:
         x ^= x >> np.uint64(27)
         x *= _M2
         x ^= x >> np.uint64(31)
-    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))     # (rows, count)
+    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))  # (rows, count)
 
 
 BLOCK = 256  # steps of uniforms drawn at a time
 
+_Array = TypeVar("_Array")  # the backend's arrays: torch.Tensor or np.ndarray
+_State = TypeVar("_State")  # the backend's per-layer state
+_Banned = TypeVar("_Banned")  # how the backend's pick takes the id it must never draw
 
-def draw_loop(step, pick, logits, state, seeds: np.ndarray, opts, banned=None, to_array=lambda u: u):
+
+def draw_loop(
+    step: Callable[[_Array, _State], tuple[_Array, _State]],
+    pick: Callable[[_Array, Any, float, int | None, float | None, _Banned | None], _Array],
+    logits: _Array,
+    state: _State,
+    seeds: np.ndarray,
+    opts: SampleOptions,
+    banned: _Banned | None = None,
+    to_array: Callable[[np.ndarray], Any] = lambda u: u,
+) -> Iterator[_Array]:
     """The next ids (B,) ``opts.length`` times, for any backend: ``pick(logits, u, temperature, top_k, top_p,
     banned)`` draws with row ``i``'s uniforms from ``seeds[i]`` (``to_array`` puts a block of them where the
     logits are), then ``step(ids, state)`` gives the next logits; no step after the last draw."""
     greedy = opts.temperature == 0 or opts.top_k == 1
-    u_block = None
+    u_block: Any = None  # (B, BLOCK) uniforms, as to_array gives them
     for t in range(opts.length):
         u = None
         if not greedy:
             if t % BLOCK == 0:
-                u_block = to_array(uniforms(seeds, t, BLOCK))                      # (B, BLOCK)
+                u_block = to_array(uniforms(seeds, t, BLOCK))  # (B, BLOCK)
             u = u_block[:, t % BLOCK]
-        ids = pick(logits, u, opts.temperature, opts.top_k, opts.top_p, banned)   # (B,)
+        ids = pick(logits, u, opts.temperature, opts.top_k, opts.top_p, banned)  # (B,)
         yield ids
         if t + 1 < opts.length:
             logits, state = step(ids, state)

@@ -27,18 +27,27 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
 from ..errors import ChargenError
 from ..files import DIR_MODE, fsync_dir, write_json
 
+if TYPE_CHECKING:
+    from onnx import ModelProto
+
+    from ..runs.folder import RunFolder
+    from .numpy_step import NumpyStep
+
 EXPORT_FORMAT = 1
 OPSET = 17
 FILES = ("model.onnx", "tokenizer.json", "chargen.json")
 
 
-def export(run_dir, out, checkpoint: str = "best", overwrite: bool = False) -> Path:
+def export(
+    run_dir: str | os.PathLike[str], out: str | os.PathLike[str], checkpoint: str = "best", overwrite: bool = False
+) -> Path:
     """Write the export of ``run_dir`` into the folder ``out`` (see the module docstring); returns it.
 
     ``out`` must be new, or empty, or (with ``overwrite``) hold an earlier export and nothing else. The
@@ -48,8 +57,8 @@ def export(run_dir, out, checkpoint: str = "best", overwrite: bool = False) -> P
         import onnx
     except ImportError:
         raise ChargenError('chargen export needs its extra: pip install "chargen[export]"') from None
-    from .numpy_step import NumpyStep
     from ..runs.folder import open_run_dir
+    from .numpy_step import NumpyStep
 
     if checkpoint not in ("best", "last"):
         raise ChargenError(f"checkpoint must be best or last, got {checkpoint!r}")
@@ -70,20 +79,22 @@ def export(run_dir, out, checkpoint: str = "best", overwrite: bool = False) -> P
         onnx.save(model, str(stage / "model.onnx"))
         shutil.copyfile(run.dir / "tokenizer.json", stage / "tokenizer.json")
         write_json(stage / "chargen.json", meta)
-        _check_target(out, overwrite)   # again: another export may have landed while this one was built
+        _check_target(out, overwrite)  # again: another export may have landed while this one was built
         from ..signals import ctrl_c_deferred
-        with ctrl_c_deferred():         # the three renames go through together (chargen.json last)
+
+        with ctrl_c_deferred():  # the three renames go through together (chargen.json last)
             for name in FILES:
                 os.replace(stage / name, out / name)
         fsync_dir(out)
         made = []
     except OSError as e:
-        raise ChargenError(f"cannot write the export into {out} ({e.strerror or e}); choose a folder you can "
-                           "write to") from None
+        raise ChargenError(
+            f"cannot write the export into {out} ({e.strerror or e}); choose a folder you can write to"
+        ) from None
     finally:
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
-        for d in reversed(made):      # what this export created, if it did not finish
+        for d in reversed(made):  # what this export created, if it did not finish
             with contextlib.suppress(OSError):
                 d.rmdir()
     return out
@@ -114,13 +125,17 @@ def _check_target(out: Path, overwrite: bool) -> None:
     if not entries:
         return
     if not is_export(out):
-        raise ChargenError(f"{out} exists and is not a chargen export; choose a new or empty folder "
-                           "(--overwrite only replaces an earlier export)")
+        raise ChargenError(
+            f"{out} exists and is not a chargen export; choose a new or empty folder "
+            "(--overwrite only replaces an earlier export)"
+        )
     others = [name for name in entries if name not in FILES]
     if others:
-        raise ChargenError(f"{out} holds files that are not the export's ({', '.join(others[:3])}"
-                           f"{' and more' if len(others) > 3 else ''}); an export gets a folder of its own: "
-                           "choose a new or empty folder")
+        raise ChargenError(
+            f"{out} holds files that are not the export's ({', '.join(others[:3])}"
+            f"{' and more' if len(others) > 3 else ''}); an export gets a folder of its own: "
+            "choose a new or empty folder"
+        )
     if not overwrite:
         raise ChargenError(f"{out} already holds an export; pass --overwrite to replace it")
 
@@ -141,12 +156,13 @@ def _make_dirs(out: Path) -> list[Path]:
         for d in reversed(made):
             with contextlib.suppress(OSError):
                 d.rmdir()
-        raise ChargenError(f"cannot make the folder {out} ({e.strerror or e}); choose a folder you can write "
-                           "to") from None
+        raise ChargenError(
+            f"cannot make the folder {out} ({e.strerror or e}); choose a folder you can write to"
+        ) from None
     return made
 
 
-def _meta(run, step, checkpoint: str) -> dict:
+def _meta(run: RunFolder, step: NumpyStep, checkpoint: str) -> dict[str, Any]:
     c = step.config
     state_shape = [c.num_layers, "batch", c.hidden_size]
     state = {"h": state_shape, "c": state_shape} if c.cell == "lstm" else {"h": state_shape}
@@ -155,25 +171,33 @@ def _meta(run, step, checkpoint: str) -> dict:
         "chargen_export": EXPORT_FORMAT,
         "chargen_version": _version(),
         "checkpoint": checkpoint,
-        "cell": c.cell, "num_layers": c.num_layers, "hidden_size": c.hidden_size, "vocab_size": c.vocab_size,
+        "cell": c.cell,
+        "num_layers": c.num_layers,
+        "hidden_size": c.hidden_size,
+        "vocab_size": c.vocab_size,
         "chars": list(run.vocab.chars),
         "start_id": run.vocab.start_id,
         "unk_id": run.vocab.unk_id,
-        "normalize": options.get("normalize", "none"),      # what the corpus was, so prompts must be: nfc, nfkc
+        "normalize": options.get("normalize", "none"),  # what the corpus was, so prompts must be: nfc, nfkc
         "lowercase": bool(options.get("lowercase", False)),
-        "inputs": {"ids": {"dtype": "int64", "shape": ["batch"]},
-                   **{k: {"dtype": "float32", "shape": v} for k, v in state.items()}},
-        "outputs": {"logits": {"dtype": "float32", "shape": ["batch", c.vocab_size]},
-                    **{f"{k}_out": {"dtype": "float32", "shape": v} for k, v in state.items()}},
+        "inputs": {
+            "ids": {"dtype": "int64", "shape": ["batch"]},
+            **{k: {"dtype": "float32", "shape": v} for k, v in state.items()},
+        },
+        "outputs": {
+            "logits": {"dtype": "float32", "shape": ["batch", c.vocab_size]},
+            **{f"{k}_out": {"dtype": "float32", "shape": v} for k, v in state.items()},
+        },
         "state": state,
         "logits_are_log_probs": c.adaptive,
         "usage": "feed the start id first (then the prompt's ids), one id per row per call, from a zero state; "
-                 "each call returns the next character's logits and the state to feed back in",
+        "each call returns the next character's logits and the state to feed back in",
     }
 
 
 def _version() -> str:
     from ..version import __version__
+
     return __version__
 
 
@@ -182,15 +206,26 @@ class _Graph:
 
     def __init__(self):
         from onnx import helper, numpy_helper
+
         self.helper, self.numpy_helper = helper, numpy_helper
         self.nodes, self.inits, self._n = [], [], 0
 
     def const(self, array: np.ndarray, name: str | None = None) -> str:
         name = name or self._fresh("const")
-        self.inits.append(self.numpy_helper.from_array(np.array(array, order="C"), name))   # 0-d stays 0-d
+        self.inits.append(self.numpy_helper.from_array(np.array(array, order="C"), name))  # 0-d stays 0-d
         return name
 
-    def op(self, op_type: str, *inputs: str, outputs: int | list[str] = 1, **attrs):
+    @overload
+    def op(self, op_type: str, *inputs: str, outputs: Literal[1] = 1, **attrs: Any) -> str: ...
+
+    @overload
+    def op(self, op_type: str, *inputs: str, outputs: int, **attrs: Any) -> list[str]: ...
+
+    @overload
+    def op(self, op_type: str, *inputs: str, outputs: list[str], **attrs: Any) -> str | list[str]: ...
+
+    def op(self, op_type: str, *inputs: str, outputs: int | list[str] = 1, **attrs: Any) -> str | list[str]:
+        """Add a node; the name of its output, or the names of its several."""
         names = outputs if isinstance(outputs, list) else [self._fresh(op_type.lower()) for _ in range(outputs)]
         self.nodes.append(self.helper.make_node(op_type, list(inputs), names, **attrs))
         return names[0] if len(names) == 1 else names
@@ -200,14 +235,16 @@ class _Graph:
         return f"{stem}_{self._n}"
 
 
-def build_model(step):
+def build_model(step: NumpyStep) -> ModelProto:
     """The ONNX model of one step of ``step`` (a ``numpy_step.NumpyStep``)."""
     c, L = step.config, step.L
     g = _Graph()
     state_names = ["h", "c"] if c.cell == "lstm" else ["h"]
-    layer_state = {name: [g.op("Gather", name, g.const(np.array(k, dtype=np.int64)), axis=0) for k in range(L)]
-                   for name in state_names}                                          # (B, H) each
-    new = {name: [] for name in state_names}
+    layer_state = {
+        name: [g.op("Gather", name, g.const(np.array(k, dtype=np.int64)), axis=0) for k in range(L)]
+        for name in state_names
+    }  # (B, H) each
+    new: dict[str, list[str]] = {name: [] for name in state_names}
     half = g.const(np.array(0.5, dtype=np.float32), "half")
     x = None
     for k, layer in enumerate(step.layers):
@@ -221,6 +258,7 @@ def build_model(step):
     axis0 = g.const(_i64(0))
     for name in state_names:
         g.op("Concat", *[g.op("Unsqueeze", v, axis0) for v in new[name]], axis=0, outputs=[f"{name}_out"])
+    assert x is not None  # the last layer's output: a model has at least one layer
     _head(g, step, x)
     return _onnx_model(g, step, state_names)
 
@@ -229,17 +267,20 @@ def _i64(*values: int) -> np.ndarray:
     return np.array(values, dtype=np.int64)
 
 
-def _lstm_layer(g: _Graph, k: int, layer, x: str | None, h: str, c_prev: str, half: str, H: int) -> tuple[str, str]:
+def _lstm_layer(
+    g: _Graph, k: int, layer: tuple[np.ndarray, np.ndarray], x: str | None, h: str, c_prev: str, half: str, H: int
+) -> tuple[str, str]:
     """Layer ``k`` of an LSTM step: its output and its new cell state."""
     a, w = layer
     if k == 0:
-        gates = g.op("Add", g.op("Gather", g.const(a, "l0.table"), "ids", axis=0),
-                     g.op("MatMul", h, g.const(w, "l0.w_hh")))
+        gates = g.op(
+            "Add", g.op("Gather", g.const(a, "l0.table"), "ids", axis=0), g.op("MatMul", h, g.const(w, "l0.w_hh"))
+        )
     else:
-        gates = g.op("Add", g.op("MatMul", g.op("Concat", x, h, axis=1), g.const(w, f"l{k}.w")),
-                     g.const(a, f"l{k}.b"))
-    t = g.op("Tanh", gates)                       # the i, f, o columns are halved: their sigmoids are
-    sig = g.op("Add", g.op("Mul", t, half), half)   # 0.5 tanh + 0.5 (numpy_step._lstm_cell)
+        assert x is not None  # the output of the layer below
+        gates = g.op("Add", g.op("MatMul", g.op("Concat", x, h, axis=1), g.const(w, f"l{k}.w")), g.const(a, f"l{k}.b"))
+    t = g.op("Tanh", gates)  # the i, f, o columns are halved: their sigmoids are
+    sig = g.op("Add", g.op("Mul", t, half), half)  # 0.5 tanh + 0.5 (numpy_step._lstm_cell)
     quarters = g.const(_i64(H, H, H, H))
     i, f, _, o = g.op("Split", sig, quarters, axis=1, outputs=4)
     tg = g.op("Split", t, quarters, axis=1, outputs=4)[2]
@@ -247,12 +288,21 @@ def _lstm_layer(g: _Graph, k: int, layer, x: str | None, h: str, c_prev: str, ha
     return g.op("Mul", o, g.op("Tanh", cell)), cell
 
 
-def _gru_layer(g: _Graph, k: int, layer, x: str | None, h: str, half: str, H: int) -> str:
+def _gru_layer(
+    g: _Graph,
+    k: int,
+    layer: tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray],
+    x: str | None,
+    h: str,
+    half: str,
+    H: int,
+) -> str:
     """Layer ``k`` of a GRU step: its output, which is also its new state."""
     gi_src, w_ih, w_hh, b_hh = layer
     if k == 0:
         gi = g.op("Gather", g.const(gi_src, "l0.table"), "ids", axis=0)
     else:
+        assert x is not None and w_ih is not None  # the output of the layer below, and the weights it meets
         gi = g.op("Add", g.op("MatMul", x, g.const(w_ih, f"l{k}.w_ih")), g.const(gi_src, f"l{k}.b_ih"))
     gh = g.op("Add", g.op("MatMul", h, g.const(w_hh, f"l{k}.w_hh")), g.const(b_hh, f"l{k}.b_hh"))
     split = g.const(_i64(2 * H, H))
@@ -261,41 +311,51 @@ def _gru_layer(g: _Graph, k: int, layer, x: str | None, h: str, half: str, H: in
     rz = g.op("Add", g.op("Mul", g.op("Tanh", g.op("Add", i_rz, h_rz)), half), half)  # halved: sigmoids
     r, z = g.op("Split", rz, g.const(_i64(H, H)), axis=1, outputs=2)
     n = g.op("Tanh", g.op("Add", i_n, g.op("Mul", r, h_n)))
-    return g.op("Add", n, g.op("Mul", z, g.op("Sub", h, n)))                # (1 - z) * n + z * h
+    return g.op("Add", n, g.op("Mul", z, g.op("Sub", h, n)))  # (1 - z) * n + z * h
 
 
-def _head(g: _Graph, step, x: str) -> None:
+def _head(g: _Graph, step: NumpyStep, x: str) -> None:
     """The output layer on the last layer's output ``x``, into ``logits``: the full softmax's logits, or
     the adaptive softmax's log-probabilities in id order."""
     c = step.config
     if not c.adaptive:
-        g.op("Add", g.op("MatMul", x, g.const(step.head_w, "head.w")), g.const(step.head_b, "head.b"),
-             outputs=["logits"])
+        g.op(
+            "Add", g.op("MatMul", x, g.const(step.head_w, "head.w")), g.const(step.head_b, "head.b"), outputs=["logits"]
+        )
         return
-    head = g.op("LogSoftmax", g.op("Add", g.op("MatMul", x, g.const(step.head_w, "head.w")),
-                                   g.const(step.head_b, "head.b")), axis=1)
+    head = g.op(
+        "LogSoftmax",
+        g.op("Add", g.op("MatMul", x, g.const(step.head_w, "head.w")), g.const(step.head_b, "head.b")),
+        axis=1,
+    )
+    assert c.cutoffs is not None  # an adaptive config has its cutoffs
     c0, axis1 = c.cutoffs[0], g.const(_i64(1))
     parts = [g.op("Slice", head, g.const(_i64(0)), g.const(_i64(c0)), axis1)]
     for i, (project, cluster) in enumerate(step.tails):
-        tail = g.op("LogSoftmax", g.op("MatMul", g.op("MatMul", x, g.const(project, f"tail{i}.project")),
-                                       g.const(cluster, f"tail{i}.out")), axis=1)
+        tail = g.op(
+            "LogSoftmax",
+            g.op("MatMul", g.op("MatMul", x, g.const(project, f"tail{i}.project")), g.const(cluster, f"tail{i}.out")),
+            axis=1,
+        )
         gate = g.op("Slice", head, g.const(_i64(c0 + i)), g.const(_i64(c0 + i + 1)), axis1)
         parts.append(g.op("Add", tail, gate))
     g.op("Gather", g.op("Concat", *parts, axis=1), g.const(step.rank, "head.rank"), axis=1, outputs=["logits"])
 
 
-def _onnx_model(g: _Graph, step, state_names: list[str]):
+def _onnx_model(g: _Graph, step: NumpyStep, state_names: list[str]) -> ModelProto:
     """The finished graph as an ONNX model, with its typed inputs and outputs and chargen's properties."""
     from onnx import TensorProto, helper
 
-    c, state_type = step.config, [step.L, "batch", step.H]
+    c = step.config
+    state_type: list[int | str] = [step.L, "batch", step.H]
     inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"])]
     inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, state_type) for name in state_names]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", c.vocab_size])]
     outputs += [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, state_type) for name in state_names]
     graph = helper.make_graph(g.nodes, "chargen_step", inputs, outputs, initializer=g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="chargen",
-                              producer_version=_version())
-    model.ir_version = 8          # what opset 17 needs; readable by onnxruntime 1.13 and later
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="chargen", producer_version=_version()
+    )
+    model.ir_version = 8  # what opset 17 needs; readable by onnxruntime 1.13 and later
     helper.set_model_props(model, {"chargen_export": str(EXPORT_FORMAT), "cell": c.cell})
     return model

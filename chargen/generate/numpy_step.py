@@ -12,6 +12,10 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeAlias
+
 import numpy as np
 
 from ..config import ModelConfig, SampleOptions
@@ -19,12 +23,15 @@ from .draws import draw_loop
 
 __all__ = ["NumpyRuntime", "NumpyStep", "Scorer", "log_softmax", "pick", "prime", "sample_ids"]
 
+# NumpyStep's state: per-layer (B, H) arrays, [hs, cs] for an LSTM, [hs] for a GRU.
+NumpyState: TypeAlias = list[list[np.ndarray]]
+
 
 def _half_gates(gates: int, hidden: int, halved: tuple) -> np.ndarray:
     """Column scales (gates * hidden,): 0.5 for the gates passed through a sigmoid, 1 for the others."""
     scale = np.ones(gates * hidden, dtype=np.float32)
     for g in halved:
-        scale[g * hidden:(g + 1) * hidden] = 0.5
+        scale[g * hidden : (g + 1) * hidden] = 0.5
     return scale
 
 
@@ -33,20 +40,20 @@ def _lstm_cell(gates: np.ndarray, c: np.ndarray, H: int) -> tuple[np.ndarray, np
     so one tanh covers all four gates."""
     t = np.tanh(gates)
     s = t * 0.5
-    s += 0.5                                                                    # sigmoids of i, f, o
-    c = s[:, H:2 * H] * c
-    c += s[:, :H] * t[:, 2 * H:3 * H]                                           # f * c + i * tanh(g)
-    return s[:, 3 * H:] * np.tanh(c), c
+    s += 0.5  # sigmoids of i, f, o
+    c = s[:, H : 2 * H] * c
+    c += s[:, :H] * t[:, 2 * H : 3 * H]  # f * c + i * tanh(g)
+    return s[:, 3 * H :] * np.tanh(c), c
 
 
 def _gru_cell(gi: np.ndarray, gh: np.ndarray, h: np.ndarray, H: int) -> np.ndarray:
     """The new h from the input and hidden parts (B, 3H), their r and z columns pre-halved."""
-    rz = gi[:, :2 * H] + gh[:, :2 * H]
+    rz = gi[:, : 2 * H] + gh[:, : 2 * H]
     np.tanh(rz, out=rz)
     rz *= 0.5
-    rz += 0.5                                                                   # sigmoids of r and z
-    n = np.tanh(gi[:, 2 * H:] + rz[:, :H] * gh[:, 2 * H:])
-    return n + rz[:, H:] * (h - n)                                              # (1 - z) * n + z * h
+    rz += 0.5  # sigmoids of r and z
+    n = np.tanh(gi[:, 2 * H :] + rz[:, :H] * gh[:, 2 * H :])
+    return n + rz[:, H:] * (h - n)  # (1 - z) * n + z * h
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -62,44 +69,61 @@ class NumpyStep:
     def __init__(self, weights: dict[str, np.ndarray], config: ModelConfig):
         c = config
         self.config, self.cell, self.L, self.H = c, c.cell, c.num_layers, c.hidden_size
-        w = {k: np.asarray(v, dtype=np.int64 if k == "head.rank" else np.float32) for k, v in weights.items()}
-        emb = w["embedding.weight"]                                                  # (V, E)
+        w: dict[str, np.ndarray] = {
+            k: np.asarray(v, dtype=np.int64 if k == "head.rank" else np.float32) for k, v in weights.items()
+        }
+        emb = w["embedding.weight"]  # (V, E)
         # The sigmoid gates' columns are halved once here (exact: a power of two), so that a step takes one
         # tanh per gate group (see _lstm_cell): LSTM i, f, o; GRU r, z.
         H = c.hidden_size
-        self.layers = []
+        # LSTM: (input table or bias, weight); GRU: (input part, w_ih or None, w_hh, b_hh)
+        self.layers: list[tuple[Any, ...]] = []
         for k in range(c.num_layers):
-            w_ih, w_hh = w[f"rnn.weight_ih_l{k}"], w[f"rnn.weight_hh_l{k}"]          # (G*H, in), (G*H, H)
+            w_ih, w_hh = w[f"rnn.weight_ih_l{k}"], w[f"rnn.weight_hh_l{k}"]  # (G*H, in), (G*H, H)
             b_ih, b_hh = w[f"rnn.bias_ih_l{k}"], w[f"rnn.bias_hh_l{k}"]
             if c.cell == "lstm":
                 half = _half_gates(4, H, (0, 1, 3))
-                if k == 0:   # the input projection of every id, biases folded in: (V, 4H)
+                if k == 0:  # the input projection of every id, biases folded in: (V, 4H)
                     self.layers.append(((emb @ w_ih.T + (b_ih + b_hh)) * half, np.ascontiguousarray(w_hh.T * half)))
-                else:        # one matmul over [x, h]: (in + H, 4H)
-                    self.layers.append(((b_ih + b_hh) * half,
-                                        np.ascontiguousarray(np.concatenate([w_ih, w_hh], 1).T * half)))
+                else:  # one matmul over [x, h]: (in + H, 4H)
+                    self.layers.append(
+                        ((b_ih + b_hh) * half, np.ascontiguousarray(np.concatenate([w_ih, w_hh], 1).T * half))
+                    )
             else:  # GRU keeps input and hidden parts apart: r gates only the hidden part of n
                 half = _half_gates(3, H, (0, 1))
                 gi_src = (emb @ w_ih.T + b_ih) * half if k == 0 else b_ih * half
-                self.layers.append((gi_src, None if k == 0 else np.ascontiguousarray(w_ih.T * half),
-                                    np.ascontiguousarray(w_hh.T * half), b_hh * half))
+                self.layers.append(
+                    (
+                        gi_src,
+                        None if k == 0 else np.ascontiguousarray(w_ih.T * half),
+                        np.ascontiguousarray(w_hh.T * half),
+                        b_hh * half,
+                    )
+                )
         if c.adaptive:
-            self.head_w = np.ascontiguousarray(w["head.head.weight"].T)              # (H, shortlist + clusters)
+            assert c.cutoffs is not None  # an adaptive config has its cutoffs (ModelConfig.resolve_softmax)
+            self.head_w = np.ascontiguousarray(w["head.head.weight"].T)  # (H, shortlist + clusters)
             self.head_b = w["head.head.bias"]
-            self.tails = [(np.ascontiguousarray(w[f"head.tail.{i}.0.weight"].T),
-                           np.ascontiguousarray(w[f"head.tail.{i}.1.weight"].T)) for i in range(len(c.cutoffs))]
+            self.tails = [
+                (
+                    np.ascontiguousarray(w[f"head.tail.{i}.0.weight"].T),
+                    np.ascontiguousarray(w[f"head.tail.{i}.1.weight"].T),
+                )
+                for i in range(len(c.cutoffs))
+            ]
             self.rank = w["head.rank"]
         else:
-            self.head_w = np.ascontiguousarray((w["head.weight"] if "head.weight" in w else emb).T)  # (H, V)
+            self.head_w = np.ascontiguousarray((w.get("head.weight", emb)).T)  # (H, V)
             self.head_b = w["head.bias"]
 
     @classmethod
-    def from_file(cls, path, config: ModelConfig) -> "NumpyStep":
+    def from_file(cls, path: str | os.PathLike[str], config: ModelConfig) -> NumpyStep:
         """The step of a run's weights file, checked against ``config`` (``rundir.load_arrays``)."""
         from ..runs.folder import load_arrays
+
         return cls(load_arrays(path, config), config)
 
-    def zero_state(self, batch: int) -> list:
+    def zero_state(self, batch: int) -> NumpyState:
         zeros = [np.zeros((batch, self.H), dtype=np.float32) for _ in range(self.L)]
         return [zeros, [z.copy() for z in zeros]] if self.cell == "lstm" else [zeros]
 
@@ -107,11 +131,12 @@ class NumpyStep:
         """The output layer: (B, H) -> logits (B, V); log-probabilities with the adaptive softmax."""
         if not self.config.adaptive:
             return x @ self.head_w + self.head_b
-        head = log_softmax(x @ self.head_w + self.head_b)                            # (B, shortlist + clusters)
+        head = log_softmax(x @ self.head_w + self.head_b)  # (B, shortlist + clusters)
+        assert self.config.cutoffs is not None  # adaptive: set, as __init__ found
         c0 = self.config.cutoffs[0]
         parts = [head[:, :c0]]
         for i, (project, cluster) in enumerate(self.tails):
-            parts.append(log_softmax((x @ project) @ cluster) + head[:, c0 + i:c0 + i + 1])
+            parts.append(log_softmax((x @ project) @ cluster) + head[:, c0 + i : c0 + i + 1])
         return np.concatenate(parts, axis=1)[:, self.rank]
 
     def log_probs(self, x: np.ndarray) -> np.ndarray:
@@ -119,20 +144,20 @@ class NumpyStep:
         out = self.output(x)
         return out if self.config.adaptive else log_softmax(out)
 
-    def features(self, ids: np.ndarray, state: list | None = None) -> tuple[np.ndarray, list]:
+    def features(self, ids: np.ndarray, state: NumpyState | None = None) -> tuple[np.ndarray, NumpyState]:
         """ids (B, T) -> the top layer's outputs (B, T, H) and the state after them. Layer by layer: each
         layer's input projection is one matmul over the whole sequence, then one matmul per step."""
         ids = np.asarray(ids)
         B, T = ids.shape
         H = self.H
         state = self.zero_state(B) if state is None else state
-        x = None                                                                      # (B, T, in)
-        new_state = [[] for _ in state]
+        x = ids  # each layer's input (B, T, in): layer 0 reads the ids through its table
+        new_state: NumpyState = [[] for _ in state]
         for k, layer in enumerate(self.layers):
             out = np.empty((B, T, H), dtype=np.float32)
             if self.cell == "lstm":
                 a, w = layer
-                gin, w_hh = (a[ids], w) if k == 0 else (x @ w[:H] + a, w[H:])          # (B, T, 4H)
+                gin, w_hh = (a[ids], w) if k == 0 else (x @ w[:H] + a, w[H:])  # (B, T, 4H)
                 h, c = state[0][k], state[1][k]
                 for t in range(T):
                     h, c = _lstm_cell(gin[:, t] + h @ w_hh, c, H)
@@ -141,7 +166,7 @@ class NumpyStep:
                 new_state[1].append(c)
             else:
                 gi_src, w_ih, w_hh, b_hh = layer
-                gin = gi_src[ids] if k == 0 else x @ w_ih + gi_src                     # (B, T, 3H)
+                gin = gi_src[ids] if k == 0 else x @ w_ih + gi_src  # (B, T, 3H)
                 h = state[0][k]
                 for t in range(T):
                     h = out[:, t] = _gru_cell(gin[:, t], h @ w_hh + b_hh, h, H)
@@ -149,15 +174,15 @@ class NumpyStep:
             x = out
         return x, new_state
 
-    def __call__(self, ids: np.ndarray, state: list) -> tuple[np.ndarray, list]:
+    def __call__(self, ids: np.ndarray, state: NumpyState) -> tuple[np.ndarray, NumpyState]:
         """ids (B,), per-layer state -> logits (B, V), new per-layer state."""
-        H, x = self.H, None
+        H, x = self.H, ids  # x: each layer's input; layer 0 reads the ids through its table
         if self.cell == "lstm":
             hs, cs = state
             new_h, new_c = [], []
             for k, (a, w) in enumerate(self.layers):
                 if k == 0:
-                    gates = hs[0] @ w                                                 # (B, 4H)
+                    gates = hs[0] @ w  # (B, 4H)
                     gates += a[ids]
                 else:
                     gates = np.concatenate([x, hs[k]], axis=1) @ w
@@ -171,14 +196,14 @@ class NumpyStep:
             new_h = []
             for k, (gi_src, w_ih, w_hh, b_hh) in enumerate(self.layers):
                 h = hs[k]
-                gi = gi_src[ids] if k == 0 else x @ w_ih + gi_src                      # (B, 3H)
+                gi = gi_src[ids] if k == 0 else x @ w_ih + gi_src  # (B, 3H)
                 x = _gru_cell(gi, h @ w_hh + b_hh, h, H)
                 new_h.append(x)
             state = [new_h]
         return self.output(x), state
 
 
-def prime(step: NumpyStep, ids, batch: int = 1) -> tuple[np.ndarray, list]:
+def prime(step: NumpyStep, ids: Sequence[int] | np.ndarray, batch: int = 1) -> tuple[np.ndarray, NumpyState]:
     """Logits (batch, V) for the character after ``ids`` (the start id first), and the state: the ids
     read from the zero state."""
     h, state = step.features(np.asarray(ids, dtype=np.int64)[None, :])
@@ -186,17 +211,29 @@ def prime(step: NumpyStep, ids, batch: int = 1) -> tuple[np.ndarray, list]:
     return np.repeat(logits, batch, axis=0), [[np.repeat(x, batch, axis=0) for x in layer] for layer in state]
 
 
-def sample_ids(step: NumpyStep, logits: np.ndarray, state: list, seeds: np.ndarray, opts: SampleOptions,
-               banned: int | None = None):
+def sample_ids(
+    step: NumpyStep,
+    logits: np.ndarray,
+    state: NumpyState,
+    seeds: np.ndarray,
+    opts: SampleOptions,
+    banned: int | None = None,
+) -> Iterator[np.ndarray]:
     """``decode.sample_ids`` on NumPy: the next ids (B,) ``opts.length`` times, row ``i`` drawn from
     ``seeds[i]``, one step per character after the first; ``banned`` is never drawn."""
     return draw_loop(step, pick, logits, state, seeds, opts, banned)
 
 
-def pick(logits: np.ndarray, u: np.ndarray | None, temperature: float, top_k: int | None,
-         top_p: float | None, banned: int | None) -> np.ndarray:
+def pick(
+    logits: np.ndarray,
+    u: np.ndarray | None,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    banned: int | None,
+) -> np.ndarray:
     """Next ids (B,) from logits (B, V), by ``decode.pick``'s rules (u (B,) in [0, 1))."""
-    if banned is not None:                                   # never emit the unknown token
+    if banned is not None:  # never emit the unknown token
         logits = logits.copy()
         logits[:, banned] = -np.inf
     if temperature == 0 or top_k == 1:
@@ -208,13 +245,13 @@ def pick(logits: np.ndarray, u: np.ndarray | None, temperature: float, top_k: in
     if temperature != 1.0:
         with np.errstate(over="ignore"):
             x /= temperature
-    if top_k is not None and top_k < V:   # (the maximum stays: it is 0 still)
-        kth = np.partition(x, V - top_k, axis=-1)[:, V - top_k:V - top_k + 1]       # (B, 1)
+    if top_k is not None and top_k < V:  # (the maximum stays: it is 0 still)
+        kth = np.partition(x, V - top_k, axis=-1)[:, V - top_k : V - top_k + 1]  # (B, 1)
         x = np.where(x < kth, -np.inf, x)
-    probs = np.exp(x)                     # (B, V), unnormalized: the draw scales u by the total
+    probs = np.exp(x)  # (B, V), unnormalized: the draw scales u by the total
     if top_p is not None and top_p < 1.0:
         probs /= probs.sum(axis=-1, keepdims=True)
-        order = np.argsort(-probs, axis=-1, kind="stable")   # among ties the lower ids stay, as in torch
+        order = np.argsort(-probs, axis=-1, kind="stable")  # among ties the lower ids stay, as in torch
         sorted_p = np.take_along_axis(probs, order, axis=-1)
         before = np.cumsum(sorted_p, axis=-1) - sorted_p
         sorted_p = np.where(before >= top_p, 0.0, sorted_p)
@@ -226,7 +263,7 @@ def pick(logits: np.ndarray, u: np.ndarray | None, temperature: float, top_k: in
     target = np.minimum(np.asarray(u, dtype=np.float64)[:, None] * total, np.nextafter(total, 0.0))
     if len(cdf) == 1:
         return np.searchsorted(cdf[0], target[0], side="right")
-    return (cdf <= target).sum(axis=-1)                     # searchsorted(right=True), row by row
+    return (cdf <= target).sum(axis=-1)  # searchsorted(right=True), row by row
 
 
 class NumpyRuntime:
@@ -238,11 +275,13 @@ class NumpyRuntime:
     def __init__(self, step: NumpyStep):
         self.step = step
 
-    def prime(self, ids: np.ndarray, batch: int) -> tuple[np.ndarray, list]:
+    def prime(self, ids: np.ndarray, batch: int) -> tuple[np.ndarray, NumpyState]:
         """Logits (batch, V) after ``ids`` ([start, prompt]) and the per-layer state."""
         return prime(self.step, ids, batch)
 
-    def sample(self, logits, state, seeds: np.ndarray, opts: SampleOptions, banned: int | None):
+    def sample(
+        self, logits: np.ndarray, state: NumpyState, seeds: np.ndarray, opts: SampleOptions, banned: int | None
+    ) -> Iterator[np.ndarray]:
         return sample_ids(self.step, logits, state, seeds, opts, banned)
 
     @staticmethod
@@ -250,7 +289,7 @@ class NumpyRuntime:
         """The drawn ids, one array (B,) per step -> (B, steps)."""
         return np.stack(columns, axis=1)
 
-    def scorer(self, start_id: int) -> "Scorer":
+    def scorer(self, start_id: int) -> Scorer:
         return Scorer(self.step, start_id)
 
 
@@ -258,20 +297,21 @@ class Scorer:
     """Log-probabilities of one stream of ids read piece by piece, the state carried (the NumPy
     ``evaluate.StreamScorer``); the first id is scored after ``start_id``."""
 
-    CHUNK = 1024   # positions read at a time: the input projections of a chunk are (CHUNK, G*H) floats
+    CHUNK = 1024  # positions read at a time: the input projections of a chunk are (CHUNK, G*H) floats
 
     def __init__(self, step: NumpyStep, start_id: int):
-        self.step, self.prev, self.state = step, int(start_id), None
+        self.step, self.prev = step, int(start_id)
+        self.state: NumpyState | None = None
 
     def __call__(self, targets: np.ndarray) -> np.ndarray:
         """targets (t,) -> log-probabilities (t,) float64."""
         targets = np.asarray(targets, dtype=np.int64)
         out = []
         for lo in range(0, targets.size, self.CHUNK):
-            piece = targets[lo:lo + self.CHUNK]
+            piece = targets[lo : lo + self.CHUNK]
             x = np.concatenate([[self.prev], piece[:-1]])
             h, self.state = self.step.features(x[None, :], self.state)
-            lp = self.step.log_probs(h[0])                                            # (t, V)
+            lp = self.step.log_probs(h[0])  # (t, V)
             out.append(lp[np.arange(piece.size), piece].astype(np.float64))
             self.prev = int(piece[-1])
         return np.concatenate(out) if out else np.zeros(0)

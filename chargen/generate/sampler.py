@@ -31,16 +31,25 @@ import importlib.util
 import math
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from ..config import SampleOptions
+from ..data.vocab import CharVocab
 from ..errors import ChargenError
 from ..runs.folder import open_run_dir
-from ..data.vocab import CharVocab
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..data.prepared import PreparedCorpus
+    from ..model.network import CharRNN
+    from .numpy_step import NumpyRuntime
+    from .torch_step import FastStep, TorchRuntime
 
 BACKENDS = ("auto", "torch", "numpy")
 
@@ -49,21 +58,21 @@ BACKENDS = ("auto", "torch", "numpy")
 class Score:
     """Per-character log-probabilities (natural log) of a text, and their mean loss."""
 
-    logprobs: np.ndarray    # (N,), one per character (after normalization); empty for score_file
-    count: int              # characters scored
-    nats: float             # mean negative log-probability per character
-    bpc: float              # nats / ln 2
+    logprobs: np.ndarray  # (N,), one per character (after normalization); empty for score_file
+    count: int  # characters scored
+    nats: float  # mean negative log-probability per character
+    bpc: float  # nats / ln 2
 
 
 def torch_installed() -> bool:
     """Whether PyTorch can be imported here (found without importing it: that takes seconds)."""
     try:
         return importlib.util.find_spec("torch") is not None
-    except ValueError:          # sys.modules["torch"] is None: imports of torch are blocked
+    except ValueError:  # sys.modules["torch"] is None: imports of torch are blocked
         return False
 
 
-def resolve_backend(backend: str, device="cpu") -> str:
+def resolve_backend(backend: str, device: str | torch.device = "cpu") -> str:
     """``torch`` or ``numpy`` for a ``backend`` asked for on ``device``. ``auto`` is NumPy on the CPU
     (faster for one stream, and no torch import) and torch on an accelerator; without torch installed,
     NumPy everywhere it can run."""
@@ -72,13 +81,16 @@ def resolve_backend(backend: str, device="cpu") -> str:
     name = device if isinstance(device, str) else str(device)
     on_cpu = name == "cpu" or name.startswith("cpu:") or (name == "auto" and not _cuda_available())
     if backend == "numpy" and not on_cpu:
-        raise ChargenError(f"the numpy backend runs on the CPU, not on {name}; choose the cpu device, "
-                           "or the torch backend")
+        raise ChargenError(
+            f"the numpy backend runs on the CPU, not on {name}; choose the cpu device, or the torch backend"
+        )
     if backend == "auto":
         backend = "numpy" if on_cpu else "torch"
     if backend == "torch" and not torch_installed():
-        raise ChargenError("the torch backend needs PyTorch, which is not installed here: "
-                           "pip install \"chargen[train]\" (or torch), or use the numpy backend")
+        raise ChargenError(
+            "the torch backend needs PyTorch, which is not installed here: "
+            'pip install "chargen[train]" (or torch), or use the numpy backend'
+        )
     return backend
 
 
@@ -86,6 +98,7 @@ def _cuda_available() -> bool:
     if not torch_installed():
         return False
     import torch
+
     return torch.cuda.is_available()
 
 
@@ -96,19 +109,27 @@ class Sampler:
     torch needed), which give the same text for the same seed (see the README on near ties).
     """
 
-    def __init__(self, model, vocab: CharVocab, device="cpu"):
+    def __init__(self, model: CharRNN, vocab: CharVocab, device: str | torch.device = "cpu"):
         """A torch-backed sampler for a ``CharRNN`` in memory; :meth:`load` reads a run folder."""
         from .torch_step import TorchRuntime
+
+        self.runtime: TorchRuntime | NumpyRuntime
         self.runtime, self.vocab = TorchRuntime(model, device), vocab
 
     @classmethod
-    def _with(cls, runtime, vocab: CharVocab) -> "Sampler":
+    def _with(cls, runtime: TorchRuntime | NumpyRuntime, vocab: CharVocab) -> Sampler:
         self = cls.__new__(cls)
         self.runtime, self.vocab = runtime, vocab
         return self
 
     @classmethod
-    def load(cls, run_dir: str | Path, device="cpu", checkpoint: str = "best", backend: str = "auto") -> "Sampler":
+    def load(
+        cls,
+        run_dir: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        checkpoint: str = "best",
+        backend: str = "auto",
+    ) -> Sampler:
         """Load a run folder: config, vocabulary and weights (``best`` or ``last``); no pickle.
 
         ``backend``: ``numpy`` (CPU only, never imports torch), ``torch``, or ``auto`` (see
@@ -122,10 +143,12 @@ class Sampler:
         path = run.dir / "model.safetensors" if checkpoint == "best" else run.dir / "last" / "model.safetensors"
         if backend == "numpy":
             from .numpy_step import NumpyRuntime, NumpyStep
+
             return cls._with(NumpyRuntime(NumpyStep.from_file(path, run.model_config)), run.vocab)
-        from ..runs.checkpoint import load_weights
         from ..model.devices import resolve_device
         from ..model.network import CharRNN
+        from ..runs.checkpoint import load_weights
+
         device = resolve_device(device)
         model = CharRNN(run.model_config)
         load_weights(model, path)
@@ -136,29 +159,31 @@ class Sampler:
         """``torch`` or ``numpy``."""
         return self.runtime.name
 
-    def _torch(self, what: str):
+    def _torch(self, what: str) -> TorchRuntime:
         if self.backend != "torch":
-            raise ChargenError(f"{what} belongs to the torch backend; this sampler runs on {self.backend} "
-                               "(load it with backend='torch')")
-        return self.runtime
+            raise ChargenError(
+                f"{what} belongs to the torch backend; this sampler runs on {self.backend} "
+                "(load it with backend='torch')"
+            )
+        return cast("TorchRuntime", self.runtime)  # the backend's name says which runtime it is
 
     @property
-    def model(self):
+    def model(self) -> CharRNN:
         """The ``CharRNN`` (torch backend only)."""
         return self._torch("the model").model
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
         """The torch device (torch backend only)."""
         return self._torch("the device").device
 
     @property
-    def fast_step(self):
+    def fast_step(self) -> FastStep:
         """The single-step kernel the torch backend decodes with (``decode.FastStep``)."""
         return self._torch("the fast step").step
 
     @fast_step.setter
-    def fast_step(self, step) -> None:
+    def fast_step(self, step: FastStep) -> None:
         self._torch("the fast step").step = step
 
     # -- encoding ----------------------------------------------------------
@@ -171,8 +196,9 @@ class Sampler:
             raise ChargenError(f"text must be a str, got {type(text).__name__}")
         return self.vocab.encode_array(text, strict=unknown != "unk").astype(np.int64)
 
-    def _prime(self, prompt_ids: np.ndarray, batch: int):
-        """Logits (batch, V) for the character after [start, prompt], and the per-layer state."""
+    def _prime(self, prompt_ids: np.ndarray, batch: int) -> tuple[Any, Any]:
+        """Logits (batch, V) for the character after [start, prompt], and the per-layer state (in the
+        backend's arrays)."""
         return self.runtime.prime(np.concatenate([[self.vocab.start_id], prompt_ids]).astype(np.int64), batch)
 
     # -- generation --------------------------------------------------------
@@ -181,23 +207,27 @@ class Sampler:
         if not isinstance(prompt, str):
             raise ChargenError(f"the prompt must be text (str), got {type(prompt).__name__}")
         if options is not None and not isinstance(options, SampleOptions):
-            raise ChargenError(f"options must be a SampleOptions, got {type(options).__name__}; "
-                               "or pass the settings as keywords")
+            raise ChargenError(
+                f"options must be a SampleOptions, got {type(options).__name__}; or pass the settings as keywords"
+            )
         unknown = sorted(set(settings) - {f.name for f in fields(SampleOptions)})
         if unknown:
-            raise ChargenError(f"unknown sampling option(s) {', '.join(unknown)}; the options are "
-                               f"{', '.join(f.name for f in fields(SampleOptions))}")
+            raise ChargenError(
+                f"unknown sampling option(s) {', '.join(unknown)}; the options are "
+                f"{', '.join(f.name for f in fields(SampleOptions))}"
+            )
         opts = SampleOptions(**settings) if options is None else replace(options, **settings)
         return opts if opts.seed is not None else replace(opts, seed=secrets.randbits(63))
 
-    def _ids(self, prompt: str, opts: SampleOptions) -> Iterator:
+    def _ids(self, prompt: str, opts: SampleOptions) -> Iterator[torch.Tensor] | Iterator[np.ndarray]:
         """The next ids (n,) step by step, ``length`` times."""
         prompt_ids = self.encode(prompt, opts.unknown)
+        assert opts.seed is not None  # _options draws one when none is given
         seeds = np.uint64(opts.seed) + np.arange(opts.n, dtype=np.uint64)
         logits, state = self._prime(prompt_ids, opts.n)
         return self.runtime.sample(logits, state, seeds, opts, self.vocab.unk_id)
 
-    def generate(self, prompt: str = "", options: SampleOptions | None = None, **settings) -> str | list[str]:
+    def generate(self, prompt: str = "", options: SampleOptions | None = None, **settings: Any) -> str | list[str]:
         """The continuation of ``prompt`` (without it): a str, or a list of ``n`` str decoded in one batch.
 
         ``settings`` are :class:`SampleOptions` fields (``length``, ``temperature``,
@@ -210,15 +240,15 @@ class Sampler:
             columns = list(steps)
             if not columns:
                 return "" if opts.n == 1 else [""] * opts.n
-            rows = self.runtime.to_numpy(columns)                              # (n, length)
+            rows = self.runtime.to_numpy(columns)  # (n, length)
             texts = [self.vocab.decode(row) for row in rows]
         else:
             texts = self._until_stops(steps, opts)
         return texts[0] if opts.n == 1 else texts
 
-    def _until_stops(self, steps: Iterator, opts: SampleOptions) -> list[str]:
+    def _until_stops(self, steps: Iterator[torch.Tensor] | Iterator[np.ndarray], opts: SampleOptions) -> list[str]:
         chars, stops = self.vocab.chars, opts.stop
-        outs = [[] for _ in range(opts.n)]
+        outs: list[list[str]] = [[] for _ in range(opts.n)]
         done = [False] * opts.n
         for ids in steps:
             for row, i in enumerate(ids.tolist()):
@@ -231,7 +261,7 @@ class Sampler:
                 break
         return [_cut_at_stop("".join(o), stops) for o in outs]
 
-    def stream(self, prompt: str = "", options: SampleOptions | None = None, **settings) -> Iterator[str]:
+    def stream(self, prompt: str = "", options: SampleOptions | None = None, **settings: Any) -> Iterator[str]:
         """Yield the continuation in pieces as it is produced; joined, they equal ``generate``.
 
         Text that could be the start of a stop string is held back until it is
@@ -260,7 +290,7 @@ class Sampler:
             keep = _partial_stop_suffix(pending, stops)
             if len(pending) > keep:
                 yield pending[: len(pending) - keep]
-                pending = pending[len(pending) - keep:]
+                pending = pending[len(pending) - keep :]
         if pending:
             yield pending
 
@@ -277,44 +307,62 @@ class Sampler:
     def score_file(self, path: str | Path, chunk_chars: int = 1 << 16, unknown: str = "unk") -> Score:
         """Score a whole file, streaming through it with the state carried: memory stays small."""
         from ..files import read_text_pieces
+
         scorer = self.runtime.scorer(self.vocab.start_id)
         total, count = 0.0, 0
         for piece in read_text_pieces(Path(path)):
             ids = self.encode(piece, unknown)
             for lo in range(0, ids.size, chunk_chars):
-                lp = scorer(ids[lo: lo + chunk_chars])
+                lp = scorer(ids[lo : lo + chunk_chars])
                 total += float(lp.sum())
                 count += lp.size
         if count == 0:
             raise ChargenError(f"{path} is empty; pass a file with text to score")
         return _make_score(np.zeros(0), total, count)
 
-    def score_split(self, corpus, split: str = "val", *, batch_size: int = 32, chars: int | None = None,
-                    progress: bool = False) -> Score:
-        """The loss of a prepared corpus's split (a :class:`~chargen.prepared.PreparedCorpus`), as training
+    def score_split(
+        self,
+        corpus: PreparedCorpus,
+        split: str = "val",
+        *,
+        batch_size: int = 32,
+        chars: int | None = None,
+        progress: bool = False,
+    ) -> Score:
+        """The loss of a prepared corpus's split (a :class:`~chargen.data.prepared.PreparedCorpus`), as training
         validates: every character (or a ``chars`` sample), in segments warmed on the text before them.
         Streams from the memory map: memory stays small whatever the split's size."""
         self._torch("score_split")
         from ..model.scoring import WARMUP, Sample, SampleScorer
+
         if split not in ("train", "val", "test"):
             raise ChargenError(f"split must be train, val or test, got {split!r}")
         if corpus.vocab.chars != self.vocab.chars:
             raise ChargenError("this corpus's vocabulary is not the model's; score the corpus the run was trained on")
         ids = corpus.reader(split)
         if len(ids) == 0:
-            raise ChargenError(f"the corpus {corpus.meta['source']} has no {split} split (0 characters); "
-                               "choose another split")
-        scorer = SampleScorer(ids, corpus.before(split, WARMUP + 1), Sample.plan(len(ids), chars),
-                              batch_size=batch_size, device=self.device)
+            raise ChargenError(
+                f"the corpus {corpus.meta['source']} has no {split} split (0 characters); choose another split"
+            )
+        scorer = SampleScorer(
+            ids,
+            corpus.before(split, WARMUP + 1),
+            Sample.plan(len(ids), chars),
+            batch_size=batch_size,
+            device=self.device,
+        )
         bar = None
         if progress:
             from tqdm import tqdm
+
             bar = tqdm(total=scorer.sample.count, unit="char", unit_scale=True, leave=False, desc=f"eval {split}")
         try:
-            total, count = scorer(self.model, tick=bar.update if bar is not None else None)
+            result = scorer(self.model, tick=bar.update if bar is not None else None)
         finally:
             if bar is not None:
                 bar.close()
+        assert result is not None  # None only past a deadline or when probing, and neither is asked here
+        total, count = result
         return _make_score(np.zeros(0), -total, count)
 
 

@@ -16,46 +16,78 @@ sample drawn with seed ``s + i``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeAlias
+
 import numpy as np
 import torch
 
 from ..config import DEFAULT_TEMPERATURE, SampleOptions
+from ..model.network import AdaptiveHead, CharRNN
 from .draws import draw_loop, uniforms, uniforms_at
-from ..model.network import CharRNN
+
+if TYPE_CHECKING:
+    from ..data.vocab import CharVocab
+    from ..model.network import RNNState
 
 __all__ = ["FastStep", "SampleOptions", "TorchRuntime", "pick", "preview", "sample_ids", "uniforms", "uniforms_at"]
 
-def sample_ids(step: "FastStep", logits: torch.Tensor, state: list, seeds: np.ndarray, opts: SampleOptions,
-               banned: int | None = None):
+# FastStep's state: per-layer (B, H) tensors, [hs, cs] for an LSTM, [hs] for a GRU.
+FastState: TypeAlias = list[list[torch.Tensor]]
+
+
+def sample_ids(
+    step: FastStep,
+    logits: torch.Tensor,
+    state: FastState,
+    seeds: np.ndarray,
+    opts: SampleOptions,
+    banned: int | None = None,
+) -> Iterator[torch.Tensor]:
     """Draw the next ids (B,) ``opts.length`` times, from primed logits (B, V) and a per-layer state.
 
     Row ``i`` draws from ``seeds[i]``; one fast step per character after the first. ``banned``
     (the unknown token) is never drawn.
     """
-    if banned is not None:  # made once on the device: a host-to-device copy per character would block on CUDA
-        banned = torch.tensor([banned], device=logits.device)
-    return draw_loop(step, pick, logits, state, seeds, opts, banned,
-                     to_array=lambda u: torch.from_numpy(u).to(logits.device))
+    # made once on the device: a host-to-device copy per character would block on CUDA
+    banned_ids = torch.tensor([banned], device=logits.device) if banned is not None else None
+    return draw_loop(
+        step, pick, logits, state, seeds, opts, banned_ids, to_array=lambda u: torch.from_numpy(u).to(logits.device)
+    )
 
 
 @torch.no_grad()
-def preview(model: CharRNN, vocab, length: int, seed: int, temperature: float = DEFAULT_TEMPERATURE) -> str:
+def preview(model: CharRNN, vocab: CharVocab, length: int, seed: int, temperature: float = DEFAULT_TEMPERATURE) -> str:
     """A short sample from a model in training, to show progress; drawn from its own seed, so the
     training RNG is never touched."""
     was_training = model.training
     model.eval()
     logits, state = model(torch.tensor([[vocab.start_id]], device=model.embedding.weight.device))
     step = FastStep(model)
-    out = list(sample_ids(step, logits[:, -1], step.to_fast(state), np.array([seed], dtype=np.uint64),
-                          SampleOptions(length=length, temperature=temperature), banned=vocab.unk_id))
+    out = list(
+        sample_ids(
+            step,
+            logits[:, -1],
+            step.to_fast(state),
+            np.array([seed], dtype=np.uint64),
+            SampleOptions(length=length, temperature=temperature),
+            banned=vocab.unk_id,
+        )
+    )
     model.train(was_training)
     return vocab.decode(torch.cat(out)) if out else ""
 
 
-def pick(logits: torch.Tensor, u: torch.Tensor | None, temperature: float, top_k: int | None,
-         top_p: float | None, banned: int | torch.Tensor | None) -> torch.Tensor:
+def pick(
+    logits: torch.Tensor,
+    u: torch.Tensor | None,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    banned: int | torch.Tensor | None,
+) -> torch.Tensor:
     """Next ids (B,) from logits (B, V): greedy at temperature 0, else inverse-CDF sampling with u (B,)."""
-    if banned is not None:                                 # never emit the unknown token
+    if banned is not None:  # never emit the unknown token
         if not isinstance(banned, torch.Tensor):
             banned = torch.tensor([banned], device=logits.device)
         logits = logits.index_fill(-1, banned, float("-inf"))
@@ -67,17 +99,18 @@ def pick(logits: torch.Tensor, u: torch.Tensor | None, temperature: float, top_k
         # -inf (greedy in the limit) instead of overflowing the maximum to +inf (NaN probabilities).
         logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]          # (B, 1)
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)                               # (B, V)
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
     if top_p is not None and top_p < 1.0:
         # A stable sort: among tied probabilities at the cut, the lower ids stay, on every device.
         sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
-        before = sorted_p.cumsum(dim=-1) - sorted_p                     # mass strictly before each
-        sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)           # the first always stays
+        before = sorted_p.cumsum(dim=-1) - sorted_p  # mass strictly before each
+        sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)  # the first always stays
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-    cdf = probs.cumsum(dim=-1)                                          # (B, V)
+    cdf = probs.cumsum(dim=-1)  # (B, V)
     total = cdf[:, -1:]
+    assert u is not None  # draw_loop gives uniforms whenever it does not pick greedily
     # Strictly below the total, so the first id whose cdf exceeds the target always has
     # probability > 0 (a zero-probability id repeats the cdf before it and is skipped).
     target = torch.minimum(u.to(cdf)[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
@@ -98,21 +131,22 @@ class FastStep:
         H = c.hidden_size
         rnn = model.rnn
         with torch.no_grad():
-            emb = model.embedding.weight                                     # (V, E)
-            self.layers = []
+            emb = model.embedding.weight  # (V, E)
+            # LSTM: (input table or bias, weight); GRU: (input part, w_ih or None, w_hh, b_hh)
+            self.layers: list[tuple[Any, ...]] = []
             for layer in range(c.num_layers):
-                w_ih = getattr(rnn, f"weight_ih_l{layer}")                    # (G*H, in)
-                w_hh = getattr(rnn, f"weight_hh_l{layer}")                    # (G*H, H)
+                w_ih = getattr(rnn, f"weight_ih_l{layer}")  # (G*H, in)
+                w_hh = getattr(rnn, f"weight_hh_l{layer}")  # (G*H, H)
                 b_ih = getattr(rnn, f"bias_ih_l{layer}")
                 b_hh = getattr(rnn, f"bias_hh_l{layer}")
                 if c.cell == "lstm":
                     # tanh(x) = 2 sigmoid(2x) - 1: doubling the g rows lets one sigmoid cover all gates.
                     scale = torch.ones(4 * H, 1, dtype=w_ih.dtype, device=w_ih.device)
-                    scale[2 * H:3 * H] = 2.0
-                    if layer == 0:   # input projection of every id, biases folded in: (V, 4H)
+                    scale[2 * H : 3 * H] = 2.0
+                    if layer == 0:  # input projection of every id, biases folded in: (V, 4H)
                         table = torch.addmm((b_ih + b_hh), emb, w_ih.t()) * scale.t()
                         self.layers.append((table, (w_hh * scale).t().contiguous()))
-                    else:            # one matmul over [x, h]: (in + H, 4H)
+                    else:  # one matmul over [x, h]: (in + H, 4H)
                         w = (torch.cat([w_ih, w_hh], dim=1) * scale).t().contiguous()
                         self.layers.append(((b_ih + b_hh) * scale[:, 0], w))
                 else:  # GRU keeps input and hidden parts apart: r gates only the hidden part of n
@@ -121,40 +155,41 @@ class FastStep:
                     else:
                         self.layers.append((b_ih, w_ih.t().contiguous(), w_hh.t().contiguous(), b_hh))
             # The adaptive softmax is applied as the model applies it; a full one as one matmul.
-            self.adaptive = model.head if c.adaptive else None
-            if not c.adaptive:
-                self.head_w = model.head.weight.t().contiguous()            # (H, V)
-                self.head_b = model.head.bias.clone()
+            head = model.head  # an AdaptiveHead exactly when the config is adaptive
+            self.adaptive = head if isinstance(head, AdaptiveHead) else None
+            if not isinstance(head, AdaptiveHead):
+                self.head_w = head.weight.t().contiguous()  # (H, V)
+                self.head_b = head.bias.clone()
         self.device = model.embedding.weight.device
 
-    def to_fast(self, state) -> list:
+    def to_fast(self, state: RNNState) -> FastState:
         """(L, B, H) state(s) of nn.LSTM/nn.GRU -> per-layer lists."""
-        if self.cell == "lstm":
+        if isinstance(state, tuple):  # an LSTM's (h, c)
             return [list(state[0].unbind(0)), list(state[1].unbind(0))]
         return [list(state.unbind(0))]
 
-    def from_fast(self, fast: list):
+    def from_fast(self, fast: FastState) -> RNNState:
         """Per-layer lists -> the (L, B, H) layout of nn.LSTM/nn.GRU."""
         if self.cell == "lstm":
             return torch.stack(fast[0]), torch.stack(fast[1])
         return torch.stack(fast[0])
 
     @torch.inference_mode()
-    def __call__(self, ids: torch.Tensor, fast: list) -> tuple[torch.Tensor, list]:
+    def __call__(self, ids: torch.Tensor, fast: FastState) -> tuple[torch.Tensor, FastState]:
         """ids (B,), per-layer state -> logits (B, V), new per-layer state."""
         H = self.H
-        x = None
+        x = ids  # each layer's input: the ids for layer 0 (read through its table), then the layer below's output
         if self.cell == "lstm":
             hs, cs = fast
             new_h, new_c = [], []
             for layer, (a, w) in enumerate(self.layers):
                 if layer == 0:
-                    gates = torch.addmm(a.index_select(0, ids), hs[0], w)        # (B, 4H)
+                    gates = torch.addmm(a.index_select(0, ids), hs[0], w)  # (B, 4H)
                 else:
                     gates = torch.addmm(a, torch.cat([x, hs[layer]], dim=1), w)
                 gates = gates.sigmoid_()
                 i, f, g, o = gates.split(H, dim=1)
-                c = torch.addcmul(f * cs[layer], i, g.mul(2.0).sub_(1.0))      # f*c + i*tanh(g)
+                c = torch.addcmul(f * cs[layer], i, g.mul(2.0).sub_(1.0))  # f*c + i*tanh(g)
                 x = o * c.tanh()
                 new_h.append(x)
                 new_c.append(c)
@@ -165,18 +200,18 @@ class FastStep:
             for layer, (gi_src, w_ih, w_hh, b_hh) in enumerate(self.layers):
                 h = hs[layer]
                 gi = gi_src.index_select(0, ids) if layer == 0 else torch.addmm(gi_src, x, w_ih)  # (B, 3H)
-                gh = torch.addmm(b_hh, h, w_hh)                                  # (B, 3H)
+                gh = torch.addmm(b_hh, h, w_hh)  # (B, 3H)
                 i_r, i_z, i_n = gi.split(H, dim=1)
                 h_r, h_z, h_n = gh.split(H, dim=1)
                 r = torch.sigmoid(i_r + h_r)
                 z = torch.sigmoid(i_z + h_z)
                 n = torch.tanh(torch.addcmul(i_n, r, h_n))
-                x = torch.lerp(n, h, z)                                          # (1 - z) * n + z * h
+                x = torch.lerp(n, h, z)  # (1 - z) * n + z * h
                 new_h.append(x)
             fast = [new_h]
         if self.adaptive is not None:
-            return self.adaptive.log_probs(x), fast                                # (B, V)
-        return torch.addmm(self.head_b, x, self.head_w), fast                      # (B, V)
+            return self.adaptive.log_probs(x), fast  # (B, V)
+        return torch.addmm(self.head_b, x, self.head_w), fast  # (B, V)
 
 
 class TorchRuntime:
@@ -193,18 +228,20 @@ class TorchRuntime:
         self.step = FastStep(self.model)
 
     @torch.inference_mode()
-    def prime(self, ids: np.ndarray, batch: int) -> tuple[torch.Tensor, list]:
+    def prime(self, ids: np.ndarray, batch: int) -> tuple[torch.Tensor, FastState]:
         """Logits (batch, V) after ``ids`` ([start, prompt]), read in one forward call, and the state."""
         x = torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(self.device)[None, :]
-        h, state = self.model.features(x)                                          # (1, T, H)
-        logits = self.model.logits(h[:, -1]).expand(batch, -1).contiguous()       # (batch, V)
+        h, state = self.model.features(x)  # (1, T, H)
+        logits = self.model.logits(h[:, -1]).expand(batch, -1).contiguous()  # (batch, V)
         if isinstance(state, tuple):
             state = tuple(s.expand(-1, batch, -1).contiguous() for s in state)
         else:
             state = state.expand(-1, batch, -1).contiguous()
         return logits, self.step.to_fast(state)
 
-    def sample(self, logits, state, seeds: np.ndarray, opts: SampleOptions, banned: int | None):
+    def sample(
+        self, logits: torch.Tensor, state: FastState, seeds: np.ndarray, opts: SampleOptions, banned: int | None
+    ) -> Iterator[torch.Tensor]:
         return sample_ids(self.step, logits, state, seeds, opts, banned)
 
     @staticmethod
@@ -212,13 +249,15 @@ class TorchRuntime:
         """The drawn ids, one tensor (B,) per step -> (B, steps), copied off the device once."""
         return torch.stack(columns, dim=1).cpu().numpy()
 
-    def scorer(self, start_id: int):
+    def scorer(self, start_id: int) -> Callable[[np.ndarray], np.ndarray]:
         """A function of ids (t,) -> log-probabilities (t,) float64, the state carried between calls."""
         from ..model.scoring import StreamScorer
+
         scorer = StreamScorer(self.model, torch.tensor([start_id], device=self.device))
 
         @torch.inference_mode()
         def score(targets: np.ndarray) -> np.ndarray:
             x = torch.from_numpy(np.asarray(targets, dtype=np.int64)).to(self.device)[None, :]
             return scorer(x)[0].cpu().numpy()
+
         return score

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import ChargenError
+
+if TYPE_CHECKING:
+    from .network import CharRNN
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -23,11 +26,15 @@ def resolve_device(name: str | torch.device) -> torch.device:
         raise ChargenError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ChargenError(f"--device {name} asked for, but this machine has no CUDA device (or torch was "
-                               "built without CUDA); use --device cpu or auto")
+            raise ChargenError(
+                f"--device {name} asked for, but this machine has no CUDA device (or torch was "
+                "built without CUDA); use --device cpu or auto"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ChargenError(f"--device {name} asked for, but this machine has {torch.cuda.device_count()} "
-                               "CUDA device(s); use cuda:0 or another that exists")
+            raise ChargenError(
+                f"--device {name} asked for, but this machine has {torch.cuda.device_count()} "
+                "CUDA device(s); use cuda:0 or another that exists"
+            )
     elif device.type == "mps":
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
             raise ChargenError("--device mps asked for, but MPS is not available here; use --device cpu or auto")
@@ -73,7 +80,7 @@ def resolve_precision(name: str, device: torch.device, cell: str | None = None) 
     return name
 
 
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+def autocast(precision: str, device: torch.device) -> torch.autocast:
     """The autocast context for a resolved precision: bf16/fp16 compute, or plain fp32."""
     if precision in ("bf16", "fp16"):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -82,7 +89,7 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 
 
 @torch.no_grad()
-def state_dtype(model: torch.nn.Module, precision: str, device: torch.device) -> torch.dtype:
+def state_dtype(model: CharRNN, precision: str, device: torch.device) -> torch.dtype:
     """The dtype of the state the model's RNN returns under ``precision`` (bf16/fp16 kernels on some
     devices, float32 on others), found with one tiny forward in eval mode, which draws no random numbers."""
     if precision == "fp32":
@@ -93,8 +100,10 @@ def state_dtype(model: torch.nn.Module, precision: str, device: torch.device) ->
         with autocast(precision, device):
             _, state = model(torch.zeros(1, 1, dtype=torch.long, device=device))
     except RuntimeError as e:  # e.g. oneDNN without bf16 LSTM kernels on this CPU
-        raise ChargenError(f"--precision {precision} does not run a {model.config.cell.upper()} on this "
-                           f"{device.type} ({str(e).splitlines()[0][:80]}); use --precision fp32") from None
+        raise ChargenError(
+            f"--precision {precision} does not run a {model.config.cell.upper()} on this "
+            f"{device.type} ({str(e).splitlines()[0][:80]}); use --precision fp32"
+        ) from None
     finally:
         model.train(was_training)
     return (state[0] if isinstance(state, tuple) else state).dtype

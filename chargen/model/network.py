@@ -13,6 +13,8 @@ reads them the same way, since a log-softmax leaves log-probabilities as they ar
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -20,7 +22,18 @@ import torch.nn.functional as F
 
 from ..config import ADAPTIVE_DIV, ModelConfig
 
-__all__ = ["AdaptiveHead", "CharRNN", "LockedDropout", "ModelConfig", "detach_state", "state_tensors", "state_from_tensors"]
+__all__ = [
+    "AdaptiveHead",
+    "CharRNN",
+    "LockedDropout",
+    "ModelConfig",
+    "detach_state",
+    "state_from_tensors",
+    "state_tensors",
+]
+
+# The state an RNN carries from one step to the next: h (layers, B, H) for a GRU, the pair (h, c) for an LSTM.
+RNNState: TypeAlias = torch.Tensor | tuple[torch.Tensor, ...]
 
 
 class AdaptiveHead(nn.AdaptiveLogSoftmaxWithLoss):
@@ -38,6 +51,9 @@ class AdaptiveHead(nn.AdaptiveLogSoftmaxWithLoss):
     part in every step (DistributedDataParallel needs it).
     """
 
+    rank: torch.Tensor  # buffers, registered in __init__
+    bounds: torch.Tensor
+
     def __init__(self, hidden_size: int, vocab_size: int, cutoffs: list[int]):
         super().__init__(hidden_size, vocab_size, list(cutoffs), div_value=float(ADAPTIVE_DIV), head_bias=True)
         self.register_buffer("rank", torch.arange(vocab_size))
@@ -52,19 +68,21 @@ class AdaptiveHead(nn.AdaptiveLogSoftmaxWithLoss):
     def log_probs(self, h: torch.Tensor) -> torch.Tensor:
         """h (..., H) -> log-probabilities (..., V) of every character, in the vocabulary's order."""
         shape, h = h.shape[:-1], h.reshape(-1, self.in_features)
-        head = torch.log_softmax(self.head(h).float(), dim=-1)                     # (N, shortlist + clusters)
+        head = torch.log_softmax(self.head(h).float(), dim=-1)  # (N, shortlist + clusters)
         c0 = self.shortlist_size
         parts = [head[:, :c0]]
         for i, tail in enumerate(self.tail):
-            parts.append(torch.log_softmax(tail(h).float(), dim=-1) + head[:, c0 + i:c0 + i + 1])
+            parts.append(torch.log_softmax(tail(h).float(), dim=-1) + head[:, c0 + i : c0 + i + 1])
         return torch.cat(parts, dim=-1).index_select(-1, self.rank).view(*shape, self.n_classes)
 
-    def forward(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(  # type: ignore[override]  # the targets' log-probabilities, not nn's (output, loss) pair
+        self, h: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
         """h (..., H), targets (...) -> the targets' log-probabilities (...), float32; each character costs
         the head and its own cluster only."""
         shape, h = targets.shape, h.reshape(-1, self.in_features)
         r = self.rank[targets.reshape(-1)]
-        cluster = torch.bucketize(r, self.bounds, right=True)                     # 0: the head's own characters
+        cluster = torch.bucketize(r, self.bounds, right=True)  # 0: the head's own characters
         head = torch.log_softmax(self.head(h).float(), dim=-1)
         c0 = self.shortlist_size
         out = head.gather(1, torch.where(cluster == 0, r, c0 - 1 + cluster)[:, None])[:, 0]
@@ -99,14 +117,22 @@ class CharRNN(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = c = config
+        assert c.embedding_size is not None  # ModelConfig.__post_init__ sets it
         self.embedding = nn.Embedding(c.vocab_size, c.embedding_size)
         rnn = nn.LSTM if c.cell == "lstm" else nn.GRU
         # nn.LSTM applies dropout between layers only; the head gets its own below.
-        self.rnn = rnn(c.embedding_size, c.hidden_size, c.num_layers, batch_first=True,
-                       dropout=c.dropout if c.num_layers > 1 else 0.0)
+        self.rnn = rnn(
+            c.embedding_size,
+            c.hidden_size,
+            c.num_layers,
+            batch_first=True,
+            dropout=c.dropout if c.num_layers > 1 else 0.0,
+        )
         self.drop = nn.Dropout(c.dropout)
         self.input_drop, self.output_drop = LockedDropout(c.input_dropout), LockedDropout(c.output_dropout)
+        self.head: AdaptiveHead | nn.Linear
         if c.adaptive:
+            assert c.cutoffs is not None  # an adaptive config has its cutoffs (ModelConfig.resolve_softmax)
             self.head = AdaptiveHead(c.hidden_size, c.vocab_size, c.cutoffs)
         else:
             self.head = nn.Linear(c.hidden_size, c.vocab_size)
@@ -123,15 +149,17 @@ class CharRNN(nn.Module):
                     # Forget-gate bias 1 (gates are i, f, g, o): remember by default early on.
                     H = self.config.hidden_size
                     with torch.no_grad():
-                        p[H:2 * H].fill_(0.5)  # b_ih and b_hh both get 0.5: sum 1
-        nn.init.zeros_(self.head.head.bias if self.config.adaptive else self.head.bias)
+                        p[H : 2 * H].fill_(0.5)  # b_ih and b_hh both get 0.5: sum 1
+        head = self.head  # an AdaptiveHead exactly when the config is adaptive
+        nn.init.zeros_(head.head.bias if isinstance(head, AdaptiveHead) else head.bias)
 
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def init_state(self, batch_size: int, device: torch.device | str | None = None,
-                   dtype: torch.dtype | None = None):
+    def init_state(
+        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> RNNState:
         """The zero state for ``batch_size`` sequences."""
         c = self.config
         device = device if device is not None else self.embedding.weight.device
@@ -139,7 +167,9 @@ class CharRNN(nn.Module):
         h = torch.zeros(c.num_layers, batch_size, c.hidden_size, device=device, dtype=dtype)
         return (h, h.clone()) if c.cell == "lstm" else h
 
-    def forward(self, ids: torch.Tensor, state=None, targets: torch.Tensor | None = None):
+    def forward(
+        self, ids: torch.Tensor, state: RNNState | None = None, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, RNNState]:
         """ids (B, T) -> logits (B, T, V), state after the last step; with targets (B, T), the mean loss
         over them (nats) in place of the logits."""
         h, state = self.features(ids, state)
@@ -149,14 +179,15 @@ class CharRNN(nn.Module):
             return -self.head(h, targets).mean(), state
         return F.cross_entropy(self.head(h).float().flatten(0, 1), targets.flatten()), state
 
-    def features(self, ids: torch.Tensor, state=None):
+    def features(self, ids: torch.Tensor, state: RNNState | None = None) -> tuple[torch.Tensor, RNNState]:
         """ids (B, T) -> what the output layer reads (B, T, H), state after the last step."""
-        out, state = self.rnn(self.input_drop(self.embedding(ids)), state)    # (B, T, H)
+        out, state = self.rnn(self.input_drop(self.embedding(ids)), state)  # (B, T, H)
         return self.output_drop(self.drop(out)), state
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Output layer: (..., H) -> (..., V); log-probabilities with the adaptive softmax."""
-        return self.head.log_probs(h) if self.config.adaptive else self.head(h)
+        head = self.head  # an AdaptiveHead exactly when the config is adaptive
+        return head.log_probs(h) if isinstance(head, AdaptiveHead) else head(h)
 
     def target_log_probs(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Log-probabilities (float32) of ``targets`` (...) given the output layer's input h (..., H)."""
@@ -165,7 +196,7 @@ class CharRNN(nn.Module):
         return torch.log_softmax(self.head(h).float(), dim=-1).gather(-1, targets[..., None])[..., 0]
 
 
-def detach_state(state, dtype: torch.dtype | None = None):
+def detach_state(state: RNNState | None, dtype: torch.dtype | None = None) -> RNNState | None:
     """Cut the graph behind a carried state (truncated BPTT), optionally in ``dtype``; no copy otherwise."""
     if state is None:
         return None
@@ -174,12 +205,12 @@ def detach_state(state, dtype: torch.dtype | None = None):
     return state.detach().to(dtype) if dtype else state.detach()
 
 
-def state_tensors(state) -> dict[str, torch.Tensor]:
+def state_tensors(state: RNNState) -> dict[str, torch.Tensor]:
     """A state as named tensors, for safetensors."""
     if isinstance(state, tuple):
         return {"h": state[0], "c": state[1]}
     return {"h": state}
 
 
-def state_from_tensors(tensors: dict[str, torch.Tensor], cell: str):
+def state_from_tensors(tensors: dict[str, torch.Tensor], cell: str) -> RNNState:
     return (tensors["h"], tensors["c"]) if cell == "lstm" else tensors["h"]

@@ -12,10 +12,27 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .network import CharRNN, RNNState
+
+# A context manager factory, called around each forward: ``devices.autocast`` bound to a precision, or no-op.
+Autocast = Callable[[], contextlib.AbstractContextManager[Any]]
+
+
+class IdSlices(Protocol):
+    """Ids read by slices: an array, a memory map, or the data wing's IdsReader."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: slice, /) -> np.ndarray: ...
+
 
 WARMUP = 256  # ids each validation stream reads before it is scored
 
@@ -23,10 +40,10 @@ WARMUP = 256  # ids each validation stream reads before it is scored
 class StreamScorer:
     """Per-id log-probabilities of B streams read piece by piece (see the module docstring)."""
 
-    def __init__(self, model: torch.nn.Module, first_inputs: torch.Tensor, autocast=contextlib.nullcontext):
+    def __init__(self, model: CharRNN, first_inputs: torch.Tensor, autocast: Autocast = contextlib.nullcontext):
         self.model = model
-        self.prev = first_inputs            # (B,) the id before each stream's next target
-        self.state = None
+        self.prev = first_inputs  # (B,) the id before each stream's next target
+        self.state: RNNState | None = None
         self.autocast = autocast
 
     @torch.no_grad()
@@ -35,10 +52,10 @@ class StreamScorer:
 
         Every target is read (it is the next step's input); only the scored ones count.
         """
-        x = torch.cat([self.prev[:, None], targets[:, :-1]], dim=1)               # (B, t)
+        x = torch.cat([self.prev[:, None], targets[:, :-1]], dim=1)  # (B, t)
         with self.autocast():
-            h, self.state = self.model.features(x, self.state)                     # (B, t, H)
-            lp = self.model.target_log_probs(h, targets).double()                  # (B, t)
+            h, self.state = self.model.features(x, self.state)  # (B, t, H)
+            lp = self.model.target_log_probs(h, targets).double()  # (B, t)
         self.prev = targets[:, -1]
         return lp if scored is None else lp.masked_fill(~scored, 0.0)
 
@@ -62,13 +79,13 @@ class Sample:
     same characters.
     """
 
-    starts: np.ndarray      # (K,) offsets into the split
-    length: int             # L, ids per segment
-    n: int                  # ids in the split
-    last: int = 0           # ids scored in the last segment (<= L)
+    starts: np.ndarray  # (K,) offsets into the split
+    length: int  # L, ids per segment
+    n: int  # ids in the split
+    last: int = 0  # ids scored in the last segment (<= L)
 
     @classmethod
-    def plan(cls, n: int, chars: int | None = None) -> "Sample":
+    def plan(cls, n: int, chars: int | None = None) -> Sample:
         m = n if chars is None else min(int(chars), n)
         if m <= 0:
             return cls(np.zeros(0, dtype=np.int64), 0, n)
@@ -107,11 +124,20 @@ class SampleScorer:
     runs past a deadline.
     """
 
-    def __init__(self, ids: np.ndarray, context: np.ndarray, sample: Sample, *, batch_size: int = 32,
-                 chunk: int = 256, warmup: int = WARMUP, device: torch.device = torch.device("cpu"),
-                 autocast=contextlib.nullcontext):
+    def __init__(
+        self,
+        ids: IdSlices,
+        context: np.ndarray,
+        sample: Sample,
+        *,
+        batch_size: int = 32,
+        chunk: int = 256,
+        warmup: int = WARMUP,
+        device: torch.device = torch.device("cpu"),
+        autocast: Autocast = contextlib.nullcontext,
+    ):
         self.ids, self.sample = ids, sample
-        self.context = np.asarray(context[-(warmup + 1):] if len(context) > warmup else context, dtype=np.int64)
+        self.context = np.asarray(context[-(warmup + 1) :] if len(context) > warmup else context, dtype=np.int64)
         self.batch_size, self.chunk, self.warmup = max(1, batch_size), chunk, warmup
         self.device, self.autocast = device, autocast
         k = len(sample.starts)
@@ -123,14 +149,19 @@ class SampleScorer:
         """Seconds one evaluation takes, from the chunks timed so far (None before any)."""
         return None if self.seconds_per_chunk is None else self.chunks * self.seconds_per_chunk
 
-    def probe(self, model: torch.nn.Module) -> None:
+    def probe(self, model: CharRNN) -> None:
         """Time one chunk of the first segments, to estimate an evaluation before the first one."""
         if len(self.sample.starts):
             self.__call__(model, probe=True)
 
     @torch.no_grad()
-    def __call__(self, model: torch.nn.Module, deadline: float | None = None, probe: bool = False,
-                 tick=None) -> tuple[float, int] | None:
+    def __call__(
+        self,
+        model: CharRNN,
+        deadline: float | None = None,
+        probe: bool = False,
+        tick: Callable[[int], object] | None = None,
+    ) -> tuple[float, int] | None:
         """(summed nats, count) over the sample; None when it would not end by ``deadline`` (perf_counter).
         ``tick(n)``, if given, is called as each chunk of n scored ids is done (a progress bar)."""
         sample = self.sample
@@ -147,10 +178,10 @@ class SampleScorer:
                 mask = torch.from_numpy(scored).to(self.device)
                 scorer = StreamScorer(model, torch.from_numpy(rows[:, 0]).to(self.device), self.autocast)
                 for lo in range(0, targets.shape[1], self.chunk):
-                    total += scorer(targets[:, lo:lo + self.chunk], mask[:, lo:lo + self.chunk]).sum()
+                    total += scorer(targets[:, lo : lo + self.chunk], mask[:, lo : lo + self.chunk]).sum()
                     done += 1
                     if tick is not None:
-                        tick(int(scored[:, lo:lo + self.chunk].sum()))
+                        tick(int(scored[:, lo : lo + self.chunk].sum()))
                     now = time.perf_counter()
                     if probe:
                         float(total)  # wait for the device
@@ -158,7 +189,7 @@ class SampleScorer:
                         return None
                     if deadline is not None and now + (now - began) / done * (self.chunks - done) > deadline:
                         return None
-            result = 0.0 - float(total), sample.count   # not -total: a text scored perfectly is 0.0, not -0.0
+            result = 0.0 - float(total), sample.count  # not -total: a text scored perfectly is 0.0, not -0.0
             self.seconds_per_chunk = (time.perf_counter() - began) / done
             return result
         finally:
@@ -166,31 +197,50 @@ class SampleScorer:
 
     def _rows(self, segments: range) -> tuple[np.ndarray, np.ndarray]:
         """The ids these segments read (1 + warmup + L each) and which of them are scored."""
-        W, L, n = self.warmup, self.sample.length, self.sample.n
+        W, L, _n = self.warmup, self.sample.length, self.sample.n
         rows = np.empty((len(segments), 1 + W + L), dtype=np.int64)
         scored = np.zeros((len(segments), W + L), dtype=bool)
         for r, i in enumerate(segments):
             s = int(self.sample.starts[i])
             lo, hi = s - W - 1, s + self.sample.scored(i)
-            own = np.asarray(self.ids[max(lo, 0):hi], dtype=np.int64)
-            before = self.context[len(self.context) - min(-lo, len(self.context)):] if lo < 0 else self.context[:0]
+            own = np.asarray(self.ids[max(lo, 0) : hi], dtype=np.int64)
+            before = self.context[len(self.context) - min(-lo, len(self.context)) :] if lo < 0 else self.context[:0]
             row = np.concatenate([before, own])
             # Where the text before runs out, the first id stands in (read, never scored); after the last
             # scored id, the last one does.
             pad_front = 1 + W + L - len(row) - (s + L - hi)
             rows[r] = np.concatenate([np.full(pad_front, row[0]), row, np.full(s + L - hi, row[-1])])
-            scored[r, W:W + hi - s] = True
+            scored[r, W : W + hi - s] = True
         return rows, scored
 
 
-def streams_loss(model: torch.nn.Module, ids: np.ndarray, context: np.ndarray, *, batch_size: int = 32,
-                 chunk: int = 256, warmup: int = WARMUP, device: torch.device = torch.device("cpu"),
-                 autocast=contextlib.nullcontext, chars: int | None = None) -> tuple[float, int]:
+def streams_loss(
+    model: CharRNN,
+    ids: IdSlices,
+    context: np.ndarray,
+    *,
+    batch_size: int = 32,
+    chunk: int = 256,
+    warmup: int = WARMUP,
+    device: torch.device = torch.device("cpu"),
+    autocast: Autocast = contextlib.nullcontext,
+    chars: int | None = None,
+) -> tuple[float, int]:
     """Summed loss (nats) and count over ``ids`` (all of it, or a ``chars`` sample), which follow
     ``context`` (the end of the text before them): see :class:`Sample` and :class:`SampleScorer`."""
-    scorer = SampleScorer(ids, context, Sample.plan(len(ids), chars), batch_size=batch_size, chunk=chunk,
-                          warmup=warmup, device=device, autocast=autocast)
-    return scorer(model)
+    scorer = SampleScorer(
+        ids,
+        context,
+        Sample.plan(len(ids), chars),
+        batch_size=batch_size,
+        chunk=chunk,
+        warmup=warmup,
+        device=device,
+        autocast=autocast,
+    )
+    result = scorer(model)
+    assert result is not None  # None only past a deadline or when probing, and neither is asked here
+    return result
 
 
 def mean_loss(total: float, count: int) -> tuple[float, float]:

@@ -24,6 +24,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from safetensors import SafetensorError
@@ -33,21 +34,25 @@ from ..errors import ChargenError
 from ..files import atomic_write, fsync_dir, temporary_dir, write_json
 from .folder import last_dir, read_json
 
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+    from ..model.network import CharRNN
+
 
 @dataclass
 class ResumeState:
     """Where a run stands, beyond its weights and optimizer: what a resume restores."""
 
     step: int = 0
-    elapsed: float = 0.0                      # wall-clock seconds, carried across resumes
+    elapsed: float = 0.0  # wall-clock seconds, carried across resumes
     best_val_loss: float | None = None
     best_step: int | None = None
     evals_since_best: int = 0
-    bad_streak: int = 0                       # non-finite steps in a row
+    bad_streak: int = 0  # non-finite steps in a row
     last_eval_step: int | None = None
     world_size: int = 1
-    stopped: str | None = None                # why a finished run stopped (budget, patience); None while running
-    rng: dict[str, torch.Tensor] = field(default_factory=dict)      # "rng_cpu", "rng_cuda" (".R" per rank)
+    stopped: str | None = None  # why a finished run stopped (budget, patience); None while running
+    rng: dict[str, torch.Tensor] = field(default_factory=dict)  # "rng_cpu", "rng_cuda" (".R" per rank)
     carried: dict[str, torch.Tensor] = field(default_factory=dict)  # "h" (and "c"): (L, B, H), all streams
 
 
@@ -74,9 +79,10 @@ def _metadata(metadata: dict | None) -> dict[str, str]:
     return {k: str(v) for k, v in (metadata or {}).items()}
 
 
-def _unreadable(path, e: Exception) -> ChargenError:
-    return ChargenError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]}); "
-                        "the run folder is corrupt")
+def _unreadable(path: str | os.PathLike[str], e: Exception) -> ChargenError:
+    return ChargenError(
+        f"{path} is not a readable safetensors file ({str(e).splitlines()[0]}); the run folder is corrupt"
+    )
 
 
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict | None = None) -> None:
@@ -84,8 +90,10 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict | None = Non
     duplicate), and non-finite weights are never written over a good file."""
     bad = [k for k, v in model.state_dict().items() if not torch.isfinite(v).all()]
     if bad:
-        raise ChargenError(f"weights became non-finite ({', '.join(bad[:3])}); nothing was saved over the "
-                           f"last good checkpoint in {Path(path).parent}: lower --lr and resume")
+        raise ChargenError(
+            f"weights became non-finite ({', '.join(bad[:3])}); nothing was saved over the "
+            f"last good checkpoint in {Path(path).parent}: lower --lr and resume"
+        )
     with atomic_write(path) as tmp:
         save_model(model, str(tmp), metadata=_metadata(metadata))
 
@@ -94,24 +102,27 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load weights saved by :func:`save_weights`, checking names, shapes and finiteness."""
     if not Path(path).is_file():
         raise ChargenError(f"{path} is missing; the run folder is incomplete")
-    if hasattr(model, "config"):   # names, shapes and dtypes from the header first, as the NumPy backend reads it
+    if hasattr(model, "config"):  # names, shapes and dtypes from the header first, as the NumPy backend reads it
         from .folder import check_weights_header
-        check_weights_header(Path(path), model.config)
+
+        check_weights_header(Path(path), cast("ModelConfig", model.config))  # a CharRNN's: nn.Module types no config
     try:
         load_model(model, str(path), strict=True)
     except (SafetensorError, OSError, ValueError) as e:
         raise _unreadable(path, e) from None
     except RuntimeError as e:  # names or shapes that do not fit the model
         detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
-        raise ChargenError(f"{path} does not fit the model in config.json ({detail}); "
-                           "the run folder is corrupt") from None
+        raise ChargenError(
+            f"{path} does not fit the model in config.json ({detail}); the run folder is corrupt"
+        ) from None
     for k, v in model.state_dict().items():
         if not torch.isfinite(v).all():
             raise ChargenError(f"{path} holds non-finite values in {k}; the run folder is corrupt")
-    rank = model.state_dict().get("head.rank")   # the adaptive softmax's order: a permutation of the ids
+    rank = model.state_dict().get("head.rank")  # the adaptive softmax's order: a permutation of the ids
     if rank is not None and not torch.equal(rank.sort().values, torch.arange(rank.numel(), device=rank.device)):
-        raise ChargenError(f"{path} holds a head.rank that is not an order of the characters; "
-                           "the run folder is corrupt")
+        raise ChargenError(
+            f"{path} holds a head.rank that is not an order of the characters; the run folder is corrupt"
+        )
 
 
 # --------------------------------------------------------------------------- optimizer state
@@ -137,24 +148,40 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
     try:
         optimizer.load_state_dict({"state": state, "param_groups": fixed})
     except (ValueError, KeyError, RuntimeError) as e:
-        raise ChargenError(f"the optimizer state in last/ does not fit the model ({e}); "
-                           "the run folder is corrupt") from None
+        raise ChargenError(
+            f"the optimizer state in last/ does not fit the model ({e}); the run folder is corrupt"
+        ) from None
 
 
 # --------------------------------------------------------------------------- last/
 
-_COUNTERS = ("step", "elapsed", "best_val_loss", "best_step", "evals_since_best", "bad_streak",
-             "last_eval_step", "world_size", "stopped")
+_COUNTERS = (
+    "step",
+    "elapsed",
+    "best_val_loss",
+    "best_step",
+    "evals_since_best",
+    "bad_streak",
+    "last_eval_step",
+    "world_size",
+    "stopped",
+)
 
 
-def save_last(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler,
-              rs: ResumeState) -> None:
+def save_last(
+    run_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    rs: ResumeState,
+) -> None:
     """Write ``last/`` as a new folder and swap it in."""
     run_dir = Path(run_dir)
     opt_tensors, groups = optimizer_tensors(optimizer)
     trainer = {k: getattr(rs, k) for k in _COUNTERS}
-    trainer.update(optimizer_groups=groups, scaler=scaler.state_dict() if scaler.is_enabled() else None,
-                   has_state=bool(rs.carried))
+    trainer.update(
+        optimizer_groups=groups, scaler=scaler.state_dict() if scaler.is_enabled() else None, has_state=bool(rs.carried)
+    )
     with temporary_dir(run_dir, prefix=".last.") as tmp:
         save_weights(model, tmp / "model.safetensors", {"step": rs.step})
         write_tensors(tmp / "optimizer.safetensors", opt_tensors)
@@ -169,8 +196,14 @@ def save_last(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_last(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler,
-              device: torch.device, world_size: int) -> ResumeState:
+def load_last(
+    run_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    world_size: int,
+) -> ResumeState:
     """Load ``last/`` into the model, optimizer and scaler; return the rest as a ResumeState.
 
     The carried state and RNG tensors come back on the CPU, whole (every
@@ -181,21 +214,30 @@ def load_last(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     info = read_json(d / "trainer.json")
     saved_world = info.get("world_size", 1)
     if saved_world != world_size:
-        raise ChargenError(f"{run_dir} was checkpointed by {saved_world} process(es); resume it with "
-                           f"the same number (this is {world_size})")
+        raise ChargenError(
+            f"{run_dir} was checkpointed by {saved_world} process(es); resume it with "
+            f"the same number (this is {world_size})"
+        )
     try:
         load_optimizer(optimizer, read_tensors(d / "optimizer.safetensors", device=device), info["optimizer_groups"])
         extra = read_tensors(d / "state.safetensors")
         if info.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(info["scaler"])
-        rs = ResumeState(step=int(info["step"]), elapsed=float(info["elapsed"]),
-                         best_val_loss=info["best_val_loss"], best_step=info["best_step"],
-                         evals_since_best=int(info["evals_since_best"]), bad_streak=int(info["bad_streak"]),
-                         last_eval_step=info.get("last_eval_step"), world_size=saved_world,
-                         stopped=info.get("stopped"))
+        rs = ResumeState(
+            step=int(info["step"]),
+            elapsed=float(info["elapsed"]),
+            best_val_loss=info["best_val_loss"],
+            best_step=info["best_step"],
+            evals_since_best=int(info["evals_since_best"]),
+            bad_streak=int(info["bad_streak"]),
+            last_eval_step=info.get("last_eval_step"),
+            world_size=saved_world,
+            stopped=info.get("stopped"),
+        )
     except (KeyError, TypeError, ValueError) as e:
-        raise ChargenError(f"{d} is incomplete or corrupt ({type(e).__name__}: {e}); "
-                           "start a new run with --overwrite") from None
+        raise ChargenError(
+            f"{d} is incomplete or corrupt ({type(e).__name__}: {e}); start a new run with --overwrite"
+        ) from None
     rs.rng = {k: v for k, v in extra.items() if k.startswith("rng_")}
     if info.get("has_state"):
         rs.carried = {k.split(".", 1)[1]: v for k, v in extra.items() if k.startswith("state.")}
@@ -215,19 +257,21 @@ def restore_rng(rng: dict[str, torch.Tensor], device: torch.device, suffix: str,
     try:
         torch.set_rng_state(rng["rng_cpu" + suffix])
     except KeyError:
-        raise ChargenError(f"{run_dir}/last/state.safetensors has no RNG state; the run folder is corrupt: "
-                           "start a new run with --overwrite") from None
+        raise ChargenError(
+            f"{run_dir}/last/state.safetensors has no RNG state; the run folder is corrupt: "
+            "start a new run with --overwrite"
+        ) from None
     if "rng_cuda" + suffix in rng and device.type == "cuda":
         torch.cuda.set_rng_state(rng["rng_cuda" + suffix], device)
 
 
 # --------------------------------------------------------------------------- fine-tuning
 
-NEW_CHAR_PROB = 1e-4   # what a character the base run never saw starts with, against its own characters
+NEW_CHAR_PROB = 1e-4  # what a character the base run never saw starts with, against its own characters
 
 
 @torch.no_grad()
-def init_from_base(model: torch.nn.Module, path: Path, base_vocab: int) -> None:
+def init_from_base(model: CharRNN, path: Path, base_vocab: int) -> None:
     """Start ``model`` from a base run's weights (``path``, a model of ``base_vocab`` characters): every
     tensor is copied; the rows of characters the base lacks (ids ``base_vocab`` and up) are new. A new
     character's embedding is the mean of the base's, so as input it reads as a typical character.
@@ -241,20 +285,25 @@ def init_from_base(model: torch.nn.Module, path: Path, base_vocab: int) -> None:
     the mean of the others': k new characters take at most k/(n+k) of an n-character cluster's mass, and
     only the rarest characters (the last cluster's) lose any probability."""
     from dataclasses import replace
+
     from ..model.network import CharRNN
+
     c = model.config
     base = CharRNN(replace(c, vocab_size=base_vocab)).to(next(model.parameters()).device)
     load_weights(base, path)
     ours, theirs = model.state_dict(), base.state_dict()
-    last_tail = f"head.tail.{len(c.cutoffs) - 1}.1.weight" if c.adaptive else None
+    last_tail = None
+    if c.adaptive:
+        assert c.cutoffs is not None  # an adaptive config has its cutoffs: CharRNN(c) needed them above
+        last_tail = f"head.tail.{len(c.cutoffs) - 1}.1.weight"
     for name, value in theirs.items():
         if name == "head.weight" and c.tie_weights:
-            continue   # the embedding's matrix: done as the embedding (new rows read as typical characters)
+            continue  # the embedding's matrix: done as the embedding (new rows read as typical characters)
         target = ours[name]
         if target.shape == value.shape:
             target.copy_(value)
             continue
-        rows = value.shape[0]               # the vocabulary's rows: embedding, output rows and bias, order
+        rows = value.shape[0]  # the vocabulary's rows: embedding, output rows and bias, order
         target[:rows].copy_(value)
         if name in ("embedding.weight", last_tail):
             target[rows:] = value.mean(dim=0)
@@ -262,7 +311,7 @@ def init_from_base(model: torch.nn.Module, path: Path, base_vocab: int) -> None:
             target[rows:] = 0.0
         elif name == "head.bias":
             target[rows:] = torch.logsumexp(value, dim=0) + math.log(NEW_CHAR_PROB)
-        elif name == "head.rank":           # after every base character in the order: the last cluster
+        elif name == "head.rank":  # after every base character in the order: the last cluster
             target[rows:] = torch.arange(rows, target.numel(), device=target.device)
         else:
             raise AssertionError(f"{name} grew from {tuple(value.shape)} to {tuple(target.shape)}")

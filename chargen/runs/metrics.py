@@ -12,6 +12,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TextIO
 
 import torch
 
@@ -24,19 +25,19 @@ class MetricsLog:
     def __init__(self, run_dir: Path, is_main: bool):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.is_main = is_main
-        self._file = None
-        self.bar = None  # a tqdm bar, while one is shown
+        self._file: TextIO | None = None
+        self.bar: ProgressBar | None = None  # a tqdm bar, while one is shown
 
     def open(self) -> None:
         if self.is_main:
-            self._file = open(self.path, "a", encoding="utf-8")
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open across steps, closed by close()
 
     def write(self, row: dict) -> None:
         if self._file is not None:
             self._file.write(json.dumps(row) + "\n")
             self._file.flush()
 
-    def event(self, step: int, name: str, **fields) -> None:
+    def event(self, step: int, name: str, **fields: Any) -> None:
         self.write({"step": step, "event": name, **fields})
 
     def close(self) -> None:
@@ -72,8 +73,9 @@ class Meter:
     """Training loss and throughput since the last log line, and throughput over this process's run."""
 
     device: torch.device
-    loss_sum: torch.Tensor = None       # summed on the device: no host sync per step
-    steps: int = 0                      # finite steps since the last line
+    # Summed on the device: no host sync per step. __post_init__ puts the zero there.
+    loss_sum: torch.Tensor = None  # type: ignore[assignment]  # a tensor once __post_init__ has run
+    steps: int = 0  # finite steps since the last line
     chars: int = 0
     seconds: float = 0.0
     run_chars: int = 0
@@ -81,10 +83,12 @@ class Meter:
     last_lr: float = 0.0
     last_norm: float | torch.Tensor = float("nan")
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.loss_sum = torch.zeros((), device=self.device)
 
-    def add(self, loss: torch.Tensor | None, grad_norm, lr: float, chars: int, seconds: float) -> None:
+    def add(
+        self, loss: torch.Tensor | None, grad_norm: float | torch.Tensor, lr: float, chars: int, seconds: float
+    ) -> None:
         """One step: its loss and gradient norm (None for a skipped step), learning rate, size and time."""
         if loss is not None:
             self.loss_sum += loss
@@ -98,9 +102,14 @@ class Meter:
 
     def line(self, step: int, elapsed: float) -> dict:
         """The log line for ``step``; starts the next interval."""
-        row = dict(step=step, loss=round(float(self.loss_sum) / max(1, self.steps), 5), lr=self.last_lr,
-                   grad_norm=round(float(self.last_norm), 5),
-                   chars_per_sec=round(self.chars / max(self.seconds, 1e-9), 1), elapsed=round(elapsed, 3))
+        row = dict(
+            step=step,
+            loss=round(float(self.loss_sum) / max(1, self.steps), 5),
+            lr=self.last_lr,
+            grad_norm=round(float(self.last_norm), 5),
+            chars_per_sec=round(self.chars / max(self.seconds, 1e-9), 1),
+            elapsed=round(elapsed, 3),
+        )
         self.loss_sum.zero_()
         self.steps, self.chars, self.seconds = 0, 0, 0.0
         return row
@@ -114,8 +123,8 @@ class Timing:
     """How long the parts of a run take, as last measured: what a --max-time budget must leave room for."""
 
     def __init__(self, num_parameters: int):
-        self.step = 0.0                        # the last training step
-        self.evaluation: float | None = None   # the last evaluation, preview and best-weights save included
+        self.step = 0.0  # the last training step
+        self.evaluation: float | None = None  # the last evaluation, preview and best-weights save included
         # The last checkpoint; before the first, a guess from its size (weights and AdamW's two moments,
         # written and flushed at a pessimistic 100 MB/s).
         self.checkpoint = 0.1 + num_parameters * 12 / 100e6
@@ -126,17 +135,18 @@ class ProgressBar:
 
     def __init__(self, total: int | None, initial: int):
         from tqdm import tqdm
+
         self.total = total
         self.tqdm = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
 
     @classmethod
-    def open(cls, show: bool, total: int | None, initial: int) -> "ProgressBar | None":
+    def open(cls, show: bool, total: int | None, initial: int) -> ProgressBar | None:
         return cls(total, initial) if show else None
 
     def update(self, n: int = 1) -> None:
         self.tqdm.update(n)
 
-    def write(self, text: str, file=sys.stderr) -> None:
+    def write(self, text: str, file: TextIO = sys.stderr) -> None:
         self.tqdm.write(text, file=file)
 
     def close(self) -> None:

@@ -12,12 +12,18 @@ from __future__ import annotations
 import bisect
 import math
 import os
-import warnings
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from ..errors import ChargenError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 X_AXES = {"step": "step", "time": "wall-clock time (minutes)", "chars": "characters seen (millions)"}
 
@@ -27,16 +33,17 @@ class Curves:
     """One run's curves, x in the unit of the chosen axis (steps, minutes or millions of characters)."""
 
     name: str
-    train: list[tuple[float, float]] = field(default_factory=list)    # (x, training loss in bits/char)
-    val: list[tuple[float, float]] = field(default_factory=list)      # (x, validation bpc)
-    resumed: list[float] = field(default_factory=list)                # x of each resume
-    best: tuple[float, float] | None = None                           # (x, bpc) of the best checkpoint
-    no_val: bool = False                                              # the run has no validation split
+    train: list[tuple[float, float]] = field(default_factory=list)  # (x, training loss in bits/char)
+    val: list[tuple[float, float]] = field(default_factory=list)  # (x, validation bpc)
+    resumed: list[float] = field(default_factory=list)  # x of each resume
+    best: tuple[float, float] | None = None  # (x, bpc) of the best checkpoint
+    no_val: bool = False  # the run has no validation split
 
 
-def run_curves(run_dir, x: str = "step", name: str | None = None) -> Curves:
+def run_curves(run_dir: str | os.PathLike[str], x: str = "step", name: str | None = None) -> Curves:
     """Read a run's metrics.jsonl into :class:`Curves` (a run without metrics yet is an error)."""
     from .folder import open_run_dir, read_metrics
+
     if x not in X_AXES:
         raise ChargenError(f"--x must be one of {', '.join(X_AXES)}, got {x!r}")
     run = open_run_dir(run_dir)
@@ -59,8 +66,9 @@ def run_curves(run_dir, x: str = "step", name: str | None = None) -> Curves:
     curves = Curves(name or run.dir.name)
     curves.train = [(at(r["step"]), r["loss"] / math.log(2)) for r in measured if _finite(r.get("loss"))]
     curves.val = [(at(r["step"]), r["val_bpc"]) for r in measured if _finite(r.get("val_bpc"))]
-    curves.resumed = [at(r["step"]) for r in rows
-                      if r.get("event") == "started" and _finite(r.get("step")) and r["step"] > 0]
+    curves.resumed = [
+        at(r["step"]) for r in rows if r.get("event") == "started" and _finite(r.get("step")) and r["step"] > 0
+    ]
     curves.no_val = not run.config["corpus"].get("val_chars")
     if curves.val:
         curves.best = min(curves.val, key=lambda point: point[1])
@@ -93,15 +101,20 @@ def _interpolate(points: list[tuple[float, float]], step: float) -> float:
     return y0 if s1 == s0 else y0 + (y1 - y0) * (step - s0) / (s1 - s0)
 
 
-LIMIT = 1e6   # bits per character beyond this are no measurement (a hand-edited or broken file)
+LIMIT = 1e6  # bits per character beyond this are no measurement (a hand-edited or broken file)
 
 
-def _finite(v) -> bool:
+def _finite(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) < LIMIT
 
 
-def plot(runs: list, out="curves.png", x: str = "step", size: tuple[float, float] = (9.0, 5.0),
-         dpi: int = 100) -> Path:
+def plot(
+    runs: list[str | os.PathLike[str]],
+    out: str | os.PathLike[str] = "curves.png",
+    x: str = "step",
+    size: tuple[float, float] = (9.0, 5.0),
+    dpi: int = 100,
+) -> Path:
     """Draw the curves of ``runs`` (run folders) into the PNG ``out``; returns its path. The file appears
     whole or not at all."""
     out = _png_path(out)
@@ -122,14 +135,14 @@ def plot(runs: list, out="curves.png", x: str = "step", size: tuple[float, float
         _save(fig, out, folder)
     except OSError as e:
         raise ChargenError(f"cannot write {out}: {e.strerror or e}") from None
-    except (ValueError, OverflowError) as e:   # matplotlib, on values it cannot lay out
+    except (ValueError, OverflowError) as e:  # matplotlib, on values it cannot lay out
         raise ChargenError(f"cannot draw these curves ({e}); check the runs' metrics.jsonl") from None
     finally:
         plt.close(fig)
     return out
 
 
-def _png_path(out) -> Path:
+def _png_path(out: str | os.PathLike[str]) -> Path:
     """``out`` as a path, which must name a .png file."""
     if str(out) == "":
         raise ChargenError("-o must name a .png file, got ''")
@@ -139,34 +152,34 @@ def _png_path(out) -> Path:
     return out
 
 
-def _unique(runs: list) -> list:
+def _unique(runs: list[str | os.PathLike[str]]) -> list[str | os.PathLike[str]]:
     """The runs in order, each once: a run named twice (under any path) is drawn once."""
-    unique = {}
+    unique: dict[Path, str | os.PathLike[str]] = {}
     for r in runs:
         unique.setdefault(Path(r).resolve(), r)
     return list(unique.values())
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
     """matplotlib's pyplot, drawing to files only (an optional extra: a clear error where it is missing)."""
     try:
         import matplotlib
-        matplotlib.use("Agg")   # files only: no display needed
+
+        matplotlib.use("Agg")  # files only: no display needed
         import matplotlib.pyplot as plt
     except ImportError:
         raise ChargenError('chargen plot needs its extra: pip install "chargen[plot]"') from None
     return plt
 
 
-def _draw(ax, curves: list[Curves], x: str) -> None:
+def _draw(ax: Axes, curves: list[Curves], x: str) -> None:
     """Each run's curves in its colour (10 colours, then dashes), its resumes and best checkpoint, and the axes."""
     for i, c in enumerate(curves):
         colour, style = f"C{i % 10}", ("-", "--", "-.", ":")[i // 10 % 4]
         if c.train:
             ax.plot(*zip(*c.train), color=colour, alpha=0.3, linewidth=1, linestyle=style)
         if c.val:
-            ax.plot(*zip(*c.val), color=colour, marker="o", markersize=3, linewidth=1.8, label=c.name,
-                    linestyle=style)
+            ax.plot(*zip(*c.val), color=colour, marker="o", markersize=3, linewidth=1.8, label=c.name, linestyle=style)
         else:
             why = "no validation split" if c.no_val else "no validation yet"
             ax.plot([], [], color=colour, linestyle=style, label=f"{c.name} ({why})")
@@ -181,17 +194,17 @@ def _draw(ax, curves: list[Curves], x: str) -> None:
     ax.legend(loc="upper right")
 
 
-def _save(fig, out: Path, folder: Path) -> None:
+def _save(fig: Figure, out: Path, folder: Path) -> None:
     """Write the figure to a temporary file in ``folder`` and rename it to ``out``: whole or not at all."""
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{out.name}.", suffix=".png")
     os.close(fd)
     try:
-        with warnings.catch_warnings():   # a font without some glyph of a name: boxes, not a warning
+        with warnings.catch_warnings():  # a font without some glyph of a name: boxes, not a warning
             warnings.simplefilter("ignore", UserWarning)
             fig.savefig(tmp, format="png")
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)   # as an ordinary new file, not mkstemp's 0600
+        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file, not mkstemp's 0600
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

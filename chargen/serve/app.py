@@ -19,7 +19,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -31,12 +34,28 @@ from .schema import ApiError
 from .state import STREAM_INTERVAL, AppState, Limits
 from .streaming import Waker
 
+if TYPE_CHECKING:
+    from ..generate.sampler import Sampler
+
+# A route: a function of the request that answers it.
+_Handler = Callable[[Request], Awaitable[Response]]
+
 log = logging.getLogger(__name__)
 
 
-def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: Limits | None = None,
-               max_batch: int = 256, run_dir=None, decode_process: bool = True, threads: int | None = None,
-               allowed_hosts: set[str] | None = None, stream_interval: float = STREAM_INTERVAL) -> Starlette:
+def create_app(
+    sampler: Sampler,
+    model_name: str,
+    *,
+    api_key: str | None = None,
+    limits: Limits | None = None,
+    max_batch: int = 256,
+    run_dir: str | os.PathLike[str] | None = None,
+    decode_process: bool = True,
+    threads: int | None = None,
+    allowed_hosts: set[str] | None = None,
+    stream_interval: float = STREAM_INTERVAL,
+) -> Starlette:
     """The Starlette application serving ``sampler`` under the name ``model_name`` (and, for ``/v1/run``,
     the run folder it was loaded from). ``decode_process``: decode in a process of its own
     (:class:`~chargen.serve.process_batcher.ProcessBatcher`, with ``threads`` torch threads), not in a thread
@@ -44,33 +63,48 @@ def create_app(sampler, model_name: str, *, api_key: str | None = None, limits: 
     400: a web page cannot reach a local server through a name of its own, DNS rebinding); None answers any.
     ``stream_interval``: seconds a stream waits after a chunk before the next (what is ready then goes in
     one chunk); 0 sends every step's text."""
-    state = AppState(sampler, model_name, limits or Limits(), api_key=api_key, allowed_hosts=allowed_hosts,
-                     run_dir=run_dir, stream_interval=stream_interval, max_batch=max_batch,
-                     decode_process=decode_process, threads=threads)
-    app = Starlette(routes=[
-        Route("/", guard(routes.page)),
-        Route("/health", guard(routes.health)),
-        Route("/v1/models", guard(routes.models, needs_key=True)),
-        Route("/v1/completions", guard(routes.completions, needs_key=True, json_body=True), methods=["POST"]),
-        Route("/v1/score", guard(routes.score, needs_key=True, json_body=True), methods=["POST"]),
-        Route("/v1/run", guard(routes.run_summary, needs_key=True)),
-    ], lifespan=lifespan, exception_handlers={404: not_found, 405: bad_method})
-    app.router.redirect_slashes = False   # /v1/models/ is a 404 error object, not a redirect
+    state = AppState(
+        sampler,
+        model_name,
+        limits or Limits(),
+        api_key=api_key,
+        allowed_hosts=allowed_hosts,
+        run_dir=run_dir,
+        stream_interval=stream_interval,
+        max_batch=max_batch,
+        decode_process=decode_process,
+        threads=threads,
+    )
+    app = Starlette(
+        routes=[
+            Route("/", guard(routes.page)),
+            Route("/health", guard(routes.health)),
+            Route("/v1/models", guard(routes.models, needs_key=True)),
+            Route("/v1/completions", guard(routes.completions, needs_key=True, json_body=True), methods=["POST"]),
+            Route("/v1/score", guard(routes.score, needs_key=True, json_body=True), methods=["POST"]),
+            Route("/v1/run", guard(routes.run_summary, needs_key=True)),
+        ],
+        lifespan=lifespan,
+        exception_handlers={404: not_found, 405: bad_method},
+    )
+    app.router.redirect_slashes = False  # /v1/models/ is a 404 error object, not a redirect
     app.state.chargen = state
     return app
 
 
 @contextlib.asynccontextmanager
-async def lifespan(app: Starlette):
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
     """The decoding loop lives as long as the server: started with it, closed when it stops."""
     state: AppState = app.state.chargen
     loop = asyncio.get_running_loop()
-    if state.decode_process:   # its events are read in this loop: a request's wake sets its asyncio.Event
+    if state.decode_process:  # its events are read in this loop: a request's wake sets its asyncio.Event
         from .process_batcher import ProcessBatcher
+
         state.batcher = ProcessBatcher(state.sampler, max_batch=state.max_batch, loop=loop, threads=state.threads)
         state.wake = lambda event: event.set
     else:
         from .batcher import Batcher
+
         state.batcher = Batcher(state.sampler, max_batch=state.max_batch)
         state.wake = Waker(loop).bind
     try:
@@ -79,19 +113,22 @@ async def lifespan(app: Starlette):
         state.batcher.close()
 
 
-def guard(handler, needs_key: bool = False, json_body: bool = False):
+def guard(handler: _Handler, needs_key: bool = False, json_body: bool = False) -> _Handler:
     """The route ``handler`` behind the checks every request passes (:func:`_check`); a refused request, and
     a bug (logged), become OpenAI's error object."""
+
     async def guarded(request: Request) -> Response:
         try:
             _check(request, request.app.state.chargen, needs_key, json_body)
             return await handler(request)
         except ApiError as e:
             return error_response(e)
-        except Exception as e:  # noqa: BLE001 - a bug: logged, and the client still gets an error object
+        except Exception as e:  # a bug: logged, and the client still gets an error object
             log.exception("chargen serve: %s %s failed", request.method, request.url.path)
-            return error_response(ApiError(500, f"internal error: {type(e).__name__}; see the server's log",
-                                           kind="server_error"))
+            return error_response(
+                ApiError(500, f"internal error: {type(e).__name__}; see the server's log", kind="server_error")
+            )
+
     return guarded
 
 
@@ -99,10 +136,18 @@ def _check(request: Request, state: AppState, needs_key: bool, json_body: bool) 
     """The Host header names this machine (where that is asked), the API key is right (on /v1), and a body
     comes as JSON."""
     if state.allowed_hosts is not None and _host_name(request.headers.get("host", "")) not in state.allowed_hosts:
-        raise ApiError(400, "this server answers only requests addressed to this machine "
-                            f"({', '.join(sorted(state.allowed_hosts))}); check the URL's host")
-    if needs_key and state.api_key is not None and not secrets.compare_digest(   # in constant time
-            request.headers.get("authorization", "").encode("latin-1", "replace"), f"Bearer {state.api_key}".encode()):
+        raise ApiError(
+            400,
+            "this server answers only requests addressed to this machine "
+            f"({', '.join(sorted(state.allowed_hosts))}); check the URL's host",
+        )
+    if (
+        needs_key
+        and state.api_key is not None
+        and not secrets.compare_digest(  # in constant time
+            request.headers.get("authorization", "").encode("latin-1", "replace"), f"Bearer {state.api_key}".encode()
+        )
+    ):
         raise ApiError(401, "a valid API key is required: send Authorization: Bearer KEY", kind="authentication_error")
     if json_body and request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
         # a web page elsewhere cannot send this without the browser asking first (CORS preflight)
@@ -116,12 +161,12 @@ def error_response(e: ApiError) -> Response:
     return Response(json.dumps(body), status_code=e.status, media_type="application/json")
 
 
-async def not_found(request: Request, exc) -> Response:
+async def not_found(request: Request, exc: Exception) -> Response:
     """No such route: a 404 error object."""
     return _refused(request, ApiError(404, f"no route {request.method} {request.url.path}; see GET /v1/models"))
 
 
-async def bad_method(request: Request, exc) -> Response:
+async def bad_method(request: Request, exc: Exception) -> Response:
     """A route asked with another method: a 405 error object."""
     return _refused(request, ApiError(405, f"{request.method} is not allowed on {request.url.path}"))
 

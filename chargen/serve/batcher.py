@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 import torch
@@ -31,18 +33,20 @@ import torch
 from ..config import SampleOptions
 from ..errors import ChargenError
 from ..generate.sampler import Sampler, _cut_at_stop, _partial_stop_suffix
-from ..generate.torch_step import pick, uniforms_at
+from ..generate.torch_step import FastState, pick, uniforms_at
 from .request import Request
 
 log = logging.getLogger(__name__)
-INLINE_PRIME = 256   # prompts up to this many characters are read by the loop itself (a few ms), longer beside it
+INLINE_PRIME = 256  # prompts up to this many characters are read by the loop itself (a few ms), longer beside it
+# A request ready to join: with its logits and state once its prompt is read, None and None before.
+_Primed: TypeAlias = tuple[Request, torch.Tensor | None, FastState | None]
 
 
 class BatcherClosed(ChargenError):
     """The decoding loop has stopped (closed, or failed): nothing more can be submitted."""
 
 
-def check_logprobs(k) -> int | None:
+def check_logprobs(k: int | None) -> int | None:
     """How many likeliest characters a request lists per position (None: no log-probabilities)."""
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
         raise ChargenError(f"logprobs must be a whole number >= 0 (how many likeliest characters), got {k!r}")
@@ -56,11 +60,11 @@ def _done_before_start(request: Request) -> bool:
 @dataclass
 class _Row:
     request: Request
-    index: int          # which of the request's n rows
+    index: int  # which of the request's n rows
     seed: int
-    t: int = 0          # characters drawn so far
-    pending: str = ""   # text held back: it may be the start of a stop string
-    entries: list = field(default_factory=list)   # log-probabilities of the pending characters, if asked
+    t: int = 0  # characters drawn so far
+    pending: str = ""  # text held back: it may be the start of a stop string
+    entries: list = field(default_factory=list)  # log-probabilities of the pending characters, if asked
 
 
 class Batcher:
@@ -70,24 +74,24 @@ class Batcher:
     their turn in order.
     """
 
-    def __init__(self, sampler: Sampler, max_batch: int = 256, on_step=None):
+    def __init__(self, sampler: Sampler, max_batch: int = 256, on_step: Callable[[], None] | None = None):
         self.sampler, self.max_batch, self._on_step = sampler, max_batch, on_step
         if sampler.backend != "torch":
             raise ChargenError("the batcher runs on the torch backend; load the sampler with backend='torch'")
-        self.vocab, self.step_fn = sampler.vocab, sampler.runtime.step
+        self.vocab, self.step_fn = sampler.vocab, sampler.fast_step
         # the unknown token, never drawn: made once on the device (as sample_ids does)
         unk = sampler.vocab.unk_id
         self._banned = None if unk is None else torch.tensor([unk], device=sampler.device)
-        self._waiting: list[Request] = []       # submitted, not primed yet
-        self._priming: Request | None = None    # being primed now
-        self._primed: list[tuple] = []          # (request, logits, state): primed, waiting for room
+        self._waiting: list[Request] = []  # submitted, not primed yet
+        self._priming: Request | None = None  # being primed now
+        self._primed: list[_Primed] = []  # (request, logits, state): primed, waiting for room
         self._rows: list[_Row] = []
         self._logits: torch.Tensor | None = None
-        self._state: list | None = None
+        self._state: FastState | None = None
         self._cv = threading.Condition()
         self._closed = False
-        self._sweep = False               # a request was cancelled: look for those waiting
-        self.error: str | None = None     # why the loop failed, if it did
+        self._sweep = False  # a request was cancelled: look for those waiting
+        self.error: str | None = None  # why the loop failed, if it did
         # A long prompt is read by a thread beside the loop: it does not hold up the rows decoding. A short
         # one is read by the loop as it joins (priming 64 requests at once in the loop, not in a second
         # thread competing with it, kept 64 clients at 13,500 chars/s instead of 10,400).
@@ -98,13 +102,18 @@ class Batcher:
 
     # -- the caller's side -------------------------------------------------
 
-    def submit(self, prompt: str, options: SampleOptions | None = None, wake=None, logprobs: int | None = None,
-               **settings) -> Request:
+    def submit(
+        self,
+        prompt: str,
+        options: SampleOptions | None = None,
+        wake: Callable[[], object] | None = None,
+        logprobs: int | None = None,
+        **settings: Any,
+    ) -> Request:
         """Check and queue a generation; returns its :class:`Request` at once (``wake``: see Request).
         ``logprobs``: also report each character's log-probability and the ``logprobs`` likeliest ones."""
         opts = self.sampler._options(prompt, options, settings)
-        return self.submit_ids(Request(self.sampler.encode(prompt, opts.unknown), opts, wake,
-                                       check_logprobs(logprobs)))
+        return self.submit_ids(Request(self.sampler.encode(prompt, opts.unknown), opts, wake, check_logprobs(logprobs)))
 
     def submit_ids(self, request: Request) -> Request:
         """Queue a request whose prompt is already encoded and whose options are checked (seed set)."""
@@ -112,7 +121,7 @@ class Batcher:
             if self._closed:
                 raise BatcherClosed(f"the decoding loop has stopped{self.failure}")
             request._on_cancel = self._poke
-            if len(request.prompt_ids) <= INLINE_PRIME:   # read by the loop as it joins: a few milliseconds
+            if len(request.prompt_ids) <= INLINE_PRIME:  # read by the loop as it joins: a few milliseconds
                 self._primed.append((request, None, None))
             else:
                 self._waiting.append(request)
@@ -124,7 +133,7 @@ class Batcher:
         """Why the loop failed (as ``: message``), or empty."""
         return f": {self.error}" if self.error else ""
 
-    def generate(self, prompt: str = "", options: SampleOptions | None = None, **settings) -> str | list[str]:
+    def generate(self, prompt: str = "", options: SampleOptions | None = None, **settings: Any) -> str | list[str]:
         """What ``Sampler.generate`` returns, decoded in the shared batch."""
         request = self.submit(prompt, options, **settings)
         texts = request.texts()
@@ -134,7 +143,8 @@ class Batcher:
     def active(self) -> int:
         """Rows being decoded now, plus rows of requests waiting to join."""
         with self._cv:
-            waiting = self._waiting + [item[0] for item in self._primed] + [self._priming] * (self._priming is not None)
+            priming = [self._priming] if self._priming is not None else []
+            waiting = self._waiting + [item[0] for item in self._primed] + priming
             return len(self._rows) + sum(r.opts.n for r in waiting)
 
     def close(self) -> None:
@@ -159,7 +169,7 @@ class Batcher:
                     self._step()
                 if self._on_step:
                     self._on_step()
-        except Exception as e:  # noqa: BLE001 - every open row must end, whatever went wrong
+        except Exception as e:  # every open row must end, whatever went wrong
             self._fail(e)
         self._finish()
 
@@ -178,7 +188,7 @@ class Batcher:
 
     def _finish(self) -> None:
         """The loop has stopped: every row still open, decoding or waiting, ends (``error`` if it failed)."""
-        self._primer.join()   # it stops after the prompt it is reading
+        self._primer.join()  # it stops after the prompt it is reading
         reason = "error" if self.error else "cancelled"
         with self._cv:
             waiting = self._waiting + [item[0] for item in self._primed]
@@ -215,10 +225,10 @@ class Batcher:
                     self._primed.append(item)
                     self._priming = None
                     self._cv.notify_all()
-        except Exception as e:  # noqa: BLE001 - the loop ends every row with it
+        except Exception as e:  # the loop ends every row with it
             self._fail(e)
 
-    def _admit(self) -> tuple[list[Request], list[tuple]] | None:
+    def _admit(self) -> tuple[list[Request], list[_Primed]] | None:
         """Wait for work; then the requests that leave before they start (cancelled, or asking for nothing)
         and the primed ones that join now, in order while there is room (one at least when none decode).
         None once the loop is closed."""
@@ -234,19 +244,22 @@ class Batcher:
                 gone += [r for r in self._waiting if r.cancelled]
                 self._waiting = [r for r in self._waiting if not r.cancelled]
                 self._sweep = False
-            joining, room = [], self.max_batch - len(self._rows)
+            joining: list[_Primed] = []
+            room = self.max_batch - len(self._rows)
             while self._primed and (self._primed[0][0].opts.n <= room or not (self._rows or joining)):
                 joining.append(self._primed.pop(0))
                 room -= joining[-1][0].opts.n
             return gone, joining
 
     @torch.inference_mode()
-    def _join(self, request: Request, logits: torch.Tensor | None, state: list | None) -> None:
+    def _join(self, request: Request, logits: torch.Tensor | None, state: FastState | None) -> None:
         opts = request.opts
-        if logits is None:   # a short prompt: read here
+        if logits is None:  # a short prompt: read here
             logits, state = self.sampler._prime(request.prompt_ids, opts.n)
+        assert opts.seed is not None and state is not None  # a checked request has its seed; a read one, its state
         rows = [_Row(request, i, (opts.seed + i) % (1 << 64)) for i in range(opts.n)]
         if self._rows:
+            assert self._logits is not None and self._state is not None  # rows decoding have them
             self._logits = torch.cat([self._logits, logits])
             self._state = [[torch.cat([a, b]) for a, b in zip(old, new)] for old, new in zip(self._state, state)]
         else:
@@ -260,11 +273,13 @@ class Batcher:
         """Draw every row's next character, deliver what each may show, drop the rows that ended and
         advance the others in one batched step."""
         rows, logits = self._rows, self._logits
+        assert logits is not None and self._state is not None  # set while rows decode
         ids = self._draw(rows, logits)
         members = [i for i, row in enumerate(rows) if row.request.logprobs is not None]
         entries = self._logprobs(logits, ids, members) if members else {}
-        keep = [i for i, (row, next_id) in enumerate(zip(rows, ids.tolist()))
-                if self._advance(row, next_id, entries.get(i))]
+        keep = [
+            i for i, (row, next_id) in enumerate(zip(rows, ids.tolist())) if self._advance(row, next_id, entries.get(i))
+        ]
         for request in {id(r.request): r.request for r in rows}.values():
             request.flush()
         if not keep:
@@ -279,22 +294,31 @@ class Batcher:
 
     def _draw(self, rows: list[_Row], logits: torch.Tensor) -> torch.Tensor:
         """Each row's next id, drawn with its own options at (its seed, its step)."""
-        u = torch.from_numpy(uniforms_at(np.array([r.seed for r in rows], dtype=np.uint64),
-                                         np.array([r.t for r in rows], dtype=np.uint64))).to(logits.device)
+        u = torch.from_numpy(
+            uniforms_at(
+                np.array([r.seed for r in rows], dtype=np.uint64), np.array([r.t for r in rows], dtype=np.uint64)
+            )
+        ).to(logits.device)
         groups: dict[tuple, list[int]] = {}
         for i, row in enumerate(rows):
             o = row.request.opts
             groups.setdefault((o.temperature, o.top_k, o.top_p), []).append(i)
         if len(groups) == 1:  # all rows draw alike (the common case): no gathering
-            (temperature, top_k, top_p), = groups
+            ((temperature, top_k, top_p),) = groups
             greedy = temperature == 0 or top_k == 1
             return pick(logits, None if greedy else u, temperature, top_k, top_p, self._banned)
         ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
         for (temperature, top_k, top_p), members in groups.items():
             index = torch.tensor(members, device=logits.device)
             greedy = temperature == 0 or top_k == 1
-            ids[index] = pick(logits.index_select(0, index), None if greedy else u.index_select(0, index),
-                              temperature, top_k, top_p, self._banned)
+            ids[index] = pick(
+                logits.index_select(0, index),
+                None if greedy else u.index_select(0, index),
+                temperature,
+                top_k,
+                top_p,
+                self._banned,
+            )
         return ids
 
     def _logprobs(self, logits: torch.Tensor, ids: torch.Tensor, members: list[int]) -> dict[int, tuple]:
@@ -304,9 +328,9 @@ class Batcher:
         index = torch.tensor(members, device=logits.device)
         lp = torch.log_softmax(logits.index_select(0, index).float(), dim=-1)
         drawn = lp.gather(1, ids.index_select(0, index)[:, None])[:, 0].tolist()
-        k = min(max(rows[i].request.logprobs for i in members), lp.shape[-1])
-        top_v, top_i = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())
-        top_v, top_i = top_v.tolist(), top_i.tolist()
+        k = min(max(cast(int, rows[i].request.logprobs) for i in members), lp.shape[-1])  # members asked: an int
+        values, indices = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())
+        top_v, top_i = values.tolist(), indices.tolist()
         out = {}
         for j, i in enumerate(members):
             m = rows[i].request.logprobs
@@ -330,8 +354,9 @@ class Batcher:
         def show(text: str) -> None:
             request.emit(("text", row.index, text))
             if entry is not None:
-                request.emit(("logprobs", row.index, row.entries[:len(text)]))
-                del row.entries[:len(text)]
+                request.emit(("logprobs", row.index, row.entries[: len(text)]))
+                del row.entries[: len(text)]
+
         stops = opts.stop
         if stops:
             hit = _cut_at_stop(pending, stops)
@@ -344,7 +369,7 @@ class Batcher:
             keep = 0
         if len(pending) > keep:
             show(pending[: len(pending) - keep])
-            pending = pending[len(pending) - keep:]
+            pending = pending[len(pending) - keep :]
         row.pending = pending
         if row.t >= opts.length:
             if pending:

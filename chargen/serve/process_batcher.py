@@ -9,7 +9,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from ..config import SampleOptions
@@ -17,6 +20,10 @@ from ..errors import ChargenError
 from ..generate.sampler import Sampler
 from .batcher import Batcher, BatcherClosed, check_logprobs
 from .request import Request
+
+if TYPE_CHECKING:
+    import asyncio
+    from multiprocessing.connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +45,32 @@ class ProcessBatcher:
     under 64 clients: 2 threads took 7x the CPU time of 1 and a quarter of its throughput).
     """
 
-    def __init__(self, sampler: Sampler, max_batch: int = 256, *, loop=None, threads: int | None = None,
-                 start_timeout: float = 300.0):
+    def __init__(
+        self,
+        sampler: Sampler,
+        max_batch: int = 256,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        threads: int | None = None,
+        start_timeout: float = 300.0,
+    ):
         import multiprocessing
-        ctx = multiprocessing.get_context("spawn")   # fork is unsafe with torch's threads
+
+        ctx = multiprocessing.get_context("spawn")  # fork is unsafe with torch's threads
         self.sampler = sampler
         commands, self._commands = ctx.Pipe(duplex=False)
         self._events, events = ctx.Pipe(duplex=False)
-        self._process = ctx.Process(target=_decoding_process, args=(commands, events, sampler, max_batch, threads),
-                                    name="chargen-decoder", daemon=True)
+        self._process = ctx.Process(
+            target=_decoding_process,
+            args=(commands, events, sampler, max_batch, threads),
+            name="chargen-decoder",
+            daemon=True,
+        )
         self._process.start()
         commands.close()
         events.close()
-        self._lock = threading.Lock()            # the command pipe, the table and the counts
-        self._requests: dict[int, Request] = {}
+        self._lock = threading.Lock()  # the command pipe, the table and the counts
+        self._requests: dict[int, _RemoteRequest] = {}
         self._next_id = 0
         self._open_rows = 0
         self.error: str | None = None
@@ -77,8 +96,14 @@ class ProcessBatcher:
             self._process.join(5)
             raise ChargenError(f"the decoding process could not start: {ready}")
 
-    def submit(self, prompt: str, options: SampleOptions | None = None, wake=None, logprobs: int | None = None,
-               **settings) -> Request:
+    def submit(
+        self,
+        prompt: str,
+        options: SampleOptions | None = None,
+        wake: Callable[[], object] | None = None,
+        logprobs: int | None = None,
+        **settings: Any,
+    ) -> Request:
         """Check and queue a generation; returns its :class:`Request` at once (see :meth:`Batcher.submit`)."""
         opts = self.sampler._options(prompt, options, settings)
         request = _RemoteRequest(self.sampler.encode(prompt, opts.unknown), opts, wake, self, check_logprobs(logprobs))
@@ -102,13 +127,13 @@ class ProcessBatcher:
         """Rows being decoded now, plus rows of requests waiting to join."""
         return self._open_rows
 
-    def _cancel(self, request: "_RemoteRequest") -> None:
+    def _cancel(self, request: _RemoteRequest) -> None:
         with self._lock:
             if request.rid in self._requests and self.error is None:
                 try:
                     self._commands.send(("cancel", request.rid))
                 except OSError:
-                    pass   # the process has gone: the reader ends the request
+                    pass  # the process has gone: the reader ends the request
 
     def close(self) -> None:
         """Stop the decoding process; rows still open end as cancelled."""
@@ -119,10 +144,10 @@ class ProcessBatcher:
                 self._commands.send(("close",))
                 self._commands.close()
             except OSError:
-                pass   # closed already, or the process has gone
+                pass  # closed already, or the process has gone
         if self._loop is None:
             self._reader.join(60)
-        elif not self._closed.is_set():   # the event loop is busy closing us: read the last messages here
+        elif not self._closed.is_set():  # the event loop is busy closing us: read the last messages here
             self._loop.remove_reader(self._events.fileno())
             deadline = time.monotonic() + 60
             while self._events.poll(max(0.0, deadline - time.monotonic())) and self._receive():
@@ -141,6 +166,7 @@ class ProcessBatcher:
 
     def _read_ready(self) -> None:
         """The event loop's reader: everything that has arrived."""
+        assert self._loop is not None  # the reader of an event loop
         while self._events.poll():
             if not self._receive():
                 self._loop.remove_reader(self._events.fileno())
@@ -154,7 +180,7 @@ class ProcessBatcher:
             message = self._events.recv()
         except (EOFError, OSError):
             return False
-        if isinstance(message, str):   # the loop failed
+        if isinstance(message, str):  # the loop failed
             with self._lock:
                 self.error = message
             return True
@@ -177,8 +203,10 @@ class ProcessBatcher:
             if self.error is None:
                 self.error = "the decoding process exited"
                 self._process.join(1)
-                log.error("chargen: the decoding process exited (%s); open requests end with an error",
-                          _exit_status(self._process.exitcode))
+                log.error(
+                    "chargen: the decoding process exited (%s); open requests end with an error",
+                    _exit_status(self._process.exitcode),
+                )
             orphans, self._requests, self._open_rows = self._requests, {}, 0
         reason = "cancelled" if self.error == "it was closed" else "error"
         for request in orphans.values():
@@ -191,8 +219,22 @@ def _exit_status(code: int | None) -> str:
     return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
-class _RemoteRequest(Request):
-    def __init__(self, prompt_ids, opts, wake, owner: ProcessBatcher, logprobs: int | None):
+class _Numbered(Request):
+    """A request as both sides of the pipe track it: its id, and how many of its rows are still open."""
+
+    rid: int
+    open_rows: int
+
+
+class _RemoteRequest(_Numbered):
+    def __init__(
+        self,
+        prompt_ids: np.ndarray,
+        opts: SampleOptions,
+        wake: Callable[[], object] | None,
+        owner: ProcessBatcher,
+        logprobs: int | None,
+    ):
         super().__init__(prompt_ids, opts, wake, logprobs)
         self.owner, self.rid, self.open_rows = owner, -1, opts.n
 
@@ -205,14 +247,16 @@ class _RemoteRequest(Request):
 # -- the decoding process -------------------------------------------------------
 
 
-def _decoding_process(commands, events, sampler: Sampler, max_batch: int, threads: int | None) -> None:
+def _decoding_process(
+    commands: Connection, events: Connection, sampler: Sampler, max_batch: int, threads: int | None
+) -> None:
     """The decoding process: a Batcher fed from ``commands``; each step's events go out in one message."""
     _leave_signals_to_the_server()
     torch.set_num_threads(threads or max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
     outbox = _Outbox(events)
     try:
         outbox.batcher = Batcher(sampler, max_batch, on_step=outbox.ship)
-    except Exception as e:  # noqa: BLE001 - said to the parent, which raises it
+    except Exception as e:  # said to the parent, which raises it
         events.send(f"{type(e).__name__}: {e}")
         return
     events.send("ready")
@@ -220,7 +264,7 @@ def _decoding_process(commands, events, sampler: Sampler, max_batch: int, thread
         try:
             command = commands.recv()
         except (EOFError, OSError):
-            break   # the server is gone
+            break  # the server is gone
         if command[0] == "submit":
             try:
                 outbox.batcher.submit_ids(outbox.add(*command[1:]))
@@ -237,6 +281,7 @@ def _leave_signals_to_the_server() -> None:
     """Ctrl-C, SIGTERM and SIGHUP are the server's to handle (sent to the whole process group, they reach us
     too): it closes us after its grace period. Should the server die, our command pipe ends and so do we."""
     import signal
+
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
@@ -246,14 +291,14 @@ class _Outbox:
     """The decoding process's requests by id, and its side of the event pipe: after each step, the events
     of every request that has some go to the server in one message."""
 
-    def __init__(self, events):
+    def __init__(self, events: Connection):
         self.events = events
         self.batcher: Batcher | None = None
-        self.requests: dict[int, Request] = {}
-        self.ready: list[Request] = []    # requests with events this step (the loop's thread)
+        self.requests: dict[int, _Numbered] = {}
+        self.ready: list[_Numbered] = []  # requests with events this step (the loop's thread)
 
-    def add(self, rid: int, prompt_ids, opts: SampleOptions, logprobs: int | None) -> Request:
-        request = Request(prompt_ids, opts, logprobs=logprobs)
+    def add(self, rid: int, prompt_ids: np.ndarray, opts: SampleOptions, logprobs: int | None) -> Request:
+        request = _Numbered(prompt_ids, opts, logprobs=logprobs)
         request.rid, request.open_rows = rid, opts.n
         request._wake = functools.partial(self.ready.append, request)
         self.requests[rid] = request
@@ -266,7 +311,8 @@ class _Outbox:
 
     def ship(self) -> None:
         """The batcher's ``on_step``: this step's events, one message."""
-        if self.batcher.error:   # first: the parent knows why before it sees the rows end
+        assert self.batcher is not None  # set before any request is submitted to it
+        if self.batcher.error:  # first: the parent knows why before it sees the rows end
             self.events.send(self.batcher.error)
         if self.ready:
             message = []

@@ -4,6 +4,7 @@ step by step, and which the caller takes, waits for, or cancels."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -21,14 +22,20 @@ class Request:
     is woken once and then takes several steps together, so under load the loop does not pay a
     wake-up per row per step. :meth:`cancel` ends every row at the next step."""
 
-    def __init__(self, prompt_ids: np.ndarray, opts: SampleOptions, wake=None, logprobs: int | None = None):
+    def __init__(
+        self,
+        prompt_ids: np.ndarray,
+        opts: SampleOptions,
+        wake: Callable[[], object] | None = None,
+        logprobs: int | None = None,
+    ):
         self.prompt_ids, self.opts, self.logprobs = prompt_ids, opts, logprobs
-        self._pending: list[tuple] = []     # this step's events (the loop's thread only)
-        self._outbox: list[tuple] = []      # handed over, not yet taken
+        self._pending: list[tuple] = []  # this step's events (the loop's thread only)
+        self._outbox: list[tuple] = []  # handed over, not yet taken
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._wake = wake or self._ready.set
-        self._on_cancel = None          # set by the batcher: a cancel wakes its loop
+        self._on_cancel: Callable[[], None] | None = None  # set by the batcher: a cancel wakes its loop
         self.cancelled = False
 
     def cancel(self) -> None:
@@ -68,7 +75,7 @@ class Request:
             if not self._ready.wait(timeout):
                 raise TimeoutError("no events from the batcher in time")
 
-    def iter_events(self, timeout: float | None = None):
+    def iter_events(self, timeout: float | None = None) -> Iterator[tuple]:
         """Every event, one at a time, until each row has ended."""
         open_rows = self.opts.n
         while open_rows:

@@ -14,6 +14,7 @@ import json
 import math
 import secrets
 import time
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -24,6 +25,12 @@ from .schema import ApiError, CompletionRequest, ScoreRequest
 from .state import SHUTTING_DOWN, AppState
 from .streaming import Gathered, collect, logprobs_object, sse, usage
 
+if TYPE_CHECKING:
+    import os
+
+    from .batcher import Batcher
+    from .process_batcher import ProcessBatcher
+
 
 def _state(request: Request) -> AppState:
     return request.app.state.chargen
@@ -32,7 +39,8 @@ def _state(request: Request) -> AppState:
 async def page(request: Request) -> Response:
     """``GET /``: the web page, one static file shipped in the package (no build step, nothing fetched)."""
     from importlib.resources import files
-    html = files("chargen.serve").joinpath("web", "index.html").read_text(encoding="utf-8")
+
+    html = files("chargen.serve").joinpath("web").joinpath("index.html").read_text(encoding="utf-8")
     return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
 
 
@@ -40,16 +48,22 @@ async def health(request: Request) -> Response:
     """``GET /health``: ok and the rows decoding or waiting, or 503 once the decoding loop has failed."""
     batcher = _state(request).batcher
     if batcher.error:
-        return JSONResponse({"status": "error", "error": f"the decoding loop failed{_failure(batcher)}",
-                             "active": batcher.active}, status_code=503)
+        return JSONResponse(
+            {"status": "error", "error": f"the decoding loop failed{_failure(batcher)}", "active": batcher.active},
+            status_code=503,
+        )
     return JSONResponse({"status": "ok", "active": batcher.active})
 
 
 async def models(request: Request) -> Response:
     """``GET /v1/models``: the one model served."""
     state = _state(request)
-    return JSONResponse({"object": "list", "data": [
-        {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "chargen"}]})
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [{"id": state.model_name, "object": "model", "created": state.created, "owned_by": "chargen"}],
+        }
+    )
 
 
 async def completions(request: Request) -> Response:
@@ -59,13 +73,26 @@ async def completions(request: Request) -> Response:
     _check_room(state, body)
     ready = asyncio.Event()
     submitted = _submit(state, body, ready)
-    head = dict(id=f"cmpl-{secrets.token_hex(12)}", object="text_completion", created=int(time.time()),
-                model=state.model_name)
+    head = dict(
+        id=f"cmpl-{secrets.token_hex(12)}", object="text_completion", created=int(time.time()), model=state.model_name
+    )
     if body.stream:
-        return StreamingResponse(sse(ready, submitted, body.prompts, body.n, body.echo, body.logprobs is not None,
-                                     body.include_usage, head, state.stream_interval), media_type="text/event-stream")
+        return StreamingResponse(
+            sse(
+                ready,
+                submitted,
+                body.prompts,
+                body.n,
+                body.echo,
+                body.logprobs is not None,
+                body.include_usage,
+                head,
+                state.stream_interval,
+            ),
+            media_type="text/event-stream",
+        )
     got = await collect(ready, submitted, body.n, request)
-    if got is None:   # nobody is there to read an answer
+    if got is None:  # nobody is there to read an answer
         return Response(status_code=499)
     answer = _answer(state, body, head, got)
     # made in a thread: a big answer (n x 4096 characters, logprobs) would hold up every stream
@@ -79,15 +106,23 @@ def _check_room(state: AppState, body: CompletionRequest) -> None:
     if state.stopping:
         raise ApiError(503, SHUTTING_DOWN, kind="server_error")
     if prompts * n > limits.max_queued:
-        raise ApiError(400, f"{prompts} prompt(s) x n={n} is more rows than this server ever decodes at once "
-                            f"({limits.max_queued}, its --max-queued)", "n")
+        raise ApiError(
+            400,
+            f"{prompts} prompt(s) x n={n} is more rows than this server ever decodes at once "
+            f"({limits.max_queued}, its --max-queued)",
+            "n",
+        )
     if state.batcher.active + prompts * n > limits.max_queued:
-        raise ApiError(429, f"the server is busy ({state.batcher.active} rows decoding or waiting); try again soon",
-                       kind="rate_limit_error")
+        raise ApiError(
+            429,
+            f"the server is busy ({state.batcher.active} rows decoding or waiting); try again soon",
+            kind="rate_limit_error",
+        )
 
 
 def _submit(state: AppState, body: CompletionRequest, ready: asyncio.Event) -> list:
     """One batcher request per prompt, each waking ``ready``; none if any is refused (then an ApiError)."""
+    assert state.wake is not None  # set when the server starts (app.lifespan)
     wake, settings, submitted = state.wake(ready), body.sample_settings(), []
     try:
         for prompt in body.prompts:
@@ -105,15 +140,24 @@ def _answer(state: AppState, body: CompletionRequest, head: dict, got: Gathered)
     """OpenAI's completion object from every choice's events (an error if the rows ended badly)."""
     reasons = [got.reasons[i] for i in range(len(got.reasons))]
     if "error" in reasons:
-        raise ApiError(500, f"the decoding loop failed{_failure(state.batcher)}; the server cannot generate now",
-                       kind="server_error")
+        raise ApiError(
+            500,
+            f"the decoding loop failed{_failure(state.batcher)}; the server cannot generate now",
+            kind="server_error",
+        )
     if "cancelled" in reasons:
         raise ApiError(503, SHUTTING_DOWN, kind="server_error")
     prompts, n = body.prompts, body.n
     texts = [got.texts.get(i, "") for i in range(len(reasons))]
-    choices = [{"text": (prompts[i // n] if body.echo else "") + texts[i], "index": i,
-                "logprobs": logprobs_object(texts[i], got.entries.get(i, []), 0) if body.logprobs is not None
-                else None, "finish_reason": reasons[i]} for i in range(len(texts))]
+    choices = [
+        {
+            "text": (prompts[i // n] if body.echo else "") + texts[i],
+            "index": i,
+            "logprobs": logprobs_object(texts[i], got.entries.get(i, []), 0) if body.logprobs is not None else None,
+            "finish_reason": reasons[i],
+        }
+        for i in range(len(texts))
+    ]
     return {**head, "choices": choices, "usage": usage(prompts, n, sum(map(len, texts)))}
 
 
@@ -131,8 +175,7 @@ async def score(request: Request) -> Response:
         raise ApiError(400, str(e), "text") from None
     finally:
         state.scoring.release()
-    out = {"object": "score", "model": state.model_name, "chars": result.count, "nats": result.nats,
-           "bpc": result.bpc}
+    out = {"object": "score", "model": state.model_name, "chars": result.count, "nats": result.nats, "bpc": result.bpc}
     if body.logprobs:
         out["logprobs"] = [round(float(x), 6) for x in result.logprobs]
     return JSONResponse(out)
@@ -162,24 +205,27 @@ async def run_summary(request: Request) -> Response:
     return JSONResponse(await asyncio.to_thread(_run_summary, state.run_dir, state.model_name))
 
 
-def _run_summary(run_dir, model_name: str) -> dict:
+def _run_summary(run_dir: str | os.PathLike[str], model_name: str) -> dict:
     """The run's summary (``chargen info``) and its curves from metrics.jsonl: training loss and
     validation bpc against the step."""
     from ..runs.folder import read_metrics
     from ..runs.info import run_info
+
     try:
         info = run_info(run_dir)
-        rows = [r for r in read_metrics(run_dir) if "event" not in r]   # events (a skipped step...) are no curve
+        rows = [r for r in read_metrics(run_dir) if "event" not in r]  # events (a skipped step...) are no curve
     except (ChargenError, OSError, ValueError, TypeError) as e:
         raise ApiError(500, f"cannot read the run {run_dir}: {e}", kind="server_error") from None
 
     def curve(key: str) -> list:
         return [[r["step"], r[key]] for r in rows if _finite(r.get("step")) and _finite(r.get(key))]
-    return _finite_only({"object": "run", "name": model_name, **info,
-                         "train_loss": curve("loss"), "val_bpc": curve("val_bpc")})
+
+    return _finite_only(
+        {"object": "run", "name": model_name, **info, "train_loss": curve("loss"), "val_bpc": curve("val_bpc")}
+    )
 
 
-def _finite(x) -> bool:
+def _finite(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -215,9 +261,9 @@ async def read_json(request: Request, max_body: int) -> dict:
     return body
 
 
-def _json_bytes(x) -> bytes:
+def _json_bytes(x: object) -> bytes:
     return json.dumps(x, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _failure(batcher) -> str:
+def _failure(batcher: Batcher | ProcessBatcher) -> str:
     return f": {batcher.error}" if batcher.error and batcher.error != "it was closed" else ""

@@ -11,15 +11,27 @@ Only the server imports this module (pydantic is in the serve extra).
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, ClassVar, get_args
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, cast, get_args
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError,
-                      ValidationInfo, field_validator)
-from pydantic_core import PydanticCustomError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from .state import Limits
 
-MAX_LOGPROBS = 5          # likeliest characters a completion may list per position (OpenAI's cap too)
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+MAX_LOGPROBS = 5  # likeliest characters a completion may list per position (OpenAI's cap too)
 LOGPROBS_CHARS = 1 << 16  # characters (rows x max_tokens) one request may ask log-probabilities for
 
 
@@ -33,29 +45,36 @@ class ApiError(Exception):
 
 def _refuse(message: str, param: str, status: int = 400, kind: str = "invalid_request_error") -> PydanticCustomError:
     """A check's failure in its own words, carrying its whole error object (pydantic collects it)."""
-    return PydanticCustomError("chargen", "{message}", {"message": message, "param": param, "status": status,
-                                                        "kind": kind})
+    return PydanticCustomError(
+        "chargen", "{message}", {"message": message, "param": param, "status": status, "kind": kind}
+    )
 
 
-def _param(error: dict) -> str:
+def _param(error: ErrorDetails) -> str:
     """The field a pydantic error is about: a check's own param, or where the error is."""
-    return error["ctx"]["param"] if error["type"] == "chargen" else error["loc"][0]
+    return error["ctx"]["param"] if error["type"] == "chargen" else cast(str, error["loc"][0])  # a field's name
 
 
-def _json_number(value):
+def _json_number(value: object) -> int | float:
     """A JSON number as sent: no text, no true or false, nothing infinite (5.0 is a whole number, "5" is none)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            (isinstance(value, float) and not math.isfinite(value)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and not math.isfinite(value))
+    ):
         raise ValueError("not a finite number")
     return value
 
 
-def _neutral(value):
+def _neutral(value: object) -> AfterValidator:
     """An OpenAI field that changes nothing here: accepted at ``value`` (or null), refused at any other."""
-    def check(given, info: ValidationInfo):
+
+    def check(given: object, info: ValidationInfo) -> object:
         if given is not None and given != value:
+            assert info.field_name is not None  # a field's check knows its field
             raise _refuse(f"{info.field_name} is not supported by chargen (leave it out)", info.field_name)
         return given
+
     return AfterValidator(check)
 
 
@@ -78,13 +97,13 @@ class _Body(BaseModel):
     mistake said as what the field must be (:attr:`WRONG`, or its type and range)."""
 
     model_config = ConfigDict(extra="forbid")
-    WRONG: ClassVar[dict[str, str]] = {}   # what a field that is neither a number nor a flag must be
+    WRONG: ClassVar[dict[str, str]] = {}  # what a field that is neither a number nor a flag must be
 
     @classmethod
-    def parse(cls, body: dict, model_name: str, limits: Limits):
+    def parse(cls, body: dict, model_name: str, limits: Limits) -> Self:
         """The body, checked against the served model's name and the server's limits; ApiError if wrong."""
         unknown = sorted(set(body) - set(cls.model_fields))
-        if unknown:   # here, not by pydantic: a name may be no valid string (a lone surrogate)
+        if unknown:  # here, not by pydantic: a name may be no valid string (a lone surrogate)
             raise ApiError(400, f"unknown field(s): {', '.join(map(ascii, unknown))}", unknown[0])
         try:
             return cls.model_validate(body, context={"model_name": model_name, "limits": limits})
@@ -104,10 +123,10 @@ class _Body(BaseModel):
         return ApiError(400, cls._must_be(name, body.get(name), limits), name)
 
     @classmethod
-    def _must_be(cls, name: str, value, limits: Limits) -> str:
+    def _must_be(cls, name: str, value: object, limits: Limits) -> str:
         if name in cls.WRONG:
             return cls.WRONG[name]
-        annotation = cls.model_fields[name].annotation   # X, or X | None; X may be Annotated[...]
+        annotation = cls.model_fields[name].annotation  # X, or X | None; X may be Annotated[...]
         kinds = {getattr(a, "__origin__", a) for a in (annotation, *get_args(annotation))}
         if bool in kinds:
             return f"{name} must be true or false, got {value!r}"
@@ -128,17 +147,19 @@ class _Body(BaseModel):
 
     @field_validator("model", check_fields=False)
     @classmethod
-    def _served_here(cls, value, info: ValidationInfo):
+    def _served_here(cls, value: object, info: ValidationInfo) -> object:
+        assert info.context is not None  # parse passes one
         served = info.context["model_name"]
         if value != served:
-            raise _refuse(f"model {ascii(value)} is not served here; this server serves {served!r}", "model",
-                          404, "not_found_error")
+            raise _refuse(
+                f"model {value!a} is not served here; this server serves {served!r}", "model", 404, "not_found_error"
+            )
         return value
 
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    include_usage: StrictBool = False   # end the stream with a chunk of no choices and the usage
+    include_usage: StrictBool = False  # end the stream with a chunk of no choices and the usage
 
 
 class CompletionRequest(_Body):
@@ -151,20 +172,20 @@ class CompletionRequest(_Body):
     presence_penalty: Annotated[Any, _neutral(0)] = None
     frequency_penalty: Annotated[Any, _neutral(0)] = None
     suffix: Annotated[Any, _neutral("")] = None
-    model: Any = None                       # any value but the served model's name is a 404
-    prompt: str | Annotated[list[str], Field(min_length=1)] = ""   # Limits.max_prompts, of Limits.max_prompt
-    max_tokens: WholeNumber = Field(16, ge=0)              # at most Limits.max_length
+    model: Any = None  # any value but the served model's name is a 404
+    prompt: str | Annotated[list[str], Field(min_length=1)] = ""  # Limits.max_prompts, of Limits.max_prompt
+    max_tokens: WholeNumber = Field(16, ge=0)  # at most Limits.max_length
     temperature: Number = Field(1.0, ge=0.0, le=100.0)
-    n: WholeNumber = Field(1, ge=1)                        # at most Limits.max_n
-    top_p: Number | None = Field(None, ge=0.0, le=1.0)     # and above 0
+    n: WholeNumber = Field(1, ge=1)  # at most Limits.max_n
+    top_p: Number | None = Field(None, ge=0.0, le=1.0)  # and above 0
     top_k: WholeNumber | None = Field(None, ge=1, le=1 << 31)
     seed: WholeNumber | None = Field(None, ge=0, le=2**63 - 1)
     stop: Text | Annotated[list[Text], Field(max_length=4)] | None = None
-    logprobs: WholeNumber | None = Field(None, ge=0, le=MAX_LOGPROBS)   # at most LOGPROBS_CHARS characters
+    logprobs: WholeNumber | None = Field(None, ge=0, le=MAX_LOGPROBS)  # at most LOGPROBS_CHARS characters
     stream: StrictBool = False
-    echo: StrictBool = False                # not with logprobs
+    echo: StrictBool = False  # not with logprobs
     user: str | None = None
-    stream_options: StreamOptions | None = None   # only with stream
+    stream_options: StreamOptions | None = None  # only with stream
 
     WRONG: ClassVar[dict[str, str]] = {
         "prompt": "prompt must be a string or a non-empty list of strings",
@@ -185,10 +206,10 @@ class CompletionRequest(_Body):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
-    def sample_settings(self) -> dict:
+    def sample_settings(self) -> dict[str, Any]:
         """The sampler's settings for each prompt, as ``Batcher.submit`` takes them (logprobs aside)."""
-        settings = {"length": self.max_tokens, "temperature": self.temperature, "n": self.n}
-        for name in ("top_p", "top_k", "seed"):   # left out when not given: the sampler's own default
+        settings: dict[str, Any] = {"length": self.max_tokens, "temperature": self.temperature, "n": self.n}
+        for name in ("top_p", "top_k", "seed"):  # left out when not given: the sampler's own default
             if getattr(self, name) is not None:
                 settings[name] = getattr(self, name)
         if self.stop is not None:
@@ -197,19 +218,22 @@ class CompletionRequest(_Body):
 
     @field_validator("max_tokens", "temperature", "n", mode="before")
     @classmethod
-    def _null_is_the_default(cls, value, info: ValidationInfo):
+    def _null_is_the_default(cls, value: object, info: ValidationInfo) -> object:
+        assert info.field_name is not None  # a field's check knows its field
         return cls.model_fields[info.field_name].default if value is None else value
 
     @field_validator("max_tokens", "n")
     @classmethod
     def _within_the_limit(cls, value: int, info: ValidationInfo) -> int:
+        assert info.context is not None and info.field_name is not None  # parse passes one; a field knows its name
         if value > cls._limit_highs(info.context["limits"])[info.field_name]:
-            raise ValueError("above the server's limit")   # said as the field's range
+            raise ValueError("above the server's limit")  # said as the field's range
         return value
 
     @field_validator("prompt")
     @classmethod
-    def _prompts_within_the_limits(cls, value, info: ValidationInfo):
+    def _prompts_within_the_limits(cls, value: str | list[str], info: ValidationInfo) -> str | list[str]:
+        assert info.context is not None  # parse passes one
         limits: Limits = info.context["limits"]
         prompts = [value] if isinstance(value, str) else value
         if len(prompts) > limits.max_prompts:
@@ -228,25 +252,29 @@ class CompletionRequest(_Body):
     @field_validator("logprobs")
     @classmethod
     def _logprobs_within_the_cap(cls, value: int | None, info: ValidationInfo) -> int | None:
-        got = info.data   # the fields checked before this one, those that passed (the others are reported)
+        got = info.data  # the fields checked before this one, those that passed (the others are reported)
         if value is not None and {"prompt", "n", "max_tokens"} <= set(got):
-            chars = len([got["prompt"]] if isinstance(got["prompt"], str) else got["prompt"]) * got["n"] * \
-                got["max_tokens"]
+            chars = (
+                len([got["prompt"]] if isinstance(got["prompt"], str) else got["prompt"]) * got["n"] * got["max_tokens"]
+            )
             if chars > LOGPROBS_CHARS:
-                raise _refuse(f"logprobs for {chars:,} characters (prompts x n x max_tokens); at most "
-                              f"{LOGPROBS_CHARS:,} per request", "logprobs")
+                raise _refuse(
+                    f"logprobs for {chars:,} characters (prompts x n x max_tokens); at most "
+                    f"{LOGPROBS_CHARS:,} per request",
+                    "logprobs",
+                )
         return value
 
     @field_validator("echo", mode="before")
     @classmethod
-    def _echo_without_logprobs(cls, value, info: ValidationInfo):
-        if value and info.data.get("logprobs") is not None:   # any echo that is not false: a mistake either way
+    def _echo_without_logprobs(cls, value: object, info: ValidationInfo) -> object:
+        if value and info.data.get("logprobs") is not None:  # any echo that is not false: a mistake either way
             raise _refuse("logprobs with echo is not supported: score the prompt with POST /v1/score", "logprobs")
         return value
 
     @field_validator("stream_options", mode="before")
     @classmethod
-    def _only_when_streaming(cls, value, info: ValidationInfo):
+    def _only_when_streaming(cls, value: object, info: ValidationInfo) -> object:
         if value is not None and info.data.get("stream") is False:
             raise _refuse("stream_options is only for stream: true", "stream_options")
         return value
@@ -255,17 +283,21 @@ class CompletionRequest(_Body):
 class ScoreRequest(_Body):
     """``POST /v1/score``: the loss of a text under the model (chargen's own route)."""
 
-    model: Any = None                   # any value but the served model's name is a 404
-    text: Text                          # at most Limits.max_prompt characters
-    logprobs: StrictBool = False        # also each character's log-probability
+    model: Any = None  # any value but the served model's name is a 404
+    text: Text  # at most Limits.max_prompt characters
+    logprobs: StrictBool = False  # also each character's log-probability
 
     WRONG: ClassVar[dict[str, str]] = {"text": "text must be a non-empty string"}
 
     @field_validator("text")
     @classmethod
     def _within_the_limit(cls, value: str, info: ValidationInfo) -> str:
+        assert info.context is not None  # parse passes one
         limits: Limits = info.context["limits"]
         if len(value) > limits.max_prompt:
-            raise _refuse(f"text is {len(value):,} characters; at most {limits.max_prompt:,} are scored "
-                          "(chargen eval scores whole files)", "text")
+            raise _refuse(
+                f"text is {len(value):,} characters; at most {limits.max_prompt:,} are scored "
+                "(chargen eval scores whole files)",
+                "text",
+            )
         return value

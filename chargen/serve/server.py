@@ -10,19 +10,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING, cast
 
 from ..errors import ChargenError
 from .state import STREAM_INTERVAL, AppState, Limits
 
-SHUTDOWN_GRACE = 3   # seconds running completions get to finish after Ctrl-C
+if TYPE_CHECKING:
+    import uvicorn
+    from starlette.applications import Starlette
+
+SHUTDOWN_GRACE = 3  # seconds running completions get to finish after Ctrl-C
 
 
-def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", checkpoint: str = "best",
-          api_key: str | None = None, max_batch: int = 256, limits: Limits | None = None,
-          threads: int | None = None, stream_interval: float = STREAM_INTERVAL) -> None:
+def serve(
+    run_dir: str | os.PathLike[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "cpu",
+    checkpoint: str = "best",
+    api_key: str | None = None,
+    max_batch: int = 256,
+    limits: Limits | None = None,
+    threads: int | None = None,
+    stream_interval: float = STREAM_INTERVAL,
+) -> None:
     """Load a run and serve it until Ctrl-C (see the module docstring)."""
     _check_the_extra()
     import ipaddress
@@ -31,36 +47,56 @@ def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, device: str = "
     import uvicorn
 
     from ..generate.sampler import Sampler
+
     sock, address = _listen(host, port)
     with sock:
-        from .app import create_app   # after the address: it imports torch, starlette and pydantic
+        from .app import create_app  # after the address: it imports torch, starlette and pydantic
+
         sampler = Sampler.load(run_dir, device=device, checkpoint=checkpoint, backend="torch")
         # On a loopback address, only requests naming this machine: a web page cannot reach the server through
         # a name of its own (DNS rebinding).
         local = ipaddress.ip_address(address[0].split("%")[0]).is_loopback
-        app = create_app(sampler, Path(run_dir).resolve().name, api_key=api_key, limits=limits,
-                         max_batch=max_batch, run_dir=run_dir, threads=threads, stream_interval=stream_interval,
-                         allowed_hosts={"localhost", "127.0.0.1", "::1", host} if local else None)
+        app = create_app(
+            sampler,
+            Path(run_dir).resolve().name,
+            api_key=api_key,
+            limits=limits,
+            max_batch=max_batch,
+            run_dir=run_dir,
+            threads=threads,
+            stream_interval=stream_interval,
+            allowed_hosts={"localhost", "127.0.0.1", "::1", host} if local else None,
+        )
         limits = limits or Limits()
-        server = _server_class()(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE + 1,
-                                                limit_concurrency=limits.max_queued + 256))
+        server = _server_class()(
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                timeout_graceful_shutdown=SHUTDOWN_GRACE + 1,
+                limit_concurrency=limits.max_queued + 256,
+            )
+        )
         logging.getLogger("uvicorn.error").addFilter(_QuietWhenStopping(app.state.chargen))
         bound = sock.getsockname()
-        print(f"chargen serve: {run_dir} on http://{_url_host(bound[0])}:{bound[1]} (Ctrl-C stops)",
-              file=sys.stderr, flush=True)
+        print(
+            f"chargen serve: {run_dir} on http://{_url_host(bound[0])}:{bound[1]} (Ctrl-C stops)",
+            file=sys.stderr,
+            flush=True,
+        )
         _run(server, sock)
     print("chargen serve: stopped", file=sys.stderr)
 
 
 def _check_the_extra() -> None:
     from ..generate.sampler import torch_installed
+
     try:
         import pydantic  # noqa: F401
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
         raise ChargenError('chargen serve needs its extra: pip install "chargen[serve]"') from None
-    if not torch_installed():   # its decoding loop runs on the torch backend
+    if not torch_installed():  # its decoding loop runs on the torch backend
         raise ChargenError('chargen serve needs its extra: pip install "chargen[serve]" (it runs on torch)')
 
 
@@ -74,12 +110,13 @@ def _listen(host: str, port: int) -> tuple[socket.socket, tuple]:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
     except OSError as e:
-        raise ChargenError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --host or --port") \
-            from None
+        raise ChargenError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --host or --port"
+        ) from None
     return sock, address
 
 
-def _run(server, sock: socket.socket) -> None:
+def _run(server: uvicorn.Server, sock: socket.socket) -> None:
     """Serve until stopped; SIGHUP (a closed terminal) stops it as Ctrl-C does."""
     hangup = signal.getsignal(signal.SIGHUP) if hasattr(signal, "SIGHUP") else None
     if hangup not in (None, signal.SIG_IGN):
@@ -87,28 +124,29 @@ def _run(server, sock: socket.socket) -> None:
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:
-        if not server.should_exit:   # not uvicorn's own shutdown: let the caller say it was interrupted
+        if not server.should_exit:  # not uvicorn's own shutdown: let the caller say it was interrupted
             raise
     finally:
         if hangup not in (None, signal.SIG_IGN):
             signal.signal(signal.SIGHUP, hangup)
 
 
-def _server_class():
+def _server_class() -> type[uvicorn.Server]:
     import uvicorn
 
     class Server(uvicorn.Server):
         """uvicorn's server, whose shutdown gives running completions SHUTDOWN_GRACE seconds and then ends
         them (the decoding loop closes: streams end with an error event, others get 503)."""
 
-        async def shutdown(self, sockets=None):
-            state: AppState = self.config.app.state.chargen
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            state: AppState = cast("Starlette", self.config.app).state.chargen  # the app serve() made
             state.stopping = True
 
-            async def end_running():
+            async def end_running() -> None:
                 await asyncio.sleep(SHUTDOWN_GRACE)
                 if state.batcher is not None:
                     state.batcher.close()
+
             ending = asyncio.create_task(end_running())
             try:
                 await super().shutdown(sockets)
@@ -134,8 +172,10 @@ class _QuietWhenStopping(logging.Filter):
         if record.getMessage().rstrip().endswith(("CancelledError", "KeyboardInterrupt")):  # a traceback as text
             return False
         if record.getMessage().startswith("Cancel "):
-            record.msg, record.args = "chargen serve: %s request(s) still open after %s s were cut short", \
-                (record.args[0] if record.args else "some", SHUTDOWN_GRACE)
+            record.msg, record.args = (
+                "chargen serve: %s request(s) still open after %s s were cut short",
+                (cast(tuple, record.args)[0] if record.args else "some", SHUTDOWN_GRACE),  # uvicorn's args: a tuple
+            )
         return True
 
 

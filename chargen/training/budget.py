@@ -15,8 +15,9 @@ if TYPE_CHECKING:  # types only: this module stays free of torch
     from ..runs.metrics import Timing
 
 
-def schedule_lr(cfg: TrainConfig, step: int, elapsed: float, decay_steps: int | None,
-                decay_time: float | None) -> float:
+def schedule_lr(
+    cfg: TrainConfig, step: int, elapsed: float, decay_steps: int | None, decay_time: float | None
+) -> float:
     """Linear warmup, then constant or cosine down to ``min_lr_ratio * lr``.
 
     Written by hand rather than with ``torch.optim.lr_scheduler`` because the
@@ -66,7 +67,7 @@ class Budget:
         self.total_steps, self.max_time, self.preview_chars = total_steps, cfg.max_time, cfg.preview_chars
         self.timing, self.scorer = timing, scorer
         self.wall_start = time.perf_counter()  # see start()
-        self.time_up = False                   # --max-time: no time left to train on
+        self.time_up = False  # --max-time: no time left to train on
 
     def start(self, elapsed: float) -> None:
         """Start the clock, ``elapsed`` seconds (spent before a resume) in."""
@@ -91,6 +92,7 @@ class Budget:
     def final_eval_reserve(self) -> float:
         """Time kept for the final evaluation: its estimate with a margin, when that is at most half the
         budget (a longer one would leave too little to train: it is skipped instead)."""
+        assert self.max_time is not None  # asked only of a --max-time budget
         reserve = 1.5 * self.eval_estimate() + min(0.5, 0.05 * self.max_time)  # and room for jitter
         return reserve if reserve <= self.max_time / 2 else 0.0
 
@@ -111,7 +113,10 @@ class Budget:
 
     def too_short(self, elapsed: float) -> ChargenError:
         """The error for a budget that ran out before the first step."""
+        assert self.max_time is not None  # only a --max-time budget runs out
         left = self.max_time - elapsed
-        return ChargenError(f"--max-time {self.max_time:g}s leaves no time to train: {max(left, 0):.2f}s are "
-                            "left, and one step, the final evaluation and checkpoint need about "
-                            f"{self.timing.step + self.to_finish():.2f}s; give a larger budget")
+        return ChargenError(
+            f"--max-time {self.max_time:g}s leaves no time to train: {max(left, 0):.2f}s are "
+            "left, and one step, the final evaluation and checkpoint need about "
+            f"{self.timing.step + self.to_finish():.2f}s; give a larger budget"
+        )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..model.network import state_from_tensors, state_tensors
+from ..model.network import RNNState, state_from_tensors, state_tensors
 from ..runs.checkpoint import ResumeState, load_last, restore_rng, rng_states, save_last, save_weights
 from . import distributed
 from .launch import Run
@@ -26,8 +26,14 @@ def save_best(model: torch.nn.Module, run_dir: Path, progress: ResumeState) -> N
     save_weights(model, run_dir / "model.safetensors", {"step": progress.step, "val_loss": progress.best_val_loss})
 
 
-def write_last(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               progress: ResumeState, carried) -> float | None:
+def write_last(
+    run: Run,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    progress: ResumeState,
+    carried: RNNState | None,
+) -> float | None:
     """Write ``last/`` with the state the last batch ended with (``carried``, or None), then settle the run.
     With several processes every rank must call it: states and RNGs are gathered. The seconds the writing
     took on rank 0; None on the others."""
@@ -44,13 +50,14 @@ def write_last(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimize
     return took
 
 
-def restore(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-            rows: slice) -> tuple[ResumeState, object]:
+def restore(
+    run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rows: slice
+) -> tuple[ResumeState, RNNState | None]:
     """Load ``last/`` into the model, optimizer, scaler and RNGs; the run's progress, and the carried state
     of this rank's streams (``rows`` of the batch; None when the run carried none)."""
     progress = load_last(run.dir, model, optimizer, scaler, run.device, run.world_size)
     restore_rng(progress.rng, run.device, f".{run.rank}" if run.world_size > 1 else "", run.dir)
-    carried = None
+    carried: RNNState | None = None
     if progress.carried:
         mine = {k: v[:, rows].contiguous().to(run.device) for k, v in progress.carried.items()}
         carried = state_from_tensors(mine, run.model_config.cell)

@@ -32,8 +32,8 @@ class RunClaim:
         if out.exists() and not out.is_dir():
             raise ChargenError(f"{out} is a file, not a run folder; choose another --out")
         self.out, self.overwrite, self.filled = out, overwrite, False
-        self.made = _make_dirs(out)                    # folders this call created, deepest first
-        self.dir = out                                 # where the new run is built
+        self.made = _make_dirs(out)  # folders this call created, deepest first
+        self.dir = out  # where the new run is built
         try:
             self.lock = RunLock(out)
         except BaseException:
@@ -60,19 +60,25 @@ class RunClaim:
         is_run = looks_like_run(self.out)
         if not self.overwrite:
             what = "a run" if is_run else "not empty"
-            raise ChargenError(f"{self.out} already exists ({what}); pass --resume to continue it, --overwrite to "
-                               "replace it, or choose another --out")
+            raise ChargenError(
+                f"{self.out} already exists ({what}); pass --resume to continue it, --overwrite to "
+                "replace it, or choose another --out"
+            )
         if not is_run:
-            raise ChargenError(f"{self.out} exists and is not a chargen run folder; --overwrite only replaces "
-                               "runs. Choose another --out")
+            raise ChargenError(
+                f"{self.out} exists and is not a chargen run folder; --overwrite only replaces "
+                "runs. Choose another --out"
+            )
         return True
 
     def _stage(self) -> Path:
         try:
             return replace.stage(self.out)
         except OSError as e:
-            raise ChargenError(f"cannot write into {self.out} ({e.strerror}); --overwrite needs the run folder "
-                               "writable. Check its permissions or choose another --out") from None
+            raise ChargenError(
+                f"cannot write into {self.out} ({e.strerror}); --overwrite needs the run folder "
+                "writable. Check its permissions or choose another --out"
+            ) from None
 
     def fill(self, config: dict, corpus: PreparedCorpus) -> None:
         """Write the new run's config and vocabulary."""
@@ -120,11 +126,12 @@ def _make_dirs(path: Path) -> list[Path]:
         except FileExistsError:
             continue  # made by another process just now: not ours to remove
         except OSError as e:
-            for made in missing[missing.index(d) + 1:]:
+            for made in missing[missing.index(d) + 1 :]:
                 try:
                     made.rmdir()
                 except OSError:
                     break
-            raise ChargenError(f"cannot create {d}: {e.strerror}; check the permissions of its parent "
-                               "or choose another --out") from None
+            raise ChargenError(
+                f"cannot create {d}: {e.strerror}; check the permissions of its parent or choose another --out"
+            ) from None
     return missing

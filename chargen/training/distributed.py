@@ -14,7 +14,8 @@ must. With a single process none of this is used.
 from __future__ import annotations
 
 import os
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import Literal, TypeVar, overload
 
 import torch
 
@@ -33,14 +34,16 @@ def world_from_env() -> tuple[int, int, int]:
 
 def init(device: torch.device) -> tuple[int, int, torch.device]:
     """Join the process group (NCCL on CUDA, gloo on CPU); returns (rank, world, this process's device)."""
-    rank, world, local = world_from_env()
+    _rank, world, local = world_from_env()
     if world == 1:
         return 0, 1, device
     import torch.distributed as dist
+
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
-            raise ChargenError(f"local rank {local} has no GPU ({torch.cuda.device_count()} visible); "
-                               "start fewer processes per node")
+            raise ChargenError(
+                f"local rank {local} has no GPU ({torch.cuda.device_count()} visible); start fewer processes per node"
+            )
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     elif device.type != "cpu":
@@ -55,12 +58,21 @@ def wrap_model(model: torch.nn.Module, device: torch.device, world: int) -> torc
     if world == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
+
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def main_first(world: int, rank: int, fn: Callable[[], T], others: bool = True) -> T:
+@overload
+def main_first(world: int, rank: int, fn: Callable[[], T], others: Literal[True] = True) -> T: ...
+
+
+@overload
+def main_first(world: int, rank: int, fn: Callable[[], T], others: bool) -> T | None: ...
+
+
+def main_first(world: int, rank: int, fn: Callable[[], T], others: bool = True) -> T | None:
     """Run ``fn`` on rank 0, then (if ``others``) on the other ranks; a ChargenError on rank 0
-    reaches every rank.
+    reaches every rank. Without ``others``, the other ranks get None.
 
     Used for preparing the corpus (the others then find it cached) and making
     the run folder (rank 0 only), so no process waits forever on one that failed.
@@ -68,7 +80,9 @@ def main_first(world: int, rank: int, fn: Callable[[], T], others: bool = True) 
     if world == 1:
         return fn()
     import torch.distributed as dist
-    result, message = None, [None]
+
+    result: T | None = None
+    message: list[str | None] = [None]
     if rank == 0:
         try:
             result = fn()
@@ -85,6 +99,7 @@ def main_first(world: int, rank: int, fn: Callable[[], T], others: bool = True) 
 def broadcast_flags(flags: list[bool], device: torch.device) -> list[bool]:
     """Rank 0's decisions (stop now? interrupted?), the same on every rank, in one broadcast."""
     import torch.distributed as dist
+
     t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     dist.broadcast(t, src=0)
     return [bool(v) for v in t.tolist()]
@@ -93,6 +108,7 @@ def broadcast_flags(flags: list[bool], device: torch.device) -> list[bool]:
 def mean_and_any_bad(loss: torch.Tensor, world: int) -> tuple[torch.Tensor, bool]:
     """The mean loss over ranks, and whether any rank's loss is not finite (one all-reduce)."""
     import torch.distributed as dist
+
     bad = ~torch.isfinite(loss)
     t = torch.stack([torch.where(bad, torch.zeros_like(loss), loss).float(), bad.float()])
     dist.all_reduce(t)
@@ -102,6 +118,7 @@ def mean_and_any_bad(loss: torch.Tensor, world: int) -> tuple[torch.Tensor, bool
 def gather_rows(tensor: torch.Tensor, world: int, dim: int) -> torch.Tensor:
     """Concatenate every rank's tensor along ``dim`` (equal shapes), e.g. per-rank hidden states."""
     import torch.distributed as dist
+
     parts = [torch.empty_like(tensor) for _ in range(world)]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=dim)
@@ -110,8 +127,10 @@ def gather_rows(tensor: torch.Tensor, world: int, dim: int) -> torch.Tensor:
 def gather_cpu_bytes(tensor: torch.Tensor, world: int) -> list[torch.Tensor]:
     """Every rank's CPU byte tensor (RNG states), through the process group's device."""
     import torch.distributed as dist
-    backend_device = torch.device("cuda", torch.cuda.current_device()) \
-        if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    backend_device = (
+        torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    )
     t = tensor.to(backend_device)
     parts = [torch.empty_like(t) for _ in range(world)]
     dist.all_gather(parts, t)
@@ -129,6 +148,7 @@ def gather_checkpoint(carried: dict, rng: dict, world: int) -> tuple[dict, dict]
 
 def barrier() -> None:
     import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
@@ -136,5 +156,6 @@ def barrier() -> None:
 def shutdown() -> None:
     """Leave the process group, if this process joined one."""
     import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -12,18 +12,25 @@ from ..config import TrainConfig
 from ..data.prepared import PreparedCorpus
 from ..data.vocab import CharVocab
 from ..generate.torch_step import preview
-from ..model.scoring import WARMUP, Sample, SampleScorer, mean_loss
+from ..model.network import CharRNN
+from ..model.scoring import WARMUP, Autocast, Sample, SampleScorer, mean_loss
 from ..runs.checkpoint import ResumeState
 from ..runs.metrics import MetricsLog, Timing
 from .budget import Budget
 from .checkpointing import save_best
 
 
-def make_scorer(corpus: PreparedCorpus, cfg: TrainConfig, device: torch.device, autocast) -> SampleScorer:
+def make_scorer(corpus: PreparedCorpus, cfg: TrainConfig, device: torch.device, autocast: Autocast) -> SampleScorer:
     """The scorer of the run's validation sample: the same characters (--eval-chars) at every evaluation."""
     val = corpus.reader("val")
-    return SampleScorer(val, corpus.before("val", WARMUP + 1), Sample.plan(len(val), cfg.eval_chars or None),
-                        batch_size=cfg.eval_batch_size, device=device, autocast=autocast)
+    return SampleScorer(
+        val,
+        corpus.before("val", WARMUP + 1),
+        Sample.plan(len(val), cfg.eval_chars or None),
+        batch_size=cfg.eval_batch_size,
+        device=device,
+        autocast=autocast,
+    )
 
 
 class Evaluation:
@@ -33,13 +40,13 @@ class Evaluation:
     ``timing.evaluation`` records how long the last evaluation took, for the budget's estimates.
     """
 
-    def __init__(self, scorer: SampleScorer, budget: Budget, cfg: TrainConfig, vocab: CharVocab, log: MetricsLog,
-                 timing: Timing):
+    def __init__(
+        self, scorer: SampleScorer, budget: Budget, cfg: TrainConfig, vocab: CharVocab, log: MetricsLog, timing: Timing
+    ):
         self.scorer, self.budget, self.cfg, self.vocab, self.log, self.timing = scorer, budget, cfg, vocab, log, timing
         self.skipping = False  # --max-time: the last evaluation due was skipped
 
-    def __call__(self, model: torch.nn.Module, progress: ResumeState, run_dir: Path, row: dict,
-                 final: bool = False) -> bool:
+    def __call__(self, model: CharRNN, progress: ResumeState, run_dir: Path, row: dict, final: bool = False) -> bool:
         """Validate at ``progress.step`` into the metrics ``row``, keep the best weights, print a preview.
         An evaluation that would not end in time (leaving room for the final one, unless it is the final
         one) is skipped, with an event in the metrics (once in a row of skips). Whether it ran."""
@@ -51,6 +58,7 @@ class Evaluation:
         if deadline is None or began + self.budget.eval_estimate() <= deadline:
             result = self.scorer(model, deadline)
         if result is None:
+            assert deadline is not None  # only a deadline makes an evaluation give up
             self._skipped(progress.step, deadline - began)
             return False
         self.skipping = False
@@ -68,11 +76,12 @@ class Evaluation:
 
     def _skipped(self, step: int, left: float) -> None:
         if not self.skipping:
-            self.log.event(step, "eval_skipped", reason="time", estimate=round(self.budget.eval_estimate(), 3),
-                           left=round(left, 3))
+            self.log.event(
+                step, "eval_skipped", reason="time", estimate=round(self.budget.eval_estimate(), 3), left=round(left, 3)
+            )
         self.skipping = True
 
-    def _report(self, model: torch.nn.Module, step: int, loss: float, bpc: float) -> None:
+    def _report(self, model: CharRNN, step: int, loss: float, bpc: float) -> None:
         """Print the validation loss, and a preview drawn from its own seed (a resume draws the same)."""
         message = f"step {step}: val {loss:.4f} nats/char ({bpc:.4f} bpc)"
         if self.cfg.preview_chars:

@@ -13,19 +13,21 @@ options first (finetune.py).
 
 from __future__ import annotations
 
-import glob
 import os
 import shlex
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast
 
+import numpy as np
 import torch
 
 from ..config import DEFAULT_EPOCHS, RESUMABLE, ModelConfig, Options, PrepareOptions, TrainConfig, layer_options
 from ..config.options import specs
 from ..data.batches import RandomWindows, StatefulStreams
-from ..data.prepared import PreparedCorpus, cached, prepare
+from ..data.prepared import PreparedCorpus, prepare
 from ..errors import ChargenError
 from ..model.devices import resolve_device, resolve_precision
 from ..runs.folder import FORMAT_VERSION, RunFolder, RunLock, check_run_dir, last_dir, open_run_dir, read_json
@@ -33,6 +35,7 @@ from ..version import __version__
 from . import distributed
 from .budget import schedule_lr, step_budget
 from .claim import RunClaim
+from .corpus import corpus_summary, run_corpus
 from .finetune import fine_tune_base
 
 
@@ -44,17 +47,17 @@ class Run:
     corpus: PreparedCorpus
     model_config: ModelConfig
     train_config: TrainConfig
-    decay_steps: int | None       # cosine length in steps, or None
-    decay_time: float | None      # cosine length in seconds (a --max-time budget), or None
+    decay_steps: int | None  # cosine length in steps, or None
+    decay_time: float | None  # cosine length in seconds (a --max-time budget), or None
     resuming: bool
     device: torch.device
-    precision: str                # resolved: fp32, bf16 or fp16
+    precision: str  # resolved: fp32, bf16 or fp16
     rank: int = 0
     world_size: int = 1
-    lock: RunLock | None = None   # rank 0's lock on the folder
+    lock: RunLock | None = None  # rank 0's lock on the folder
     claim: RunClaim | None = None  # rank 0's claim on a new run's folder, until its first checkpoint
-    init: dict | None = None       # a fine-tune's base (see finetune.py): its weights start the model
-    counts: "np.ndarray | None" = None  # a new adaptive-softmax run's training counts: its characters' order
+    init: dict | None = None  # a fine-tune's base (see finetune.py): its weights start the model
+    counts: np.ndarray | None = None  # a new adaptive-softmax run's training counts: its characters' order
 
     @property
     def is_main(self) -> bool:
@@ -83,9 +86,21 @@ class Run:
             self.claim = self.lock = None
 
 
-def open_run(source=None, *, out, resume=False, overwrite=False, corpora_dirs=(), cache_dir=None,
-             config_file=None, preset=None, options=None, init_from=None, init_checkpoint: str | None = None,
-             keep_vocab: bool = False) -> Run:
+def open_run(
+    source: str | os.PathLike[str] | None = None,
+    *,
+    out: str | os.PathLike[str],
+    resume: bool = False,
+    overwrite: bool = False,
+    corpora_dirs: Sequence[str | os.PathLike[str]] = (),
+    cache_dir: str | os.PathLike[str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    preset: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    init_from: str | os.PathLike[str] | None = None,
+    init_checkpoint: str | None = None,
+    keep_vocab: bool = False,
+) -> Run:
     """Layer and check the options, lock the folder, prepare the corpus, and create or reopen the run.
     ``init_from``: a run folder whose weights, shape and vocabulary the new run starts from (fine-tuning)."""
     if not isinstance(out, (str, os.PathLike)) or str(out) == "":
@@ -94,13 +109,15 @@ def open_run(source=None, *, out, resume=False, overwrite=False, corpora_dirs=()
     if resume and overwrite:
         raise ChargenError("--resume and --overwrite contradict each other; pass one")
     if init_from is None and (init_checkpoint is not None or keep_vocab):
-        raise ChargenError(f"{'--init-checkpoint' if init_checkpoint is not None else '--keep-vocab'} "
-                           "goes with --init-from BASE_RUN")
+        raise ChargenError(
+            f"{'--init-checkpoint' if init_checkpoint is not None else '--keep-vocab'} goes with --init-from BASE_RUN"
+        )
     base = None
     if init_from is not None:
         if resume:
-            raise ChargenError("--init-from starts a new run; a resumed run has its weights already "
-                               "(leave --init-from out)")
+            raise ChargenError(
+                "--init-from starts a new run; a resumed run has its weights already (leave --init-from out)"
+            )
         base = fine_tune_base(init_from, init_checkpoint or "best", keep_vocab, opts)
     where = dict(corpora_dirs=corpora_dirs, cache_dir=cache_dir)
     out = Path(out)
@@ -114,7 +131,7 @@ def _create(out: Path, opts: Options, overwrite: bool, where: dict, base: dict |
     if not ({"max_steps", "epochs", "max_time"} & set(train_opts)):
         train_opts["epochs"] = DEFAULT_EPOCHS
     train_cfg = TrainConfig(**train_opts)
-    cell = ModelConfig(vocab_size=_ANY_VOCAB, **opts.model).cell   # bad options fail before any work
+    cell = ModelConfig(vocab_size=_ANY_VOCAB, **opts.model).cell  # bad options fail before any work
     PrepareOptions(**opts.prepare)
     device, precision, rank, world = _devices(train_cfg, cell)
     if train_cfg.batch_size % world:  # checked before the folder is touched
@@ -129,31 +146,61 @@ def _create(out: Path, opts: Options, overwrite: bool, where: dict, base: dict |
             model_cfg = model_cfg.resolve_softmax(counts)
         _check_fits(model_cfg, device)
         decay_steps, decay_time = _decay(train_cfg, _batches_per_epoch(corpus, train_cfg))
-        config = {
-            "format_version": FORMAT_VERSION,
-            "model": model_cfg.to_dict(),
-            "train": train_cfg.to_dict(),
-            "schedule": {"decay_steps": decay_steps, "decay_time": decay_time},
-            "corpus": _corpus_summary(corpus, opts),
-            "versions": {"chargen": __version__, "torch": torch.__version__, "python": sys.version.split()[0]},
-            "world_size": world,
-        }
         if base is not None:
-            base = dict(base, added_chars=corpus.meta.get("added_chars", 0),
-                        unknown_chars=corpus.meta.get("unknown_chars", 0))
-            config["init"] = {k: v for k, v in base.items() if k != "weights"}
-        distributed.main_first(world, rank, lambda: claim.fill(config, corpus), others=False)
+            base = dict(
+                base, added_chars=corpus.meta.get("added_chars", 0), unknown_chars=corpus.meta.get("unknown_chars", 0)
+            )
+        config = _new_config(model_cfg, train_cfg, (decay_steps, decay_time), corpus, opts, world, base)
+        # rank 0 only, which made the claim
+        distributed.main_first(world, rank, lambda: cast(RunClaim, claim).fill(config, corpus), others=False)
     except BaseException:
         if claim is not None:
             claim.abandon()
         raise
-    return Run(claim.dir if claim else out, corpus, model_cfg, train_cfg, decay_steps, decay_time,
-               resuming=False, device=device,
-               precision=precision, rank=rank, world_size=world, lock=claim.lock if claim else None, claim=claim,
-               init=base, counts=counts if model_cfg.adaptive else None)
+    return Run(
+        claim.dir if claim else out,
+        corpus,
+        model_cfg,
+        train_cfg,
+        decay_steps,
+        decay_time,
+        resuming=False,
+        device=device,
+        precision=precision,
+        rank=rank,
+        world_size=world,
+        lock=claim.lock if claim else None,
+        claim=claim,
+        init=base,
+        counts=counts if model_cfg.adaptive else None,
+    )
 
 
-_ANY_VOCAB = 0x110000 + 1   # more characters than Unicode has: checks the options before the corpus is read
+def _new_config(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    decay: tuple,
+    corpus: PreparedCorpus,
+    opts: Options,
+    world: int,
+    base: dict | None,
+) -> dict:
+    """What a new run's ``config.json`` holds (see docs/design.md, the run folder)."""
+    config = {
+        "format_version": FORMAT_VERSION,
+        "model": model_cfg.to_dict(),
+        "train": train_cfg.to_dict(),
+        "schedule": {"decay_steps": decay[0], "decay_time": decay[1]},
+        "corpus": corpus_summary(corpus, opts),
+        "versions": {"chargen": __version__, "torch": torch.__version__, "python": sys.version.split()[0]},
+        "world_size": world,
+    }
+    if base is not None:  # a fine-tune: where it started (the weights themselves are not config)
+        config["init"] = {k: v for k, v in base.items() if k != "weights"}
+    return config
+
+
+_ANY_VOCAB = 0x110000 + 1  # more characters than Unicode has: checks the options before the corpus is read
 
 
 def _check_fits(cfg: ModelConfig, device: torch.device) -> None:
@@ -167,10 +214,12 @@ def _check_fits(cfg: ModelConfig, device: torch.device) -> None:
     except (ValueError, OSError, AttributeError):  # no way to know here: let the allocator decide
         return
     if need > have:
-        raise ChargenError(f"a {cfg.cell.upper()} {cfg.num_layers}x{cfg.hidden_size} model (embedding "
-                           f"{cfg.embedding_size}) has {cfg.num_parameters:,} parameters, about {need // 2**30:,} "
-                           f"GiB to train, more than the {have / 2**30:,.1f} GiB of {device.type} memory here; "
-                           "use a smaller --hidden, --layers or --embedding")
+        raise ChargenError(
+            f"a {cfg.cell.upper()} {cfg.num_layers}x{cfg.hidden_size} model (embedding "
+            f"{cfg.embedding_size}) has {cfg.num_parameters:,} parameters, about {need // 2**30:,} "
+            f"GiB to train, more than the {have / 2**30:,.1f} GiB of {device.type} memory here; "
+            "use a smaller --hidden, --layers or --embedding"
+        )
 
 
 def _devices(cfg: TrainConfig, cell: str) -> tuple[torch.device, str, int, int]:
@@ -195,15 +244,6 @@ def _decay(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int | None, float 
     return step_budget(cfg, batches_per_epoch), cfg.max_time
 
 
-def _corpus_summary(corpus: PreparedCorpus, opts: Options) -> dict:
-    summary = {**corpus.summary(), "prepare": dict(opts.prepare),
-               "requested_source": None if opts.source is None else str(opts.source),
-               "working_folder": os.getcwd()}  # what a relative source was relative to
-    summary.pop("cache_dir", None)
-    summary.pop("reused", None)
-    return summary
-
-
 def _resume(out: Path, opts: Options, where: dict) -> Run:
     folder = open_run_dir(check_run_dir(out))
     train_cfg = _resumed_train_config(folder, opts)
@@ -211,36 +251,59 @@ def _resume(out: Path, opts: Options, where: dict) -> Run:
     lock = distributed.main_first(world, rank, lambda: RunLock(out), others=False)
     try:
         _check_not_finished(last_dir(out), opts)  # a resume needs a complete checkpoint, of a run to go on with
-        corpus = distributed.main_first(world, rank, lambda: run_corpus(folder, opts.source, from_cache=False,
-                                                                          **where))
+        corpus = distributed.main_first(world, rank, lambda: run_corpus(folder, opts.source, from_cache=False, **where))
         _check_budget_left(last_dir(out), train_cfg, _batches_per_epoch(corpus, train_cfg), folder.config)
     except BaseException:
         if lock is not None:
             lock.release()
         raise
     sched = folder.config.get("schedule", {})
-    return Run(out, corpus, folder.model_config, train_cfg, sched.get("decay_steps"), sched.get("decay_time"),
-               resuming=True, device=device, precision=precision, rank=rank, world_size=world, lock=lock)
+    return Run(
+        out,
+        corpus,
+        folder.model_config,
+        train_cfg,
+        sched.get("decay_steps"),
+        sched.get("decay_time"),
+        resuming=True,
+        device=device,
+        precision=precision,
+        rank=rank,
+        world_size=world,
+        lock=lock,
+    )
 
 
-def _resumed_train_config(folder, opts: Options) -> TrainConfig:
+def _resumed_train_config(folder: RunFolder, opts: Options) -> TrainConfig:
     """The run's own TrainConfig with the resumable options the user gave; any other change is refused."""
     if opts.preset is not None:
-        raise ChargenError(f"--preset {opts.preset} applies when a run is created; a resumed run keeps its "
-                           "options (drop --preset)")
-    created = {"model": folder.model_config.to_dict(), "train": folder.train_config.to_dict(),
-               "corpus": asdict(PrepareOptions(**folder.prepare))}
-    for what, cls, given in (("model", ModelConfig, opts.model), ("corpus", PrepareOptions, opts.prepare),
-                             ("train", TrainConfig, opts.train)):
+        raise ChargenError(
+            f"--preset {opts.preset} applies when a run is created; a resumed run keeps its options (drop --preset)"
+        )
+    created = {
+        "model": folder.model_config.to_dict(),
+        "train": folder.train_config.to_dict(),
+        "corpus": asdict(PrepareOptions(**folder.prepare)),
+    }
+    for what, cls, given in (
+        ("model", ModelConfig, opts.model),
+        ("corpus", PrepareOptions, opts.prepare),
+        ("train", TrainConfig, opts.train),
+    ):
         for k, v in given.items():
             if k not in opts.explicit or created[what][k] == v or k in RESUMABLE:
                 continue
             flag = specs(cls)[k].flag
-            rule = ("every evaluation of a run scores the same sample" if k == "eval_chars" else
-                    "only budget, evaluation and device options change on resume" if what == "train" else
-                    f"a resumed run keeps its {what} options")
-            raise ChargenError(f"the run was created with --{flag} {created[what][k]!r}, not {v!r}; {rule} "
-                               "(drop the flag)")
+            rule = (
+                "every evaluation of a run scores the same sample"
+                if k == "eval_chars"
+                else "only budget, evaluation and device options change on resume"
+                if what == "train"
+                else f"a resumed run keeps its {what} options"
+            )
+            raise ChargenError(
+                f"the run was created with --{flag} {created[what][k]!r}, not {v!r}; {rule} (drop the flag)"
+            )
     merged = created["train"]
     merged.update({k: v for k, v in opts.train.items() if k in opts.explicit and k in RESUMABLE})
     budget = {"max_steps", "epochs", "max_time"}
@@ -253,8 +316,10 @@ def _check_not_finished(last: Path, opts: Options) -> None:
     """A run that finished (its budget spent, or stopped by --patience) goes on only with a new budget."""
     info = read_json(last / "trainer.json")
     if info.get("stopped") and not ({"max_steps", "epochs", "max_time"} & opts.explicit):
-        raise ChargenError(f"{last.parent} already finished (stopped: {info['stopped']} at step {info.get('step')}); "
-                           "to train on, give it a new budget (--max-steps, --epochs or --max-time)")
+        raise ChargenError(
+            f"{last.parent} already finished (stopped: {info['stopped']} at step {info.get('step')}); "
+            "to train on, give it a new budget (--max-steps, --epochs or --max-time)"
+        )
 
 
 def _check_budget_left(last: Path, cfg: TrainConfig, batches_per_epoch: int, config: dict) -> None:
@@ -262,58 +327,24 @@ def _check_budget_left(last: Path, cfg: TrainConfig, batches_per_epoch: int, con
     0, would train nothing: say so."""
     info = read_json(last / "trainer.json")
     sched = config.get("schedule", {})
-    if schedule_lr(cfg, info.get("step", 0), info.get("elapsed", 0.0), sched.get("decay_steps"),
-                   sched.get("decay_time")) == 0.0:
-        raise ChargenError(f"{last.parent} is at step {info.get('step')}, past the end of its cosine, where "
-                           "--min-lr-ratio 0 puts the learning rate at 0: more steps would change nothing; to "
-                           f"train on, start a new run from its weights: chargen train --init-from {last.parent} "
-                           "--out NEW_RUN")
-    steps = step_budget(cfg, batches_per_epoch)
-    spent = ((steps is not None and info.get("step", 0) >= steps) or
-             (cfg.max_time is not None and info.get("elapsed", 0.0) >= cfg.max_time))
-    if info.get("stopped") and spent:
-        raise ChargenError(f"{last.parent} is already at step {info.get('step')} ({info.get('elapsed', 0):.0f}s): "
-                           "that budget is spent; give a larger one")
-
-
-def run_corpus(folder: RunFolder, source=None, *, from_cache: bool = True, corpora_dirs=(),
-               cache_dir=None) -> PreparedCorpus:
-    """The prepared corpus a run was trained on: with ``from_cache``, straight from the cache by its
-    fingerprint (the source is not read); else, or when the cache no longer holds it, prepared again
-    from ``source`` (default: the source the run was created with) and checked to be the same text."""
-    stored = folder.config["corpus"]
-    corpus = cached(stored["fingerprint"], cache_dir) if from_cache and source is None else None
-    if corpus is not None:
-        corpus.meta["source"] = stored.get("source", corpus.meta["source"])  # as the run names it
-    else:
-        stored_source = _stored_source(stored)
-        # a single file found again under another name is the same corpus: it keeps its name in the fingerprint
-        name = Path(stored_source).name if source is not None and stored_source is not None else None
-        corpus = prepare(source if source is not None else stored_source, corpora_dirs=corpora_dirs,
-                         cache_dir=cache_dir, file_name=name, **folder.prepare)
-        _check_same_corpus(stored, corpus)
-    if folder.vocab.chars != corpus.vocab.chars:
-        raise ChargenError("the run's tokenizer.json differs from the corpus vocabulary; the run folder was "
-                           "changed by hand: start a new run")
-    return corpus
-
-
-def _stored_source(stored: dict) -> str | None:
-    """The source a run was created with; a relative path that is not here is taken from where it was."""
-    source, where = stored.get("requested_source"), stored.get("working_folder")
-    if source is None or where is None or os.path.isabs(os.path.expanduser(source)) or source.startswith("hf:"):
-        return source
-    here_exists = Path(source).exists() or bool(glob.has_magic(source) and glob.glob(source, recursive=True))
-    there = os.path.join(where, source)
-    if not here_exists and (Path(there).exists() or (glob.has_magic(source) and glob.glob(there, recursive=True))):
-        return there
-    return source
-
-
-def _check_same_corpus(stored: dict, corpus: PreparedCorpus) -> None:
-    if corpus.fingerprint != stored.get("fingerprint"):
+    if (
+        schedule_lr(
+            cfg, info.get("step", 0), info.get("elapsed", 0.0), sched.get("decay_steps"), sched.get("decay_time")
+        )
+        == 0.0
+    ):
         raise ChargenError(
-            f"this corpus differs from the run's: the run was trained on {stored.get('source')} "
-            f"({stored.get('chars'):,} characters, fingerprint {str(stored.get('fingerprint'))[:12]}), this is "
-            f"{corpus.meta['source']} ({corpus.meta['chars']:,} characters, fingerprint {corpus.fingerprint[:12]}); "
-            "pass the text the run was trained on, or start a new run")
+            f"{last.parent} is at step {info.get('step')}, past the end of its cosine, where "
+            "--min-lr-ratio 0 puts the learning rate at 0: more steps would change nothing; to "
+            f"train on, start a new run from its weights: chargen train --init-from {last.parent} "
+            "--out NEW_RUN"
+        )
+    steps = step_budget(cfg, batches_per_epoch)
+    spent = (steps is not None and info.get("step", 0) >= steps) or (
+        cfg.max_time is not None and info.get("elapsed", 0.0) >= cfg.max_time
+    )
+    if info.get("stopped") and spent:
+        raise ChargenError(
+            f"{last.parent} is already at step {info.get('step')} ({info.get('elapsed', 0):.0f}s): "
+            "that budget is spent; give a larger one"
+        )

@@ -23,16 +23,19 @@ evaluation.py's, and writing and reading ``last/`` is checkpointing.py's.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 
 from ..data.batches import RandomWindows, StatefulStreams
 from ..errors import ChargenError, Interrupted
 from ..model.devices import autocast, state_dtype
-from ..model.network import CharRNN, detach_state
+from ..model.network import AdaptiveHead, CharRNN, RNNState, detach_state
 from ..runs.checkpoint import ResumeState, init_from_base
 from ..runs.metrics import Meter, MetricsLog, ProgressBar, Timing
 from ..signals import StopRequest, ctrl_c_ignored
@@ -49,18 +52,30 @@ class TrainResult:
     steps: int
     best_val_loss: float | None
     best_val_bpc: float | None
-    stopped: str          # "budget", "patience", "interrupted"
+    stopped: str  # "budget", "patience", "interrupted"
     chars_per_sec: float
     elapsed: float
-    main: bool = True     # False on the other processes of a multi-process run
+    main: bool = True  # False on the other processes of a multi-process run
     device: str = "cpu"
-    precision: str = "fp32"   # what --precision resolved to (auto: see devices.resolve_precision)
+    precision: str = "fp32"  # what --precision resolved to (auto: see devices.resolve_precision)
 
 
-def train(source=None, *, out, resume: bool = False, overwrite: bool = False,
-          progress: bool | None = None, corpora_dirs=(), cache_dir=None, config_file=None,
-          preset: str | None = None, init_from=None, init_checkpoint: str | None = None, keep_vocab: bool = False,
-          **options) -> TrainResult:
+def train(
+    source: str | os.PathLike[str] | None = None,
+    *,
+    out: str | os.PathLike[str],
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    corpora_dirs: Sequence[str | os.PathLike[str]] = (),
+    cache_dir: str | os.PathLike[str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    preset: str | None = None,
+    init_from: str | os.PathLike[str] | None = None,
+    init_checkpoint: str | None = None,
+    keep_vocab: bool = False,
+    **options: Any,
+) -> TrainResult:
     """Train a CharRNN on ``source`` into the run folder ``out``.
 
     ``options`` are fields of :class:`TrainConfig`, :class:`ModelConfig`
@@ -73,9 +88,20 @@ def train(source=None, *, out, resume: bool = False, overwrite: bool = False,
     best or last) and shape; characters of ``source`` it lacks are added to the vocabulary after its own
     (its ids never move), or with ``keep_vocab`` become the unknown token.
     """
-    run = open_run(source, out=out, resume=resume, overwrite=overwrite, corpora_dirs=corpora_dirs,
-                   cache_dir=cache_dir, config_file=config_file, preset=preset, options=options,
-                   init_from=init_from, init_checkpoint=init_checkpoint, keep_vocab=keep_vocab)
+    run = open_run(
+        source,
+        out=out,
+        resume=resume,
+        overwrite=overwrite,
+        corpora_dirs=corpora_dirs,
+        cache_dir=cache_dir,
+        config_file=config_file,
+        preset=preset,
+        options=options,
+        init_from=init_from,
+        init_checkpoint=init_checkpoint,
+        keep_vocab=keep_vocab,
+    )
     if progress is None:
         progress = sys.stderr.isatty()
     try:
@@ -97,34 +123,41 @@ class Trainer:
     """The training loop over an opened run (see launch.open_run); ``fit`` tells the story."""
 
     def __init__(self, run: Run, show_bar: bool = False):
-        self.run, self.cfg, self.device = run, run.train_config, run.device
-        self.show_bar = show_bar
+        self.run, self.cfg, self.device, self.show_bar = run, run.train_config, run.device, show_bar
         self.vocab = run.corpus.vocab
         cfg = self.cfg
         layout = StatefulStreams if cfg.layout == "stateful" else RandomWindows
-        extra = {"seed": cfg.seed} if cfg.layout == "random" else {}
-        self.batches = layout(run.corpus.reader("train"), cfg.batch_size, cfg.bptt, rank=run.rank,
-                              world_size=run.world_size, device=self.device, **extra)
+        extra: dict[str, Any] = {"seed": cfg.seed} if cfg.layout == "random" else {}
+        self.batches = layout(
+            run.corpus.reader("train"),
+            cfg.batch_size,
+            cfg.bptt,
+            rank=run.rank,
+            world_size=run.world_size,
+            device=self.device,
+            **extra,
+        )
         torch.manual_seed(cfg.seed)
         self.model = CharRNN(run.model_config).to(self.device)
         if run.init is not None and not run.resuming:
             init_from_base(self.model, run.init["weights"], run.init["vocab_size"])
         elif run.counts is not None and not run.resuming:
-            self.model.head.set_order(run.counts)   # the adaptive softmax's clusters follow the counts
+            cast(AdaptiveHead, self.model.head).set_order(run.counts)  # its clusters follow the counts
         self.model.train()
         # beta2 0.99 rather than Adam's default 0.999 (as nanoGPT's character-level recipe does): a step
         # sees few targets (B*T characters), and a shorter memory of squared gradients lets the step size
         # follow the fast early changes of short, high-learning-rate runs like the cpu preset's.
         fused = {"fused": True} if self.device.type == "cuda" else {}
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
-                                           weight_decay=cfg.weight_decay, **fused)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay, **fused
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=run.precision == "fp16")
         self.ddp_model = distributed.wrap_model(self.model, self.device, run.world_size)
-        self.carried = None        # the hidden state the last batch ended with (stateful layout), float32
+        self.carried: RNNState | None = None  # the hidden state the last batch ended with (stateful layout), float32
         self.state_dtype = state_dtype(self.model, run.precision, self.device)
         self.progress = ResumeState(world_size=run.world_size)
-        self.stop_reason = None    # "patience", set after an evaluation, on rank 0
-        self.interrupted = False   # Ctrl-C asked the loop to stop after this step
+        self.stop_reason: str | None = None  # "patience", set after an evaluation, on rank 0
+        self.interrupted = False  # Ctrl-C asked the loop to stop after this step
         self.log = MetricsLog(run.dir, run.is_main)
         self.meter = Meter(self.device)
         self.timing = Timing(run.model_config.num_parameters)
@@ -134,7 +167,7 @@ class Trainer:
         if run.resuming:
             self._restore()
 
-    def autocast(self):
+    def autocast(self) -> torch.autocast:
         return autocast(self.run.precision, self.device)
 
     # -- the story of a run ----------------------------------------------------
@@ -146,8 +179,13 @@ class Trainer:
         self.budget.start(self.progress.elapsed)
         if self.cfg.max_time is not None and self.run.is_main:
             self.scorer.probe(self.model)  # how long an evaluation takes, before the first one
-        self.log.event(self.progress.step, "started", at=round(time.time(), 3),  # wall clock: setup is done
-                       device=str(self.device), precision=self.run.precision)
+        self.log.event(
+            self.progress.step,
+            "started",
+            at=round(time.time(), 3),  # wall clock: setup is done
+            device=str(self.device),
+            precision=self.run.precision,
+        )
         if self.run.init is not None and not self.run.resuming:
             self.log.say(fine_tune_message(self.run.init, self.run.corpus.meta))
         first_step = self.progress.step
@@ -163,12 +201,16 @@ class Trainer:
             self._close_bar()
             claim = self.run.claim
             if claim is None:
-                self.log.say(f"interrupted again, inside step {self.progress.step + 1}; not saved: the last "
-                             f"checkpoint stands. Resume with: {self.run.resume_hint()}")
+                self.log.say(
+                    f"interrupted again, inside step {self.progress.step + 1}; not saved: the last "
+                    f"checkpoint stands. Resume with: {self.run.resume_hint()}"
+                )
             else:
                 kept = f"; {claim.out} still holds the run it was to replace" if claim.staged else ""
-                self.log.say("interrupted again, before the run's first checkpoint: nothing to resume, and "
-                             f"the new run is removed{kept}; start it again")
+                self.log.say(
+                    "interrupted again, before the run's first checkpoint: nothing to resume, and "
+                    f"the new run is removed{kept}; start it again"
+                )
             raise Interrupted from None
         finally:
             self._close_bar()
@@ -200,9 +242,9 @@ class Trainer:
         The optimizer step itself is taken by the caller, once the values are known to be finite.
         """
         cfg = self.cfg
-        x, y, starts = self.batches.get(step)                             # (B, T) each
+        x, y, starts = self.batches.get(step)  # (B, T) each
         if starts:
-            self.carried = None                                           # zero state: streams restart
+            self.carried = None  # zero state: streams restart
         lr = schedule_lr(cfg, step, self.progress.elapsed, self.run.decay_steps, self.run.decay_time)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -249,8 +291,9 @@ class Trainer:
         now = time.perf_counter()
         self.timing.step = now - t0
         self.progress.elapsed = self.budget.elapsed(now)
-        self.meter.add(loss if finite else None, grad_norm, lr,
-                       self.batches.chars_per_batch * self.run.world_size, now - t0)
+        self.meter.add(
+            loss if finite else None, grad_norm, lr, self.batches.chars_per_batch * self.run.world_size, now - t0
+        )
         if self.bar is not None:
             self.bar.update(1)
 
@@ -264,11 +307,15 @@ class Trainer:
             self.scaler.update(self.scaler.get_scale() / 2)
         if p.bad_streak >= self.cfg.max_bad_steps:
             self.log.event(p.step, "stopped", reason="nonfinite")
-            kept = (f"the last good checkpoint is in {self.run.dir}/last" if self.run.claim is None else
-                    "it had no checkpoint yet, so nothing is kept")
+            kept = (
+                f"the last good checkpoint is in {self.run.dir}/last"
+                if self.run.claim is None
+                else "it had no checkpoint yet, so nothing is kept"
+            )
             raise ChargenError(
                 f"training diverged: {p.bad_streak} steps in a row with a non-finite loss or "
-                f"gradient at step {p.step}; {kept}; lower --lr or --clip and resume or start again")
+                f"gradient at step {p.step}; {kept}; lower --lr or --clip and resume or start again"
+            )
 
     def _log_and_evaluate(self) -> None:
         """Write a metrics line every --log-every steps, and evaluate every --eval-every, and at the end."""
@@ -300,10 +347,18 @@ class Trainer:
         self.log.event(p.step, "stopped", reason=stopped)
         self.log.close()
         best = p.best_val_loss
-        return TrainResult(run_dir=str(self.run.dir), steps=p.step, best_val_loss=best,
-                           best_val_bpc=None if best is None else best / math.log(2), stopped=stopped,
-                           chars_per_sec=self.meter.chars_per_sec, elapsed=self.budget.elapsed(),
-                           main=self.run.is_main, device=str(self.device), precision=self.run.precision)
+        return TrainResult(
+            run_dir=str(self.run.dir),
+            steps=p.step,
+            best_val_loss=best,
+            best_val_bpc=None if best is None else best / math.log(2),
+            stopped=stopped,
+            chars_per_sec=self.meter.chars_per_sec,
+            elapsed=self.budget.elapsed(),
+            main=self.run.is_main,
+            device=str(self.device),
+            precision=self.run.precision,
+        )
 
     def _on_interrupt(self) -> None:
         """Stopped by Ctrl-C between two steps (every process at the same one): checkpoint exactly.
@@ -312,8 +367,9 @@ class Trainer:
             self._checkpoint()
         self.log.event(self.progress.step, "stopped", reason="interrupted")
         self.log.close()
-        self.log.say(f"interrupted at step {self.progress.step}; checkpoint saved. "
-                     f"Resume with: {self.run.resume_hint()}")
+        self.log.say(
+            f"interrupted at step {self.progress.step}; checkpoint saved. Resume with: {self.run.resume_hint()}"
+        )
 
     # -- evaluation and checkpoints --------------------------------------------
 
@@ -333,8 +389,7 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         """Write last/. With several processes every rank must call it: states and RNGs are gathered."""
-        took = checkpointing.write_last(self.run, self.model, self.optimizer, self.scaler, self.progress,
-                                        self.carried)
+        took = checkpointing.write_last(self.run, self.model, self.optimizer, self.scaler, self.progress, self.carried)
         if took is not None:
             self.timing.checkpoint = took
             self.log.path = self.run.dir / "metrics.jsonl"  # the first checkpoint may have moved the run

@@ -7,18 +7,20 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, one_error_line
 
-JSON_KEYS = {"source", "fingerprint", "cache_dir", "reused", "chars", "vocab_size",
-             "train_chars", "val_chars", "test_chars", "unknown_chars"}
-
-
-def one_error_line(err: str, *fragments: str):
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for f in fragments:
-        assert f in lines[0], lines[0]
+JSON_KEYS = {
+    "source",
+    "fingerprint",
+    "cache_dir",
+    "reused",
+    "chars",
+    "vocab_size",
+    "train_chars",
+    "val_chars",
+    "test_chars",
+    "unknown_chars",
+}
 
 
 def test_prepare_json(cli, tmp_path):
@@ -27,7 +29,7 @@ def test_prepare_json(cli, tmp_path):
     code, out, err = cli("prepare", p, "--json")
     assert code == 0, err
     s = json.loads(out)
-    assert JSON_KEYS <= s.keys()
+    assert s.keys() >= JSON_KEYS
     assert s["chars"] == 600 and s["train_chars"] == 540 and s["reused"] is False
     assert os.path.isfile(os.path.join(s["cache_dir"], "tokenizer.json"))
     code, out, _ = cli("prepare", p, "--json")
@@ -56,23 +58,29 @@ def test_prepare_default_is_pystdlib(cli):
     assert s["source"] == "pystdlib" and s["chars"] > 1_000_000
 
 
-@pytest.mark.parametrize("make,args,fragments", [
-    (None, ["/no/such/file.txt"], ["/no/such/file.txt does not exist"]),
-    (None, ["nosuchcorpus"], ["unknown corpus 'nosuchcorpus'", "tinyshakespeare"]),
-    ("empty", ["{d}/empty.txt"], ["is empty"]),
-    ("binary", ["{d}/blob.txt"], ["looks like a binary file"]),
-    ("latin1", ["{d}/latin.txt"], ["not valid utf-8: undecodable byte at offset 3", "--encoding"]),
-    ("emptydir", ["{d}/emptydir"], ["has no text files"]),
-    (None, ["{d}/*.nomatch"], ["no files match"]),
-    ("upper", ["{d}/upper.txt", "--lowercase", "--val-fraction", "0.5", "--test-fraction", "0.5"],
-     ["must be below 1"]),
-    (None, ["--val-fraction", "1.5"], ["argument --val-fraction: must be in [0, 1)"]),
-    (None, ["--min-char-count", "0"], ["must be at least 1"]),
-    (None, ["--normalize", "nfx"], ["invalid choice: 'nfx'"]),
-    (None, ["--encoding", "klingon"], ["'klingon' is an unknown encoding"]),
-    (None, ["tinyshakespeare", "--corpora-dir", "{d}"], ["downloads are off; put tinyshakespeare.txt in one of"]),
-    ("jsonl", ["hf:{d}/d.jsonl", "--text-column", "body"], ["has no column 'body'", "--text-column"]),
-])
+@pytest.mark.parametrize(
+    "make,args,fragments",
+    [
+        (None, ["/no/such/file.txt"], ["/no/such/file.txt does not exist"]),
+        (None, ["nosuchcorpus"], ["unknown corpus 'nosuchcorpus'", "tinyshakespeare"]),
+        ("empty", ["{d}/empty.txt"], ["is empty"]),
+        ("binary", ["{d}/blob.txt"], ["looks like a binary file"]),
+        ("latin1", ["{d}/latin.txt"], ["not valid utf-8: undecodable byte at offset 3", "--encoding"]),
+        ("emptydir", ["{d}/emptydir"], ["has no text files"]),
+        (None, ["{d}/*.nomatch"], ["no files match"]),
+        (
+            "upper",
+            ["{d}/upper.txt", "--lowercase", "--val-fraction", "0.5", "--test-fraction", "0.5"],
+            ["must be below 1"],
+        ),
+        (None, ["--val-fraction", "1.5"], ["argument --val-fraction: must be in [0, 1)"]),
+        (None, ["--min-char-count", "0"], ["must be at least 1"]),
+        (None, ["--normalize", "nfx"], ["invalid choice: 'nfx'"]),
+        (None, ["--encoding", "klingon"], ["'klingon' is an unknown encoding"]),
+        (None, ["tinyshakespeare", "--corpora-dir", "{d}"], ["downloads are off; put tinyshakespeare.txt in one of"]),
+        ("jsonl", ["hf:{d}/d.jsonl", "--text-column", "body"], ["has no column 'body'", "--text-column"]),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, monkeypatch, make, args, fragments):
     monkeypatch.delenv("CHARGEN_CORPORA", raising=False)  # so that no named corpus is found
     d = tmp_path
@@ -97,8 +105,12 @@ def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, monkeypatch, make, args
 
 def test_python_m_chargen_runs_without_traceback(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    r = subprocess.run([sys.executable, "-m", "chargen", "prepare", str(tmp_path / "missing.txt")],
-                       capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "chargen", "prepare", str(tmp_path / "missing.txt")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 2 and r.stdout == ""
     one_error_line(r.stderr, "missing.txt does not exist")
     r = subprocess.run([sys.executable, "-m", "chargen", "--version"], capture_output=True, text=True, env=env)
@@ -106,10 +118,13 @@ def test_python_m_chargen_runs_without_traceback(tmp_path):
 
 
 def test_cli_import_does_not_pull_heavy_modules():
-    code = ("import sys, chargen.cli; chargen.cli.build_parser(); "
-            "print(sorted(m for m in ('torch', 'datasets', 'tokenizers', 'numpy') if m in sys.modules))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    code = (
+        "import sys, chargen.cli; chargen.cli.build_parser(); "
+        "print(sorted(m for m in ('torch', 'datasets', 'tokenizers', 'numpy') if m in sys.modules))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO))
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
 
@@ -117,8 +132,11 @@ def test_cli_import_does_not_pull_heavy_modules():
 def test_prepare_does_not_import_torch_or_datasets(tmp_path):
     p = tmp_path / "t.txt"
     p.write_text("abc\n" * 100)
-    code = ("import sys; from chargen.cli import main; rc = main(['prepare', sys.argv[1], '--json']); "
-            "print(rc, 'torch' in sys.modules, 'datasets' in sys.modules, file=sys.stderr)")
-    r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    code = (
+        "import sys; from chargen.cli import main; rc = main(['prepare', sys.argv[1], '--json']); "
+        "print(rc, 'torch' in sys.modules, 'datasets' in sys.modules, file=sys.stderr)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(p)], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO))
+    )
     assert r.stderr.strip().splitlines()[-1] == "0 False False"

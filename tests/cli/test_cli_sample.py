@@ -7,8 +7,7 @@ import pytest
 
 from chargen import Sampler
 from chargen.training.trainer import train
-
-from test_cli import one_error_line
+from conftest import one_error_line
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +16,20 @@ def run(tmp_path_factory):
     corpus = d / "c.txt"
     corpus.write_text("to be or not to be, that is the question.\n" * 200)
     out = d / "run"
-    train(corpus, out=out, num_layers=1, hidden_size=32, batch_size=8, bptt=16, max_steps=60,
-          eval_every=30, preview_chars=0, lr=1e-2, warmup_steps=0, cache_dir=d / "cache")
+    train(
+        corpus,
+        out=out,
+        num_layers=1,
+        hidden_size=32,
+        batch_size=8,
+        bptt=16,
+        max_steps=60,
+        eval_every=30,
+        preview_chars=0,
+        lr=1e-2,
+        warmup_steps=0,
+        cache_dir=d / "cache",
+    )
     return out
 
 
@@ -38,7 +49,7 @@ def test_sample_n_with_delimiters_and_stop_escapes(cli, run):
     assert len(parts) == 4 and parts[1].startswith("1 of 3 -----\n")
     for part in parts[1:]:
         body = part.split("-----\n", 1)[1]
-        assert body.rstrip("\n").count("\n") == 0   # stopped at the first newline
+        assert body.rstrip("\n").count("\n") == 0  # stopped at the first newline
 
 
 def test_sample_checkpoint_last_and_greedy(cli, run):
@@ -59,38 +70,48 @@ def test_eval_matches_score(cli, run, tmp_path):
     assert result["bpc"] == pytest.approx(score.bpc, rel=1e-5)
 
 
-@pytest.mark.parametrize("args,fragments", [
-    (["--temperature", "-1"], ["argument --temperature: must be at least 0, got -1.0"]),
-    (["--temperature", "nan"], ["argument --temperature: must be a finite number"]),
-    (["--top-k", "0"], ["argument --top-k: must be at least 1, got 0"]),
-    (["--top-p", "1.5"], ["argument --top-p: must be in (0, 1], got 1.5"]),
-    (["--length", "-1"], ["argument --length: must be at least 0, got -1"]),
-    (["-n", "0"], ["argument -n: must be in [1, 65536], got 0"]),
-    (["--seed", "-1"], ["argument --seed: must be in [0, 2**63 - 1], got -1"]),
-    (["--device", "foo"], ["unknown device 'foo'"]),
-    (["--device", "cuda:x"], ["unknown device 'cuda:x'"]),                          # issue 8, item 8
-    (["--device", "mps"] if not __import__("torch").backends.mps.is_available() else ["--device", "foo"],
-     ["mps" if not __import__("torch").backends.mps.is_available() else "foo"]),
-    (["--temperature", "1e-310", "--length", "3", "--top-p", "2"], ["argument --top-p: must be in (0, 1]"]),
-    (["--prompt", "QXZ€"], ["not in the vocabulary", "'€'"]),
-    (["--prompt-file", "/no/such/prompt.txt"], ["cannot read prompt file /no/such/prompt.txt"]),
-    (["--prompt", "a", "--prompt-file", "x"], ["pass --prompt or --prompt-file, not both"]),
-    (["--device", "cuda"] if not __import__("torch").cuda.is_available() else ["--top-k", "-1"],
-     ["cuda"] if not __import__("torch").cuda.is_available() else ["--top-k"]),
-])
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["--temperature", "-1"], ["argument --temperature: must be at least 0, got -1.0"]),
+        (["--temperature", "nan"], ["argument --temperature: must be a finite number"]),
+        (["--top-k", "0"], ["argument --top-k: must be at least 1, got 0"]),
+        (["--top-p", "1.5"], ["argument --top-p: must be in (0, 1], got 1.5"]),
+        (["--length", "-1"], ["argument --length: must be at least 0, got -1"]),
+        (["-n", "0"], ["argument -n: must be in [1, 65536], got 0"]),
+        (["--seed", "-1"], ["argument --seed: must be in [0, 2**63 - 1], got -1"]),
+        (["--device", "foo"], ["unknown device 'foo'"]),
+        (["--device", "cuda:x"], ["unknown device 'cuda:x'"]),  # issue 8, item 8
+        (
+            ["--device", "mps"] if not __import__("torch").backends.mps.is_available() else ["--device", "foo"],
+            ["mps" if not __import__("torch").backends.mps.is_available() else "foo"],
+        ),
+        (["--temperature", "1e-310", "--length", "3", "--top-p", "2"], ["argument --top-p: must be in (0, 1]"]),
+        (["--prompt", "QXZ€"], ["not in the vocabulary", "'€'"]),
+        (["--prompt-file", "/no/such/prompt.txt"], ["cannot read prompt file /no/such/prompt.txt"]),
+        (["--prompt", "a", "--prompt-file", "x"], ["pass --prompt or --prompt-file, not both"]),
+        (
+            ["--device", "cuda"] if not __import__("torch").cuda.is_available() else ["--top-k", "-1"],
+            ["cuda"] if not __import__("torch").cuda.is_available() else ["--top-k"],
+        ),
+    ],
+)
 def test_bad_sample_input(cli, run, args, fragments):
     code, out, err = cli("sample", run, *args)
     assert code == 2 and out == ""
     one_error_line(err, *fragments)
 
 
-@pytest.mark.parametrize("damage,fragments", [
-    ("missing", ["does not exist"]),
-    ("no_weights", ["missing model.safetensors"]),
-    ("bad_config", ["config.json is not readable JSON"]),
-    ("truncated", ["model.safetensors is not a readable safetensors file"]),
-    ("bad_tokenizer", ["tokenizer.json is not a readable tokenizer"]),
-])
+@pytest.mark.parametrize(
+    "damage,fragments",
+    [
+        ("missing", ["does not exist"]),
+        ("no_weights", ["missing model.safetensors"]),
+        ("bad_config", ["config.json is not readable JSON"]),
+        ("truncated", ["model.safetensors is not a readable safetensors file"]),
+        ("bad_tokenizer", ["tokenizer.json is not a readable tokenizer"]),
+    ],
+)
 def test_sample_from_a_damaged_run(cli, run, tmp_path, damage, fragments):
     broken = tmp_path / "broken"
     shutil.copytree(run, broken)
@@ -118,8 +139,19 @@ def test_a_run_trained_on_cuda_samples_on_cpu_and_cuda(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("to be or not to be, that is the question.\n" * 200)
     out = tmp_path / "run"
-    train(corpus, out=out, num_layers=2, hidden_size=32, batch_size=8, bptt=16, max_steps=40, device="cuda",
-          preview_chars=0, lr=1e-2, warmup_steps=0)
+    train(
+        corpus,
+        out=out,
+        num_layers=2,
+        hidden_size=32,
+        batch_size=8,
+        bptt=16,
+        max_steps=40,
+        device="cuda",
+        preview_chars=0,
+        lr=1e-2,
+        warmup_steps=0,
+    )
     cpu = Sampler.load(out, device="cpu")
     gpu = Sampler.load(out, device="cuda")
     assert len(cpu.generate("to", length=50, seed=1)) == 50

@@ -5,10 +5,22 @@ import json
 import pytest
 import torch
 
-from test_cli import one_error_line
+from conftest import one_error_line
 
-FAST = ["--layers", "1", "--hidden", "16", "--batch-size", "4", "--bptt", "8", "--preview-chars", "0",
-        "--warmup-steps", "0"]
+FAST = [
+    "--layers",
+    "1",
+    "--hidden",
+    "16",
+    "--batch-size",
+    "4",
+    "--bptt",
+    "8",
+    "--preview-chars",
+    "0",
+    "--warmup-steps",
+    "0",
+]
 
 
 @pytest.fixture
@@ -28,37 +40,44 @@ def test_train_then_info(cli, corpus, tmp_path):
     assert code == 0, err
     info = json.loads(out)
     assert info["steps"] == 12 and info["model"]["hidden_size"] == 16
-    assert info["parameters"] == sum(p.numel() for p in __import__("chargen.model.network", fromlist=["x"]).CharRNN(
-        __import__("chargen.model.network", fromlist=["x"]).ModelConfig.from_dict(info["model"])).parameters())
+    assert info["parameters"] == sum(
+        p.numel()
+        for p in __import__("chargen.model.network", fromlist=["x"])
+        .CharRNN(__import__("chargen.model.network", fromlist=["x"]).ModelConfig.from_dict(info["model"]))
+        .parameters()
+    )
     assert info["best_val_bpc"] == pytest.approx(info["best_val_loss"] / 0.6931471805599453)
     code, out, _ = cli("info", run)
     assert code == 0 and "LSTM 1x16" in out and "best validation" in out
 
 
-@pytest.mark.parametrize("args,fragments", [
-    (["--hidden", "0"], ["argument --hidden: must be at least 1, got 0"]),
-    (["--layers", "-2"], ["argument --layers: must be at least 1, got -2"]),
-    (["--batch-size", "0"], ["argument --batch-size: must be at least 1"]),
-    (["--bptt", "-5"], ["argument --bptt: must be at least 1"]),
-    (["--lr", "0"], ["argument --lr: must be greater than 0"]),
-    (["--lr", "nan"], ["argument --lr: must be a finite number"]),
-    (["--max-steps", "0"], ["argument --max-steps: must be at least 1"]),
-    (["--epochs", "-1"], ["argument --epochs: must be in (0, 1000000000], got -1.0"]),
-    (["--max-time", "soon"], ["argument --max-time: must be a duration such as 90s, 5m or 1h"]),
-    (["--dropout", "1.0"], ["argument --dropout: must be in [0, 1), got 1.0"]),
-    (["--dropout", "-0.5"], ["argument --dropout: must be in [0, 1), got -0.5"]),
-    (["--cell", "rnn"], ["invalid choice: 'rnn'"]),
-    (["--device", "tpu"], ["invalid choice: 'tpu'"]),
-    (["--preset", "huge"], ["unknown preset 'huge'"]),
-    (["--batch-size", "64", "--bptt", "128"], ["too short for one batch", "needs at least 8,193"]),
-    (["--config", "/no/such.toml"], ["config file /no/such.toml does not exist"]),
-    (["--hidden", "ten"], ["argument --hidden: expected a whole number, got 'ten'"]),
-    (["--seed", "-5"], ["argument --seed: must be in [0, 2**63 - 1], got -5"]),   # issue 8, item 5
-])
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["--hidden", "0"], ["argument --hidden: must be at least 1, got 0"]),
+        (["--layers", "-2"], ["argument --layers: must be at least 1, got -2"]),
+        (["--batch-size", "0"], ["argument --batch-size: must be at least 1"]),
+        (["--bptt", "-5"], ["argument --bptt: must be at least 1"]),
+        (["--lr", "0"], ["argument --lr: must be greater than 0"]),
+        (["--lr", "nan"], ["argument --lr: must be a finite number"]),
+        (["--max-steps", "0"], ["argument --max-steps: must be at least 1"]),
+        (["--epochs", "-1"], ["argument --epochs: must be in (0, 1000000000], got -1.0"]),
+        (["--max-time", "soon"], ["argument --max-time: must be a duration such as 90s, 5m or 1h"]),
+        (["--dropout", "1.0"], ["argument --dropout: must be in [0, 1), got 1.0"]),
+        (["--dropout", "-0.5"], ["argument --dropout: must be in [0, 1), got -0.5"]),
+        (["--cell", "rnn"], ["invalid choice: 'rnn'"]),
+        (["--device", "tpu"], ["invalid choice: 'tpu'"]),
+        (["--preset", "huge"], ["unknown preset 'huge'"]),
+        (["--batch-size", "64", "--bptt", "128"], ["too short for one batch", "needs at least 8,193"]),
+        (["--config", "/no/such.toml"], ["config file /no/such.toml does not exist"]),
+        (["--hidden", "ten"], ["argument --hidden: expected a whole number, got 'ten'"]),
+        (["--seed", "-5"], ["argument --seed: must be in [0, 2**63 - 1], got -5"]),  # issue 8, item 5
+    ],
+)
 def test_bad_train_input(cli, corpus, tmp_path, args, fragments):
     run = tmp_path / "run"
-    base = [a for a in FAST if a not in ()]
-    code, out, err = cli("train", corpus, "--out", run, "--max-steps", "3", *base, *args)
+    base = list(FAST)
+    code, _out, err = cli("train", corpus, "--out", run, "--max-steps", "3", *base, *args)
     assert code == 2
     one_error_line(err, *fragments)
     assert not run.exists()  # nothing half-made
@@ -83,16 +102,20 @@ def test_missing_source_and_existing_run(cli, corpus, tmp_path):
     one_error_line(err, "already exists", "--resume", "--overwrite")
 
 
-@pytest.mark.parametrize("damage,fragments", [
-    ("no_last", ["no complete last/ checkpoint"]),
-    ("bad_config", ["config.json is not readable JSON"]),
-    ("truncated_weights", ["model.safetensors is not a readable safetensors file"]),
-    ("bad_trainer", ["trainer.json is not readable JSON"]),
-    ("missing_tokenizer", ["not a complete run folder (missing tokenizer.json)"]),
-    ("no_dir", ["does not exist"]),
-])
+@pytest.mark.parametrize(
+    "damage,fragments",
+    [
+        ("no_last", ["no complete last/ checkpoint"]),
+        ("bad_config", ["config.json is not readable JSON"]),
+        ("truncated_weights", ["model.safetensors is not a readable safetensors file"]),
+        ("bad_trainer", ["trainer.json is not readable JSON"]),
+        ("missing_tokenizer", ["not a complete run folder (missing tokenizer.json)"]),
+        ("no_dir", ["does not exist"]),
+    ],
+)
 def test_resume_of_a_damaged_run(cli, corpus, tmp_path, damage, fragments):
     import shutil
+
     run = tmp_path / "run"
     assert cli("train", corpus, "--out", run, "--max-steps", "4", *FAST)[0] == 0
     if damage == "no_last":

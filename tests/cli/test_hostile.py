@@ -11,14 +11,28 @@ from pathlib import Path
 import pytest
 
 import chargen
-from chargen import ChargenError, Sampler, SampleOptions
-from chargen.training import claim as runs_mod
+from chargen import ChargenError, SampleOptions, Sampler
 from chargen.runs.folder import LOCK_FILE, RunLock
-from test_cli import one_error_line
-from conftest import GOLDEN_DIR as GOLDEN  # noqa: E402
+from chargen.training import claim as runs_mod
+from conftest import GOLDEN_DIR as GOLDEN
+from conftest import one_error_line
 
-SMALL = ["--layers", "1", "--hidden", "16", "--batch-size", "4", "--bptt", "8", "--preview-chars", "0",
-         "--warmup-steps", "0", "--max-steps", "3"]
+SMALL = [
+    "--layers",
+    "1",
+    "--hidden",
+    "16",
+    "--batch-size",
+    "4",
+    "--bptt",
+    "8",
+    "--preview-chars",
+    "0",
+    "--warmup-steps",
+    "0",
+    "--max-steps",
+    "3",
+]
 
 
 @pytest.fixture
@@ -36,8 +50,8 @@ def golden(tmp_path) -> Path:
 
 
 def test_a_failed_claim_never_removes_a_parent_another_run_uses(tmp_path):
-    claim = runs_mod.RunClaim(tmp_path / "runs" / "x", overwrite=False)   # makes runs/ and runs/x
-    (tmp_path / "runs" / "y").mkdir()                                     # another run appears beside it
+    claim = runs_mod.RunClaim(tmp_path / "runs" / "x", overwrite=False)  # makes runs/ and runs/x
+    (tmp_path / "runs" / "y").mkdir()  # another run appears beside it
     (tmp_path / "runs" / "y" / "config.json").write_text("{}")
     claim.abandon()
     assert not (tmp_path / "runs" / "x").exists()
@@ -68,17 +82,21 @@ def test_an_interrupt_before_the_first_checkpoint_leaves_nothing(corpus, tmp_pat
 
     monkeypatch.setattr(Trainer, "__init__", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        chargen.train(corpus, out=tmp_path / "a" / "run", max_steps=3, num_layers=1, hidden_size=8, batch_size=4,
-                      bptt=8)
+        chargen.train(
+            corpus, out=tmp_path / "a" / "run", max_steps=3, num_layers=1, hidden_size=8, batch_size=4, bptt=8
+        )
     assert not (tmp_path / "a").exists()
 
 
-@pytest.mark.parametrize("args,fragments", [
-    (["--hidden", "99999999999999999999"], ["parameters, about", "GiB to train", "use a smaller --hidden"]),
-    (["--layers", "100000000000"], ["parameters, about", "use a smaller"]),
-    (["--epochs", "1e308"], ["argument --epochs: must be in (0, 1000000000], got 1e+308"]),
-    (["--encoding", "rot13"], ["'rot13' is not a text encoding"]),
-])
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["--hidden", "99999999999999999999"], ["parameters, about", "GiB to train", "use a smaller --hidden"]),
+        (["--layers", "100000000000"], ["parameters, about", "use a smaller"]),
+        (["--epochs", "1e308"], ["argument --epochs: must be in (0, 1000000000], got 1e+308"]),
+        (["--encoding", "rot13"], ["'rot13' is not a text encoding"]),
+    ],
+)
 def test_odd_train_values_are_one_line_and_leave_no_folder(cli, corpus, tmp_path, args, fragments):
     run = tmp_path / "deep" / "run"
     code, _, err = cli("train", corpus, "--out", run, *SMALL, *args)
@@ -105,23 +123,29 @@ def test_odd_out_paths(cli, corpus, tmp_path):
     assert (tmp_path / "afile").read_text() == "x"
 
 
-@pytest.mark.parametrize("edit,fragment", [
-    (lambda c: c["train"].update(batch_size="64"), "bad train section (--batch-size must be a whole number"),
-    (lambda c: c["train"].pop("batch_size"), "bad train section (missing batch_size)"),
-    (lambda c: c["model"].pop("hidden_size"), "bad model section (missing hidden_size)"),
-    (lambda c: c["model"].update(hidden_size=40000, embedding_size=40000), "does not fit the model in config.json"),
-    (lambda c: c.update(schedule="x"), "bad schedule section"),
-    (lambda c: c["corpus"].update(chars="many"), "bad corpus section"),
-    (lambda c: c["corpus"].update(prepare={"bogus": 1}), "bad corpus section"),
-    (lambda c: c.update(format_version=True), "format version True"),
-])
+@pytest.mark.parametrize(
+    "edit,fragment",
+    [
+        (lambda c: c["train"].update(batch_size="64"), "bad train section (--batch-size must be a whole number"),
+        (lambda c: c["train"].pop("batch_size"), "bad train section (missing batch_size)"),
+        (lambda c: c["model"].pop("hidden_size"), "bad model section (missing hidden_size)"),
+        (lambda c: c["model"].update(hidden_size=40000, embedding_size=40000), "does not fit the model in config.json"),
+        (lambda c: c.update(schedule="x"), "bad schedule section"),
+        (lambda c: c["corpus"].update(chars="many"), "bad corpus section"),
+        (lambda c: c["corpus"].update(prepare={"bogus": 1}), "bad corpus section"),
+        (lambda c: c.update(format_version=True), "format version True"),
+    ],
+)
 @pytest.mark.parametrize("command", ["sample", "info", "resume"])
 def test_damaged_config_sections_are_one_line_everywhere(cli, golden, edit, fragment, command):
     config = json.loads((golden / "config.json").read_text())
     edit(config)
     (golden / "config.json").write_text(json.dumps(config))
-    args = {"sample": ["sample", golden, "--length", "5"], "info": ["info", golden],
-            "resume": ["train", golden.parent / "corpus.txt", "--out", golden, "--resume", "--max-steps", "8"]}
+    args = {
+        "sample": ["sample", golden, "--length", "5"],
+        "info": ["info", golden],
+        "resume": ["train", golden.parent / "corpus.txt", "--out", golden, "--resume", "--max-steps", "8"],
+    }
     code, out, err = cli(*args[command])
     assert code == 2 and out == ""
     one_error_line(err, fragment)
@@ -134,23 +158,34 @@ def test_a_tiny_temperature_is_greedy(golden):
 
 def test_python_api_mistakes_are_chargen_errors(golden, corpus, tmp_path):
     s = Sampler.load(golden)
-    for call in (lambda: s.generate("the", bogus=1), lambda: s.generate("the", SampleOptions(), bogus=1),
-                 lambda: s.stream("the", bogus=1), lambda: s.generate("the", {"length": 5}),
-                 lambda: s.generate(b"the", length=5), lambda: s.generate(None), lambda: Sampler.load(None),
-                 lambda: s.score("the", unknown="x"), lambda: s.generate("the", n=10**12),
-                 lambda: chargen.train(corpus, out=None), lambda: chargen.train(corpus, out=tmp_path / "r", preset=["cpu"]),
-                 lambda: chargen.train("", out=tmp_path / "r")):
+    for call in (
+        lambda: s.generate("the", bogus=1),
+        lambda: s.generate("the", SampleOptions(), bogus=1),
+        lambda: s.stream("the", bogus=1),
+        lambda: s.generate("the", {"length": 5}),
+        lambda: s.generate(b"the", length=5),
+        lambda: s.generate(None),
+        lambda: Sampler.load(None),
+        lambda: s.score("the", unknown="x"),
+        lambda: s.generate("the", n=10**12),
+        lambda: chargen.train(corpus, out=None),
+        lambda: chargen.train(corpus, out=tmp_path / "r", preset=["cpu"]),
+        lambda: chargen.train("", out=tmp_path / "r"),
+    ):
         with pytest.raises(ChargenError):
             call()
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("content,fragment", [
-    (b"\xff = 1\n", "is not valid TOML"),
-    (b'preset = ["cpu"]\n', "unknown preset ['cpu']"),
-    (b'source = ""\n', "must be a path, glob or corpus name"),
-    (b"source = 3\n", "must be a path, glob or corpus name, got 3"),
-])
+@pytest.mark.parametrize(
+    "content,fragment",
+    [
+        (b"\xff = 1\n", "is not valid TOML"),
+        (b'preset = ["cpu"]\n', "unknown preset ['cpu']"),
+        (b'source = ""\n', "must be a path, glob or corpus name"),
+        (b"source = 3\n", "must be a path, glob or corpus name, got 3"),
+    ],
+)
 def test_odd_toml_files(cli, tmp_path, content, fragment):
     (tmp_path / "c.toml").write_bytes(content)
     code, _, err = cli("train", "--config", tmp_path / "c.toml", "--out", tmp_path / "run")
@@ -188,7 +223,7 @@ def test_a_bom_at_the_start_of_a_prompt_file_is_not_text(cli, golden, tmp_path):
     (tmp_path / "p.txt").write_bytes("\ufeffthe ".encode("utf-8"))
     code, out, err = cli("sample", golden, "--prompt-file", tmp_path / "p.txt", "--length", "10", "--seed", "1")
     assert code == 0, err
-    code2, out2, _ = cli("sample", golden, "--prompt", "the ", "--length", "10", "--seed", "1")
+    _code2, out2, _ = cli("sample", golden, "--prompt", "the ", "--length", "10", "--seed", "1")
     assert out == out2 and out.startswith("the ")
 
 
@@ -199,10 +234,10 @@ def test_a_prompt_of_bytes_that_were_not_utf8_is_one_line(cli, tmp_path):
     run = tmp_path / "run"
     code, _, err = cli("train", text, "--out", run, "--normalize", "nfc", *SMALL)
     assert code == 0, err
-    code, out, err = cli("sample", run, "--prompt", "the \udcff", "--length", "5")   # how argv carries byte 0xff
+    code, out, err = cli("sample", run, "--prompt", "the \udcff", "--length", "5")  # how argv carries byte 0xff
     assert code == 2 and out == ""
     one_error_line(err, "--prompt is not valid UTF-8")
-    with pytest.raises(ChargenError, match="the text is not valid Unicode"):     # the same from Python
+    with pytest.raises(ChargenError, match="the text is not valid Unicode"):  # the same from Python
         Sampler.load(run).generate("the \udcff", length=5)
 
 

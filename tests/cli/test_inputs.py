@@ -16,13 +16,13 @@ import pytest
 
 import chargen
 from chargen import ChargenError, prepare
-from chargen.runs import replace
-from chargen.training import launch as runs_mod
 from chargen.data import sources as corpus_mod
+from chargen.data.registry import find_named_corpus, registry
 from chargen.data.sources import DOCUMENT_SEPARATOR, resolve_source
 from chargen.files import read_text_pieces
-from chargen.data.registry import find_named_corpus, registry
+from chargen.runs import replace
 from chargen.runs.folder import LOCK_FILE
+from chargen.training import launch as runs_mod
 
 TEXT = "the quick brown fox jumps over the lazy dog\n" * 60
 TINY = dict(num_layers=1, hidden_size=8, batch_size=4, bptt=8, preview_chars=0, warmup_steps=0)
@@ -49,20 +49,28 @@ def old_run(tmp_path) -> Path:
 def test_overwrite_that_fails_after_the_claim_leaves_the_old_run_whole(old_run, tmp_path):
     before = files_of(old_run)
     with pytest.raises(ChargenError, match="GiB to train"):  # the memory guard runs after the folder is claimed
-        chargen.train(tmp_path / "c.txt", out=old_run, overwrite=True, max_steps=3,
-                      **{**TINY, "hidden_size": 10**6, "num_layers": 50})
+        chargen.train(
+            tmp_path / "c.txt",
+            out=old_run,
+            overwrite=True,
+            max_steps=3,
+            **{**TINY, "hidden_size": 10**6, "num_layers": 50},
+        )
     assert files_of(old_run) == before
     assert os.listdir(old_run.parent) == ["r"]  # nothing built beside it is left
 
 
 @pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
-def test_overwrite_that_fails_before_the_first_checkpoint_leaves_the_old_run_whole(old_run, tmp_path, monkeypatch,
-                                                                                  error):
+def test_overwrite_that_fails_before_the_first_checkpoint_leaves_the_old_run_whole(
+    old_run, tmp_path, monkeypatch, error
+):
     from chargen.training.trainer import Trainer
+
     before = files_of(old_run)
 
     def fail(self):
         raise error
+
     monkeypatch.setattr(Trainer, "_step", fail)
     with pytest.raises(type(error)):
         chargen.train(tmp_path / "c.txt", out=old_run, overwrite=True, max_steps=5, **TINY)
@@ -75,12 +83,16 @@ def test_overwrite_replaces_the_run_whole_once_it_exists(old_run, tmp_path):
     (old_run / "notes.txt").write_text("the old run's own file goes with it\n")
     os.chmod(old_run, 0o2750)
     identity = os.stat(old_run).st_ino
-    result = chargen.train(tmp_path / "c.txt", out=old_run, overwrite=True, max_steps=4,
-                           **{**TINY, "hidden_size": 12})
+    result = chargen.train(tmp_path / "c.txt", out=old_run, overwrite=True, max_steps=4, **{**TINY, "hidden_size": 12})
     assert Path(result.run_dir) == old_run
     assert os.listdir(old_run.parent) == ["r"]
-    assert sorted(os.listdir(old_run)) == ["config.json", "last", "metrics.jsonl", "model.safetensors",
-                                           "tokenizer.json"]  # nothing hidden left, and the lock is gone
+    assert sorted(os.listdir(old_run)) == [
+        "config.json",
+        "last",
+        "metrics.jsonl",
+        "model.safetensors",
+        "tokenizer.json",
+    ]  # nothing hidden left, and the lock is gone
     assert os.stat(old_run).st_ino == identity and os.stat(old_run).st_mode & 0o7777 == 0o2750  # the same folder
     assert json.loads((old_run / "config.json").read_text())["model"]["hidden_size"] == 12
     assert (old_run / "model.safetensors").read_bytes() != old_weights
@@ -122,11 +134,12 @@ def test_a_move_cut_short_at_any_rename_is_completed_or_undone(old_run, tmp_path
             shutil.copytree(p, staged / p.name) if p.is_dir() else shutil.copy2(p, staged / p.name)
         left = [cut]
 
-        def rename(a, b):
+        def rename(a, b, left=left):
             if left[0] == 0:
                 raise KeyboardInterrupt  # the kill, just before this rename
             left[0] -= 1
             real_rename(a, b)
+
         monkeypatch.setattr(replace.os, "rename", rename)
         try:
             replace.move_in(staged, target, LOCK_FILE)
@@ -148,7 +161,7 @@ def test_abandoned_stages_are_removed_but_nothing_else(old_run):
     (old_run / ".chargen-new-abcd1234").mkdir()
     (old_run / ".chargen-new-abcd1234" / "config.json").write_text("{}")
     (old_run / ".chargen-old-zz99aa00").mkdir()
-    (old_run.parent / ".r.new-mydata").mkdir()           # a user's folder beside the run: never touched
+    (old_run.parent / ".r.new-mydata").mkdir()  # a user's folder beside the run: never touched
     replace.recover(old_run, LOCK_FILE)
     assert files_of(old_run) == before and not any(p.name.startswith(".") for p in old_run.iterdir())
     assert (old_run.parent / ".r.new-mydata").is_dir()
@@ -157,6 +170,7 @@ def test_abandoned_stages_are_removed_but_nothing_else(old_run):
 def test_the_overwritten_run_stays_locked_throughout(old_run, tmp_path, monkeypatch):
     """While the new run is built inside it, the old folder is held, and after the move too."""
     from chargen.training.trainer import Trainer
+
     seen = []
     real = Trainer._step
 
@@ -165,6 +179,7 @@ def test_the_overwritten_run_stays_locked_throughout(old_run, tmp_path, monkeypa
         with pytest.raises(ChargenError, match="is in use"):
             runs_mod.RunLock(old_run)
         seen.append(self.run.dir == old_run)
+
     monkeypatch.setattr(Trainer, "_step", step_and_try)
     chargen.train(tmp_path / "c.txt", out=old_run, overwrite=True, max_steps=4, checkpoint_every=2, **TINY)
     assert seen == [False, False, True, True]  # built inside the old run until the checkpoint at step 2
@@ -216,6 +231,7 @@ def test_a_linked_folder_is_read_but_hidden_names_are_not(tmp_path):
 
 def test_glob_agrees_with_the_standard_library_where_there_are_no_links(tmp_path, monkeypatch):
     import glob
+
     for rel in ("a.txt", "b.md", "s/c.txt", "s/t/d.txt", "s/t/e.md", "u/f.txt", "[x].txt"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(rel + "\n")
@@ -261,6 +277,7 @@ def test_a_folder_that_may_not_be_searched_is_one_error(tmp_path, monkeypatch):
         if "sub" in Path(path).parts and Path(path).name != "sub":
             raise PermissionError(13, "Permission denied", str(path))
         return real_stat(path, *args, **kwargs)
+
     monkeypatch.setattr(corpus_mod.os, "stat", stat)
     for source in (tmp_path / "f", str(tmp_path / "f" / "**" / "*.txt"), tmp_path / "f" / "sub" / "b.txt"):
         with pytest.raises(ChargenError, match="b.txt: Permission denied; fix its permissions"):
@@ -301,6 +318,7 @@ def test_a_leading_byte_order_mark_is_not_text_in_any_unicode_encoding(tmp_path,
 
 def test_a_binary_file_in_a_utf16_folder_is_skipped_not_fatal(tmp_path):
     import gzip
+
     (tmp_path / "a.txt").write_text(TEXT, encoding="utf-16")
     (tmp_path / "b.gz").write_bytes(gzip.compress(TEXT.encode() * 20))
     (tmp_path / "c.txt").write_bytes(TEXT.encode("utf-8"))  # no mark: not utf-16 text
@@ -314,7 +332,7 @@ def test_binary_files_are_still_skipped_in_a_utf16_folder(tmp_path):
 
 
 def test_a_leading_utf8_bom_is_not_text(tmp_path):
-    (tmp_path / "a.txt").write_bytes(codecs.BOM_UTF8 + "first\n".encode())
+    (tmp_path / "a.txt").write_bytes(codecs.BOM_UTF8 + b"first\n")
     (tmp_path / "b.txt").write_bytes(codecs.BOM_UTF8 + "sec\ufeffond\n".encode())  # only the leading one goes
     assert text_of(resolve_source(tmp_path)) == "first\n" + DOCUMENT_SEPARATOR + "sec\ufeffond\n"
     corpus = prepare(tmp_path / "a.txt", val_fraction=0.0)
@@ -324,7 +342,7 @@ def test_a_leading_utf8_bom_is_not_text(tmp_path):
 @pytest.mark.parametrize("chunk", [1, 2, 3, 4, 5, 64])
 def test_a_leading_bom_goes_at_any_chunk_size_and_offsets_stay_true(tmp_path, chunk):
     p = tmp_path / "a.txt"
-    p.write_bytes(codecs.BOM_UTF8 + "ab\ncd\n".encode())
+    p.write_bytes(codecs.BOM_UTF8 + b"ab\ncd\n")
     assert "".join(read_text_pieces(p, chunk_bytes=chunk)) == "ab\ncd\n"
     p.write_bytes(codecs.BOM_UTF8 + b"ab\n\xffcd\n")
     with pytest.raises(ChargenError, match="undecodable byte at offset 6"):
@@ -388,8 +406,16 @@ def server():
 
 
 def _entry(monkeypatch, content: bytes, url: str) -> dict:
-    entry = {"description": "test", "filename": "fake.txt", "url": url, "sha256": hashlib.sha256(content).hexdigest(),
-             "size": len(content), "license": "test", "val_fraction": 0.1, "test_fraction": 0.0}
+    entry = {
+        "description": "test",
+        "filename": "fake.txt",
+        "url": url,
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "size": len(content),
+        "license": "test",
+        "val_fraction": 0.1,
+        "test_fraction": 0.0,
+    }
     monkeypatch.setitem(registry(), "fakecorpus", entry)
     return entry
 
@@ -443,11 +469,17 @@ def test_a_run_made_from_a_relative_source_resumes_from_anywhere(tmp_path, monke
     assert chargen.train(out=tmp_path / "run", resume=True, max_steps=5).steps == 5
 
 
-@pytest.mark.parametrize("reply", [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nxx",
-                                   b"NOT HTTP AT ALL\r\n\r\n",
-                                   b"HTTP/1.1 200 OK\r\nContent-Length: 9999\r\n\r\nshort"])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nxx",
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 9999\r\n\r\nshort",
+    ],
+)
 def test_a_broken_http_response_is_one_error(monkeypatch, isolated_cache, reply):
     import socket
+
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -457,6 +489,7 @@ def test_a_broken_http_response_is_one_error(monkeypatch, isolated_cache, reply)
         conn.recv(65536)
         conn.sendall(reply)
         conn.close()
+
     threading.Thread(target=serve, daemon=True).start()
     _entry(monkeypatch, TEXT.encode(), f"http://127.0.0.1:{listener.getsockname()[1]}/fake.txt")
     try:

@@ -74,6 +74,7 @@ class Reads:
 @pytest.mark.parametrize("layout", [StatefulStreams, RandomWindows])
 def test_batches_read_only_their_own_ids(tmp_path, layout):
     from chargen.data.prepared import IdsReader
+
     path = tmp_path / "ids.bin"
     ramp(100_001).astype(np.uint16).tofile(path)
     ids = Reads(IdsReader(path, np.uint16, 0, 100_001))

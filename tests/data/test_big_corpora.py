@@ -16,8 +16,7 @@ import torch
 import chargen
 from chargen import ChargenError, Sampler, prepare
 from chargen.model.scoring import Sample, SampleScorer, StreamScorer, streams_loss
-from test_cli import one_error_line
-from conftest import GOLDEN_DIR  # noqa: E402
+from conftest import GOLDEN_DIR, one_error_line
 
 TINY = dict(num_layers=1, hidden_size=16, batch_size=8, bptt=16, lr=1e-2, warmup_steps=0, preview_chars=0)
 
@@ -44,6 +43,7 @@ def slow_evaluation(monkeypatch, seconds_per_chunk: float):
     def slow(self, *args, **kwargs):
         time.sleep(seconds_per_chunk)
         return real(self, *args, **kwargs)
+
     monkeypatch.setattr(StreamScorer, "__call__", slow)
 
 
@@ -76,17 +76,21 @@ def test_the_sample_is_the_same_on_resume(text, tmp_path):
 
 def test_the_sample_is_fixed_for_the_life_of_a_run(cli, text, tmp_path):
     chargen.train(text, out=tmp_path / "run", max_steps=5, eval_chars=2000, **TINY)
-    code, _, err = cli("train", text, "--out", tmp_path / "run", "--resume", "--max-steps", "8",
-                       "--eval-chars", "all")
+    code, _, err = cli("train", text, "--out", tmp_path / "run", "--resume", "--max-steps", "8", "--eval-chars", "all")
     assert code == 2
     one_error_line(err, "was created with --eval-chars 2000, not 0; every evaluation of a run scores the same sample")
 
 
-@pytest.mark.parametrize("value,fragment", [
-    ("lots", "argument --eval-chars: must be a number of characters or all, got 'lots'"),
-    ("-3", "argument --eval-chars: must be a number of characters or all, got '-3'"),
-    ("1.5", "argument --eval-chars: must be a number of characters or all, got '1.5'"),
-    ("+5", "must be a number of characters or all"), ("_1", "must be a number of characters or all")])
+@pytest.mark.parametrize(
+    "value,fragment",
+    [
+        ("lots", "argument --eval-chars: must be a number of characters or all, got 'lots'"),
+        ("-3", "argument --eval-chars: must be a number of characters or all, got '-3'"),
+        ("1.5", "argument --eval-chars: must be a number of characters or all, got '1.5'"),
+        ("+5", "must be a number of characters or all"),
+        ("_1", "must be a number of characters or all"),
+    ],
+)
 def test_odd_eval_chars_are_one_line(cli, text, tmp_path, value, fragment):
     code, _, err = cli("train", text, "--out", tmp_path / "run", "--eval-chars", value)
     assert code == 2
@@ -103,6 +107,7 @@ def test_eval_chars_all_scores_every_character(text, tmp_path):
 
 def test_a_run_from_before_eval_chars_keeps_scoring_everything(tmp_path):
     from chargen.runs.folder import open_run_dir
+
     golden = GOLDEN_DIR / "run"
     assert "eval_chars" not in json.loads((golden / "config.json").read_text())["train"]
     assert open_run_dir(golden).train_config.eval_chars == 0
@@ -129,9 +134,11 @@ def test_evaluation_never_reads_a_split_whole(text, tmp_path, chars):
     corpus = chargen.prepare(text)
     val = CountingReads(corpus.val)
     sample = Sample.plan(len(val), chars)
-    total, n = SampleScorer(val, corpus.train[-300:], sample, batch_size=4)(Sampler.load(tmp_path / "run", backend="torch").model)
+    _total, n = SampleScorer(val, corpus.train[-300:], sample, batch_size=4)(
+        Sampler.load(tmp_path / "run", backend="torch").model
+    )
     assert n == sample.count
-    assert max(val.reads) <= 256 + 1 + sample.length < len(val) // 4   # one segment and its warm-up at a time
+    assert max(val.reads) <= 256 + 1 + sample.length < len(val) // 4  # one segment and its warm-up at a time
     assert sum(val.reads) <= sample.count + len(sample.starts) * 257
 
 
@@ -210,13 +217,16 @@ def test_eval_split_refuses_a_changed_source(cli, text, trained, isolated_cache,
     one_error_line(err, "this corpus differs from the run's")
 
 
-@pytest.mark.parametrize("args,fragment", [
-    ([], "give a FILE to score, or --split val|test"),
-    (["x.txt", "--split", "val"], "give a FILE to score, or --split val|test"),
-    (["x.txt", "--batch-size", "4"], "--source and --batch-size go with --split"),
-    (["--split", "train"], "argument --split: invalid choice"),
-    (["--split", "val", "--batch-size", "0"], "argument --batch-size: must be in [1, 1048576]"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        ([], "give a FILE to score, or --split val|test"),
+        (["x.txt", "--split", "val"], "give a FILE to score, or --split val|test"),
+        (["x.txt", "--batch-size", "4"], "--source and --batch-size go with --split"),
+        (["--split", "train"], "argument --split: invalid choice"),
+        (["--split", "val", "--batch-size", "0"], "argument --batch-size: must be in [1, 1048576]"),
+    ],
+)
 def test_eval_argument_mistakes_are_one_line(cli, trained, args, fragment):
     code, out, err = cli("eval", trained, *args)
     assert code == 2 and out == ""
@@ -239,6 +249,7 @@ def test_score_split_refuses_another_corpus(text, trained, tmp_path):
 
 def test_upload_in_chunks_equals_the_ids(tmp_path):
     from chargen.data.batches import upload_ids
+
     ids = np.random.default_rng(0).integers(0, 300, size=100_003).astype(np.uint16)
     path = tmp_path / "ids.bin"
     ids.tofile(path)
@@ -247,10 +258,14 @@ def test_upload_in_chunks_equals_the_ids(tmp_path):
     assert got.dtype == torch.int32 and torch.equal(got, torch.from_numpy(ids.astype(np.int32)))
 
 
-@pytest.mark.parametrize("line,fragment", [('eval_chars = "0x10"', "c.toml: eval_chars must be a number of "
-                                                                   "characters or all, got '0x10'"),
-                                           ("eval_chars = 1.5", "c.toml: eval_chars must be a whole number"),
-                                           ('max_time = "soon"', "c.toml: max_time must be a duration")])
+@pytest.mark.parametrize(
+    "line,fragment",
+    [
+        ('eval_chars = "0x10"', "c.toml: eval_chars must be a number of characters or all, got '0x10'"),
+        ("eval_chars = 1.5", "c.toml: eval_chars must be a whole number"),
+        ('max_time = "soon"', "c.toml: max_time must be a duration"),
+    ],
+)
 def test_odd_toml_values_name_the_key_once(cli, text, tmp_path, line, fragment):
     (tmp_path / "c.toml").write_text(line + "\n")
     code, _, err = cli("train", text, "--out", tmp_path / "run", "--config", tmp_path / "c.toml")
@@ -267,7 +282,9 @@ def test_eval_chars_and_max_time_from_python_name_the_option(text, tmp_path):
 
 
 def test_a_budget_too_small_for_one_step_is_one_line_and_leaves_no_run(cli, text, tmp_path):
-    code, _, err = cli("train", text, "--out", tmp_path / "run", "--layers", "1", "--hidden", "16", "--max-time", "0.05s")
+    code, _, err = cli(
+        "train", text, "--out", tmp_path / "run", "--layers", "1", "--hidden", "16", "--max-time", "0.05s"
+    )
     assert code == 2
     one_error_line(err, "--max-time 0.05s leaves no time to train", "give a larger budget")
     assert not (tmp_path / "run").exists()

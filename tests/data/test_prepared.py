@@ -7,7 +7,6 @@ import pytest
 
 from chargen import ChargenError, prepare
 from chargen.data.vocab import CharVocab
-
 from conftest import HOSTILE
 
 
@@ -48,7 +47,7 @@ def test_vocabulary_comes_from_training_text_only(tmp_path):
     text = "aaaa bbbb\n" * 9 + "xyz zyx\n" + "a" * 2  # x, y, z appear only in the validation tail
     c = prepare(write(tmp_path, text), val_fraction=0.1)
     assert "x" not in c.vocab.chars and c.vocab.unk_id == 0
-    val_text = text[c.meta["train_chars"]:]
+    val_text = text[c.meta["train_chars"] :]
     unknown = sum(val_text.count(ch) for ch in "xyz")
     assert c.meta["unknown_chars"] == unknown > 0
     assert c.meta["unknown_by_split"] == {"train": 0, "val": unknown, "test": 0}
@@ -80,8 +79,17 @@ def test_cache_reused_when_nothing_changes(tmp_path):
     assert first.dir == second.dir and first.fingerprint == second.fingerprint
 
 
-@pytest.mark.parametrize("option", [dict(val_fraction=0.2), dict(lowercase=True), dict(normalize="nfkc"),
-                                    dict(min_char_count=2), dict(test_fraction=0.1), dict(errors="replace")])
+@pytest.mark.parametrize(
+    "option",
+    [
+        dict(val_fraction=0.2),
+        dict(lowercase=True),
+        dict(normalize="nfkc"),
+        dict(min_char_count=2),
+        dict(test_fraction=0.1),
+        dict(errors="replace"),
+    ],
+)
 def test_any_option_change_prepares_again(tmp_path, option):
     p = write(tmp_path, "Some Text to cache\n" * 20)
     base = prepare(p)

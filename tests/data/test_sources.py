@@ -7,9 +7,9 @@ import pytest
 
 from chargen import ChargenError
 from chargen.data import sources as corpus_mod
+from chargen.data.registry import find_named_corpus, registry, stdlib_files
 from chargen.data.sources import DOCUMENT_SEPARATOR, resolve_source
 from chargen.files import read_text_pieces
-from chargen.data.registry import find_named_corpus, registry, stdlib_files
 
 
 def text_of(src, **kw) -> str:
@@ -74,8 +74,7 @@ def test_stdlib_files_exclude_tests_and_site_packages():
     rels = [p.relative_to(root).as_posix() for p in files]
     assert rels == sorted(rels) and len(rels) > 100
     assert "os.py" in rels and "json/decoder.py" in rels
-    assert not any(part in ("test", "tests", "site-packages", "idle_test")
-                   for r in rels for part in r.split("/"))
+    assert not any(part in ("test", "tests", "site-packages", "idle_test") for r in rels for part in r.split("/"))
     assert resolve_source(None).kind == "pystdlib"
 
 
@@ -90,9 +89,16 @@ def test_registry_lists_required_corpora():
 
 
 def _fake_entry(monkeypatch, content: bytes, url: str):
-    entry = {"description": "test", "filename": "fake.txt", "url": url,
-             "sha256": hashlib.sha256(content).hexdigest(), "size": len(content),
-             "license": "test", "val_fraction": 0.2, "test_fraction": 0.0}
+    entry = {
+        "description": "test",
+        "filename": "fake.txt",
+        "url": url,
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "size": len(content),
+        "license": "test",
+        "val_fraction": 0.2,
+        "test_fraction": 0.0,
+    }
     monkeypatch.setitem(registry(), "fakecorpus", entry)
     return entry
 
@@ -151,16 +157,17 @@ def test_failed_download_says_where_to_put_the_file(tmp_path, monkeypatch, isola
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 def test_hf_local_files(tmp_path, fmt):
-    docs = ["first document\nwith two lines", "second, with \"quotes\" and ünïcode", "third\n"]
+    docs = ["first document\nwith two lines", 'second, with "quotes" and ünïcode', "third\n"]
     path = tmp_path / f"data.{fmt}"
     if fmt == "jsonl":
         path.write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs)))
     else:
         import pandas as pd
+
         frame = pd.DataFrame({"text": docs, "id": range(3)})
         frame.to_csv(path, index=False) if fmt == "csv" else frame.to_parquet(path)
     src = resolve_source(f"hf:{path}")
-    expected = "first document\nwith two lines\n\nsecond, with \"quotes\" and ünïcode\n\nthird\n"
+    expected = 'first document\nwith two lines\n\nsecond, with "quotes" and ünïcode\n\nthird\n'
     assert text_of(src) == expected
     bad = resolve_source(f"hf:{path}", text_column="body")
     with pytest.raises(ChargenError, match=r"has no column 'body' \(columns: .*text.*\); pass --text-column"):
@@ -207,12 +214,16 @@ def test_undecodable_offset_in_a_later_chunk(tmp_path):
 @pytest.mark.parametrize("normalize", ["nfc", "nfkc"])
 def test_a_line_longer_than_a_chunk_is_never_cut_inside_a_normalization(tmp_path, normalize):
     """Issue 8, item 9: 'e' + U+0301 split across two pieces stayed two code points under NFC."""
-    from chargen.data.vocab import make_normalizer
     import unicodedata
-    texts = [("caf" + "e\u0301" + " " + "\u212b" + "x\u0308\u0323" + "ﬁ") * 50,     # one line, no newline
-             unicodedata.normalize("NFD", "がぎぐげござじずぜぞ。") * 200,              # no ASCII at all
-             unicodedata.normalize("NFD", "한국어텍스트입니다") * 200,                  # Hangul jamo
-             "x" + "\u0301\u0323" * 500]                                            # one unsplittable run
+
+    from chargen.data.vocab import make_normalizer
+
+    texts = [
+        ("caf" + "e\u0301" + " " + "\u212b" + "x\u0308\u0323" + "ﬁ") * 50,  # one line, no newline
+        unicodedata.normalize("NFD", "がぎぐげござじずぜぞ。") * 200,  # no ASCII at all
+        unicodedata.normalize("NFD", "한국어텍스트입니다") * 200,  # Hangul jamo
+        "x" + "\u0301\u0323" * 500,
+    ]  # one unsplittable run
     norm = make_normalizer(normalize)
     for i, text in enumerate(texts):
         p = tmp_path / f"long{i}.txt"

@@ -6,7 +6,6 @@ from tokenizers import Tokenizer
 
 from chargen import ChargenError
 from chargen.data.vocab import UNK, CharVocab, id_dtype
-
 from conftest import HOSTILE
 
 
@@ -96,6 +95,7 @@ def test_load_rejects_garbage(tmp_path):
 
 def test_decode_accepts_lists_arrays_and_tensors_and_keeps_unk():
     import torch
+
     vocab = CharVocab.build("ab😀\n", with_unk=True)
     ids = vocab.encode("a😀\nb")
     for form in (ids, np.array(ids, dtype=np.uint8), torch.tensor(ids)):

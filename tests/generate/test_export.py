@@ -1,5 +1,5 @@
 """chargen export (issue 13): the ONNX step equals torch to 1e-5 over 300 characters, batch 1 and 8, for each
-cell and output layer; chargen.json says what a caller needs; the README's onnxruntime example runs; the
+cell and output layer; chargen.json says what a caller needs; the docs' onnxruntime example runs; the
 output folder is written whole or not at all; errors are one line with exit status 2."""
 
 from __future__ import annotations
@@ -20,16 +20,18 @@ ort = pytest.importorskip("onnxruntime")
 
 import chargen  # noqa: E402
 from chargen import Sampler  # noqa: E402
-from chargen.generate.export import export  # noqa: E402
 from chargen.errors import ChargenError  # noqa: E402
-
+from chargen.generate.export import export  # noqa: E402
 from conftest import GOLDEN_DIR, REPO  # noqa: E402
 
 GOLDEN = GOLDEN_DIR / "run"
 TEXT = "".join(f"{w} " for w in ("the cat sat on a mat and the dog ran far away; what a day it was! " * 80).split())
-RUNS = {"lstm": dict(cell="lstm"), "gru": dict(cell="gru"),
-        "tied": dict(cell="lstm", tie_weights=True, embedding_size=32),
-        "adaptive": dict(cell="gru", softmax="adaptive", cutoffs=[8, 16])}
+RUNS = {
+    "lstm": dict(cell="lstm"),
+    "gru": dict(cell="gru"),
+    "tied": dict(cell="lstm", tie_weights=True, embedding_size=32),
+    "adaptive": dict(cell="gru", softmax="adaptive", cutoffs=[8, 16]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +40,22 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     (d / "text.txt").write_text(TEXT)
     out = {}
     for name, kw in RUNS.items():
-        chargen.train(str(d / "text.txt"), out=d / name, max_steps=15, num_layers=2, hidden_size=32, batch_size=4,
-                      bptt=32, lr=1e-2, warmup_steps=0, eval_every=15, eval_chars=256, preview_chars=0,
-                      progress=False, **kw)
+        chargen.train(
+            str(d / "text.txt"),
+            out=d / name,
+            max_steps=15,
+            num_layers=2,
+            hidden_size=32,
+            batch_size=4,
+            bptt=32,
+            lr=1e-2,
+            warmup_steps=0,
+            eval_every=15,
+            eval_chars=256,
+            preview_chars=0,
+            progress=False,
+            **kw,
+        )
         out[name] = d / name
     return out
 
@@ -58,10 +73,12 @@ def test_the_onnx_step_is_torch_over_300_characters(runs, tmp_path, name, batch)
     model = Sampler.load(runs[name], backend="torch").model
     ids = np.random.default_rng(batch).integers(0, meta["vocab_size"], (batch, 300))
     with torch.no_grad():
-        h, state = model.features(torch.from_numpy(ids))                     # nn.LSTM/nn.GRU over all 300
-        want = model.logits(h).numpy()                                        # (B, 300, V)
+        h, state = model.features(torch.from_numpy(ids))  # nn.LSTM/nn.GRU over all 300
+        want = model.logits(h).numpy()  # (B, 300, V)
     want_state = [state[0], state[1]] if meta["cell"] == "lstm" else [state]
-    feed = {k: np.zeros([batch if d == "batch" else d for d in shape], np.float32) for k, shape in meta["state"].items()}
+    feed = {
+        k: np.zeros([batch if d == "batch" else d for d in shape], np.float32) for k, shape in meta["state"].items()
+    }
     for t in range(300):
         logits, *new = session.run(None, {"ids": ids[:, t], **feed})
         np.testing.assert_allclose(logits, want[:, t], atol=1e-5, rtol=0)
@@ -86,6 +103,7 @@ def test_chargen_json_says_what_a_caller_needs(runs, tmp_path):
     assert [i.name for i in session.get_inputs()] == ["ids", "h", "c"]
     assert [o.name for o in session.get_outputs()] == ["logits", "h_out", "c_out"]
     from tokenizers import Tokenizer
+
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     assert tok.decode(tok.encode("the cat").ids).replace(" ", "") == "thecat"  # the decoder joins with spaces
 
@@ -106,21 +124,26 @@ def test_greedy_decoding_through_onnx_is_the_samplers(runs, tmp_path):
     assert text == Sampler.load(runs["gru"]).generate("the ", length=100, temperature=0)
 
 
-def test_the_readme_example_runs(runs, tmp_path):
-    readme = (REPO / "README.md").read_text()
-    code = re.search(r"<!-- example:onnx -->\n```python\n(.*?)```", readme, re.S).group(1)
+def test_the_docs_onnx_example_runs(runs, tmp_path):
+    guide = (REPO / "docs" / "guides" / "runtime-and-onnx.md").read_text(encoding="utf-8")
+    code = re.search(r"<!-- example:onnx -->\n<!-- docs: run[^\n]*-->\n```python\n(.*?)```", guide, re.S).group(1)
     out = export(runs["lstm"], tmp_path / "x")
     code = code.replace('"exports/shakespeare"', repr(str(out))).replace('"ROMEO:"', '"the "')
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     text = done.stdout[:-1]
-    assert text.startswith("the ") and len(text) == 304 and set(text) <= set(json.loads(
-        (out / "chargen.json").read_text())["chars"])
+    assert (
+        text.startswith("the ")
+        and len(text) == 304
+        and set(text) <= set(json.loads((out / "chargen.json").read_text())["chars"])
+    )
 
 
 def test_export_never_imports_torch(tmp_path):
-    code = (f"import sys; from chargen.generate.export import export; export({str(GOLDEN)!r}, {str(tmp_path / 'x')!r}); "
-            "print('torch' in sys.modules)")
+    code = (
+        f"import sys; from chargen.generate.export import export; export({str(GOLDEN)!r}, {str(tmp_path / 'x')!r}); "
+        "print('torch' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
 
@@ -135,20 +158,25 @@ def test_the_output_folder_rules(cli, tmp_path):
     assert code == 0 and "exported" in stdout and (out / "model.onnx").is_file()
     before = (out / "model.onnx").read_bytes()
     code, _, err = cli("export", str(GOLDEN), "-o", str(out))
-    assert code == 2 and err == f"chargen export: error: {out} already holds an export; pass --overwrite to replace it\n"
+    assert (
+        code == 2 and err == f"chargen export: error: {out} already holds an export; pass --overwrite to replace it\n"
+    )
     code, _, err = cli("export", str(GOLDEN), "-o", str(out), "--overwrite", "--checkpoint", "last")
     assert code == 0 and json.loads((out / "chargen.json").read_text())["checkpoint"] == "last"
-    assert (out / "model.onnx").read_bytes() == before          # the golden run's last weights are its best
+    assert (out / "model.onnx").read_bytes() == before  # the golden run's last weights are its best
     (tmp_path / "empty").mkdir()
     assert cli("export", str(GOLDEN), "-o", str(tmp_path / "empty"))[0] == 0
-    assert cli("export", str(GOLDEN), "-o", str(tmp_path / "a" / "b" / "c"))[0] == 0   # parents are made
+    assert cli("export", str(GOLDEN), "-o", str(tmp_path / "a" / "b" / "c"))[0] == 0  # parents are made
     other = tmp_path / "notes"
     other.mkdir()
     (other / "mine.txt").write_text("keep me")
     (tmp_path / "file").write_text("a file")
     for target, message in [
-        (other, f"{other} exists and is not a chargen export; choose a new or empty folder (--overwrite only "
-                "replaces an earlier export)"),
+        (
+            other,
+            f"{other} exists and is not a chargen export; choose a new or empty folder (--overwrite only "
+            "replaces an earlier export)",
+        ),
         (tmp_path / "file", f"{tmp_path / 'file'} exists and is not a folder; choose a new folder for the export"),
     ]:
         for extra in ([], ["--overwrite"]):
@@ -168,8 +196,13 @@ def test_a_damaged_run_leaves_nothing(golden_run, tmp_path):
 
 
 def test_without_the_extra_the_message_says_which(tmp_path):
-    code = ("import sys; sys.modules['onnx'] = None; sys.argv = ['chargen', 'export', " + repr(str(GOLDEN)) +
-            ", '-o', " + repr(str(tmp_path / "x")) + "]\nfrom chargen.cli import main\nsys.exit(main())")
+    code = (
+        "import sys; sys.modules['onnx'] = None; sys.argv = ['chargen', 'export', "
+        + repr(str(GOLDEN))
+        + ", '-o', "
+        + repr(str(tmp_path / "x"))
+        + "]\nfrom chargen.cli import main\nsys.exit(main())"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 2
     assert done.stderr == 'chargen export: error: chargen export needs its extra: pip install "chargen[export]"\n'
@@ -180,17 +213,19 @@ def test_overwrite_replaces_only_an_export_and_keeps_the_folder(cli, tmp_path):
     out = tmp_path / "x"
     out.mkdir(mode=0o700)
     assert cli("export", str(GOLDEN), "-o", str(out))[0] == 0
-    assert (out.stat().st_mode & 0o777) == 0o700                              # the folder itself is kept
+    assert (out.stat().st_mode & 0o777) == 0o700  # the folder itself is kept
     (out / "myapp.py").write_text("mine")
     code, _, err = cli("export", str(GOLDEN), "-o", str(out), "--overwrite")
-    assert code == 2 and err == (f"chargen export: error: {out} holds files that are not the export's (myapp.py); "
-                                 "an export gets a folder of its own: choose a new or empty folder\n")
+    assert code == 2 and err == (
+        f"chargen export: error: {out} holds files that are not the export's (myapp.py); "
+        "an export gets a folder of its own: choose a new or empty folder\n"
+    )
     assert (out / "myapp.py").read_text() == "mine"
     (out / "myapp.py").unlink()
     (tmp_path / "fake").mkdir()
     (tmp_path / "fake" / "chargen.json").write_text('{"chargen_export": true}')  # not an export's mark
     assert cli("export", str(GOLDEN), "-o", str(tmp_path / "fake"), "--overwrite")[0] == 2
-    runs_home = tmp_path / "exports"                    # a run kept inside an export's folder is never touched
+    runs_home = tmp_path / "exports"  # a run kept inside an export's folder is never touched
     assert cli("export", str(GOLDEN), "-o", str(runs_home))[0] == 0
     shutil.copytree(GOLDEN, runs_home / "myrun")
     code, _, err = cli("export", str(runs_home / "myrun"), "-o", str(runs_home), "--overwrite")
@@ -206,7 +241,7 @@ def test_the_current_folder_and_long_names(cli, tmp_path, monkeypatch):
     assert sorted(p.name for p in Path(".").iterdir()) == ["chargen.json", "model.onnx", "tokenizer.json"]
     code, _, err = cli("export", str(GOLDEN), "-o", "y" * 300)
     assert code == 2 and err.startswith("chargen export: error: cannot ") and "File name too long" in err
-    assert cli("export", str(GOLDEN), "-o", "z" * 250)[0] == 0                 # long, but a valid name
+    assert cli("export", str(GOLDEN), "-o", "z" * 250)[0] == 0  # long, but a valid name
 
 
 def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
@@ -214,10 +249,11 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
 
     def fail(*a, **k):
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(ex, "write_json", fail)
     with pytest.raises(ChargenError, match=r"cannot write the export into .* \(No space left on device\)"):
         export(GOLDEN, tmp_path / "a" / "b" / "x")
-    assert list(tmp_path.iterdir()) == []                                      # the folders it made are gone
+    assert list(tmp_path.iterdir()) == []  # the folders it made are gone
     (tmp_path / "old").mkdir()
     monkeypatch.undo()
     export(GOLDEN, tmp_path / "old")

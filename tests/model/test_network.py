@@ -50,16 +50,19 @@ def test_config_round_trips_through_dict():
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(cell="rnn"), "--cell must be one of lstm, gru, got 'rnn'"),
-    (dict(num_layers=0), "--layers must be at least 1, got 0"),
-    (dict(hidden_size=-4), "--hidden must be at least 1, got -4"),
-    (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
-    (dict(dropout=-0.1), r"dropout must be in \[0, 1\)"),
-    (dict(num_layers=2.5), "--layers must be a whole number, got 2.5"),
-    (dict(tie_weights="yes"), "--tie must be true or false, got 'yes'"),
-    (dict(tie_weights=True, embedding_size=8, hidden_size=16), "tied weights need"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(cell="rnn"), "--cell must be one of lstm, gru, got 'rnn'"),
+        (dict(num_layers=0), "--layers must be at least 1, got 0"),
+        (dict(hidden_size=-4), "--hidden must be at least 1, got -4"),
+        (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
+        (dict(dropout=-0.1), r"dropout must be in \[0, 1\)"),
+        (dict(num_layers=2.5), "--layers must be a whole number, got 2.5"),
+        (dict(tie_weights="yes"), "--tie must be true or false, got 'yes'"),
+        (dict(tie_weights=True, embedding_size=8, hidden_size=16), "tied weights need"),
+    ],
+)
 def test_bad_model_configs(kwargs, message):
     with pytest.raises(ChargenError, match=message):
         ModelConfig(vocab_size=10, **kwargs)
@@ -67,15 +70,16 @@ def test_bad_model_configs(kwargs, message):
 
 def test_locked_dropout_keeps_one_mask_across_time():
     from chargen.model.network import LockedDropout
+
     drop = LockedDropout(0.4).train()
     torch.manual_seed(0)
     x = torch.ones(64, 30, 20)
     y = drop(x)
     zeros = y == 0
-    assert torch.equal(zeros, zeros[:, :1].expand_as(zeros))             # the same units at every step
-    assert 0.3 < zeros[:, 0].float().mean() < 0.5                        # about p of them
+    assert torch.equal(zeros, zeros[:, :1].expand_as(zeros))  # the same units at every step
+    assert 0.3 < zeros[:, 0].float().mean() < 0.5  # about p of them
     kept = y[~zeros]
-    assert torch.allclose(kept, torch.full_like(kept, 1 / 0.6))          # scaled: the mean is kept
+    assert torch.allclose(kept, torch.full_like(kept, 1 / 0.6))  # scaled: the mean is kept
     assert drop.eval()(x) is x and LockedDropout(0.0).train()(x) is x
 
 
@@ -85,11 +89,11 @@ def test_input_and_output_dropout_act_in_training_only(cell):
     cfg = dict(vocab_size=13, cell=cell, num_layers=2, hidden_size=16)
     plain = CharRNN(ModelConfig(**cfg))
     dropped = CharRNN(ModelConfig(**cfg, input_dropout=0.5, output_dropout=0.5))
-    dropped.load_state_dict(plain.state_dict())                          # no new parameters
+    dropped.load_state_dict(plain.state_dict())  # no new parameters
     ids = torch.randint(0, 13, (4, 12))
     torch.testing.assert_close(dropped.eval()(ids)[0], plain.eval()(ids)[0], rtol=0, atol=0)
     dropped.train()
     h, _ = dropped.features(ids)
-    assert torch.equal(h == 0, (h == 0)[:, :1].expand_as(h))             # the output mask is locked too
+    assert torch.equal(h == 0, (h == 0)[:, :1].expand_as(h))  # the output mask is locked too
     assert (h == 0).any()
     assert ModelConfig.from_dict(ModelConfig(**cfg, input_dropout=0.1).to_dict()).input_dropout == 0.1

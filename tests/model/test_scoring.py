@@ -22,8 +22,20 @@ def trained(tmp_path_factory):
     text = "\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) + "." for _ in range(1500))
     (d / "t.txt").write_text(text + "\n")
     cache = d / "cache"
-    chargen.train(d / "t.txt", out=d / "run", cache_dir=cache, max_steps=80, num_layers=1, hidden_size=32,
-                  batch_size=8, bptt=32, lr=1e-2, warmup_steps=0, preview_chars=0, eval_every=1000)
+    chargen.train(
+        d / "t.txt",
+        out=d / "run",
+        cache_dir=cache,
+        max_steps=80,
+        num_layers=1,
+        hidden_size=32,
+        batch_size=8,
+        bptt=32,
+        lr=1e-2,
+        warmup_steps=0,
+        preview_chars=0,
+        eval_every=1000,
+    )
     corpus = chargen.prepare(d / "t.txt", cache_dir=cache)
     return Sampler.load(d / "run", backend="torch").model, np.asarray(corpus.train), np.asarray(corpus.val)
 
@@ -38,9 +50,9 @@ def reference(model, train_ids, val, sample, warmup=WARMUP) -> tuple[float, int]
         e = s + sample.scored(i)
         lo = max(s - warmup - 1, 0)
         with torch.no_grad():
-            logits, _ = model(torch.from_numpy(text[lo:e - 1])[None])
-        lp = torch.log_softmax(logits[0].double(), -1).gather(1, torch.from_numpy(text[lo + 1:e])[:, None])[:, 0]
-        total -= float(lp[s - lo - 1:].sum())
+            logits, _ = model(torch.from_numpy(text[lo : e - 1])[None])
+        lp = torch.log_softmax(logits[0].double(), -1).gather(1, torch.from_numpy(text[lo + 1 : e])[:, None])[:, 0]
+        total -= float(lp[s - lo - 1 :].sum())
         count += e - s
     return total, count
 
@@ -87,11 +99,17 @@ def test_the_sample_is_spread_over_the_split_without_overlap(n, chars):
 
 def test_the_figure_does_not_depend_on_the_evaluation_batch_size(trained):
     model, train_ids, val = trained
-    loss = {B: (lambda t: t[0] / t[1])(streams_loss(model, val, train_ids, batch_size=B, chunk=32,
-                                                     device=torch.device("cpu")))
-            for B in (1, 4, 32)}
+    loss = {
+        B: (lambda t: t[0] / t[1])(
+            streams_loss(model, val, train_ids, batch_size=B, chunk=32, device=torch.device("cpu"))
+        )
+        for B in (1, 4, 32)
+    }
     assert abs(loss[4] - loss[1]) < 1e-3 and abs(loss[32] - loss[1]) < 1e-3, loss
-    cold = {B: (lambda t: t[0] / t[1])(streams_loss(model, val, train_ids, batch_size=B, chunk=32, warmup=0,
-                                                     device=torch.device("cpu")))
-            for B in (1, 32)}
+    cold = {
+        B: (lambda t: t[0] / t[1])(
+            streams_loss(model, val, train_ids, batch_size=B, chunk=32, warmup=0, device=torch.device("cpu"))
+        )
+        for B in (1, 32)
+    }
     assert abs(cold[32] - cold[1]) > abs(loss[32] - loss[1])  # what the warm-up fixes

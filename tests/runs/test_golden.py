@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
-from conftest import GOLDEN_DIR as GOLDEN  # noqa: E402
+
+from conftest import GOLDEN_DIR as GOLDEN
 
 EXPECTED = json.loads((GOLDEN / "expected.json").read_text(encoding="utf-8"))
 
@@ -46,7 +46,7 @@ def test_golden_corpus_prepares_to_the_same_fingerprint(golden):
 
 
 def test_golden_run_resumes(golden, cli):
-    code, out, err = cli("train", "corpus.txt", "--out", "run", "--resume", "--max-steps", "8", "--no-progress")
+    code, _out, err = cli("train", "corpus.txt", "--out", "run", "--resume", "--max-steps", "8", "--no-progress")
     assert code == 0, err
     trainer = json.loads((golden / "run" / "last" / "trainer.json").read_text(encoding="utf-8"))
     assert trainer["step"] == 8

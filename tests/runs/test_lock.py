@@ -15,10 +15,23 @@ import pytest
 
 from chargen import ChargenError, Sampler
 from chargen.runs.folder import LOCK_FILE, RunLock
-from conftest import REPO  # noqa: E402
+from conftest import REPO
 
-SMALL = ["--layers", "1", "--hidden", "16", "--batch-size", "4", "--bptt", "8", "--preview-chars", "0",
-         "--warmup-steps", "0", "--no-progress"]
+SMALL = [
+    "--layers",
+    "1",
+    "--hidden",
+    "16",
+    "--batch-size",
+    "4",
+    "--bptt",
+    "8",
+    "--preview-chars",
+    "0",
+    "--warmup-steps",
+    "0",
+    "--no-progress",
+]
 
 
 @pytest.fixture
@@ -52,6 +65,7 @@ def one_line(stderr: str) -> str:
 
 def test_the_lock_names_its_holder_and_is_released():
     import tempfile
+
     with tempfile.TemporaryDirectory() as d:
         first = RunLock(Path(d))
         assert (Path(d) / LOCK_FILE).read_text().startswith(f"process {os.getpid()} on ")
@@ -65,8 +79,20 @@ def test_the_lock_names_its_holder_and_is_released():
 @pytest.mark.slow
 def test_a_folder_in_training_refuses_train_resume_and_overwrite(corpus, tmp_path):
     run = tmp_path / "run"
-    holder = chargen("train", corpus, "--out", run, "--max-time", "120", "--checkpoint-every", "5",
-                     "--eval-every", "100000", *SMALL, wait=False)
+    holder = chargen(
+        "train",
+        corpus,
+        "--out",
+        run,
+        "--max-time",
+        "120",
+        "--checkpoint-every",
+        "5",
+        "--eval-every",
+        "100000",
+        *SMALL,
+        wait=False,
+    )
     try:
         wait_for(run / "last" / "trainer.json", holder)
         config = (run / "config.json").read_bytes()
@@ -93,8 +119,10 @@ def test_a_folder_in_training_refuses_train_resume_and_overwrite(corpus, tmp_pat
 @pytest.mark.slow
 def test_two_trainings_started_together_one_wins_the_other_is_refused(corpus, tmp_path):
     run = tmp_path / "same"
-    procs = [chargen("train", corpus, "--out", run, "--max-steps", "40", "--checkpoint-every", "10",
-                     *SMALL, wait=False) for _ in range(2)]
+    procs = [
+        chargen("train", corpus, "--out", run, "--max-steps", "40", "--checkpoint-every", "10", *SMALL, wait=False)
+        for _ in range(2)
+    ]
     results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
     codes = sorted(code for code, _, _ in results)
     assert codes == [0, 2], results
@@ -102,5 +130,10 @@ def test_two_trainings_started_together_one_wins_the_other_is_refused(corpus, tm
     line = one_line(loser)
     assert "is in use: process" in line or "already exists (a run)" in line, line
     assert Sampler.load(run, checkpoint="last").generate("the", length=10, seed=1)
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "last", "metrics.jsonl",
-                                                     "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "config.json",
+        "last",
+        "metrics.jsonl",
+        "model.safetensors",
+        "tokenizer.json",
+    ]

@@ -18,8 +18,18 @@ from chargen.runs.plot import plot, run_curves
 
 matplotlib = pytest.importorskip("matplotlib", reason="chargen[plot] is not installed")
 
-TINY = dict(num_layers=1, hidden_size=16, batch_size=8, bptt=16, lr=1e-2, warmup_steps=0, preview_chars=0,
-            eval_chars=2000, eval_every=10, log_every=5)
+TINY = dict(
+    num_layers=1,
+    hidden_size=16,
+    batch_size=8,
+    bptt=16,
+    lr=1e-2,
+    warmup_steps=0,
+    preview_chars=0,
+    eval_chars=2000,
+    eval_every=10,
+    log_every=5,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +55,11 @@ def test_curves_are_the_metrics_rows_in_the_chosen_unit(runs, x):
     run = runs["first"]
     rows = [r for r in metrics(run) if "event" not in r]
     chars_per_step = TINY["batch_size"] * TINY["bptt"]
-    unit = {"step": lambda r: r["step"], "chars": lambda r: r["step"] * chars_per_step / 1e6,
-            "time": lambda r: r["elapsed"] / 60}[x]
+    unit = {
+        "step": lambda r: r["step"],
+        "chars": lambda r: r["step"] * chars_per_step / 1e6,
+        "time": lambda r: r["elapsed"] / 60,
+    }[x]
     c = run_curves(run, x)
     assert c.name == "first" and c.resumed == []
     assert c.val == [pytest.approx((unit(r), r["val_bpc"])) for r in rows if "val_bpc" in r] and len(c.val) == 3
@@ -84,13 +97,14 @@ def test_the_png_is_whole_of_its_size_and_shows_both_runs(runs, tmp_path, x):
     out = plot([runs["first"], runs["second"]], tmp_path / "curves.png", x=x, size=(8, 4), dpi=100)
     assert _png_size(out) == (800, 400)
     pixels = matplotlib.image.imread(out)[..., :3]
-    assert (pixels.min(axis=-1) < 0.9).mean() > 0.02          # ink, not a blank page
+    assert (pixels.min(axis=-1) < 0.9).mean() > 0.02  # ink, not a blank page
 
-    def has(colour: str) -> bool:   # the runs' colours: matplotlib's C0 and C1, at full strength somewhere
-        rgb = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    def has(colour: str) -> bool:  # the runs' colours: matplotlib's C0 and C1, at full strength somewhere
+        rgb = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
         return bool((abs(pixels - rgb).max(axis=-1) < 0.02).any())
+
     assert has(matplotlib.colors.to_hex("C0")) and has(matplotlib.colors.to_hex("C1"))
-    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]   # no temporary file left
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # no temporary file left
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
@@ -106,6 +120,7 @@ def test_runs_of_the_same_name_are_told_apart_by_path(runs, tmp_path):
     other = tmp_path / "elsewhere" / "first"
     shutil.copytree(runs["first"], other)
     from chargen.runs.plot import _names
+
     assert _names([runs["first"], other]) == [str(runs["first"]), str(other)]
     assert _names([runs["first"], runs["second"]]) == ["first", "second"]
 
@@ -126,35 +141,43 @@ def test_bad_inputs_are_one_line(cli, runs, tmp_path, monkeypatch):
         ([runs["first"], "--x", "epochs"], "argument --x: invalid choice"),
     ]
     for args, fragment in cases:
-        code, out, err = cli("plot", *args)
+        code, _out, err = cli("plot", *args)
         lines = err.strip().splitlines()
         assert code == 2 and fragment in lines[-1] and "Traceback" not in err, (args, err)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "taken.png"]   # nothing half-written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "taken.png"]  # nothing half-written
 
     import builtins
+
     real = builtins.__import__
 
     def no_matplotlib(name, *args, **kwargs):
         if name.startswith("matplotlib"):
             raise ImportError(name)
         return real(name, *args, **kwargs)
+
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     code, _, err = cli("plot", runs["first"], "-o", tmp_path / "x.png")
-    assert code == 2 and err.strip().splitlines()[-1] == \
-        'chargen plot: error: chargen plot needs its extra: pip install "chargen[plot]"'
+    assert (
+        code == 2
+        and err.strip().splitlines()[-1]
+        == 'chargen plot: error: chargen plot needs its extra: pip install "chargen[plot]"'
+    )
 
 
 def test_broken_rows_are_skipped_and_times_interpolate(runs, tmp_path, cli):
     run = tmp_path / "run"
     shutil.copytree(runs["first"], run)
     with open(run / "metrics.jsonl", "a") as f:
-        f.write('{"step": "7", "event": "started"}\n{"step": null, "event": "started"}\n'
-                '{"step": 31, "loss": 1e308, "elapsed": 1.0}\n{"step": 32, "val_bpc": -1e300}\n')
+        f.write(
+            '{"step": "7", "event": "started"}\n{"step": null, "event": "started"}\n'
+            '{"step": 31, "loss": 1e308, "elapsed": 1.0}\n{"step": 32, "val_bpc": -1e300}\n'
+        )
     c = run_curves(run)
     assert all(abs(y) < 1e6 for _, y in c.train + c.val) and c.resumed == []
     code, _, err = cli("plot", run, "-o", tmp_path / "ok.png", "--x", "time")
     assert code == 0, err
     from chargen.runs.plot import _interpolate
+
     points = [(10, 1.0), (20, 3.0), (20, 3.0), (40, 4.0)]
     for step, want in [(0, 0.0), (5, 0.5), (10, 1.0), (15, 2.0), (20, 3.0), (30, 3.5), (40, 4.0), (99, 4.0)]:
         assert _interpolate(points, step) == pytest.approx(want), step

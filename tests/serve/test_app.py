@@ -61,12 +61,16 @@ def test_a_streamed_completion_joins_to_the_same_text(client, server):
 def test_stream_interval_sets_how_often_a_stream_writes(run, interval):
     sampler = Sampler.load(run, backend="torch")
     want = sampler.generate("the ", length=150, seed=4)
-    sampler.fast_step = SlowStep(sampler.fast_step, 0.004)   # about 0.6 s for 150 characters
+    sampler.fast_step = SlowStep(sampler.fast_step, 0.004)  # about 0.6 s for 150 characters
     s = LiveServer(run, sampler=sampler, decode_process=False, stream_interval=interval)
     try:
         start = time.monotonic()
-        with httpx.stream("POST", s.url + "/v1/completions", timeout=60,
-                          json={"prompt": "the ", "max_tokens": 150, "seed": 4, "stream": True}) as r:
+        with httpx.stream(
+            "POST",
+            s.url + "/v1/completions",
+            timeout=60,
+            json={"prompt": "the ", "max_tokens": 150, "seed": 4, "stream": True},
+        ) as r:
             chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
         took = time.monotonic() - start
     finally:
@@ -74,19 +78,29 @@ def test_stream_interval_sets_how_often_a_stream_writes(run, interval):
     assert "".join(c["choices"][0]["text"] for c in chunks) == want
     texts = [c for c in chunks if c["choices"][0]["text"]]
     if interval == 0:
-        assert len(texts) >= 100             # about one a step
+        assert len(texts) >= 100  # about one a step
     else:
         assert 2 <= len(texts) <= took / interval + 2
 
 
 def test_n_several_prompts_stops_and_echo(client, server):
-    r = client.completions.create(model="golden", prompt=["the ", "a"], max_tokens=50, n=3, seed=11,
-                                  stop=["e", "\n"], top_p=0.9, echo=True, extra_body={"top_k": 20})
+    r = client.completions.create(
+        model="golden",
+        prompt=["the ", "a"],
+        max_tokens=50,
+        n=3,
+        seed=11,
+        stop=["e", "\n"],
+        top_p=0.9,
+        echo=True,
+        extra_body={"top_k": 20},
+    )
     assert [c.index for c in r.choices] == list(range(6))
     for i, c in enumerate(r.choices):
         prompt = ["the ", "a"][i // 3]
-        want = server.sampler.generate(prompt, length=50, temperature=1.0, seed=11 + i % 3, stop=("e", "\n"),
-                                       top_p=0.9, top_k=20)
+        want = server.sampler.generate(
+            prompt, length=50, temperature=1.0, seed=11 + i % 3, stop=("e", "\n"), top_p=0.9, top_k=20
+        )
         assert c.text == prompt + want
         assert c.finish_reason == ("stop" if len(want) < 50 else "length")
     assert any(c.finish_reason == "stop" for c in r.choices)
@@ -106,7 +120,8 @@ def test_errors_surface_as_the_clients_exceptions(client, server):
         client.completions.create(model="gpt-4", prompt="the", max_tokens=5)
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).completions.create(
-            model="golden", prompt="the", max_tokens=5)
+            model="golden", prompt="the", max_tokens=5
+        )
     assert client.completions.create(model="golden", prompt="the", max_tokens=5, seed=1).choices[0].text
 
 
@@ -138,8 +153,12 @@ BAD = [
     ("another model", {"prompt": "a", "model": "other"}, 404, "model"),
     ("negative logprobs", {"prompt": "a", "logprobs": -1}, 400, "logprobs"),
     ("too many logprobs", {"prompt": "a", "logprobs": 6}, 400, "logprobs"),
-    ("logprobs for too many characters", {"prompt": ["a"] * 5, "n": 16, "max_tokens": 1000, "logprobs": 1}, 400,
-     "logprobs"),
+    (
+        "logprobs for too many characters",
+        {"prompt": ["a"] * 5, "n": 16, "max_tokens": 1000, "logprobs": 1},
+        400,
+        "logprobs",
+    ),
     ("logprobs as true", {"prompt": "a", "logprobs": True}, 400, "logprobs"),
     ("logprobs with echo", {"prompt": "a", "logprobs": 2, "echo": True}, 400, "logprobs"),
     ("JSON nested too deeply", b"[" * 4000, 400, None),
@@ -147,10 +166,18 @@ BAD = [
     ("a 400-digit temperature", b'{"prompt": "a", "temperature": ' + b"9" * 400 + b"}", 400, "temperature"),
     ("a field named by a lone surrogate", b'{"prompt": "a", "\\ud800": 1}', 400, "\ud800"),
     ("more rows than are ever decoded", {"prompt": ["a"] * 8, "n": 9}, 400, "n"),
-    ("stream_options without stream", {"prompt": "a", "stream_options": {"include_usage": True}}, 400,
-     "stream_options"),
-    ("stream_options of a wrong shape", {"prompt": "a", "stream": True, "stream_options": {"x": 1}}, 400,
-     "stream_options"),
+    (
+        "stream_options without stream",
+        {"prompt": "a", "stream_options": {"include_usage": True}},
+        400,
+        "stream_options",
+    ),
+    (
+        "stream_options of a wrong shape",
+        {"prompt": "a", "stream": True, "stream_options": {"x": 1}},
+        400,
+        "stream_options",
+    ),
     ("user not a string", {"prompt": "a", "user": 5}, 400, "user"),
 ]
 
@@ -194,7 +221,7 @@ def test_keys_routes_and_methods(server):
     # without the key, /v1 says nothing of which routes exist
     assert httpx.get(server.url + "/v1/nothing").status_code == 401
     assert httpx.get(server.url + "/v1/completions").status_code == 401
-    r = httpx.get(server.url + "/v1/models/", headers={"Authorization": f"Bearer {KEY}"})   # no redirect
+    r = httpx.get(server.url + "/v1/models/", headers={"Authorization": f"Bearer {KEY}"})  # no redirect
     assert r.status_code == 404 and "error" in r.json()
     assert httpx.get(server.url + "/health").status_code == 200  # no key needed
     assert httpx.get(server.url + "/nothing").status_code == 404
@@ -206,8 +233,11 @@ def test_a_body_that_is_not_json_by_its_type_is_refused(server):
         headers = {"Authorization": f"Bearer {KEY}"} | ({"Content-Type": kind} if kind else {})
         r = httpx.post(server.url + "/v1/completions", content=b'{"prompt": "a"}', headers=headers)
         assert r.status_code == 415 and "Content-Type: application/json" in r.json()["error"]["message"]
-    r = httpx.post(server.url + "/v1/completions", content=b'{"prompt": "a", "max_tokens": 2}',
-                   headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json; charset=utf-8"})
+    r = httpx.post(
+        server.url + "/v1/completions",
+        content=b'{"prompt": "a", "max_tokens": 2}',
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json; charset=utf-8"},
+    )
     assert r.status_code == 200
 
 
@@ -225,15 +255,17 @@ def test_on_a_loopback_address_only_requests_naming_this_machine_are_answered(ru
 
 def test_a_client_that_leaves_before_its_answer_frees_its_rows(run):
     sampler = Sampler.load(run, backend="torch")
-    sampler.fast_step = SlowStep(sampler.fast_step, 0.01)   # 1,000 characters: 10 s
+    sampler.fast_step = SlowStep(sampler.fast_step, 0.01)  # 1,000 characters: 10 s
     s = LiveServer(run, sampler=sampler)
     try:
         body = json.dumps({"prompt": ["a"] * 4, "n": 4, "max_tokens": 1000}).encode()
         with socket.create_connection(("127.0.0.1", s.port)) as raw:
-            raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            raw.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
             time.sleep(0.5)
-            assert httpx.get(s.url + "/health").json()["active"] == 16   # decoding, not done
+            assert httpx.get(s.url + "/health").json()["active"] == 16  # decoding, not done
         left = time.monotonic()
         while httpx.get(s.url + "/health").json()["active"] and time.monotonic() - left < 10:
             time.sleep(0.05)
@@ -249,30 +281,44 @@ def test_a_score_whose_client_left_is_skipped(run, monkeypatch):
     def slow_score(text, *args):
         time.sleep(1.0)
         return score(text, *args)
+
     monkeypatch.setattr(sampler, "score", slow_score)
     s = LiveServer(run, sampler=sampler, decode_process=False)
     try:
         body = b'{"text": "the cat"}'
-        request = (b"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        request = (
+            b"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
         gone = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(4)]
         for raw in gone:
             raw.sendall(request)
         time.sleep(0.3)
-        for raw in gone:   # one is being scored; three wait, and are dropped
+        for raw in gone:  # one is being scored; three wait, and are dropped
             raw.close()
         start = time.monotonic()
         r = httpx.post(s.url + "/v1/score", json={"text": "the"}, timeout=30)
-        assert r.status_code == 200 and time.monotonic() - start < 2.8   # not behind 3 abandoned scores
+        assert r.status_code == 200 and time.monotonic() - start < 2.8  # not behind 3 abandoned scores
     finally:
         s.stop()
 
 
-@pytest.mark.parametrize("header,name", [("127.0.0.1:80", "127.0.0.1"), ("LocalHost", "localhost"),
-                                         ("[::1]:8000", "::1"), ("[::1]", "::1"), ("[::1]evil.com", "[::1]evil.com"),
-                                         ("localhost:80x", "localhost:80x"), ("a:b:c", "a:b:c"), ("", "")])
+@pytest.mark.parametrize(
+    "header,name",
+    [
+        ("127.0.0.1:80", "127.0.0.1"),
+        ("LocalHost", "localhost"),
+        ("[::1]:8000", "::1"),
+        ("[::1]", "::1"),
+        ("[::1]evil.com", "[::1]evil.com"),
+        ("localhost:80x", "localhost:80x"),
+        ("a:b:c", "a:b:c"),
+        ("", ""),
+    ],
+)
 def test_host_names(header, name):
     from chargen.serve.app import _host_name
+
     assert _host_name(header) == name
 
 
@@ -282,18 +328,36 @@ def test_a_route_without_a_body_says_405_not_415(server):
 
 
 def test_stream_options_include_usage_ends_with_a_usage_chunk(client):
-    chunks = list(client.completions.create(model="golden", prompt="the ", max_tokens=30, n=2, seed=1, stream=True,
-                                            stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model="golden",
+            prompt="the ",
+            max_tokens=30,
+            n=2,
+            seed=1,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     last = chunks[-1]
-    assert last.choices == [] and last.usage.prompt_tokens == 8 and last.usage.completion_tokens == \
-        sum(len(c.choices[0].text) for c in chunks[:-1]) and last.usage.total_tokens == 8 + last.usage.completion_tokens
+    assert (
+        last.choices == []
+        and last.usage.prompt_tokens == 8
+        and last.usage.completion_tokens == sum(len(c.choices[0].text) for c in chunks[:-1])
+        and last.usage.total_tokens == 8 + last.usage.completion_tokens
+    )
     assert all(c.usage is None for c in chunks[:-1])
 
 
 def test_a_client_that_drops_mid_stream_frees_its_rows(server):
     headers = {"Authorization": f"Bearer {KEY}"}
-    with httpx.stream("POST", server.url + "/v1/completions", headers=headers, timeout=30,
-                      json={"prompt": "the ", "max_tokens": 1000, "stream": True, "n": 4}) as r:
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/completions",
+        headers=headers,
+        timeout=30,
+        json={"prompt": "the ", "max_tokens": 1000, "stream": True, "n": 4},
+    ) as r:
         for line in r.iter_lines():
             if line.startswith("data: {"):
                 break  # gone, mid-stream
@@ -307,8 +371,14 @@ def test_concurrent_clients_each_get_their_own_text(client, server):
     results = {}
 
     def one(i):
-        results[i] = client.completions.create(model="golden", prompt="the ", max_tokens=30 + 7 * i, seed=i,
-                                               temperature=0.5 + 0.1 * (i % 5)).choices[0].text
+        results[i] = (
+            client.completions.create(
+                model="golden", prompt="the ", max_tokens=30 + 7 * i, seed=i, temperature=0.5 + 0.1 * (i % 5)
+            )
+            .choices[0]
+            .text
+        )
+
     threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
     for t in threads:
         t.start()
@@ -320,20 +390,31 @@ def test_concurrent_clients_each_get_their_own_text(client, server):
 
 def test_serve_without_the_extra_is_one_line(cli, run, monkeypatch):
     import builtins
+
     real = builtins.__import__
 
     def no_uvicorn(name, *args, **kwargs):
         if name == "uvicorn":
             raise ImportError(name)
         return real(name, *args, **kwargs)
+
     monkeypatch.setattr(builtins, "__import__", no_uvicorn)
     code, _, err = cli("serve", run, "--port", "0")
-    assert code == 2 and err.strip().splitlines()[-1] == 'chargen serve: error: chargen serve needs its extra: pip install "chargen[serve]"'
+    assert (
+        code == 2
+        and err.strip().splitlines()[-1]
+        == 'chargen serve: error: chargen serve needs its extra: pip install "chargen[serve]"'
+    )
 
 
-@pytest.mark.parametrize("args,fragment", [(["--port", "70000"], "argument --port: must be in [0, 65535], got 70000"),
-                                           (["--port", "http"], "argument --port: expected a whole number"),
-                                           (["--max-batch", "0"], "argument --max-batch: must be in [1, 1048576]")])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--port", "70000"], "argument --port: must be in [0, 65535], got 70000"),
+        (["--port", "http"], "argument --port: expected a whole number"),
+        (["--max-batch", "0"], "argument --max-batch: must be in [1, 1048576]"),
+    ],
+)
 def test_serve_flag_mistakes_are_one_line(cli, run, args, fragment):
     code, _, err = cli("serve", run, *args)
     assert code == 2 and fragment in err.strip().splitlines()[-1] and "Traceback" not in err
@@ -352,9 +433,17 @@ def test_score_is_the_samplers(server):
     assert "logprobs" not in httpx.post(server.url + "/v1/score", json={"text": "the"}, headers=AUTH).json()
 
 
-@pytest.mark.parametrize("body,param", [({"text": ""}, "text"), ({"text": 5}, "text"), ({}, "text"),
-                                        ({"text": "\u2603"}, "text"), ({"text": "a", "extra": 1}, "extra"),
-                                        ({"text": "a", "logprobs": "yes"}, "logprobs")])
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"text": ""}, "text"),
+        ({"text": 5}, "text"),
+        ({}, "text"),
+        ({"text": "\u2603"}, "text"),
+        ({"text": "a", "extra": 1}, "extra"),
+        ({"text": "a", "logprobs": "yes"}, "logprobs"),
+    ],
+)
 def test_bad_score_requests(server, body, param):
     r = httpx.post(server.url + "/v1/score", json=body, headers=AUTH)
     assert r.status_code == 400 and r.json()["error"]["param"] == param
@@ -384,7 +473,7 @@ def test_a_failing_decoding_loop_is_a_server_error_not_a_hang(run, decode_proces
         assert "out of memory (a test)" in health.json()["error"]
         r = httpx.post(s.url + "/v1/completions", json={"prompt": "the ", "max_tokens": 5}, timeout=60)
         assert r.status_code == 503 and "out of memory" in r.json()["error"]["message"]
-        assert httpx.get(s.url + "/v1/models", timeout=10).status_code == 200   # the rest still answers
+        assert httpx.get(s.url + "/v1/models", timeout=10).status_code == 200  # the rest still answers
     finally:
         s.stop()
 
@@ -399,7 +488,7 @@ def test_a_failing_decoding_loop_ends_a_stream_with_an_error_event(run):
         with pytest.raises(openai.APIError, match="the decoding loop failed"):
             for chunk in client.completions.create(model="golden", prompt="the ", max_tokens=500, stream=True):
                 text += chunk.choices[0].text
-        assert 0 < len(text) < 500   # what came before the failure
+        assert 0 < len(text) < 500  # what came before the failure
         with pytest.raises(openai.APIStatusError, match="stopped: RuntimeError: out of memory") as e:
             client.completions.create(model="golden", prompt="the ", max_tokens=5, stream=True)
         assert e.value.status_code == 503
@@ -415,8 +504,9 @@ def test_a_taken_or_foreign_address_is_one_line_before_the_model_loads(cli, run)
         code, _, err = cli("serve", run, "--port", str(port))
     assert code == 2 and err.strip().splitlines() == [
         f"chargen serve: error: cannot listen on 127.0.0.1:{port}: Address already in use; "
-        "choose another --host or --port"]
-    code, _, err = cli("serve", run, "--host", "192.0.2.1", "--port", "0")   # TEST-NET-1: never this machine's
+        "choose another --host or --port"
+    ]
+    code, _, err = cli("serve", run, "--host", "192.0.2.1", "--port", "0")  # TEST-NET-1: never this machine's
     assert code == 2 and err.strip().splitlines()[-1].startswith("chargen serve: error: cannot listen on 192.0.2.1:0")
 
 
@@ -443,13 +533,18 @@ def test_ctrl_c_or_sigterm_stops_the_server_cleanly(run, sig, group):
     import signal
     import subprocess
     import sys
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "chargen", "serve", str(run), "--port", str(port),
-                             "--max-length", "100000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=group)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chargen", "serve", str(run), "--port", str(port), "--max-length", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=group,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -462,19 +557,24 @@ def test_ctrl_c_or_sigterm_stops_the_server_cleanly(run, sig, group):
         assert decoders
         results = {}
 
-        def stream(i: int) -> None:   # long enough to outlast the grace period
-            with httpx.stream("POST", url + "/v1/completions", timeout=60,
-                              json={"prompt": "the ", "max_tokens": 100000, "stream": True, "seed": i}) as r:
+        def stream(i: int) -> None:  # long enough to outlast the grace period
+            with httpx.stream(
+                "POST",
+                url + "/v1/completions",
+                timeout=60,
+                json={"prompt": "the ", "max_tokens": 100000, "stream": True, "seed": i},
+            ) as r:
                 results[i] = [line for line in r.iter_lines() if line.startswith("data: ")]
+
         clients = [threading.Thread(target=stream, args=(i,)) for i in range(40)]
         for c in clients:
             c.start()
         time.sleep(1.0)
-        if group:   # as systemd, a closed terminal or `timeout` do: the decoding process gets it too
+        if group:  # as systemd, a closed terminal or `timeout` do: the decoding process gets it too
             os.killpg(proc.pid, getattr(signal, sig))
         else:
             proc.send_signal(getattr(signal, sig))
-        out, err = proc.communicate(timeout=30)
+        _out, err = proc.communicate(timeout=30)
         for c in clients:
             c.join(timeout=30)
     finally:
@@ -484,10 +584,11 @@ def test_ctrl_c_or_sigterm_stops_the_server_cleanly(run, sig, group):
     assert err.splitlines()[-1] == "chargen serve: stopped" and "Traceback" not in err and "ERROR" not in err
     assert "decoding" not in err, err
     assert len(results) == 40
-    for lines in results.values():   # each stream either finished or was told why it ends
+    for lines in results.values():  # each stream either finished or was told why it ends
         last = lines[-1]
         assert last == "data: [DONE]" or json.loads(last[6:])["error"]["message"].startswith(
-            "the server is shutting down")
+            "the server is shutting down"
+        )
     assert any(lines[-1] != "data: [DONE]" for lines in results.values())
     deadline = time.monotonic() + 10
     while any(_running(pid) for pid in decoders) and time.monotonic() < deadline:
@@ -499,7 +600,7 @@ def _check_logprobs(sampler, prompt: str, text: str, lp: dict, k: int) -> None:
     """One choice's logprobs: a token per character, each the model's own log-probability (as /v1/score and
     Sampler.score give it), the k likeliest characters in order, offsets counting characters."""
     assert "".join(lp["tokens"]) == text and lp["text_offset"] == list(range(len(text)))
-    want = [float(x) for x in sampler.score(prompt + text).logprobs[len(prompt):]] if text else []
+    want = [float(x) for x in sampler.score(prompt + text).logprobs[len(prompt) :]] if text else []
     assert lp["token_logprobs"] == pytest.approx(want, abs=1e-4)
     assert len(lp["top_logprobs"]) == len(text)
     for char, drawn, top in zip(text, lp["token_logprobs"], lp["top_logprobs"]):
@@ -513,11 +614,12 @@ def _check_logprobs(sampler, prompt: str, text: str, lp: dict, k: int) -> None:
 
 
 def test_logprobs_are_the_models_own_per_character(client, server):
-    r = client.completions.create(model="golden", prompt="the ", max_tokens=60, temperature=0.9, seed=5, n=2,
-                                  stop=["e "], logprobs=3)
+    r = client.completions.create(
+        model="golden", prompt="the ", max_tokens=60, temperature=0.9, seed=5, n=2, stop=["e "], logprobs=3
+    )
     for i, choice in enumerate(r.choices):
         want = server.sampler.generate("the ", length=60, temperature=0.9, seed=5 + i, stop=("e ",))
-        assert choice.text == want     # asking for logprobs does not change the text
+        assert choice.text == want  # asking for logprobs does not change the text
         _check_logprobs(server.sampler, "the ", choice.text, choice.logprobs.model_dump(), 3)
     r0 = client.completions.create(model="golden", prompt="a", max_tokens=20, seed=1, logprobs=0)
     _check_logprobs(server.sampler, "a", r0.choices[0].text, r0.choices[0].logprobs.model_dump(), 0)
@@ -525,10 +627,14 @@ def test_logprobs_are_the_models_own_per_character(client, server):
 
 
 def test_streamed_logprobs_join_to_the_whole_ones(client, server):
-    whole = client.completions.create(model="golden", prompt="and ", max_tokens=80, seed=9, logprobs=2,
-                                      stop=["th", "\n\n"]).choices[0]
-    chunks = list(client.completions.create(model="golden", prompt="and ", max_tokens=80, seed=9, logprobs=2,
-                                            stop=["th", "\n\n"], stream=True))
+    whole = client.completions.create(
+        model="golden", prompt="and ", max_tokens=80, seed=9, logprobs=2, stop=["th", "\n\n"]
+    ).choices[0]
+    chunks = list(
+        client.completions.create(
+            model="golden", prompt="and ", max_tokens=80, seed=9, logprobs=2, stop=["th", "\n\n"], stream=True
+        )
+    )
     joined = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
     for c in chunks:
         lp = c.choices[0].logprobs
@@ -543,7 +649,7 @@ def test_run_summary_skips_events_and_non_finite_values_and_says_when_it_cannot_
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
-    with open(copy / "metrics.jsonl", "a", encoding="utf-8") as f:   # what the trainer writes on a skipped step
+    with open(copy / "metrics.jsonl", "a", encoding="utf-8") as f:  # what the trainer writes on a skipped step
         f.write('{"step": 13, "event": "nonfinite", "loss": NaN, "grad_norm": Infinity}\n')
         f.write('{"loss": 2.0}\n{"step": 14, "loss": Infinity}\n')
     s = LiveServer(copy, run_dir=copy, decode_process=False)
@@ -562,7 +668,9 @@ def test_run_summary_skips_events_and_non_finite_values_and_says_when_it_cannot_
 def test_score_checks_the_model(server):
     r = httpx.post(server.url + "/v1/score", json={"text": "the", "model": "other"}, headers=AUTH)
     assert r.status_code == 404 and r.json()["error"]["param"] == "model"
-    assert httpx.post(server.url + "/v1/score", json={"text": "the", "model": "golden"}, headers=AUTH).status_code == 200
+    assert (
+        httpx.post(server.url + "/v1/score", json={"text": "the", "model": "golden"}, headers=AUTH).status_code == 200
+    )
 
 
 def test_score_over_the_prompt_cap_is_a_400(run):
@@ -575,12 +683,15 @@ def test_score_over_the_prompt_cap_is_a_400(run):
         s.stop()
 
 
-@pytest.mark.parametrize("flag,env,fragment", [
-    (["--api-key", ""], None, "--api-key is empty"),
-    (["--api-key", "two words"], None, "--api-key must be printable ASCII without spaces"),
-    (["--api-key", "cl\u00e9"], None, "--api-key must be printable ASCII"),
-    ([], "", "CHARGEN_API_KEY is empty"),
-])
+@pytest.mark.parametrize(
+    "flag,env,fragment",
+    [
+        (["--api-key", ""], None, "--api-key is empty"),
+        (["--api-key", "two words"], None, "--api-key must be printable ASCII without spaces"),
+        (["--api-key", "cl\u00e9"], None, "--api-key must be printable ASCII"),
+        ([], "", "CHARGEN_API_KEY is empty"),
+    ],
+)
 def test_an_api_key_that_cannot_work_is_one_line(cli, run, monkeypatch, flag, env, fragment):
     if env is not None:
         monkeypatch.setenv("CHARGEN_API_KEY", env)

@@ -7,15 +7,14 @@ import random
 import shutil
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from conftest import FailingStep, GOLDEN_DIR as GOLDEN  # noqa: E402
 
 from chargen import ChargenError, Sampler
 from chargen.serve.batcher import Batcher, BatcherClosed
 from chargen.serve.process_batcher import ProcessBatcher
-
+from conftest import GOLDEN_DIR as GOLDEN
+from conftest import FailingStep
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +33,12 @@ def kind(request):
 def requests(count: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     out = []
-    for i in range(count):
-        opts = dict(length=rng.choice([0, 1, 5, 40, 120]), seed=rng.randrange(1 << 40),
-                    temperature=rng.choice([0.0, 0.5, 0.8, 1.0, 1.3]))
+    for _i in range(count):
+        opts = dict(
+            length=rng.choice([0, 1, 5, 40, 120]),
+            seed=rng.randrange(1 << 40),
+            temperature=rng.choice([0.0, 0.5, 0.8, 1.0, 1.3]),
+        )
         if rng.random() < 0.3:
             opts["top_k"] = rng.choice([1, 3, 10])
         if rng.random() < 0.3:
@@ -70,6 +72,7 @@ def test_requests_from_many_threads_overlapping_in_time(sampler, kind):
     def client(i: int, r: dict) -> None:
         r = dict(r)
         results[i] = batcher.generate(r.pop("prompt"), **r)
+
     threads = [threading.Thread(target=client, args=(i, r)) for i, r in enumerate(reqs)]
     try:
         for t in threads:
@@ -174,8 +177,9 @@ def test_logprobs_come_one_per_character_beside_the_same_text(sampler, kind):
         with pytest.raises(ChargenError, match="logprobs must be a whole number"):
             batcher.submit("the ", length=5, logprobs=-1)
         events = list(asked.iter_events(timeout=60))
-        assert plain.texts(timeout=60) == ["".join(v for k, r, v in events if k == "text" and r == row)
-                                           for row in range(2)]
+        assert plain.texts(timeout=60) == [
+            "".join(v for k, r, v in events if k == "text" and r == row) for row in range(2)
+        ]
     finally:
         batcher.close()
     for row in range(2):
@@ -188,7 +192,6 @@ def test_logprobs_come_one_per_character_beside_the_same_text(sampler, kind):
         assert drawn == pytest.approx([float(x) for x in sampler.score("the " + text).logprobs[4:]], abs=1e-4)
 
 
-
 def slow_priming(sampler, monkeypatch, longer_than: int, seconds: float = 2.0) -> None:
     """Make reading a prompt of more than ``longer_than`` ids take ``seconds`` (as a long prompt would)."""
     prime = sampler._prime
@@ -197,6 +200,7 @@ def slow_priming(sampler, monkeypatch, longer_than: int, seconds: float = 2.0) -
         if len(ids) > longer_than:
             time.sleep(seconds)
         return prime(ids, n)
+
     monkeypatch.setattr(sampler, "_prime", slow_prime)
 
 
@@ -212,7 +216,7 @@ def test_a_long_prompt_is_read_beside_the_loop_not_in_its_way(sampler, monkeypat
         start, during = time.monotonic(), 0
         while time.monotonic() - start < 1.5:
             during += next(events)[0] == "text"
-        assert during > 50                      # the loop kept decoding while the prompt was read
+        assert during > 50  # the loop kept decoding while the prompt was read
         assert long.texts(timeout=60) == [sampler.generate("the " * 100, length=20, seed=2)]
         running.cancel()
     finally:
@@ -243,9 +247,9 @@ def test_a_long_prompt_cancelled_while_another_is_read_leaves_at_once(sampler, m
     slow_priming(sampler, monkeypatch, longer_than=300)
     batcher = Batcher(sampler)
     try:
-        first = batcher.submit("the " * 100, length=5, seed=1)      # read for 2 s
+        first = batcher.submit("the " * 100, length=5, seed=1)  # read for 2 s
         time.sleep(0.2)
-        second = batcher.submit("the " * 100, length=5, seed=2)     # waits its turn
+        second = batcher.submit("the " * 100, length=5, seed=2)  # waits its turn
         second.cancel()
         start = time.monotonic()
         assert [v for k, r, v in second.iter_events(timeout=10) if k == "end"] == ["cancelled"]

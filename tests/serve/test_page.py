@@ -31,8 +31,10 @@ KEY = "sk-page-key"
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 CHROMEDRIVER = shutil.which("chromedriver")
 if CHROMIUM is None or CHROMEDRIVER is None:
-    pytest.skip(f"no {'chromium' if CHROMIUM is None else 'chromedriver'} on PATH "
-                "(apt-get install chromium chromium-driver)", allow_module_level=True)
+    pytest.skip(
+        f"no {'chromium' if CHROMIUM is None else 'chromedriver'} on PATH (apt-get install chromium chromium-driver)",
+        allow_module_level=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +56,15 @@ def server(run):
 def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1100,1100", "--disable-extensions", "--no-first-run"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1100,1100",
+        "--disable-extensions",
+        "--no-first-run",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     driver.set_script_timeout(10)
@@ -64,6 +73,7 @@ def browser():
 
 
 # ---- helpers ----------------------------------------------------------------
+
 
 def until(condition, timeout: float = 10.0, what: str = "a condition"):
     """Poll ``condition`` until it is truthy (returned) or the deadline passes (fail)."""
@@ -127,6 +137,7 @@ def api_error(url: str, body: dict, headers: dict | None = None) -> tuple[int, s
 
 # ---- the tests ----------------------------------------------------------------
 
+
 def test_the_run_panel_shows_the_runs_sizes_and_curve(browser, server):
     browser.get(server.url)
     until(lambda: text(browser, "parameters") != "–", what="the run panel")
@@ -139,14 +150,21 @@ def test_the_run_panel_shows_the_runs_sizes_and_curve(browser, server):
     assert len(val) == 2 and len(train) == 1  # the golden run's metrics.jsonl
 
     def points(selector):
-        return [tuple(map(float, p.split(","))) for p in
-                browser.find_element(By.CSS_SELECTOR, selector).get_attribute("points").split()]
+        return [
+            tuple(map(float, p.split(",")))
+            for p in browser.find_element(By.CSS_SELECTOR, selector).get_attribute("points").split()
+        ]
+
     val_points, train_points = points("#curve polyline.val"), points("#curve polyline.train")
     assert len(val_points) == len(val) and len(train_points) == len(train)
     assert len(browser.find_elements(By.CSS_SELECTOR, "#curve circle.dot")) == len(val)
     # x follows the step, and y the bpc (up is lower); training loss is drawn in bits (loss / ln 2)
-    drawn = [(x, y, bpc) for (x, y), (_, bpc) in zip(val_points + train_points,
-                                                      val + [[s, loss / 0.6931471805599453] for s, loss in train])]
+    drawn = [
+        (x, y, bpc)
+        for (x, y), (_, bpc) in zip(
+            val_points + train_points, val + [[s, loss / 0.6931471805599453] for s, loss in train]
+        )
+    ]
     assert sorted(drawn, key=lambda d: d[1]) == sorted(drawn, key=lambda d: -d[2])
     assert [x for x, _ in val_points] == sorted(x for x, _ in val_points)
     labels = [t.get_attribute("textContent") for t in browser.find_elements(By.CSS_SELECTOR, "#curve text")]
@@ -168,7 +186,8 @@ def test_a_generation_streams_into_the_page_and_is_the_samplers(browser, server,
     while time.monotonic() < deadline:
         length, busy, gen_disabled, stop_disabled = browser.execute_script(
             "return [document.getElementById('output-text').textContent.length, document.body.dataset.state,"
-            " document.getElementById('generate').disabled, document.getElementById('stop-button').disabled]")
+            " document.getElementById('generate').disabled, document.getElementById('stop-button').disabled]"
+        )
         if busy != "streaming":
             break
         lengths.add(length)
@@ -181,7 +200,9 @@ def test_a_generation_streams_into_the_page_and_is_the_samplers(browser, server,
     assert text(browser, "output-text") == want and len(want) == 200
     assert text(browser, "output-prompt") == "the "
     status = text(browser, "status")
-    assert status.startswith("200 characters · ") and "chars/s" in status and status.endswith("finished: length reached")
+    assert (
+        status.startswith("200 characters · ") and "chars/s" in status and status.endswith("finished: length reached")
+    )
     assert browser.find_element(By.ID, "generate").is_enabled()
     assert not browser.find_element(By.ID, "stop-button").is_enabled()
     assert visible_error(browser) == ""
@@ -200,8 +221,9 @@ def test_a_bad_prompt_shows_the_servers_message_then_a_good_one_works(browser, s
     browser.get(server.url)
     settings(browser, "€€", 30, 1, 4)
     assert generate(browser) == "" and text(browser, "output") == ""
-    status, message = api_error(server.url, {"prompt": "€€", "max_tokens": 30, "temperature": 1, "seed": 4,
-                                             "stream": True})
+    status, message = api_error(
+        server.url, {"prompt": "€€", "max_tokens": 30, "temperature": 1, "seed": 4, "stream": True}
+    )
     assert status == 400 and "vocabulary" in message
     assert visible_error(browser) == message
 
@@ -220,8 +242,7 @@ def test_stop_strings_top_k_top_p_and_a_seed_past_2_to_the_53(browser, server):
     fill(browser, "top-p", 0.95)
     fill(browser, "top-k", 12)
     fill(browser, "stop", "e\n\\n")  # two lines: "e" and an escaped newline
-    want = expected(server, "the ", length=300, temperature=1.2, top_p=0.95, top_k=12, seed=seed,
-                                   stop=("e", "\n"))
+    want = expected(server, "the ", length=300, temperature=1.2, top_p=0.95, top_k=12, seed=seed, stop=("e", "\n"))
     assert len(want) < 300  # a stop string ended it
     assert generate(browser) == want and visible_error(browser) == ""
     assert text(browser, "status").endswith("finished: a stop string")
@@ -258,8 +279,9 @@ def test_a_server_with_a_key_needs_it_typed_in_and_a_server_gone_is_said_plainly
         assert "API key" in text(browser, "run-message")
         settings(browser, "and ", 40, 0.5, 8)
         assert generate(browser) == ""
-        status, message = api_error(keyed.url, {"prompt": "and ", "max_tokens": 40, "temperature": 0.5, "seed": 8,
-                                                "stream": True})
+        status, message = api_error(
+            keyed.url, {"prompt": "and ", "max_tokens": 40, "temperature": 0.5, "seed": 8, "stream": True}
+        )
         assert status == 401 and visible_error(browser) == message
 
         fill(browser, "api-key", KEY)
@@ -313,16 +335,23 @@ def test_the_stream_parser_copes_with_any_split(browser, server, size):
     """The server's own stream, and one with multi-byte characters and CRLF line ends, replayed to the page in
     pieces of ``size`` bytes: events and characters cut across reads."""
     import base64
+
     body = {"prompt": "the ", "max_tokens": 60, "temperature": 1.0, "seed": 21, "stream": True}
     real = httpx.post(server.url + "/v1/completions", json=body, timeout=30).content
     assert real.endswith(b"data: [DONE]\n\n") and real.count(b"data: {") > 10
     pieces = ["né", "€ ", "😀", "\n", "ok"]
-    made = "".join(f"data: {json.dumps({'choices': [{'text': p, 'finish_reason': None}]}, ensure_ascii=False)}\r\n\r\n"
-                   for p in pieces[:-1])
-    made += ': a comment\r\ndata: {"choices": [{"text": "ok",\r\ndata:  "finish_reason": null}]}\r\n\r\n'  # two data lines
+    made = "".join(
+        f"data: {json.dumps({'choices': [{'text': p, 'finish_reason': None}]}, ensure_ascii=False)}\r\n\r\n"
+        for p in pieces[:-1]
+    )
+    made += (
+        ': a comment\r\ndata: {"choices": [{"text": "ok",\r\ndata:  "finish_reason": null}]}\r\n\r\n'  # two data lines
+    )
     made += 'data: {"choices": [{"text": "", "finish_reason": "stop"}]}\r\n\r\ndata: [DONE]\r\n\r\n'
-    for stream, want, reason in [(real, expected(server, "the ", length=60, temperature=1.0, seed=21), "length reached"),
-                                 (made.encode(), "".join(pieces), "a stop string")]:
+    for stream, want, reason in [
+        (real, expected(server, "the ", length=60, temperature=1.0, seed=21), "length reached"),
+        (made.encode(), "".join(pieces), "a stop string"),
+    ]:
         browser.get(server.url)
         browser.execute_script(REPLAY, base64.b64encode(stream).decode(), size)
         fill(browser, "prompt", "the ")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from chargen.config import TrainConfig
@@ -17,8 +19,8 @@ def test_step_budget_is_the_smaller_of_steps_and_epochs():
 def test_a_step_cosine_starts_after_a_plain_linear_warmup():
     cfg = TrainConfig(lr=1e-2, warmup_steps=10, min_lr_ratio=0.0)
     assert [schedule_lr(cfg, s, 1e9, 110, None) for s in range(10)] == [1e-2 * (s + 1) / 10 for s in range(10)]
-    assert schedule_lr(cfg, 10, 0.0, 110, None) == 1e-2                       # the cosine's start: the peak
-    assert schedule_lr(cfg, 60, 0.0, 110, None) == pytest.approx(5e-3)         # half way: half the peak
+    assert schedule_lr(cfg, 10, 0.0, 110, None) == 1e-2  # the cosine's start: the peak
+    assert schedule_lr(cfg, 60, 0.0, 110, None) == pytest.approx(5e-3)  # half way: half the peak
     assert schedule_lr(cfg, 110, 0.0, 110, None) == 0.0
 
 
@@ -42,7 +44,7 @@ def test_leaving_the_warmup_under_a_time_budget_never_jumps():
     no_warmup = TrainConfig(lr=1.3e-2, warmup_steps=0, min_lr_ratio=0.0)
     cosine = [schedule_lr(no_warmup, s, s / 3, None, 30.0) for s in range(91)]
     assert all(r <= c for r, c in zip(rates, cosine))
-    assert max(abs(b - a) for a, b in zip(rates, rates[1:])) <= 1.3e-2 / 50 + 1e-12
+    assert max(abs(b - a) for a, b in itertools.pairwise(rates)) <= 1.3e-2 / 50 + 1e-12
     peak = rates.index(max(rates))
     assert 0 < peak < 50 and rates[peak:] == sorted(rates[peak:], reverse=True) and rates[-1] == 0.0
     assert rates[50:] == cosine[50:]

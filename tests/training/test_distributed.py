@@ -12,15 +12,37 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from chargen.training.trainer import train
-
 from conftest import REPO
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                                   reason="torch.distributed with gloo is not available")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
+    ),
+]
 
-ARGS = ["--layers", "1", "--hidden", "32", "--batch-size", "8", "--bptt", "16", "--eval-every", "10",
-        "--preview-chars", "0", "--warmup-steps", "0", "--lr", "1e-2", "--schedule", "constant",
-        "--checkpoint-every", "10"]
+ARGS = [
+    "--layers",
+    "1",
+    "--hidden",
+    "32",
+    "--batch-size",
+    "8",
+    "--bptt",
+    "16",
+    "--eval-every",
+    "10",
+    "--preview-chars",
+    "0",
+    "--warmup-steps",
+    "0",
+    "--lr",
+    "1e-2",
+    "--schedule",
+    "constant",
+    "--checkpoint-every",
+    "10",
+]
 
 
 @pytest.fixture
@@ -35,19 +57,41 @@ def text_file(tmp_path):
 
 def torchrun(*args, procs=2, timeout=180):
     env = dict(os.environ, PYTHONPATH=str(REPO), GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-           "-m", "chargen", *[str(a) for a in args]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={procs}",
+        "-m",
+        "chargen",
+        *[str(a) for a in args],
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 @pytest.mark.parametrize("cell,softmax", [("lstm", "full"), ("gru", "full"), ("lstm", "adaptive")])
 def test_two_processes_train_like_one(text_file, tmp_path, cell, softmax):
-    r = torchrun("train", text_file, "--out", tmp_path / "ddp", "--cell", cell, "--softmax", softmax,
-                 "--max-steps", "20", *ARGS)
+    r = torchrun(
+        "train", text_file, "--out", tmp_path / "ddp", "--cell", cell, "--softmax", softmax, "--max-steps", "20", *ARGS
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("trained 20 steps") == 1  # one summary, from rank 0
-    opts = dict(cell=cell, softmax=softmax, num_layers=1, hidden_size=32, batch_size=8, bptt=16, eval_every=10, preview_chars=0,
-                warmup_steps=0, lr=1e-2, schedule="constant", checkpoint_every=10, max_steps=20)
+    opts = dict(
+        cell=cell,
+        softmax=softmax,
+        num_layers=1,
+        hidden_size=32,
+        batch_size=8,
+        bptt=16,
+        eval_every=10,
+        preview_chars=0,
+        warmup_steps=0,
+        lr=1e-2,
+        schedule="constant",
+        checkpoint_every=10,
+        max_steps=20,
+    )
     train(text_file, out=tmp_path / "one", **opts)
     # DDP averages the two halves' gradients: the same step as one process over all 8 streams
     for name in ("model", "state"):
@@ -63,7 +107,7 @@ def test_two_processes_train_like_one(text_file, tmp_path, cell, softmax):
 def test_two_process_resume_is_exact_and_needs_the_same_world(text_file, tmp_path):
     for name, steps in (("straight", "20"), ("split", "10")):
         r = torchrun("train", text_file, "--out", tmp_path / name, "--max-steps", steps, *ARGS)
-        assert r.returncode == 0, r.stderr[-3000:]     # the whole story when a worker aborts
+        assert r.returncode == 0, r.stderr[-3000:]  # the whole story when a worker aborts
     r = torchrun("train", text_file, "--out", tmp_path / "split", "--max-steps", "20", "--resume")
     assert r.returncode == 0, r.stderr[-2000:]
     for name in ("model", "optimizer", "state"):
@@ -72,9 +116,23 @@ def test_two_process_resume_is_exact_and_needs_the_same_world(text_file, tmp_pat
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), (name, k)
-    single = subprocess.run([sys.executable, "-m", "chargen", "train", str(text_file), "--out",
-                             str(tmp_path / "split"), "--max-steps", "30", "--resume"],
-                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chargen",
+            "train",
+            str(text_file),
+            "--out",
+            str(tmp_path / "split"),
+            "--max-steps",
+            "30",
+            "--resume",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     assert single.returncode == 2
     assert "checkpointed by 2 process(es); resume it with the same number (this is 1)" in single.stderr
 
@@ -90,8 +148,16 @@ def test_a_bad_input_stops_every_process(tmp_path):
 
 def test_a_batch_size_that_does_not_split_is_refused_before_the_folder_exists(text_file, tmp_path):
     """Issue 8: under DDP, --batch-size divisible by the process count was checked after the folder existed."""
-    r = torchrun("train", text_file, "--out", tmp_path / "run", "--max-steps", "5",
-                 *[a if a != "8" else "7" for a in ARGS], timeout=120)
+    r = torchrun(
+        "train",
+        text_file,
+        "--out",
+        tmp_path / "run",
+        "--max-steps",
+        "5",
+        *[a if a != "8" else "7" for a in ARGS],
+        timeout=120,
+    )
     assert r.returncode != 0
     assert r.stderr.count("batch size 7 must be a multiple of the 2 processes") == 2, r.stderr[-2000:]
     assert not (tmp_path / "run").exists()

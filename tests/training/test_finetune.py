@@ -15,8 +15,8 @@ import torch
 
 import chargen
 from chargen import ChargenError, Sampler
-from chargen.runs.checkpoint import init_from_base, load_weights
 from chargen.model.network import CharRNN
+from chargen.runs.checkpoint import init_from_base, load_weights
 
 SHAPE = dict(num_layers=1, hidden_size=32)
 TRAIN = dict(batch_size=8, bptt=16, lr=1e-2, warmup_steps=0, preview_chars=0, eval_every=20, eval_chars=2000)
@@ -44,7 +44,7 @@ def test_the_base_ids_stay_and_new_characters_come_after(texts, base, tmp_path):
     out = tmp_path / "ft"
     chargen.train(texts["new"], out=out, max_steps=20, init_from=base, **TRAIN)
     old, new = Sampler.load(base).vocab.chars, Sampler.load(out).vocab.chars
-    assert new[:len(old)] == old and new[len(old):] == sorted("\u00e4\u00df\u00f6\u00fczq")
+    assert new[: len(old)] == old and new[len(old) :] == sorted("\u00e4\u00df\u00f6\u00fczq")
     c = config(out)
     assert c["model"] == {**config(base)["model"], "vocab_size": len(new)}
     init = c["init"]
@@ -55,8 +55,24 @@ def test_the_base_ids_stay_and_new_characters_come_after(texts, base, tmp_path):
 
 def test_keep_vocab_reads_new_characters_as_unk_and_counts_them(texts, base, tmp_path, cli):
     out = tmp_path / "kept"
-    code, _, err = cli("train", texts["new"], "--out", out, "--init-from", base, "--keep-vocab", "--max-steps", "5",
-                       "--batch-size", "8", "--bptt", "16", "--preview-chars", "0", "--no-progress")
+    code, _, err = cli(
+        "train",
+        texts["new"],
+        "--out",
+        out,
+        "--init-from",
+        base,
+        "--keep-vocab",
+        "--max-steps",
+        "5",
+        "--batch-size",
+        "8",
+        "--bptt",
+        "16",
+        "--preview-chars",
+        "0",
+        "--no-progress",
+    )
     old, new = Sampler.load(base).vocab.chars, Sampler.load(out).vocab.chars
     assert code == 0 and new == old + ["<unk>"]
     unknown = sum(text.count(ch) for text in [texts["new"].read_text()] for ch in "\u00e4\u00df\u00f6\u00fczq")
@@ -72,12 +88,13 @@ def test_the_first_loss_on_the_base_characters_is_the_bases(texts, base):
     load_weights(base_model, base / "model.safetensors")
     grown = CharRNN(replace(base_cfg, vocab_size=base_cfg.vocab_size + 6))
     init_from_base(grown, base / "model.safetensors", base_cfg.vocab_size)
-    for name, value in base_model.state_dict().items():   # every base row is copied exactly
-        assert torch.equal(grown.state_dict()[name][:value.shape[0]], value), name
+    for name, value in base_model.state_dict().items():  # every base row is copied exactly
+        assert torch.equal(grown.state_dict()[name][: value.shape[0]], value), name
     ids = torch.from_numpy(Sampler.load(base, backend="torch").encode(texts["base"].read_text()[:2000]))[None]
     with torch.no_grad():
-        losses = [torch.nn.functional.cross_entropy(m(ids[:, :-1])[0][0], ids[0, 1:]).item()
-                  for m in (base_model, grown)]
+        losses = [
+            torch.nn.functional.cross_entropy(m(ids[:, :-1])[0][0], ids[0, 1:]).item() for m in (base_model, grown)
+        ]
     assert losses[0] <= losses[1] <= losses[0] + 6 * 1e-4 * 1.01
 
 
@@ -102,23 +119,37 @@ def test_fine_tune_defaults_and_given_flags(texts, base, tmp_path):
     assert config(base)["train"]["lr"] == 1e-2 and train["lr"] == 4e-3 and train["warmup_steps"] == 0
     low = tmp_path / "low-base"
     chargen.train(texts["new"], out=low, max_steps=3, **dict(SHAPE, **dict(TRAIN, lr=2e-3)))
-    chargen.train(texts["new"], out=tmp_path / "from-low", max_steps=2, init_from=low, batch_size=8, bptt=16,
-                  preview_chars=0)
-    assert config(tmp_path / "from-low")["train"]["lr"] == 2e-3   # below the cap: the base's own
+    chargen.train(
+        texts["new"], out=tmp_path / "from-low", max_steps=2, init_from=low, batch_size=8, bptt=16, preview_chars=0
+    )
+    assert config(tmp_path / "from-low")["train"]["lr"] == 2e-3  # below the cap: the base's own
     out = tmp_path / "given"
-    chargen.train(texts["new"], out=out, max_steps=5, init_from=base, batch_size=8, bptt=16, preview_chars=0,
-                  lr=3e-3, warmup_steps=2, dropout=0.1)   # dropout does not change the shape
+    chargen.train(
+        texts["new"],
+        out=out,
+        max_steps=5,
+        init_from=base,
+        batch_size=8,
+        bptt=16,
+        preview_chars=0,
+        lr=3e-3,
+        warmup_steps=2,
+        dropout=0.1,
+    )  # dropout does not change the shape
     train, model = config(out)["train"], config(out)["model"]
     assert train["lr"] == 3e-3 and train["warmup_steps"] == 2 and model["dropout"] == 0.1
 
 
-@pytest.mark.parametrize("options,fragment", [
-    (dict(hidden_size=64), "--hidden would change the model's shape"),
-    (dict(cell="gru"), "--cell would change the model's shape"),
-    (dict(init_checkpoint="middle"), "--init-checkpoint must be best or last"),
-    (dict(normalize="nfkc"), "--normalize must be what"),
-    (dict(resume=True), "--init-from starts a new run"),
-])
+@pytest.mark.parametrize(
+    "options,fragment",
+    [
+        (dict(hidden_size=64), "--hidden would change the model's shape"),
+        (dict(cell="gru"), "--cell would change the model's shape"),
+        (dict(init_checkpoint="middle"), "--init-checkpoint must be best or last"),
+        (dict(normalize="nfkc"), "--normalize must be what"),
+        (dict(resume=True), "--init-from starts a new run"),
+    ],
+)
 def test_what_a_fine_tune_refuses_writes_nothing(texts, base, tmp_path, options, fragment):
     out = tmp_path / "refused"
     with pytest.raises(ChargenError, match=fragment.replace("(", r"\(")):
@@ -140,33 +171,56 @@ def test_info_says_where_a_run_came_from(cli, texts, base, tmp_path):
     chargen.train(texts["new"], out=out, max_steps=5, init_from=base, init_checkpoint="last", **TRAIN)
     code, text, _ = cli("info", out)
     line = next(line for line in text.splitlines() if "fine-tuned from" in line)
-    assert code == 0 and str(base) in line and "last weights, step 60" in line and "6 characters added to its 14" in line
+    assert (
+        code == 0 and str(base) in line and "last weights, step 60" in line and "6 characters added to its 14" in line
+    )
     assert math.isfinite(config(out)["init"]["best_val_loss"])
 
 
 def test_what_is_recorded_and_said_of_the_base_is_right(texts, base, tmp_path, cli):
     base_best = chargen.runs.info.run_info(base)["best_step"]
     out = tmp_path / "ft"
-    unseen = tmp_path / "unseen.txt"   # "Q" only near the end: in the validation split, so read as <unk>
+    unseen = tmp_path / "unseen.txt"  # "Q" only near the end: in the validation split, so read as <unk>
     unseen.write_text(texts["new"].read_text() + "QQQ\n")
-    code, _, err = cli("train", unseen, "--out", out, "--init-from", base, "--max-steps", "3", "--batch-size", "8",
-                       "--bptt", "16", "--preview-chars", "0", "--no-progress")
+    code, _, err = cli(
+        "train",
+        unseen,
+        "--out",
+        out,
+        "--init-from",
+        base,
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--bptt",
+        "16",
+        "--preview-chars",
+        "0",
+        "--no-progress",
+    )
     init = config(out)["init"]
     assert code == 0 and init["step"] == base_best and init["from"] == str(base.resolve())
     assert "3 characters read as <unk>" in err and init["unknown_chars"] == 3
     no_last = tmp_path / "no_last"
     shutil.copytree(base, no_last)
     shutil.rmtree(no_last / "last")
-    for args, fragment in [(["--init-from", no_last, "--init-checkpoint", "last"],
-                            "has no complete last/ checkpoint; start from its best weights (--init-checkpoint best)"),
-                           (["--init-from", texts["base"]], "is a file, not a run folder")]:
+    for args, fragment in [
+        (
+            ["--init-from", no_last, "--init-checkpoint", "last"],
+            "has no complete last/ checkpoint; start from its best weights (--init-checkpoint best)",
+        ),
+        (["--init-from", texts["base"]], "is a file, not a run folder"),
+    ]:
         code, _, err = cli("train", texts["new"], "--out", tmp_path / "x", *args, "--max-steps", "3")
         assert code == 2 and fragment in err.strip().splitlines()[-1] and not (tmp_path / "x").exists()
 
 
 def test_a_presets_learning_rate_is_kept(texts, base, tmp_path):
     from chargen.config import preset
+
     out = tmp_path / "p"
-    chargen.train(texts["new"], out=out, max_steps=3, init_from=base, preset="cpu", batch_size=8, bptt=16,
-                  preview_chars=0)
+    chargen.train(
+        texts["new"], out=out, max_steps=3, init_from=base, preset="cpu", batch_size=8, bptt=16, preview_chars=0
+    )
     assert config(out)["train"]["lr"] == preset("cpu")["lr"]

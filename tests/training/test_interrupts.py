@@ -15,11 +15,34 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from conftest import REPO  # noqa: E402
 
-ARGS = ["--layers", "2", "--hidden", "32", "--dropout", "0.1", "--batch-size", "8", "--bptt", "16", "--lr", "1e-2",
-        "--warmup-steps", "20", "--preview-chars", "20", "--eval-every", "400", "--checkpoint-every", "300",
-        "--max-steps", "1500", "--no-progress"]
+from conftest import REPO
+
+ARGS = [
+    "--layers",
+    "2",
+    "--hidden",
+    "32",
+    "--dropout",
+    "0.1",
+    "--batch-size",
+    "8",
+    "--bptt",
+    "16",
+    "--lr",
+    "1e-2",
+    "--warmup-steps",
+    "20",
+    "--preview-chars",
+    "20",
+    "--eval-every",
+    "400",
+    "--checkpoint-every",
+    "300",
+    "--max-steps",
+    "1500",
+    "--no-progress",
+]
 
 
 def command(corpus: Path, run: Path, *extra: str) -> list[str]:
@@ -27,8 +50,11 @@ def command(corpus: Path, run: Path, *extra: str) -> list[str]:
 
 
 def last(run: Path) -> dict:
-    return {f"{name}/{k}": v for name in ("model", "optimizer", "state")
-            for k, v in load_file(str(run / "last" / f"{name}.safetensors")).items()}
+    return {
+        f"{name}/{k}": v
+        for name in ("model", "optimizer", "state")
+        for k, v in load_file(str(run / "last" / f"{name}.safetensors")).items()
+    }
 
 
 @pytest.mark.slow
@@ -44,20 +70,21 @@ def test_random_sigints_then_resume_end_bit_identical(tmp_path):
     run, steps_at_stop = tmp_path / "run", []
     for attempt in range(10):
         extra = ["--resume"] if (run / "last").is_dir() else []
-        p = subprocess.Popen(command(corpus, run, *extra), env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            command(corpus, run, *extra), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         if attempt < 8:  # then one last start runs to the end
             if rng.random() < 0.25:
-                time.sleep(rng.uniform(0.0, 2.5))          # while Python and chargen start up
+                time.sleep(rng.uniform(0.0, 2.5))  # while Python and chargen start up
             else:
                 started = _metrics_size(run)
                 deadline = time.monotonic() + 60
                 while _metrics_size(run) <= started and p.poll() is None and time.monotonic() < deadline:
-                    time.sleep(0.05)                       # until this start is training
-                time.sleep(rng.uniform(0.0, 1.5))          # then anywhere: a step, an evaluation, a checkpoint
+                    time.sleep(0.05)  # until this start is training
+                time.sleep(rng.uniform(0.0, 1.5))  # then anywhere: a step, an evaluation, a checkpoint
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=300)
+        _out, err = p.communicate(timeout=300)
         # 130 from chargen; -SIGINT when the signal lands while Python itself is still starting or exiting
         assert p.returncode in (0, 130, -signal.SIGINT), err
         assert "Traceback" not in err, err
@@ -101,8 +128,9 @@ def test_a_kill_while_an_overwrite_prepares_leaves_the_old_run_whole(tmp_path, s
     before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
     big = tmp_path / "big.txt"  # long enough to prepare for a while
     big.write_text("".join(f"line {i} of a corpus that takes a moment to prepare\n" for i in range(600_000)))
-    p = subprocess.Popen(command(big, run, "--overwrite"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+    p = subprocess.Popen(
+        command(big, run, "--overwrite"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 60
     while not list(run.glob(".chargen-new-*")) and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -117,11 +145,11 @@ def test_a_kill_while_an_overwrite_prepares_leaves_the_old_run_whole(tmp_path, s
 
 def test_a_ctrl_c_during_the_heavy_imports_is_delivered_after_them():
     from chargen.signals import ctrl_c_deferred
+
     reached = []
-    with pytest.raises(KeyboardInterrupt):
-        with ctrl_c_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)           # the signal is handled here, and held
-            reached.append("end of block")
+    with pytest.raises(KeyboardInterrupt), ctrl_c_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the signal is handled here, and held
+        reached.append("end of block")
     assert reached == ["end of block"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -1,9 +1,9 @@
 """The trainer: learning, run folder contents, exact resume, non-finite guard, refusals."""
 
 import json
-import signal
 import math
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,13 +11,22 @@ import torch
 from safetensors.torch import load_file
 
 from chargen import ChargenError
+from chargen.model.network import CharRNN, ModelConfig
 from chargen.runs.checkpoint import load_weights, read_tensors
 from chargen.runs.folder import LAST_FILES
-from chargen.model.network import CharRNN, ModelConfig
 from chargen.training.trainer import train
 
-TINY = dict(num_layers=1, hidden_size=32, batch_size=8, bptt=16, lr=1e-2, warmup_steps=0,
-            preview_chars=0, eval_every=20, log_every=10)
+TINY = dict(
+    num_layers=1,
+    hidden_size=32,
+    batch_size=8,
+    bptt=16,
+    lr=1e-2,
+    warmup_steps=0,
+    preview_chars=0,
+    eval_every=20,
+    log_every=10,
+)
 
 
 @pytest.fixture
@@ -41,7 +50,7 @@ def test_loss_falls_clearly_within_50_steps(text_file, tmp_path, cell):
     rows = [r for r in metrics(tmp_path / "run") if "loss" in r]
     vocab = json.loads((tmp_path / "run" / "config.json").read_text())["model"]["vocab_size"]
     assert result.steps == 50
-    assert rows[0]["loss"] < math.log(vocab) + 0.1       # starts near uniform
+    assert rows[0]["loss"] < math.log(vocab) + 0.1  # starts near uniform
     assert result.best_val_loss < 2.2 < math.log(vocab)  # and ends far below it (uniform is ln V = 2.8)
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
 
@@ -49,8 +58,13 @@ def test_loss_falls_clearly_within_50_steps(text_file, tmp_path, cell):
 def test_run_folder_holds_exactly_the_documented_files_and_loads(text_file, tmp_path):
     run = tmp_path / "run"
     train(text_file, out=run, max_steps=30, **TINY)
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "last", "metrics.jsonl",
-                                                     "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "config.json",
+        "last",
+        "metrics.jsonl",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
     assert sorted(p.name for p in (run / "last").iterdir()) == sorted(LAST_FILES)
     config = json.loads((run / "config.json").read_text())
     assert {"format_version", "model", "train", "corpus", "versions"} <= config.keys()
@@ -75,9 +89,14 @@ def _snapshot(run: Path) -> dict:
     return out
 
 
-@pytest.mark.parametrize("cell,extra", [("lstm", dict(schedule="constant")),
-                                        ("gru", dict(schedule="cosine", decay_steps=40)),
-                                        ("lstm", dict(schedule="cosine", decay_steps=40, layout="random"))])
+@pytest.mark.parametrize(
+    "cell,extra",
+    [
+        ("lstm", dict(schedule="constant")),
+        ("gru", dict(schedule="cosine", decay_steps=40)),
+        ("lstm", dict(schedule="cosine", decay_steps=40, layout="random")),
+    ],
+)
 def test_resume_is_exact(text_file, tmp_path, cell, extra):
     opts = dict(TINY, cell=cell, dropout=0.2, num_layers=2, checkpoint_every=7, **extra)
     train(text_file, out=tmp_path / "straight", max_steps=40, **opts)
@@ -99,7 +118,7 @@ def test_nonfinite_steps_are_skipped_then_training_stops(text_file, tmp_path, mo
     original = CharRNN.forward
 
     def flaky(self, ids, state=None, targets=None):
-        out, state = original(self, ids, state, targets)     # the loss, when training passes targets
+        out, state = original(self, ids, state, targets)  # the loss, when training passes targets
         if self.training:
             calls["n"] += 1
             if calls["n"] in (5, 6) or calls["n"] >= 30:  # two bad steps, then bad for good
@@ -156,8 +175,9 @@ def test_resume_refuses_another_corpus_or_changed_options(text_file, tmp_path):
 
 def test_patience_stops_early(text_file, tmp_path):
     # lr so high that validation stops improving quickly
-    result = train(text_file, out=tmp_path / "run", max_steps=2000, patience=2,
-                   **dict(TINY, lr=0.5, eval_every=5, clip=100.0))
+    result = train(
+        text_file, out=tmp_path / "run", max_steps=2000, patience=2, **dict(TINY, lr=0.5, eval_every=5, clip=100.0)
+    )
     assert result.stopped == "patience" and result.steps < 2000
 
 
@@ -168,11 +188,13 @@ def test_a_finished_run_is_not_trained_on_without_a_new_budget(text_file, tmp_pa
     assert first.stopped == "patience"
     assert json.loads((run / "last" / "trainer.json").read_text())["stopped"] == "patience"
     best = (run / "model.safetensors").read_bytes()
-    with pytest.raises(ChargenError, match=f"already finished \\(stopped: patience at step {first.steps}\\); "
-                                           "to train on, give it a new budget"):
+    with pytest.raises(
+        ChargenError,
+        match=f"already finished \\(stopped: patience at step {first.steps}\\); to train on, give it a new budget",
+    ):
         train(out=run, resume=True)
     assert (run / "model.safetensors").read_bytes() == best
-    again = train(out=run, resume=True, max_steps=first.steps + 10)   # an explicit budget extends it
+    again = train(out=run, resume=True, max_steps=first.steps + 10)  # an explicit budget extends it
     assert again.steps == first.steps + 10  # patience started over: it could not stop before 2 evaluations
     with pytest.raises(ChargenError, match="already finished \\(stopped: "):
         train(out=run, resume=True)
@@ -184,9 +206,9 @@ def test_config_file_and_preset_layering(text_file, tmp_path):
     run = tmp_path / "run"
     train(text_file, out=run, config_file=cfg, num_layers=2)
     config = json.loads((run / "config.json").read_text())
-    assert config["model"]["hidden_size"] == 24           # file over preset
-    assert config["model"]["num_layers"] == 2             # option over preset
-    assert config["train"]["batch_size"] == 16            # from the tiny preset
+    assert config["model"]["hidden_size"] == 24  # file over preset
+    assert config["model"]["num_layers"] == 2  # option over preset
+    assert config["train"]["batch_size"] == 16  # from the tiny preset
     assert config["train"]["max_steps"] == 4
     bad = tmp_path / "bad.toml"
     bad.write_text("hiden = 3\n")
@@ -214,6 +236,7 @@ def test_trains_on_cuda_and_loads_on_cpu(text_file, tmp_path, precision):
 
 def test_ctrl_c_checkpoints_prints_how_to_resume_and_resumes_exactly(text_file, tmp_path, monkeypatch, cli):
     from chargen.training.trainer import Trainer
+
     opts = dict(TINY, schedule="constant", checkpoint_every=100)
     train(text_file, out=tmp_path / "straight", max_steps=30, **opts)
     original = Trainer.train_step
@@ -225,9 +248,36 @@ def test_ctrl_c_checkpoints_prints_how_to_resume_and_resumes_exactly(text_file, 
 
     monkeypatch.setattr(Trainer, "train_step", interrupted)
     run = tmp_path / "run"
-    args = ["train", text_file, "--out", run, "--max-steps", "30", "--layers", "1", "--hidden", "32",
-            "--batch-size", "8", "--bptt", "16", "--lr", "1e-2", "--warmup-steps", "0", "--preview-chars", "0",
-            "--eval-every", "20", "--log-every", "10", "--schedule", "constant", "--checkpoint-every", "100"]
+    args = [
+        "train",
+        text_file,
+        "--out",
+        run,
+        "--max-steps",
+        "30",
+        "--layers",
+        "1",
+        "--hidden",
+        "32",
+        "--batch-size",
+        "8",
+        "--bptt",
+        "16",
+        "--lr",
+        "1e-2",
+        "--warmup-steps",
+        "0",
+        "--preview-chars",
+        "0",
+        "--eval-every",
+        "20",
+        "--log-every",
+        "10",
+        "--schedule",
+        "constant",
+        "--checkpoint-every",
+        "100",
+    ]
     code, _, err = cli(*args)
     assert code == 130
     assert f"interrupted at step 14; checkpoint saved. Resume with: chargen train --out {run} --resume" in err
@@ -254,6 +304,7 @@ def test_ctrl_c_inside_a_step_still_resumes_exactly(text_file, tmp_path, monkeyp
             if calls["n"] == 6:
                 signal.raise_signal(signal.SIGINT)
             return original(*args, **kwargs)
+
         monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", patched)
     else:
         original = torch.optim.AdamW.step
@@ -264,6 +315,7 @@ def test_ctrl_c_inside_a_step_still_resumes_exactly(text_file, tmp_path, monkeyp
             if calls["n"] == 6:
                 signal.raise_signal(signal.SIGINT)
             return result
+
         monkeypatch.setattr(torch.optim.AdamW, "step", patched)
     with pytest.raises(KeyboardInterrupt):
         train(text_file, out=tmp_path / "run", max_steps=12, **opts)
@@ -296,6 +348,7 @@ def test_the_carried_state_is_float32_and_a_bf16_run_resumes_in_fp32(text_file, 
         def bf16_state(self, ids, state=None, targets=None):
             out, state = forward(self, ids, None if state is None else state.float(), targets)
             return out, state.to(torch.bfloat16) if torch.is_autocast_enabled("cpu") else state
+
         monkeypatch.setattr(CharRNN, "forward", bf16_state)
     run = tmp_path / "run"
     train(text_file, out=run, max_steps=6, precision="bf16", cell=cell, **TINY)
@@ -307,8 +360,10 @@ def test_the_carried_state_is_float32_and_a_bf16_run_resumes_in_fp32(text_file, 
 def test_grad_scaler_overflows_are_skipped_without_counting_as_divergence(text_file, tmp_path, monkeypatch):
     """Issue 8: with fp16's scaler, an overflow reset the state and five in a row aborted the run. Shown on
     the CPU with a scaler whose first scales are far too large (fp16 itself needs CUDA)."""
+
     class Overflowing(torch.amp.GradScaler):
         """A CPU grad scaler whose first three scaled losses overflow, as fp16 ones do on a GPU."""
+
         calls = 0
 
         def __init__(self, device, enabled=True):
@@ -332,24 +387,25 @@ def test_grad_scaler_overflows_are_skipped_without_counting_as_divergence(text_f
 def test_checkpoint_files_and_folders_are_fsynced_before_and_after_their_renames(text_file, tmp_path, monkeypatch):
     """Issue 8: a power cut must never leave an empty last/ with the old one gone."""
     import os
+
     run = tmp_path / "run"
     train(text_file, out=run, max_steps=3, **TINY)
     events = []
     real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
-                                                 real_fsync(fd)))
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd))
+    )
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("move", str(a), str(b))), real_replace(a, b)))
     monkeypatch.setattr(os, "rename", lambda a, b: (events.append(("move", str(a), str(b))), real_rename(a, b)))
     train(out=run, max_steps=6, resume=True)
     moves = [i for i, e in enumerate(events) if e[0] == "move"]
     for i in moves:
         src, dst = events[i][1], events[i][2]
-        if Path(dst).name in LAST_FILES:    # a file: its bytes were flushed before the rename
+        if Path(dst).name in LAST_FILES:  # a file: its bytes were flushed before the rename
             assert ("fsync", src) in events[:i], (src, dst)
-        if dst == str(run / "last"):        # the swap: the run folder is flushed after it
-            assert ("fsync", str(run)) in events[i + 1:], events[i:]
+        if dst == str(run / "last"):  # the swap: the run folder is flushed after it
+            assert ("fsync", str(run)) in events[i + 1 :], events[i:]
     assert any(e[0] == "move" and e[2] == str(run / "last") for e in events)
-
 
 
 def test_a_finished_run_takes_a_new_budget_of_any_kind_and_refuses_a_spent_one(text_file, tmp_path):
@@ -370,10 +426,12 @@ def test_bf16_where_the_cpu_cannot_is_one_clear_error(text_file, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("native,cell,want", [("1", "gru", "bf16"), ("0", "gru", "fp32"), ("1", "lstm", "fp32"),
-                                              ("0", "lstm", "fp32")])
+@pytest.mark.parametrize(
+    "native,cell,want", [("1", "gru", "bf16"), ("0", "gru", "fp32"), ("1", "lstm", "fp32"), ("0", "lstm", "fp32")]
+)
 def test_auto_precision_on_the_cpu_is_bf16_for_a_gru_where_the_cpu_has_native_bf16(native, cell, want, monkeypatch):
     from chargen.model.devices import native_bf16, resolve_precision
+
     monkeypatch.setenv("CHARGEN_CPU_BF16", native)
     assert native_bf16() is (native == "1")
     cpu = torch.device("cpu")
@@ -384,6 +442,7 @@ def test_auto_precision_on_the_cpu_is_bf16_for_a_gru_where_the_cpu_has_native_bf
 
 def test_the_bf16_probe_answers_without_the_override(monkeypatch):
     from chargen.model.devices import native_bf16
+
     monkeypatch.delenv("CHARGEN_CPU_BF16")
     assert isinstance(native_bf16(), bool)
     probe = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
@@ -399,20 +458,38 @@ def test_a_cpu_bf16_override_that_is_not_0_or_1_is_one_clear_error(value, text_f
     monkeypatch.setenv("CHARGEN_CPU_BF16", value)
     code, out, err = cli("train", text_file, "--out", tmp_path / "run", "--cell", "gru", "--max-steps", "2")
     assert code == 2 and out == ""
-    assert err.strip().splitlines() == [f"chargen train: error: CHARGEN_CPU_BF16 must be 0 or 1 (or unset, to ask "
-                                        f"the CPU), got {value!r}"]
+    assert err.strip().splitlines() == [
+        f"chargen train: error: CHARGEN_CPU_BF16 must be 0 or 1 (or unset, to ask the CPU), got {value!r}"
+    ]
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("native", ["1", "0"])
-def test_a_run_says_what_auto_precision_chose_and_a_resume_chooses_again(text_file, tmp_path, native, monkeypatch,
-                                                                         cli):
+def test_a_run_says_what_auto_precision_chose_and_a_resume_chooses_again(text_file, tmp_path, native, monkeypatch, cli):
     monkeypatch.setenv("CHARGEN_CPU_BF16", native)
     want = "bf16" if native == "1" else "fp32"
     run = tmp_path / "run"
-    code, out, _ = cli("train", text_file, "--out", run, "--cell", "gru", "--max-steps", "6", "--layers", "1",
-                       "--hidden", "32", "--batch-size", "8", "--bptt", "16", "--preview-chars", "0")
-    assert code == 0 and f"trained 6 steps in" in out and f"s on cpu, {want} (" in out
+    code, out, _ = cli(
+        "train",
+        text_file,
+        "--out",
+        run,
+        "--cell",
+        "gru",
+        "--max-steps",
+        "6",
+        "--layers",
+        "1",
+        "--hidden",
+        "32",
+        "--batch-size",
+        "8",
+        "--bptt",
+        "16",
+        "--preview-chars",
+        "0",
+    )
+    assert code == 0 and "trained 6 steps in" in out and f"s on cpu, {want} (" in out
     started = [r for r in metrics(run) if r.get("event") == "started"]
     assert [(r["device"], r["precision"]) for r in started] == [("cpu", want)]
     assert json.loads((run / "config.json").read_text())["train"]["precision"] == "auto"  # the choice, not its result
@@ -429,8 +506,9 @@ def test_auto_keeps_an_lstm_in_fp32_on_a_cpu_with_native_bf16(text_file, tmp_pat
     assert result.precision == "fp32"
 
 
-def test_a_run_whose_cosine_reached_a_floor_of_0_is_not_resumed_into_steps_that_change_nothing(text_file, tmp_path,
-                                                                                                cli):
+def test_a_run_whose_cosine_reached_a_floor_of_0_is_not_resumed_into_steps_that_change_nothing(
+    text_file, tmp_path, cli
+):
     run = tmp_path / "run"
     opts = dict(TINY, warmup_steps=2, min_lr_ratio=0.0)
     train(text_file, out=run, max_steps=10, **opts)
@@ -440,7 +518,8 @@ def test_a_run_whose_cosine_reached_a_floor_of_0_is_not_resumed_into_steps_that_
     assert err.strip().splitlines() == [
         f"chargen train: error: {run} is at step {json.loads((run / 'last' / 'trainer.json').read_text())['step']}, "
         "past the end of its cosine, where --min-lr-ratio 0 puts the learning rate at 0: more steps would change "
-        f"nothing; to train on, start a new run from its weights: chargen train --init-from {run} --out NEW_RUN"]
+        f"nothing; to train on, start a new run from its weights: chargen train --init-from {run} --out NEW_RUN"
+    ]
     assert {p.name: p.read_bytes() for p in sorted((run / "last").iterdir())} == before
     # with a floor above 0 the same resume trains on, at the floor
     train(text_file, out=tmp_path / "floor", max_steps=10, **dict(opts, min_lr_ratio=0.1))
@@ -453,9 +532,27 @@ def test_a_text_the_model_predicts_perfectly_scores_0_not_minus_0(tmp_path, cli)
     the printed line (it printed -0.0000 before)."""
     text = tmp_path / "a.txt"
     text.write_text("a" * 4000, encoding="utf-8")
-    code, out, err = cli("train", text, "--out", tmp_path / "run", "--layers", "1", "--hidden", "8",
-                         "--batch-size", "4", "--bptt", "16", "--max-steps", "4", "--eval-every", "2",
-                         "--preview-chars", "0", "--no-progress")
+    code, out, err = cli(
+        "train",
+        text,
+        "--out",
+        tmp_path / "run",
+        "--layers",
+        "1",
+        "--hidden",
+        "8",
+        "--batch-size",
+        "4",
+        "--bptt",
+        "16",
+        "--max-steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--preview-chars",
+        "0",
+        "--no-progress",
+    )
     assert code == 0, err
     vals = [r["val_loss"] for r in metrics(tmp_path / "run") if "val_loss" in r]
     assert vals and all(v == 0.0 and math.copysign(1.0, v) == 1.0 for v in vals)
