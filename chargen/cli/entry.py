@@ -11,6 +11,7 @@ Usage::
     chargen serve RUN [--port 8000] [...]          # an OpenAI-compatible HTTP API over a run
     chargen plot RUN [RUN...] [-o curves.png]      # loss curves of runs in one PNG
     chargen export RUN -o DIR                      # the model as one ONNX step, for other runtimes
+    chargen completion bash|zsh                    # a shell completion script
 
 Each subcommand has its own module here: its flags and one function calling the
 library. This module is ``main``: mistakes a user can make (a ChargenError from

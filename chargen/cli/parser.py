@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-from . import export, info, plot, prepare, sample, serve, train
+from . import completion, export, info, plot, prepare, sample, serve, train
 from . import eval as evaluate  # not to shadow the builtin here
 
 EXIT_USAGE = 2
@@ -20,6 +20,7 @@ COMMANDS = {
     "export": export,
     "plot": plot,
     "info": info,
+    "completion": completion,
 }
 
 
@@ -42,4 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=command.HELP, description=command.DESCRIPTION or command.HELP)
         command.add_args(p)
         p.set_defaults(func=command.run)
+    completion_parser = sub.choices["completion"]
+    completion_parser.set_defaults(root_parser=parser)  # the script is written from the whole parser
     return parser
