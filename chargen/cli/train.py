@@ -76,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if not result.main:  # one summary per run, from rank 0
         return 0
+    if result.already_finished:  # a success with nothing to do
+        print(result.finished_message())
+        return 0
     best = (
         "no validation split"
         if result.best_val_loss is None

@@ -27,7 +27,7 @@ def schedule_lr(
 
     The warmup counts steps while a time budget's cosine follows the clock, so
     during the warmup the rate is the lower of the two: a budget too short for
-    the warmup's steps still ends at the floor, and leaving the warmup never
+    the warmup's steps ends low on the ramp (never above its cosine), and leaving the warmup never
     jumps down to where the clock's cosine already is. A cosine in steps starts
     after the warmup, so there the warmup is the plain ramp.
     """

@@ -312,14 +312,34 @@ def _resumed_train_config(folder: RunFolder, opts: Options) -> TrainConfig:
     return TrainConfig(**merged)
 
 
+class AlreadyFinished(Exception):
+    """A plain resume of a run that finished (its budget spent, or stopped by --patience): nothing to do.
+    Not an error: ``train`` returns the run's result as it stands, as a resume of a finished run does in
+    Hugging Face's Trainer and Lightning. ``info`` is the run's ``last/trainer.json``."""
+
+    def __init__(self, run_dir: Path, info: dict):
+        super().__init__(f"{run_dir} already finished")
+        self.run_dir, self.info = run_dir, info
+
+
 def _check_not_finished(last: Path, opts: Options) -> None:
-    """A run that finished (its budget spent, or stopped by --patience) goes on only with a new budget."""
+    """A run that finished goes on only with a new budget; without one, AlreadyFinished."""
     info = read_json(last / "trainer.json")
     if info.get("stopped") and not ({"max_steps", "epochs", "max_time"} & opts.explicit):
-        raise ChargenError(
-            f"{last.parent} already finished (stopped: {info['stopped']} at step {info.get('step')}); "
-            "to train on, give it a new budget (--max-steps, --epochs or --max-time)"
-        )
+        raise AlreadyFinished(last.parent, info)
+
+
+def _source_arg(config: dict) -> str:
+    """The run's source as a command's first argument (with a trailing space): the path as given where it
+    still names the file from here, else from the folder the run was created in; '' for the default corpus."""
+    corpus = config.get("corpus", {})
+    source = corpus.get("requested_source")
+    if not source:
+        return ""
+    there = Path(corpus.get("working_folder") or ".") / source
+    if not Path(source).exists() and there.exists():
+        source = str(there)
+    return f"{shlex.quote(str(source))} "
 
 
 def _check_budget_left(last: Path, cfg: TrainConfig, batches_per_epoch: int, config: dict) -> None:
@@ -336,8 +356,8 @@ def _check_budget_left(last: Path, cfg: TrainConfig, batches_per_epoch: int, con
         raise ChargenError(
             f"{last.parent} is at step {info.get('step')}, past the end of its cosine, where "
             "--min-lr-ratio 0 puts the learning rate at 0: more steps would change nothing; to "
-            f"train on, start a new run from its weights: chargen train --init-from {last.parent} "
-            "--out NEW_RUN"
+            f"train on, start a new run from its weights: chargen train {_source_arg(config)}--init-from "
+            f"{shlex.quote(str(last.parent))} --out NEW_RUN"
         )
     steps = step_budget(cfg, batches_per_epoch)
     spent = (steps is not None and info.get("step", 0) >= steps) or (

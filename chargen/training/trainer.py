@@ -43,7 +43,7 @@ from . import checkpointing, distributed
 from .budget import Budget, schedule_lr, step_budget
 from .evaluation import Evaluation, make_scorer
 from .finetune import fine_tune_message
-from .launch import Run, open_run
+from .launch import AlreadyFinished, Run, open_run
 
 
 @dataclass
@@ -52,12 +52,20 @@ class TrainResult:
     steps: int
     best_val_loss: float | None
     best_val_bpc: float | None
-    stopped: str  # "budget", "patience", "interrupted"
+    stopped: str  # "budget", "patience", "schedule" (its rate reached 0), "interrupted"
     chars_per_sec: float
     elapsed: float
     main: bool = True  # False on the other processes of a multi-process run
     device: str = "cpu"
     precision: str = "fp32"  # what --precision resolved to (auto: see devices.resolve_precision)
+    already_finished: bool = False  # a plain resume of a finished run: nothing was trained
+
+    def finished_message(self) -> str:
+        """The one line a resume of a finished run reports."""
+        return (
+            f"{self.run_dir} already finished (stopped: {self.stopped} at step {self.steps}): nothing to do; "
+            "to train on, give it a new budget (--max-steps, --epochs or --max-time)"
+        )
 
 
 def train(
@@ -88,20 +96,24 @@ def train(
     best or last) and shape; characters of ``source`` it lacks are added to the vocabulary after its own
     (its ids never move), or with ``keep_vocab`` become the unknown token.
     """
-    run = open_run(
-        source,
-        out=out,
-        resume=resume,
-        overwrite=overwrite,
-        corpora_dirs=corpora_dirs,
-        cache_dir=cache_dir,
-        config_file=config_file,
-        preset=preset,
-        options=options,
-        init_from=init_from,
-        init_checkpoint=init_checkpoint,
-        keep_vocab=keep_vocab,
-    )
+    try:
+        run = open_run(
+            source,
+            out=out,
+            resume=resume,
+            overwrite=overwrite,
+            corpora_dirs=corpora_dirs,
+            cache_dir=cache_dir,
+            config_file=config_file,
+            preset=preset,
+            options=options,
+            init_from=init_from,
+            init_checkpoint=init_checkpoint,
+            keep_vocab=keep_vocab,
+        )
+    except AlreadyFinished as done:
+        distributed.shutdown()
+        return _finished_result(done)
     if progress is None:
         progress = sys.stderr.isatty()
     try:
@@ -117,6 +129,22 @@ def train(
     distributed.barrier()
     distributed.shutdown()
     return result
+
+
+def _finished_result(done: AlreadyFinished) -> TrainResult:
+    info = done.info
+    best = info.get("best_val_loss")
+    return TrainResult(
+        run_dir=str(done.run_dir),
+        steps=int(info.get("step", 0)),
+        best_val_loss=best,
+        best_val_bpc=None if best is None else best / math.log(2),
+        stopped=info["stopped"],
+        chars_per_sec=0.0,
+        elapsed=0.0,
+        main=distributed.world_from_env()[0] == 0,
+        already_finished=True,
+    )
 
 
 class Trainer:
@@ -156,7 +184,7 @@ class Trainer:
         self.carried: RNNState | None = None  # the hidden state the last batch ended with (stateful layout), float32
         self.state_dtype = state_dtype(self.model, run.precision, self.device)
         self.progress = ResumeState(world_size=run.world_size)
-        self.stop_reason: str | None = None  # "patience", set after an evaluation, on rank 0
+        self.stop_reason: str | None = None  # "patience" (after an evaluation) or "schedule", on rank 0
         self.interrupted = False  # Ctrl-C asked the loop to stop after this step
         self.log = MetricsLog(run.dir, run.is_main)
         self.meter = Meter(self.device)
@@ -229,8 +257,17 @@ class Trainer:
     def _budget_spent(self) -> bool:
         return self.budget.spent(self.progress.step, self.progress.elapsed)
 
+    def _schedule_over(self) -> bool:
+        """An extended run whose cosine has reached a floor of 0: more steps would change nothing, so it
+        stops ("stopped: schedule"). A run's own budget always ends before its cosine does."""
+        p = self.progress
+        if schedule_lr(self.cfg, p.step, p.elapsed, self.run.decay_steps, self.run.decay_time) == 0.0:
+            self.stop_reason = self.stop_reason or "schedule"
+            return True
+        return False
+
     def _should_stop(self) -> bool:
-        stop = self._budget_spent() or self.stop_reason is not None
+        stop = self._budget_spent() or self.stop_reason is not None or self._schedule_over()
         self.interrupted = self.stop_request.requested
         if self.run.world_size > 1:  # rank 0 decides, so every process stops at the same step
             stop, self.interrupted = distributed.broadcast_flags([stop, self.interrupted], self.device)

@@ -69,14 +69,6 @@ def toml_train(line: str) -> Callable[[Path, pytest.MonkeyPatch], list]:
     return setup
 
 
-def finished_run(d: Path, _mp) -> list:
-    run = golden_run(d)
-    trainer = json.loads((run / "last" / "trainer.json").read_text())
-    trainer["stopped"] = "patience"
-    (run / "last" / "trainer.json").write_text(json.dumps(trainer))
-    return ["train", d / "corpus.txt", "--out", run, "--resume"]
-
-
 def not_a_run(d: Path, _mp) -> list:
     (d / "proj" / "src").mkdir(parents=True)
     (d / "proj" / "config.json").write_text('{"name": "my app"}')
@@ -157,8 +149,6 @@ ROWS = [
     ),
     Row("toml embedding 16.5", toml_train("embedding = 16.5"), 2, "embedding"),
     Row("toml min-lr-ratio string", toml_train('min-lr-ratio = "0.1"'), 2, "min-lr-ratio"),
-    # issue 8, item 7: a finished run goes on only with a new budget
-    Row("resume a run stopped by patience", finished_run, 2, "already finished (stopped: patience"),
     # issue 8, item 8: sample's own bad inputs
     Row(
         "prompt of bytes that were not UTF-8",

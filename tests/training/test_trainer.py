@@ -11,9 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from chargen import ChargenError
+from chargen.config import TrainConfig
 from chargen.model.network import CharRNN, ModelConfig
 from chargen.runs.checkpoint import load_weights, read_tensors
 from chargen.runs.folder import LAST_FILES
+from chargen.training.budget import schedule_lr
 from chargen.training.trainer import train
 
 TINY = dict(
@@ -181,23 +183,46 @@ def test_patience_stops_early(text_file, tmp_path):
     assert result.stopped == "patience" and result.steps < 2000
 
 
-def test_a_finished_run_is_not_trained_on_without_a_new_budget(text_file, tmp_path):
-    """Issue 8, item 7: a stop by --patience was forgotten, and a resume trained on over the best weights."""
+def test_a_finished_run_is_not_trained_on_without_a_new_budget(text_file, tmp_path, cli):
+    """Issue 8, item 7: a stop by --patience was forgotten, and a resume trained on over the best weights.
+    Issue 31, item 7: a plain resume of a finished run is a success with nothing to do, not an error."""
     run = tmp_path / "run"
     first = train(text_file, out=run, max_steps=2000, patience=2, **dict(TINY, lr=0.5, eval_every=5, clip=100.0))
     assert first.stopped == "patience"
     assert json.loads((run / "last" / "trainer.json").read_text())["stopped"] == "patience"
-    best = (run / "model.safetensors").read_bytes()
-    with pytest.raises(
-        ChargenError,
-        match=f"already finished \\(stopped: patience at step {first.steps}\\); to train on, give it a new budget",
-    ):
-        train(out=run, resume=True)
-    assert (run / "model.safetensors").read_bytes() == best
+    files = {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    done = train(out=run, resume=True)
+    assert done.already_finished and (done.steps, done.stopped) == (first.steps, "patience")
+    assert done.best_val_loss == first.best_val_loss and done.best_val_bpc == pytest.approx(first.best_val_bpc)
+    code, out, err = cli("train", "--out", run, "--resume", "--no-progress")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        f"{run} already finished (stopped: patience at step {first.steps}): nothing to do; to train on, "
+        "give it a new budget (--max-steps, --epochs or --max-time)"
+    ]
+    assert {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == files
     again = train(out=run, resume=True, max_steps=first.steps + 10)  # an explicit budget extends it
-    assert again.steps == first.steps + 10  # patience started over: it could not stop before 2 evaluations
-    with pytest.raises(ChargenError, match="already finished \\(stopped: "):
-        train(out=run, resume=True)
+    assert again.steps == first.steps + 10 and not again.already_finished  # patience started over
+    assert train(out=run, resume=True).already_finished
+
+
+def test_an_extended_run_trains_at_the_rate_its_schedule_defines_for_the_new_steps(text_file, tmp_path):
+    """Issue 31, item 7: a --max-steps 5 run resumed to 10 is still in its warmup (8 steps): the new steps
+    ramp up to the peak, then take the floor: the cosine the run was created with (5 steps) is over. The
+    rate at every step is schedule_lr's, the pure function the docs describe."""
+    run = tmp_path / "run"
+    opts = dict(TINY, warmup_steps=8, min_lr_ratio=0.25, log_every=1)
+    train(text_file, out=run, max_steps=5, **opts)
+    train(out=run, resume=True, max_steps=12)
+    lrs = {r["step"]: r["lr"] for r in metrics(run) if "lr" in r}
+    cfg = TrainConfig(**json.loads((run / "config.json").read_text())["train"])
+    assert json.loads((run / "config.json").read_text())["schedule"]["decay_steps"] == 5
+    assert [lrs[s] for s in range(1, 13)] == pytest.approx(
+        [schedule_lr(cfg, s - 1, 0.0, 5, None) for s in range(1, 13)]
+    )
+    peak = TINY["lr"]
+    assert [lrs[s] for s in range(1, 9)] == pytest.approx([peak * s / 8 for s in range(1, 9)])  # the ramp
+    assert [lrs[s] for s in range(10, 13)] == pytest.approx([peak * 0.25] * 3)  # the floor
 
 
 def test_config_file_and_preset_layering(text_file, tmp_path):
@@ -518,7 +543,8 @@ def test_a_run_whose_cosine_reached_a_floor_of_0_is_not_resumed_into_steps_that_
     assert err.strip().splitlines() == [
         f"chargen train: error: {run} is at step {json.loads((run / 'last' / 'trainer.json').read_text())['step']}, "
         "past the end of its cosine, where --min-lr-ratio 0 puts the learning rate at 0: more steps would change "
-        f"nothing; to train on, start a new run from its weights: chargen train --init-from {run} --out NEW_RUN"
+        f"nothing; to train on, start a new run from its weights: chargen train {text_file} --init-from {run} "
+        "--out NEW_RUN"  # the run's own text: without it the new run would train on the default corpus
     ]
     assert {p.name: p.read_bytes() for p in sorted((run / "last").iterdir())} == before
     # with a floor above 0 the same resume trains on, at the floor
@@ -557,3 +583,17 @@ def test_a_text_the_model_predicts_perfectly_scores_0_not_minus_0(tmp_path, cli)
     vals = [r["val_loss"] for r in metrics(tmp_path / "run") if "val_loss" in r]
     assert vals and all(v == 0.0 and math.copysign(1.0, v) == 1.0 for v in vals)
     assert "best val 0.0000 nats/char (0.0000 bpc)" in out + err and "-0.0000" not in out + err
+
+
+def test_an_extended_time_run_stops_where_its_rate_reaches_a_floor_of_0(text_file, tmp_path, cli):
+    """Issue 30's audit: a finished 20 s run resumed with --max-time 30s trained its last 38 steps at rate 0.
+    Now it stops there ("stopped: schedule"), and a plain resume after has nothing to do."""
+    run = tmp_path / "run"
+    opts = dict(TINY, min_lr_ratio=0.0, log_every=1, eval_every=1000)
+    train(text_file, out=run, max_time=2.0, **opts)
+    again = train(out=run, resume=True, max_time=60.0)
+    assert again.stopped == "schedule" and again.elapsed < 10
+    rows = metrics(run)
+    assert rows[-1] == {"step": again.steps, "event": "stopped", "reason": "schedule"}
+    assert all(r["lr"] > 0 for r in rows if "lr" in r)  # no step was taken at rate 0
+    assert train(out=run, resume=True).already_finished
