@@ -23,6 +23,7 @@ keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -46,6 +47,10 @@ _EXTRAS = {
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``chargen`` command; returns the exit status."""
     parser = build_parser()
+    given = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    root_flags = {s for a in parser._actions for s in a.option_strings}
+    if given and given[0].startswith("-") and given[0] not in root_flags:  # not "COMMAND is required"
+        parser.error(f"unrecognized arguments: {given[0]}")
     args, rest = parser.parse_known_args(argv)
     if rest and args.command == "eval" and args.file is None and len(rest) == 1 and not rest[0].startswith("-"):
         args.file = rest[0]  # FILE after an option (argparse fills the optional FILE only right after RUN)
@@ -58,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv is None:  # the process itself: a kill cleans up like Ctrl-C
             _prepare_process(args)
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a full disk under `> FILE` fails here, inside the handlers below
+        return code
     except ModuleNotFoundError as e:
         extra = _EXTRAS.get((e.name or "").partition(".")[0])
         if extra is None:
@@ -82,8 +89,34 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # `chargen sample ... | head` closes the pipe early; that is not an error.
+        _discard_stdout()
         sys.stderr.close()
         return 0
+    except OSError as e:
+        if e.errno not in _STORAGE_ERRORS:
+            raise
+        where = e.filename or "the output"  # a write to stdout names no file
+        print(
+            f"chargen {args.command}: error: cannot write {where}: {e.strerror}; free some space or write "
+            "elsewhere, and run it again",
+            file=sys.stderr,
+        )
+        if e.filename is None:
+            _discard_stdout()
+        _leave_process_group_quietly()
+        return EXIT_USAGE
+
+
+# A full disk, a file-size or disk quota limit, an I/O error, a read-only file system: the user's to fix.
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO, errno.EROFS}
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's own flush at exit finds nothing to fail on."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no real stdout (a test's capture): nothing is flushed at exit anyway
+        pass
 
 
 def _prepare_process(args: argparse.Namespace) -> None:

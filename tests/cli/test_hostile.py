@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -257,3 +259,24 @@ def test_a_users_own_dot_lock_file_is_never_touched(cli, corpus, tmp_path):
     one_error_line(err, "not a chargen run folder")
     assert sorted(p.name for p in folder.iterdir()) == [".lock", "notes.txt"]
     assert (folder / ".lock").read_text() == "precious\n"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["completion", "bash"], ["info", "RUN"], ["sample", "RUN", "--length", "50"]])
+def test_output_to_a_full_disk_is_one_line_not_a_traceback(golden, args):
+    """Found by the hostile pass: `chargen completion bash > /dev/full` ended in an OSError traceback."""
+    args = [str(golden) if a == "RUN" else a for a in args]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "chargen", *args], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120
+        )
+    assert done.returncode == 2, done.stderr
+    one_error_line(done.stderr, f"chargen {args[0]}: error: cannot write the output: No space left on device")
+
+
+@pytest.mark.parametrize("flag", ["--bogus", "-V", "--versio"])
+def test_an_unknown_flag_before_the_command_is_named(cli, flag):
+    """Found by the hostile pass: `chargen --bogus` said 'the following arguments are required: COMMAND'."""
+    code, _, err = cli(flag)
+    assert code == 2
+    one_error_line(err, f"chargen: error: unrecognized arguments: {flag} (see chargen --help)")
