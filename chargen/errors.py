@@ -10,5 +10,14 @@ class ChargenError(ValueError):
     """
 
 
+class StorageError(ChargenError):
+    """A file could not be written: the disk is full, a file-size or quota limit, a read-only or missing
+    folder, an I/O error. ``path`` is the file meant to be written, ``cause`` the system's reason."""
+
+    def __init__(self, path: object, cause: str, advice: str = "free some space or fix the folder, and run it again"):
+        self.path, self.cause = path, cause
+        super().__init__(f"cannot write {path}: {cause}; {advice}")
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C that chargen has already handled and reported (a checkpoint saved, a line printed)."""

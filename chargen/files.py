@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import ChargenError
+from .errors import ChargenError, StorageError
 
 READ_CHUNK_BYTES = 16 << 20
 
@@ -46,10 +46,14 @@ DIR_MODE = 0o777 & ~_umask()
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
-    On an exception the temporary file is removed and ``path`` is untouched.
+    On an exception the temporary file is removed and ``path`` is untouched; an OSError (a full disk, a
+    file-size limit, a read-only folder) becomes a :class:`StorageError` naming ``path``.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise StorageError(path, e.strerror or str(e)) from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -57,6 +61,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         _fsync(tmp)  # the bytes reach the disk before the name points at them
         os.replace(tmp, path)
         fsync_dir(path.parent)  # and the rename itself survives a power cut
+    except OSError as e:
+        raise StorageError(path, e.strerror or str(e)) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

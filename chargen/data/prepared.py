@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..config import PrepareOptions
-from ..errors import ChargenError
+from ..errors import ChargenError, StorageError
 from ..files import temporary_dir, write_json
 from ..version import __version__
 from .build import SPLITS, build
@@ -191,6 +191,16 @@ def _fingerprint(src: Source, resolved: dict) -> str:
 
 def _build_folder(src: Source, resolved: dict, fingerprint: str, final: Path, progress: bool) -> dict:
     """Prepare the corpus under a temporary name beside ``final`` and rename it to ``final``; its meta."""
+    try:
+        return _build_into(src, resolved, fingerprint, final, progress)
+    except (OSError, StorageError) as e:  # a full disk, a read-only cache: nothing half-written is left
+        cause = e.cause if isinstance(e, StorageError) else (e.strerror or str(e))
+        raise StorageError(
+            final, cause, "free some space, or give another cache folder (--cache-dir or CHARGEN_CACHE)"
+        ) from None
+
+
+def _build_into(src: Source, resolved: dict, fingerprint: str, final: Path, progress: bool) -> dict:
     final.parent.mkdir(parents=True, exist_ok=True)
     with temporary_dir(final.parent, prefix=f".{fingerprint[:24]}.") as tmp:
         meta = build(src, resolved, tmp, progress)

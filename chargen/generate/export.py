@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
-from ..errors import ChargenError
+from ..errors import ChargenError, StorageError
 from ..files import DIR_MODE, fsync_dir, write_json
 
 if TYPE_CHECKING:
@@ -87,9 +87,10 @@ def export(
                 os.replace(stage / name, out / name)
         fsync_dir(out)
         made = []
-    except OSError as e:
+    except (OSError, StorageError) as e:
+        cause = e.cause if isinstance(e, StorageError) else (e.strerror or e)
         raise ChargenError(
-            f"cannot write the export into {out} ({e.strerror or e}); choose a folder you can write to"
+            f"cannot write the export into {out} ({cause}); free some space or choose a folder you can write to"
         ) from None
     finally:
         if stage is not None:

@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -30,7 +33,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from ..errors import ChargenError
+from ..errors import ChargenError, StorageError
 from ..files import atomic_write, fsync_dir, temporary_dir, write_json
 from .folder import last_dir, read_json
 
@@ -62,8 +65,19 @@ class ResumeState:
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     """Write safetensors atomically; tensors go to CPU and are made contiguous."""
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    with atomic_write(path) as tmp:
+    with atomic_write(path) as tmp, _safetensors_writing(path):
         save_file(cpu, str(tmp), metadata=_metadata(metadata))
+
+
+@contextmanager
+def _safetensors_writing(path: Path) -> Iterator[None]:
+    """safetensors reports a failed write (``File too large (os error 27)``) as a SafetensorError: a
+    StorageError naming ``path``, as an OSError would be."""
+    try:
+        yield
+    except SafetensorError as e:
+        cause = str(e).splitlines()[0]
+        raise StorageError(path, cause.split("I/O error: ", 1)[-1]) from None
 
 
 def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -94,7 +108,7 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict | None = Non
             f"weights became non-finite ({', '.join(bad[:3])}); nothing was saved over the "
             f"last good checkpoint in {Path(path).parent}: lower --lr and resume"
         )
-    with atomic_write(path) as tmp:
+    with atomic_write(path) as tmp, _safetensors_writing(path):
         save_model(model, str(tmp), metadata=_metadata(metadata))
 
 
@@ -182,8 +196,30 @@ def save_last(
     trainer.update(
         optimizer_groups=groups, scaler=scaler.state_dict() if scaler.is_enabled() else None, has_state=bool(rs.carried)
     )
+    had = (run_dir / "last").is_dir()
+    try:
+        _write_last(run_dir, model, rs.step, opt_tensors, rs, trainer)
+    except (StorageError, OSError) as e:
+        cause = e.cause if isinstance(e, StorageError) else (e.strerror or str(e))
+        advice = (
+            f"the previous checkpoint there is intact: free some space, then chargen train --out "
+            f"{shlex.quote(str(run_dir))} --resume"
+            if had
+            else "no checkpoint was written yet: free some space and start the run again"
+        )
+        raise StorageError(run_dir / "last", cause, advice) from None
+
+
+def _write_last(
+    run_dir: Path,
+    model: torch.nn.Module,
+    step: int,
+    opt_tensors: dict[str, torch.Tensor],
+    rs: ResumeState,
+    trainer: dict,
+) -> None:
     with temporary_dir(run_dir, prefix=".last.") as tmp:
-        save_weights(model, tmp / "model.safetensors", {"step": rs.step})
+        save_weights(model, tmp / "model.safetensors", {"step": step})
         write_tensors(tmp / "optimizer.safetensors", opt_tensors)
         write_tensors(tmp / "state.safetensors", {**rs.rng, **{f"state.{k}": v for k, v in rs.carried.items()}})
         write_json(tmp / "trainer.json", trainer)

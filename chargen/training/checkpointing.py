@@ -10,11 +10,13 @@ of the carried state.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import time
 from pathlib import Path
 
 import torch
 
+from ..errors import StorageError
 from ..model.network import RNNState, state_from_tensors, state_tensors
 from ..runs.checkpoint import ResumeState, load_last, restore_rng, rng_states, save_last, save_weights
 from . import distributed
@@ -23,7 +25,18 @@ from .launch import Run
 
 def save_best(model: torch.nn.Module, run_dir: Path, progress: ResumeState) -> None:
     """Write the best weights so far, ``model.safetensors``, with the step and validation loss they had."""
-    save_weights(model, run_dir / "model.safetensors", {"step": progress.step, "val_loss": progress.best_val_loss})
+    path = run_dir / "model.safetensors"
+    had = path.is_file()
+    try:
+        save_weights(model, path, {"step": progress.step, "val_loss": progress.best_val_loss})
+    except StorageError as e:
+        advice = (
+            "the previous best weights and checkpoint are intact: free some space, then chargen train --out "
+            f"{shlex.quote(str(run_dir))} --resume"
+            if had
+            else "no checkpoint was written yet: free some space and start the run again"
+        )
+        raise StorageError(path, e.cause, advice) from None
 
 
 def write_last(
