@@ -135,15 +135,6 @@ def open_to_read(path: str | os.PathLike) -> IO[bytes]:
         ) from None
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    h = hashlib.sha256()
-    with open_to_read(path) as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 _BOMS = (
     (codecs.BOM_UTF32_LE, "utf-32"),
     (codecs.BOM_UTF32_BE, "utf-32"),
@@ -335,3 +326,16 @@ def _pieces_cut_in_text(
             continue
         yield carry + text[:cut]
         carry = text[cut:]
+
+
+HASH_CHUNK = 1 << 20
+
+
+def file_sha256(path: str | os.PathLike[str], start: int = 0) -> str:
+    """The SHA-256 of a file's bytes from ``start`` on, read in pieces."""
+    h = hashlib.sha256()
+    with open_to_read(path) as f:
+        f.seek(start)
+        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()

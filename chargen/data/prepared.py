@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from ..config import PrepareOptions
 from ..errors import ChargenError, StorageError
-from ..files import temporary_dir, write_json
+from ..files import file_sha256, temporary_dir, write_json
 from ..version import __version__
 from .build import SPLITS, build
 from .registry import cache_root
@@ -210,6 +210,9 @@ def _build_into(src: Source, resolved: dict, fingerprint: str, final: Path, prog
             format_version=FORMAT_VERSION,
             reader_version=READER_VERSION,
             chargen_version=__version__,
+            # checked at every reuse: a damaged cache is rebuilt, never trained on
+            ids_sha256=file_sha256(tmp / "ids.bin"),
+            tokenizer_sha256=file_sha256(tmp / "tokenizer.json"),
         )
         write_json(tmp / "meta.json", meta)
         try:
@@ -277,6 +280,8 @@ def _load_meta(folder: Path, fingerprint: str) -> dict | None:
             meta = json.load(f)
     except (OSError, ValueError):
         return None
+    if not isinstance(meta, dict):
+        return None
     if (
         meta.get("fingerprint") != fingerprint
         or meta.get("format_version") != FORMAT_VERSION
@@ -284,6 +289,15 @@ def _load_meta(folder: Path, fingerprint: str) -> dict | None:
     ):
         return None
     path = folder / "ids.bin"
-    if not path.is_file() or path.stat().st_size != meta["chars"] * np.dtype(meta["dtype"]).itemsize:
+    try:
+        if not path.is_file() or path.stat().st_size != meta["chars"] * np.dtype(meta["dtype"]).itemsize:
+            return None
+    except (KeyError, TypeError, ValueError):  # a meta.json damaged into other JSON
         return None
+    for name, key in (("ids.bin", "ids_sha256"), ("tokenizer.json", "tokenizer_sha256")):
+        try:
+            if key in meta and file_sha256(folder / name) != meta[key]:
+                return None  # damaged: prepared again from the source
+        except ChargenError:  # unreadable
+            return None
     return meta

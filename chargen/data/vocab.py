@@ -132,7 +132,10 @@ class CharVocab:
             ) from None
         if type(tok.model).__name__ != "WordLevel":
             raise ChargenError(f"{path} is not a chargen character vocabulary")
-        return cls(tok)
+        try:
+            return cls(tok)
+        except ChargenError as e:  # the checks of a vocabulary, named with the file's whole path
+            raise ChargenError(str(e).replace("tokenizer.json", str(path), 1)) from None
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``tokenizer.json`` atomically (temporary name, then rename)."""

@@ -36,6 +36,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from ..errors import ChargenError, StorageError
 from ..files import atomic_write, fsync_dir, temporary_dir, write_json
 from .folder import last_dir, read_json
+from .sealed import check_companions, check_sealed, companion_checksums, seal_safetensors
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -67,6 +68,7 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict |
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_write(path) as tmp, _safetensors_writing(path):
         save_file(cpu, str(tmp), metadata=_metadata(metadata))
+        seal_safetensors(tmp)
 
 
 @contextmanager
@@ -83,6 +85,7 @@ def _safetensors_writing(path: Path) -> Iterator[None]:
 def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     if not Path(path).is_file():
         raise ChargenError(f"{path} is missing; the run folder is incomplete")
+    check_sealed(path)
     try:
         return load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -110,6 +113,7 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict | None = Non
         )
     with atomic_write(path) as tmp, _safetensors_writing(path):
         save_model(model, str(tmp), metadata=_metadata(metadata))
+        seal_safetensors(tmp)
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
@@ -182,6 +186,9 @@ _COUNTERS = (
 )
 
 
+LAST_COMPANIONS = {"trainer_sha256": "trainer.json"}  # what last/model.safetensors vouches for in last/
+
+
 def save_last(
     run_dir: Path,
     model: torch.nn.Module,
@@ -210,6 +217,16 @@ def save_last(
         raise StorageError(run_dir / "last", cause, advice) from None
 
 
+def sweep_staging(run_dir: Path) -> None:
+    """Remove what a writer killed mid-write leaves in a run folder: a ``.last.*`` staging folder, a
+    ``.NAME.*.tmp`` file. Only under the run's lock: no other process is writing them."""
+    for p in Path(run_dir).iterdir():
+        if p.name.startswith(".last.") and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.name.startswith(".") and p.name.endswith((".tmp", ".sealed")) and p.is_file():
+            p.unlink(missing_ok=True)
+
+
 def _write_last(
     run_dir: Path,
     model: torch.nn.Module,
@@ -219,10 +236,11 @@ def _write_last(
     trainer: dict,
 ) -> None:
     with temporary_dir(run_dir, prefix=".last.") as tmp:
-        save_weights(model, tmp / "model.safetensors", {"step": step})
+        write_json(tmp / "trainer.json", trainer)
         write_tensors(tmp / "optimizer.safetensors", opt_tensors)
         write_tensors(tmp / "state.safetensors", {**rs.rng, **{f"state.{k}": v for k, v in rs.carried.items()}})
-        write_json(tmp / "trainer.json", trainer)
+        vouched = {**companion_checksums(run_dir), **companion_checksums(tmp, LAST_COMPANIONS)}
+        save_weights(model, tmp / "model.safetensors", {"step": step, **vouched})
         last, old = run_dir / "last", run_dir / "last.old"
         if last.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -246,6 +264,7 @@ def load_last(
     process's streams): the trainer takes its own rows.
     """
     d = last_dir(run_dir)
+    check_companions(d / "model.safetensors", d, LAST_COMPANIONS)
     load_weights(model, d / "model.safetensors")
     info = read_json(d / "trainer.json")
     saved_world = info.get("world_size", 1)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..config import ModelConfig, PrepareOptions, TrainConfig
 from ..errors import ChargenError
 from ..files import FILE_MODE
+from .sealed import check_companions, check_sealed
 
 if TYPE_CHECKING:
     from ..data.vocab import CharVocab
@@ -111,17 +112,25 @@ def looks_like_run(path: Path) -> bool:
     )
 
 
+def metrics_row(line: str) -> dict | None:
+    """A line of metrics.jsonl as a row, or None where it is damaged."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    ok = isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row.get("step"), bool)
+    return row if ok else None
+
+
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict]:
-    """The rows of a run's metrics.jsonl (none if it has none); a line cut short by a crash is skipped."""
+    """The rows of a run's metrics.jsonl (none if it has none); a line cut short by a crash, or damaged on
+    disk (not UTF-8, not JSON, no whole step), is skipped: the log is a record, nothing depends on it."""
     rows = []
     try:
-        with open(Path(run_dir) / "metrics.jsonl", encoding="utf-8") as f:
+        with open(Path(run_dir) / "metrics.jsonl", encoding="utf-8", errors="replace") as f:
             for line in f:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(row, dict):
+                row = metrics_row(line)
+                if row is not None:
                     rows.append(row)
     except FileNotFoundError:
         pass
@@ -178,6 +187,9 @@ def open_run_dir(run_dir: str | os.PathLike) -> RunFolder:
             f"{run_dir}/tokenizer.json has {len(vocab)} characters but the model expects "
             f"{model_config.vocab_size}; the run folder is corrupt"
         )
+    # Damage that still reads as a valid run (a digit, a character of the vocabulary): the checksums the
+    # best weights recorded of both files. Last, so that a file that does not read gets its own message.
+    check_companions(run_dir / "model.safetensors", run_dir)
     return RunFolder(run_dir, config, model_config, train_config, prepare, vocab)
 
 
@@ -189,6 +201,7 @@ def check_weights_header(path: Path, model_config: ModelConfig) -> None:
     anything is allocated: a config.json edited to ask for a huge model fails here, cheaply."""
     from safetensors import SafetensorError, safe_open
 
+    check_sealed(path)  # the data's checksum, where the file carries one
     try:
         with safe_open(str(path), framework="numpy") as f:
             stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}

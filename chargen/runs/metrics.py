@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import torch
 
 from ..files import write_text
+from .folder import metrics_row
 
 
 class MetricsLog:
@@ -58,13 +59,15 @@ class MetricsLog:
         """Drop the lines written after ``step`` by a run that died before its next checkpoint."""
         if not self.is_main or not self.path.is_file():
             return
-        keep = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    keep.append(line)
-            except ValueError:
-                continue
+        keep, damaged = [], 0
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            row = metrics_row(line)
+            if row is None:
+                damaged += line.strip() != ""
+            elif row["step"] <= step:
+                keep.append(json.dumps(row))
+        if damaged:
+            self.say(f"{self.path}: {damaged} damaged line(s) dropped (not JSON rows); the rest of the log is kept")
         write_text(self.path, "".join(line + "\n" for line in keep))
 
 

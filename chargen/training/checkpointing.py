@@ -19,6 +19,7 @@ import torch
 from ..errors import StorageError
 from ..model.network import RNNState, state_from_tensors, state_tensors
 from ..runs.checkpoint import ResumeState, load_last, restore_rng, rng_states, save_last, save_weights
+from ..runs.sealed import companion_checksums
 from . import distributed
 from .launch import Run
 
@@ -28,7 +29,9 @@ def save_best(model: torch.nn.Module, run_dir: Path, progress: ResumeState) -> N
     path = run_dir / "model.safetensors"
     had = path.is_file()
     try:
-        save_weights(model, path, {"step": progress.step, "val_loss": progress.best_val_loss})
+        save_weights(
+            model, path, {"step": progress.step, "val_loss": progress.best_val_loss, **companion_checksums(run_dir)}
+        )
     except StorageError as e:
         advice = (
             "the previous best weights and checkpoint are intact: free some space, then chargen train --out "

@@ -30,6 +30,7 @@ from ..data.batches import RandomWindows, StatefulStreams
 from ..data.prepared import PreparedCorpus, prepare
 from ..errors import ChargenError
 from ..model.devices import resolve_device, resolve_precision
+from ..runs.checkpoint import sweep_staging
 from ..runs.folder import FORMAT_VERSION, RunFolder, RunLock, check_run_dir, last_dir, open_run_dir, read_json
 from ..version import __version__
 from . import distributed
@@ -250,6 +251,8 @@ def _resume(out: Path, opts: Options, where: dict) -> Run:
     device, precision, rank, world = _devices(train_cfg, folder.model_config.cell)
     lock = distributed.main_first(world, rank, lambda: RunLock(out), others=False)
     try:
+        if lock is not None:  # the folder is ours: what a killed writer left half-written goes
+            sweep_staging(out)
         _check_not_finished(last_dir(out), opts)  # a resume needs a complete checkpoint, of a run to go on with
         corpus = distributed.main_first(world, rank, lambda: run_corpus(folder, opts.source, from_cache=False, **where))
         _check_budget_left(last_dir(out), train_cfg, _batches_per_epoch(corpus, train_cfg), folder.config)

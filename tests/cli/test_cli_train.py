@@ -107,7 +107,7 @@ def test_missing_source_and_existing_run(cli, corpus, tmp_path):
     [
         ("no_last", ["no complete last/ checkpoint"]),
         ("bad_config", ["config.json is not readable JSON"]),
-        ("truncated_weights", ["model.safetensors is not a readable safetensors file"]),
+        ("truncated_weights", ["last/model.safetensors is damaged: its data does not match the checksum"]),
         ("bad_trainer", ["trainer.json is not readable JSON"]),
         ("missing_tokenizer", ["not a complete run folder (missing tokenizer.json)"]),
         ("no_dir", ["does not exist"]),
