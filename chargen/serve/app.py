@@ -30,7 +30,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import routes
-from .schema import ApiError
+from .schema import ApiError, clip
 from .state import STREAM_INTERVAL, AppState, Limits
 from .streaming import Waker
 
@@ -80,6 +80,7 @@ def create_app(
             Route("/", guard(routes.page)),
             Route("/health", guard(routes.health)),
             Route("/v1/models", guard(routes.models, needs_key=True)),
+            Route("/v1/models/{model:path}", guard(routes.model, needs_key=True)),
             Route("/v1/completions", guard(routes.completions, needs_key=True, json_body=True), methods=["POST"]),
             Route("/v1/score", guard(routes.score, needs_key=True, json_body=True), methods=["POST"]),
             Route("/v1/run", guard(routes.run_summary, needs_key=True)),
@@ -141,11 +142,13 @@ def _check(request: Request, state: AppState, needs_key: bool, json_body: bool) 
             "this server answers only requests addressed to this machine "
             f"({', '.join(sorted(state.allowed_hosts))}); check the URL's host",
         )
+    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
     if (
         needs_key
         and state.api_key is not None
-        and not secrets.compare_digest(  # in constant time
-            request.headers.get("authorization", "").encode("latin-1", "replace"), f"Bearer {state.api_key}".encode()
+        and not (
+            scheme.lower() == "bearer"  # the scheme's name is case-insensitive (RFC 9110)
+            and secrets.compare_digest(token.strip().encode("latin-1", "replace"), state.api_key.encode())
         )
     ):
         raise ApiError(401, "a valid API key is required: send Authorization: Bearer KEY", kind="authentication_error")
@@ -157,18 +160,27 @@ def _check(request: Request, state: AppState, needs_key: bool, json_body: bool) 
 def error_response(e: ApiError) -> Response:
     """OpenAI's error object with the error's status."""
     # ASCII JSON: a message may quote what the client sent, lone surrogates included
-    body = {"error": {"message": e.message, "type": e.kind, "param": e.param, "code": None}}
-    return Response(json.dumps(body), status_code=e.status, media_type="application/json")
+    body = {"error": {"message": clip(e.message, 600), "type": e.kind, "param": e.param, "code": None}}
+    headers = {"Retry-After": "1"} if e.status == 429 else None  # full for now: the rows free up within moments
+    return Response(json.dumps(body), status_code=e.status, media_type="application/json", headers=headers)
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
     """No such route: a 404 error object."""
-    return _refused(request, ApiError(404, f"no route {request.method} {request.url.path}; see GET /v1/models"))
+    path = clip(request.url.path)
+    if request.url.path.rstrip("/") in ("/v1/chat/completions", "/chat/completions"):
+        message = (
+            "this server serves a character-level model through the completions API only: POST /v1/completions "
+            "with a prompt (there is no chat template)"
+        )
+    else:
+        message = f"no route {request.method} {path}; see GET /v1/models"
+    return _refused(request, ApiError(404, message))
 
 
 async def bad_method(request: Request, exc: Exception) -> Response:
     """A route asked with another method: a 405 error object."""
-    return _refused(request, ApiError(405, f"{request.method} is not allowed on {request.url.path}"))
+    return _refused(request, ApiError(405, f"{request.method} is not allowed on {clip(request.url.path)}"))
 
 
 def _refused(request: Request, error: ApiError) -> Response:

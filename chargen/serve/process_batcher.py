@@ -310,7 +310,14 @@ class _Outbox:
             request.cancel()
 
     def ship(self) -> None:
-        """The batcher's ``on_step``: this step's events, one message."""
+        """The batcher's ``on_step``: this step's events, one message. Should the server be gone (killed:
+        the pipe is broken), this process has no one to decode for and leaves at once, quietly."""
+        try:
+            self._ship()
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            os._exit(0)
+
+    def _ship(self) -> None:
         assert self.batcher is not None  # set before any request is submitted to it
         if self.batcher.error:  # first: the parent knows why before it sees the rows end
             self.events.send(self.batcher.error)

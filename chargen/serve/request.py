@@ -10,6 +10,12 @@ import numpy as np
 
 from ..config import SampleOptions
 
+# Events per row a request may hold that its consumer has not taken (about a character each, two with
+# log-probabilities). A stream's consumer stops taking when its client stops reading (the server's writes
+# wait for the socket); past this the request is cancelled, so a stalled client holds at most this much,
+# not everything its rows would decode. A reading client is never near it: it takes every few steps.
+OUTBOX_LIMIT = 4096
+
 
 class Request:
     """One submitted generation of ``n`` rows. Its events are ``("text", row, piece)`` and, once per
@@ -37,6 +43,7 @@ class Request:
         self._wake = wake or self._ready.set
         self._on_cancel: Callable[[], None] | None = None  # set by the batcher: a cancel wakes its loop
         self.cancelled = False
+        self.overflowed = False  # its consumer fell OUTBOX_LIMIT events a row behind: cancelled, events dropped
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -55,7 +62,15 @@ class Request:
     def deliver(self, events: list[tuple]) -> None:
         with self._lock:
             was_empty = not self._outbox
+            if self.overflowed:  # nobody is reading: only the rows' ends are kept
+                events = [e for e in events if e[0] == "end"]
             self._outbox.extend(events)
+            overflow = not self.overflowed and len(self._outbox) > OUTBOX_LIMIT * self.opts.n
+            if overflow:  # a stream whose client stopped reading: its memory stays bounded
+                self.overflowed = True
+                self._outbox = [e for e in self._outbox if e[0] == "end"]
+        if overflow:
+            self.cancel()
         if was_empty:
             self._wake()
 

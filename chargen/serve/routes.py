@@ -21,7 +21,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 
 from ..errors import ChargenError
 from .batcher import BatcherClosed
-from .schema import ApiError, CompletionRequest, ScoreRequest
+from .schema import ApiError, CompletionRequest, ScoreRequest, clip
 from .state import SHUTTING_DOWN, AppState
 from .streaming import Gathered, collect, logprobs_object, sse, usage
 
@@ -55,15 +55,21 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "active": batcher.active})
 
 
+def _model_object(state: AppState) -> dict:
+    return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "chargen"}
+
+
 async def models(request: Request) -> Response:
     """``GET /v1/models``: the one model served."""
+    return JSONResponse({"object": "list", "data": [_model_object(_state(request))]})
+
+
+async def model(request: Request) -> Response:
+    """``GET /v1/models/{id}``: the model served, by its name (what ``client.models.retrieve`` asks)."""
     state = _state(request)
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": [{"id": state.model_name, "object": "model", "created": state.created, "owned_by": "chargen"}],
-        }
-    )
+    if request.path_params["model"] != state.model_name:
+        raise ApiError(404, f"no model {clip(request.path_params['model'])!r}; this server serves {state.model_name!r}")
+    return JSONResponse(_model_object(state))
 
 
 async def completions(request: Request) -> Response:

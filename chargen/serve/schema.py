@@ -35,6 +35,15 @@ MAX_LOGPROBS = 5  # likeliest characters a completion may list per position (Ope
 LOGPROBS_CHARS = 1 << 16  # characters (rows x max_tokens) one request may ask log-probabilities for
 
 
+def clip(text: str, most: int = 200) -> str:
+    """``text``, its middle cut out past ``most`` characters: a message may quote what a client sent, and
+    a client may send megabytes."""
+    if len(text) <= most:
+        return text
+    keep = most // 2
+    return f"{text[:keep]}...[{len(text) - 2 * keep} characters cut]...{text[-keep:]}"
+
+
 class ApiError(Exception):
     """A refused request: its HTTP status and OpenAI's error object (message, type, param)."""
 

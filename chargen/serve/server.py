@@ -84,11 +84,14 @@ def serve(
             flush=True,
         )
         _run(server, sock)
+    failed = getattr(server, "failed", None)
+    if failed:
+        raise ChargenError(f"the decoding loop failed ({failed}), so the server stopped; start it again")
     print("chargen serve: stopped", file=sys.stderr)
 
 
 def _check_the_extra() -> None:
-    from ..generate.sampler import torch_installed
+    from ..generate.backends import torch_installed
 
     try:
         import pydantic  # noqa: F401
@@ -152,6 +155,17 @@ def _server_class() -> type[uvicorn.Server]:
                 await super().shutdown(sockets)
             finally:
                 ending.cancel()
+
+        async def on_tick(self, counter: int) -> bool:
+            """uvicorn's check, every tenth of a second, whether to stop: also when the decoding loop has
+            failed (its process killed, say). The requests open then have already ended with an error; a
+            server that can only answer 503 stops, and its exit status tells a supervisor to restart it."""
+            state: AppState = cast("Starlette", self.config.app).state.chargen
+            error = state.batcher.error if state.batcher is not None else None
+            if error and error != "it was closed" and not state.stopping:
+                self.failed = error
+                return True
+            return await super().on_tick(counter)
 
     return Server
 

@@ -156,7 +156,7 @@ async def sse(
                 got.add(p, event)
             failed = set(got.reasons.values()) & {"error", "cancelled"}
             if failed:  # a stream can only say so in an event
-                yield _error_event(failed)
+                yield _error_event(failed, overflowed=any(r.overflowed for r in submitted))
                 return
             out = [chunk(i, text, None, got.entries.get(i, [])) for i, text in got.texts.items()]
             out += [chunk(i, "", reason, []) for i, reason in got.reasons.items()]
@@ -173,9 +173,15 @@ async def sse(
             r.cancel()
 
 
-def _error_event(failed: set[str]) -> str:
-    """The event that ends a stream whose rows ended badly: the server stopping, or its decoding loop failed."""
-    message = SHUTTING_DOWN if failed == {"cancelled"} else "the decoding loop failed; the server cannot generate now"
+def _error_event(failed: set[str], overflowed: bool = False) -> str:
+    """The event that ends a stream whose rows ended badly: the client fell too far behind, the server
+    stopping, or its decoding loop failed."""
+    if overflowed:
+        message = "the client fell too far behind reading this stream; it was ended (read as it comes)"
+    elif failed == {"cancelled"}:
+        message = SHUTTING_DOWN
+    else:
+        message = "the decoding loop failed; the server cannot generate now"
     return (
         "data: "
         + json.dumps({"error": {"message": message, "type": "server_error", "param": None, "code": None}})

@@ -1,0 +1,203 @@
+"""Issue 31, items 3 to 5: the server under faults and hostile or unusual clients. Each test is a finding
+of the hostile pass (reproduced against a live server on 127.0.0.1), fixed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("starlette")
+import httpx
+import openai
+
+from chargen import SampleOptions
+from chargen.serve.app import Limits
+from chargen.serve.request import OUTBOX_LIMIT, Request
+from conftest import LiveServer
+
+KEY = "sk-fault-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def server(golden_run):
+    s = LiveServer(golden_run, api_key=KEY, limits=Limits(max_body=1 << 20, max_length=1000, max_queued=64))
+    yield s
+    s.stop()
+
+
+def test_the_bearer_scheme_is_case_insensitive(server):
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        assert httpx.get(server.url + "/v1/models", headers={"Authorization": f"{scheme} {KEY}"}).status_code == 200
+    assert httpx.get(server.url + "/v1/models", headers={"Authorization": f"Basic {KEY}"}).status_code == 401
+    assert httpx.get(server.url + "/v1/models", headers={"Authorization": KEY}).status_code == 401
+
+
+def test_chat_completions_says_this_is_a_completions_model(server):
+    r = httpx.post(server.url + "/v1/chat/completions", headers=AUTH, json={"model": "x", "messages": []})
+    assert r.status_code == 404
+    assert "completions API only: POST /v1/completions" in r.json()["error"]["message"]
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="completions API only"):
+        client.chat.completions.create(model="run", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_a_model_is_retrieved_by_name(server):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+    name = client.models.list().data[0].id
+    got = client.models.retrieve(name)
+    assert (got.id, got.object, got.owned_by) == (name, "model", "chargen")
+    with pytest.raises(openai.NotFoundError, match="no model 'other'"):
+        client.models.retrieve("other")
+    assert httpx.get(server.url + "/v1/models/" + name).status_code == 401  # the key, as every /v1 route
+
+
+def test_an_echoed_value_is_cut_not_sent_back_whole(server):
+    """An 800 kB model name came back in a 2.2 MB error body."""
+    r = httpx.post(server.url + "/v1/completions", headers=AUTH, json={"model": "x" * 500_000, "prompt": "a"})
+    assert r.status_code == 404 and len(r.content) < 2000
+    assert "characters cut" in r.json()["error"]["message"]
+
+
+def test_a_full_server_says_when_to_retry(golden_run):
+    s = LiveServer(golden_run, limits=Limits(max_queued=1, max_length=100000))
+    try:
+        done = threading.Event()
+
+        def hold():
+            with httpx.stream(
+                "POST",
+                s.url + "/v1/completions",
+                json={"model": "golden", "prompt": "a", "max_tokens": 100000, "stream": True},
+            ) as r:
+                for _ in r.iter_lines():
+                    if done.is_set():
+                        break
+
+        t = threading.Thread(target=hold)
+        t.start()
+        deadline = time.monotonic() + 30
+        while httpx.get(s.url + "/health").json()["active"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = httpx.post(s.url + "/v1/completions", json={"model": "golden", "prompt": "b", "max_tokens": 5})
+        done.set()
+        t.join(30)
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["type"] == "rate_limit_error"
+    finally:
+        s.stop()
+
+
+def test_a_consumer_that_stops_taking_is_cancelled_and_holds_only_the_ends():
+    """A stream whose client stopped reading kept every event its rows decoded: 256 MB grew to 1.6 GB."""
+    r = Request(__import__("numpy").zeros(1, dtype="int64"), SampleOptions(n=2, length=10**6))
+    cancelled = []
+    r._on_cancel = lambda: cancelled.append(True)
+    steps = 0
+    while not r.overflowed and steps <= OUTBOX_LIMIT:
+        r.deliver([("text", 0, "a"), ("text", 1, "b")])
+        steps += 1
+    assert r.overflowed and r.cancelled and cancelled == [True]
+    assert steps == OUTBOX_LIMIT + 1  # 2 rows: twice OUTBOX_LIMIT events were let wait, not more
+    r.deliver([("text", 0, "a"), ("end", 0, "cancelled"), ("end", 1, "cancelled")])
+    assert r.take() == [("end", 0, "cancelled"), ("end", 1, "cancelled")]
+
+
+def test_a_reading_consumer_is_never_cut(golden_run):
+    s = LiveServer(golden_run, limits=Limits(max_length=20000))
+    try:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0, timeout=120)
+        stream = client.completions.create(model="golden", prompt="a", max_tokens=20000, n=4, seed=1, stream=True)
+        text = dict.fromkeys(range(4), "")
+        for chunk in stream:
+            for c in chunk.choices:
+                text[c.index] += c.text
+        assert all(len(t) == 20000 for t in text.values())
+    finally:
+        s.stop()
+
+
+def test_a_client_that_stops_reading_gets_its_rows_cancelled(golden_run):
+    s = LiveServer(golden_run, limits=Limits(max_length=200000))
+    try:
+        body = json.dumps({"model": "golden", "prompt": "a", "max_tokens": 200000, "n": 4, "stream": True}).encode()
+        host, port = s.url.removeprefix("http://").split(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, int(port)))
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )  # and never read
+        deadline = time.monotonic() + 60
+        seen = 0
+        while time.monotonic() < deadline:
+            seen = max(seen, httpx.get(s.url + "/health").json()["active"])
+            if seen and httpx.get(s.url + "/health").json()["active"] == 0:
+                break
+            time.sleep(0.1)
+        assert seen == 4 and httpx.get(s.url + "/health").json()["active"] == 0  # cancelled long before 200k
+        sock.close()
+    finally:
+        s.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc")
+def test_a_killed_decoding_process_fails_open_requests_and_stops_the_server_non_zero(golden_run):
+    """The server answered 503 forever after its decoding process was killed; now it fails what was open
+    and exits with a message, so a supervisor restarts it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chargen", "serve", str(golden_run), "--port", str(port), "--max-length", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert children
+        lines: list[str] = []
+
+        def stream():
+            with httpx.stream(
+                "POST", url + "/v1/completions", timeout=60, json={"prompt": "a", "max_tokens": 100000, "stream": True}
+            ) as r:
+                lines.extend(line for line in r.iter_lines() if line.startswith("data: "))
+
+        t = threading.Thread(target=stream)
+        t.start()
+        time.sleep(1.0)
+        for pid in children:
+            os.kill(int(pid), signal.SIGKILL)
+        t.join(30)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert json.loads(lines[-1][6:])["error"]["message"].startswith("the decoding loop failed")
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "chargen serve: error: the decoding loop failed (the decoding process exited), so the server stopped; "
+        "start it again"
+    )
