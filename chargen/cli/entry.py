@@ -46,20 +46,7 @@ _EXTRAS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``chargen`` command; returns the exit status."""
-    parser = build_parser()
-    given = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    root_flags = {s for a in parser._actions for s in a.option_strings}
-    if given and given[0].startswith("-") and given[0] not in root_flags:  # not "COMMAND is required"
-        parser.error(f"unrecognized arguments: {given[0]}")
-    args, rest = parser.parse_known_args(argv)
-    if rest and args.command == "eval" and args.file is None and len(rest) == 1 and not rest[0].startswith("-"):
-        args.file = rest[0]  # FILE after an option (argparse fills the optional FILE only right after RUN)
-    elif rest:
-        parser.exit(
-            EXIT_USAGE,
-            f"chargen {args.command}: error: unrecognized arguments: {' '.join(rest)} "
-            f"(see chargen {args.command} --help)\n",
-        )
+    args = _parse(argv)
     try:
         if argv is None:  # the process itself: a kill cleans up like Ctrl-C
             _prepare_process(args)
@@ -95,16 +82,40 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if e.errno not in _STORAGE_ERRORS:
             raise
-        where = e.filename or "the output"  # a write to stdout names no file
-        print(
-            f"chargen {args.command}: error: cannot write {where}: {e.strerror}; free some space or write "
-            "elsewhere, and run it again",
-            file=sys.stderr,
+        return _cannot_write(args, e)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line parsed; a usage error exits 2 with one line."""
+    parser = build_parser()
+    given = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    root_flags = {s for a in parser._actions for s in a.option_strings}
+    if given and given[0].startswith("-") and given[0] not in root_flags:  # not "COMMAND is required"
+        parser.error(f"unrecognized arguments: {given[0]}")
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command == "eval" and args.file is None and len(rest) == 1 and not rest[0].startswith("-"):
+        args.file = rest[0]  # FILE after an option (argparse fills the optional FILE only right after RUN)
+    elif rest:
+        parser.exit(
+            EXIT_USAGE,
+            f"chargen {args.command}: error: unrecognized arguments: {' '.join(rest)} "
+            f"(see chargen {args.command} --help)\n",
         )
-        if e.filename is None:
-            _discard_stdout()
-        _leave_process_group_quietly()
-        return EXIT_USAGE
+    return args
+
+
+def _cannot_write(args: argparse.Namespace, e: OSError) -> int:
+    """A storage error no stage turned into a ChargenError (stdout on a full disk, above all): one line."""
+    where = e.filename or "the output"  # a write to stdout names no file
+    print(
+        f"chargen {args.command}: error: cannot write {where}: {e.strerror}; free some space or write "
+        "elsewhere, and run it again",
+        file=sys.stderr,
+    )
+    if e.filename is None:
+        _discard_stdout()
+    _leave_process_group_quietly()
+    return EXIT_USAGE
 
 
 # A full disk, a file-size or disk quota limit, an I/O error, a read-only file system: the user's to fix.
@@ -134,7 +145,7 @@ def _prepare_process(args: argparse.Namespace) -> None:
 
 def _uses_torch(args: argparse.Namespace) -> bool:
     """Whether the command will run torch (and so imports it up front), as far as it is installed."""
-    from ..generate.sampler import resolve_backend, torch_installed
+    from ..generate.backends import resolve_backend, torch_installed
 
     if not torch_installed():
         return False

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 def eval_backend(args: argparse.Namespace) -> str:
     """Scoring reads whole sequences, which torch does in one call per layer: ``auto`` is torch when it is
     installed (NumPy otherwise); ``--split`` needs torch."""
-    from ..generate.sampler import resolve_backend, torch_installed
+    from ..generate.backends import resolve_backend, torch_installed
 
     if args.split is not None and args.backend == "numpy":
         raise ChargenError("--split runs on the torch backend; leave out --backend numpy")

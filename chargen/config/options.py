@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import numbers
 import os
 import re
 import sys
@@ -62,6 +63,8 @@ class Spec:
         kind = self.kind
         if kind is bool and not isinstance(value, bool):
             return f"must be true or false, got {value!r}"
+        if kind is int and isinstance(value, numbers.Integral) and not isinstance(value, (int, bool)):
+            return f"must be a Python int, got {value!r}: pass int(...) of it"  # numpy's integers, say
         if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
             return f"must be a whole number, got {value!r}"
         if kind is float and (

@@ -27,7 +27,6 @@ Seeding rule: sample ``i`` of ``generate(..., n=N, seed=s)`` is the text that
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import secrets
@@ -42,6 +41,7 @@ from ..config import SampleOptions
 from ..data.vocab import CharVocab
 from ..errors import ChargenError
 from ..runs.folder import open_run_dir
+from .backends import resolve_backend
 
 if TYPE_CHECKING:
     import torch
@@ -50,8 +50,6 @@ if TYPE_CHECKING:
     from ..model.network import CharRNN
     from .numpy_step import NumpyRuntime
     from .torch_step import FastStep, TorchRuntime
-
-BACKENDS = ("auto", "torch", "numpy")
 
 
 @dataclass
@@ -64,42 +62,7 @@ class Score:
     bpc: float  # nats / ln 2
 
 
-def torch_installed() -> bool:
-    """Whether PyTorch can be imported here (found without importing it: that takes seconds)."""
-    try:
-        return importlib.util.find_spec("torch") is not None
-    except ValueError:  # sys.modules["torch"] is None: imports of torch are blocked
-        return False
-
-
-def resolve_backend(backend: str, device: str | torch.device = "cpu") -> str:
-    """``torch`` or ``numpy`` for a ``backend`` asked for on ``device``. ``auto`` is NumPy on the CPU
-    (faster for one stream, and no torch import) and torch on an accelerator; without torch installed,
-    NumPy everywhere it can run."""
-    if backend not in BACKENDS:
-        raise ChargenError(f"unknown backend {backend!r}; use auto, torch or numpy")
-    name = device if isinstance(device, str) else str(device)
-    on_cpu = name == "cpu" or name.startswith("cpu:") or (name == "auto" and not _cuda_available())
-    if backend == "numpy" and not on_cpu:
-        raise ChargenError(
-            f"the numpy backend runs on the CPU, not on {name}; choose the cpu device, or the torch backend"
-        )
-    if backend == "auto":
-        backend = "numpy" if on_cpu else "torch"
-    if backend == "torch" and not torch_installed():
-        raise ChargenError(
-            "the torch backend needs PyTorch, which is not installed here: "
-            'pip install "chargen[train]" (or torch), or use the numpy backend'
-        )
-    return backend
-
-
-def _cuda_available() -> bool:
-    if not torch_installed():
-        return False
-    import torch
-
-    return torch.cuda.is_available()
+GATHER = 4096  # steps gathered on the device before they are packed (see Sampler._all_ids)
 
 
 class Sampler:
@@ -237,14 +200,26 @@ class Sampler:
         opts = self._options(prompt, options, settings)
         steps = self._ids(prompt, opts)
         if not opts.stop:  # nothing to watch for: keep ids on the device, decode once at the end
-            columns = list(steps)
-            if not columns:
-                return "" if opts.n == 1 else [""] * opts.n
-            rows = self.runtime.to_numpy(columns)  # (n, length)
+            rows = self._all_ids(steps, opts.n)  # (n, length)
             texts = [self.vocab.decode(row) for row in rows]
         else:
             texts = self._until_stops(steps, opts)
         return texts[0] if opts.n == 1 else texts
+
+    def _all_ids(self, steps: Iterator[torch.Tensor] | Iterator[np.ndarray], n: int) -> np.ndarray:
+        """Every step's ids as one (n, steps) array. Steps are gathered GATHER at a time on the device, then
+        packed into the smallest integer type the vocabulary needs: a long text costs about a byte a
+        character, not an array object each (10 million characters would otherwise take gigabytes)."""
+        dtype = np.min_scalar_type(max(len(self.vocab) - 1, 0))
+        packed, columns = [np.zeros((n, 0), dtype=dtype)], []
+        for ids in steps:
+            columns.append(ids)
+            if len(columns) == GATHER:
+                packed.append(self.runtime.to_numpy(columns).astype(dtype))
+                columns = []
+        if columns:
+            packed.append(self.runtime.to_numpy(columns).astype(dtype))
+        return np.concatenate(packed, axis=1)
 
     def _until_stops(self, steps: Iterator[torch.Tensor] | Iterator[np.ndarray], opts: SampleOptions) -> list[str]:
         chars, stops = self.vocab.chars, opts.stop
@@ -299,8 +274,8 @@ class Sampler:
     def score(self, text: str, unknown: str = "error") -> Score:
         """Log-probability of every character of ``text`` (normalized as the corpus was)."""
         ids = self.encode(text, unknown)
-        if ids.size == 0:
-            return _make_score(np.zeros(0), 0.0, 0)
+        if ids.size == 0:  # as score_file says of an empty file; a mean over nothing is no score
+            raise ChargenError("there is no text to score: give at least one character")
         lp = self.runtime.scorer(self.vocab.start_id)(ids)
         return _make_score(lp, float(lp.sum()), lp.size)
 

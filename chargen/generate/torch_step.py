@@ -16,6 +16,7 @@ sample drawn with seed ``s + i``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -25,6 +26,17 @@ import torch
 from ..config import DEFAULT_TEMPERATURE, SampleOptions
 from ..model.network import AdaptiveHead, CharRNN
 from .draws import draw_loop, uniforms, uniforms_at
+
+
+def _one_thread_after_fork() -> None:
+    """In a forked child, torch's CPU thread pool (OpenMP) is the parent's and cannot run: a child that
+    samples would wait forever. One thread needs no pool (measured: the child then gives the parent's text
+    for the same seed). A process started with ``spawn`` is unaffected."""
+    torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_one_thread_after_fork)
 
 if TYPE_CHECKING:
     from ..data.vocab import CharVocab
