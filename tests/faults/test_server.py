@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -201,3 +202,116 @@ def test_a_killed_decoding_process_fails_open_requests_and_stops_the_server_non_
         "chargen serve: error: the decoding loop failed (the decoding process exited), so the server stopped; "
         "start it again"
     )
+
+
+@pytest.fixture(scope="module")
+def open_server(golden_run):
+    """No key, room for 200 streams and a long one."""
+    s = LiveServer(golden_run, limits=Limits(max_length=50_000, max_queued=256))
+    yield s
+    s.stop()
+
+
+@pytest.mark.slow
+def test_200_concurrent_streams_each_get_their_own_text(open_server):
+    import asyncio
+
+    async def one(client: httpx.AsyncClient, i: int) -> str:
+        body = {"model": "golden", "prompt": "the ", "max_tokens": 100, "seed": i, "temperature": 0.8, "stream": True}
+        text, done = "", False
+        async with client.stream("POST", open_server.url + "/v1/completions", json=body) as r:
+            async for line in r.aiter_lines():
+                if line == "data: [DONE]":
+                    done = True
+                elif line.startswith("data: "):
+                    text += json.loads(line[6:])["choices"][0]["text"]
+        assert done
+        return text
+
+    async def all_of_them() -> list[str]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(200)))
+
+    texts = asyncio.run(all_of_them())
+    for i in (0, 57, 199):
+        assert texts[i] == open_server.sampler.generate("the ", length=100, seed=i, temperature=0.8)
+    assert all(len(t) == 100 for t in texts) and len(set(texts)) > 190
+    assert httpx.get(open_server.url + "/health").json()["active"] == 0
+
+
+def test_slow_clients_holding_connections_do_not_stop_a_normal_request(open_server):
+    """Slowloris: 100 connections that send their headers a byte at a time."""
+    host, port = open_server.url.removeprefix("http://").split(":")
+    socks, stop = [], threading.Event()
+    for _ in range(100):
+        s = socket.create_connection((host, int(port)))
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        socks.append(s)
+
+    def drip():
+        while not stop.wait(0.2):
+            for s in socks:
+                try:
+                    s.sendall(b"X")
+                except OSError:
+                    pass
+
+    dripping = threading.Thread(target=drip, daemon=True)
+    dripping.start()
+    try:
+        began = time.monotonic()
+        r = httpx.post(open_server.url + "/v1/completions", json={"model": "golden", "prompt": "a", "max_tokens": 20})
+        assert r.status_code == 200 and len(r.json()["choices"][0]["text"]) == 20
+        assert time.monotonic() - began < 10
+    finally:
+        stop.set()
+        dripping.join(5)
+        for s in socks:
+            s.close()
+
+
+def test_a_maximum_length_request_does_not_hold_the_others_back(open_server):
+    """Fairness: while one request decodes 50,000 characters, short ones come back as if it were not there."""
+    long_done = threading.Event()
+
+    def long_one():
+        httpx.post(
+            open_server.url + "/v1/completions",
+            json={"model": "golden", "prompt": "a", "max_tokens": 50_000},
+            timeout=300,
+        )
+        long_done.set()
+
+    t = threading.Thread(target=long_one)
+    t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while httpx.get(open_server.url + "/health").json()["active"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for i in range(5):
+            began = time.monotonic()
+            r = httpx.post(
+                open_server.url + "/v1/completions",
+                json={"model": "golden", "prompt": "b", "max_tokens": 20, "seed": i},
+                timeout=60,
+            )
+            assert r.status_code == 200 and time.monotonic() - began < 5
+        assert not long_done.is_set()  # the short ones were served while the long one ran
+    finally:
+        t.join(300)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_curl_streams_to_the_end_marker(open_server):
+    body = json.dumps({"model": "golden", "prompt": "the ", "max_tokens": 50, "stream": True, "seed": 2})
+    done = subprocess.run(
+        ["curl", "-N", "-s", "-H", "Content-Type: application/json", "-d", body, open_server.url + "/v1/completions"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("data: ")]
+    assert done.returncode == 0 and lines[-1] == "data: [DONE]"
+    text = "".join(json.loads(line[6:])["choices"][0]["text"] for line in lines[:-1])
+    assert text == open_server.sampler.generate("the ", length=50, seed=2, temperature=1.0)
