@@ -315,3 +315,20 @@ def test_curl_streams_to_the_end_marker(open_server):
     assert done.returncode == 0 and lines[-1] == "data: [DONE]"
     text = "".join(json.loads(line[6:])["choices"][0]["text"] for line in lines[:-1])
     assert text == open_server.sampler.generate("the ", length=50, seed=2, temperature=1.0)
+
+
+def test_langchain_openai_completions_work(open_server):
+    """langchain-openai's completions class: invoke, stream, batch and stop (it sends best_of=1, logit_bias
+    {} and the like: the neutral values are taken)."""
+    pytest.importorskip("langchain_openai")
+    from langchain_openai import OpenAI
+
+    llm = OpenAI(
+        model="golden", base_url=open_server.url + "/v1", api_key="none", max_tokens=40, temperature=0.8, seed=4
+    )
+    text = llm.invoke("the ")
+    assert text == open_server.sampler.generate("the ", length=40, seed=4, temperature=0.8)
+    assert "".join(llm.stream("the ")) == text
+    assert llm.batch(["the ", "the "]) == [text, text]
+    stopped = llm.invoke("the ", stop=["e"])
+    assert "e" not in stopped and text.startswith(stopped)
