@@ -12,6 +12,7 @@ Pure Python (no torch, no numpy): the NumPy backend reads through it too.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -87,10 +88,21 @@ def check_sealed(path: str | os.PathLike[str]) -> dict[str, str]:
 COMPANIONS = {"config_sha256": "config.json", "tokenizer_sha256": "tokenizer.json"}
 
 
+def json_sha256(path: Path) -> str:
+    """The SHA-256 of a JSON file's content, not its bytes: re-indented or re-saved with the same values
+    it is the same; any changed value, or a file that no longer parses, is not."""
+    try:
+        content = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return file_sha256(path)  # the bytes, so that it cannot match
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def companion_checksums(folder: Path, names: dict[str, str] = COMPANIONS) -> dict[str, str]:
-    """The SHA-256 of the files a weights file vouches for (those of ``names`` present in ``folder``), as
-    metadata entries: a damaged config.json or tokenizer.json is then found, not read as another run's."""
-    return {key: file_sha256(folder / name) for key, name in names.items() if (folder / name).is_file()}
+    """The checksums of the JSON files a weights file vouches for (those of ``names`` present in
+    ``folder``), as metadata entries: a damaged config.json or tokenizer.json is then found, not read as
+    another run's."""
+    return {key: json_sha256(folder / name) for key, name in names.items() if (folder / name).is_file()}
 
 
 def check_companions(weights: Path, folder: Path, names: dict[str, str] = COMPANIONS) -> None:
@@ -99,8 +111,9 @@ def check_companions(weights: Path, folder: Path, names: dict[str, str] = COMPAN
         return  # reported where the weights are read
     meta = safetensors_metadata(weights)
     for key, name in names.items():
-        if key in meta and (folder / name).is_file() and file_sha256(folder / name) != meta[key]:
+        if key in meta and (folder / name).is_file() and json_sha256(folder / name) != meta[key]:
             raise ChargenError(
-                f"{folder / name} is damaged or was edited: it does not match the checksum {weights.name} recorded "
-                "when it was written; restore it from a copy, or train again"
+                f"{folder / name} is damaged or was edited: its values do not match the checksum {weights.name} "
+                "recorded when it was written (a run's files are not edited by hand: options change through "
+                "flags); restore it from a copy, or train again"
             )

@@ -201,12 +201,8 @@ class ProcessBatcher:
         """The process is gone: whatever is still open ends here."""
         with self._lock:
             if self.error is None:
-                self.error = "the decoding process exited"
-                self._process.join(1)
-                log.error(
-                    "chargen: the decoding process exited (%s); open requests end with an error",
-                    _exit_status(self._process.exitcode),
-                )
+                self._process.join(1)  # why it exited goes into the one line the server stops with
+                self.error = f"the decoding process exited, {_exit_status(self._process.exitcode)}"
             orphans, self._requests, self._open_rows = self._requests, {}, 0
         reason = "cancelled" if self.error == "it was closed" else "error"
         for request in orphans.values():

@@ -366,8 +366,5 @@ def _check_budget_left(last: Path, cfg: TrainConfig, batches_per_epoch: int, con
     spent = (steps is not None and info.get("step", 0) >= steps) or (
         cfg.max_time is not None and info.get("elapsed", 0.0) >= cfg.max_time
     )
-    if info.get("stopped") and spent:
-        raise ChargenError(
-            f"{last.parent} is already at step {info.get('step')} ({info.get('elapsed', 0):.0f}s): "
-            "that budget is spent; give a larger one"
-        )
+    if info.get("stopped") and spent:  # a budget it has already met: nothing to do, as without one
+        raise AlreadyFinished(last.parent, info)

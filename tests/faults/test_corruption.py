@@ -161,3 +161,27 @@ def test_a_damaged_cache_is_prepared_again(made, tmp_path, file, how):
     assert not again.reused and again.dir == folder
     assert (folder / "ids.bin").read_bytes() == ids and (folder / "tokenizer.json").read_bytes() == vocab
     assert prepare(made / "text.txt", cache_dir=cache).reused
+
+
+def test_json_saved_again_with_the_same_values_is_not_damage(made, tmp_path, capsys):
+    """Found by the hostile pass: re-indenting config.json (same values) made the run unusable, since the
+    checksum was over its bytes; it is over its values now. A changed value is still refused."""
+    run = tmp_path / "run"
+    shutil.copytree(made / "run", run)
+    assert main(["sample", str(run), "--length", "30", "--seed", "1"]) == 0
+    want = capsys.readouterr().out
+    for name in ("config.json", "tokenizer.json"):
+        path = run / name
+        path.write_text(json.dumps(json.loads(path.read_text(encoding="utf-8")), indent=4) + "\n\n")
+    assert main(["sample", str(run), "--length", "30", "--seed", "1"]) == 0
+    assert capsys.readouterr().out == want
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    config["train"]["log_every"] += 1
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["sample", str(run), "--length", "30", "--seed", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"chargen sample: error: {run}/config.json is damaged or was edited: its values do not match the checksum "
+        "model.safetensors recorded when it was written (a run's files are not edited by hand: options change "
+        "through flags); restore it from a copy, or train again"
+    ]

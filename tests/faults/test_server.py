@@ -198,10 +198,11 @@ def test_a_killed_decoding_process_fails_open_requests_and_stops_the_server_non_
             proc.kill()
     assert json.loads(lines[-1][6:])["error"]["message"].startswith("the decoding loop failed")
     assert proc.returncode == 2 and "Traceback" not in err
-    assert err.strip().splitlines()[-1] == (
-        "chargen serve: error: the decoding loop failed (the decoding process exited), so the server stopped; "
-        "start it again"
-    )
+    assert err.strip().splitlines() == [
+        f"chargen serve: {golden_run} on http://127.0.0.1:{port} (Ctrl-C stops)",
+        "chargen serve: error: the decoding loop failed (the decoding process exited, killed by signal 9), so the "
+        "server stopped; start it again",
+    ]
 
 
 @pytest.fixture(scope="module")

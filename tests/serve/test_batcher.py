@@ -162,7 +162,7 @@ def test_a_decoding_process_that_dies_ends_its_rows_with_error(sampler):
         assert next(events)[0] == "text"
         batcher._process.kill()
         assert [value for kind_, row, value in events if kind_ == "end"] == ["error"]
-        assert batcher.error == "the decoding process exited" and batcher.active == 0
+        assert batcher.error == "the decoding process exited, killed by signal 9" and batcher.active == 0
         with pytest.raises(BatcherClosed, match="exited"):
             batcher.submit("the ", length=5)
     finally:

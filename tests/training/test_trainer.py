@@ -433,14 +433,17 @@ def test_checkpoint_files_and_folders_are_fsynced_before_and_after_their_renames
     assert any(e[0] == "move" and e[2] == str(run / "last") for e in events)
 
 
-def test_a_finished_run_takes_a_new_budget_of_any_kind_and_refuses_a_spent_one(text_file, tmp_path):
+def test_a_finished_run_takes_a_new_budget_of_any_kind_and_has_nothing_to_do_for_a_spent_one(text_file, tmp_path):
+    """A spent budget was an error (exit 2): a script that re-ran the same resume command failed the second
+    time. Now it is nothing to do, as a plain resume of a finished run is."""
     run = tmp_path / "run"
     train(text_file, out=run, max_steps=8, **TINY)
     assert train(out=run, resume=True, epochs=0.5).steps > 8  # the epochs replace the old --max-steps 8
     steps = json.loads((run / "last" / "trainer.json").read_text())["step"]
     assert train(out=run, resume=True, max_steps=steps + 4).steps == steps + 4
-    with pytest.raises(ChargenError, match=f"already at step {steps + 4} .*that budget is spent; give a larger one"):
-        train(out=run, resume=True, max_steps=steps)
+    for spent in (steps, steps + 4):
+        again = train(out=run, resume=True, max_steps=spent)
+        assert again.already_finished and again.steps == steps + 4
 
 
 def test_bf16_where_the_cpu_cannot_is_one_clear_error(text_file, tmp_path):
