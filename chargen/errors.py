@@ -19,5 +19,10 @@ class StorageError(ChargenError):
         super().__init__(f"cannot write {path}: {cause}; {advice}")
 
 
+def write_failure(e: OSError | StorageError) -> str:
+    """Why a write failed, in the system's words: a StorageError's cause, an OSError's message."""
+    return e.cause if isinstance(e, StorageError) else (e.strerror or str(e))
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C that chargen has already handled and reported (a checkpoint saved, a line printed)."""

@@ -148,3 +148,31 @@ def one_error_line(err: str, *fragments: str):
     assert "Traceback" not in err
     for f in fragments:
         assert f in lines[0], lines[0]
+
+
+def serve_process(run: Path, *extra: str, new_session: bool = False):
+    """``chargen serve RUN`` in a process of its own on a free port, answering /health: (process, url)."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chargen", "serve", str(run), "--port", str(port), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=new_session,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return proc, url

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..config import PrepareOptions
-from ..errors import ChargenError, StorageError
+from ..errors import ChargenError, StorageError, write_failure
 from ..files import file_sha256, temporary_dir, write_json
 from ..version import __version__
 from .build import SPLITS, build
@@ -194,7 +194,7 @@ def _build_folder(src: Source, resolved: dict, fingerprint: str, final: Path, pr
     try:
         return _build_into(src, resolved, fingerprint, final, progress)
     except (OSError, StorageError) as e:  # a full disk, a read-only cache: nothing half-written is left
-        cause = e.cause if isinstance(e, StorageError) else (e.strerror or str(e))
+        cause = write_failure(e)
         raise StorageError(
             final, cause, "free some space, or give another cache folder (--cache-dir or CHARGEN_CACHE)"
         ) from None

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
-from ..errors import ChargenError, StorageError
+from ..errors import ChargenError, StorageError, write_failure
 from ..files import DIR_MODE, fsync_dir, write_json
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def export(
         fsync_dir(out)
         made = []
     except (OSError, StorageError) as e:
-        cause = e.cause if isinstance(e, StorageError) else (e.strerror or e)
+        cause = write_failure(e)
         raise ChargenError(
             f"cannot write the export into {out} ({cause}); free some space or choose a folder you can write to"
         ) from None

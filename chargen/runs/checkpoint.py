@@ -33,7 +33,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from ..errors import ChargenError, StorageError
+from ..errors import ChargenError, StorageError, write_failure
 from ..files import atomic_write, fsync_dir, temporary_dir, write_json
 from .folder import last_dir, read_json
 from .sealed import check_companions, check_sealed, companion_checksums, seal_safetensors
@@ -207,7 +207,7 @@ def save_last(
     try:
         _write_last(run_dir, model, rs.step, opt_tensors, rs, trainer)
     except (StorageError, OSError) as e:
-        cause = e.cause if isinstance(e, StorageError) else (e.strerror or str(e))
+        cause = write_failure(e)
         advice = (
             f"the previous checkpoint there is intact: free some space, then chargen train --out "
             f"{shlex.quote(str(run_dir))} --resume"

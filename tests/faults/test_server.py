@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import openai
 from chargen import SampleOptions
 from chargen.serve.app import Limits
 from chargen.serve.request import OUTBOX_LIMIT, Request
-from conftest import LiveServer
+from conftest import LiveServer, serve_process
 
 KEY = "sk-fault-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -158,24 +157,9 @@ def test_a_client_that_stops_reading_gets_its_rows_cancelled(golden_run):
 def test_a_killed_decoding_process_fails_open_requests_and_stops_the_server_non_zero(golden_run):
     """The server answered 503 forever after its decoding process was killed; now it fails what was open
     and exits with a message, so a supervisor restarts it."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chargen", "serve", str(golden_run), "--port", str(port), "--max-length", "100000"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, url = serve_process(golden_run, "--max-length", "100000")
+    port = int(url.rsplit(":", 1)[1])
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         assert children
         lines: list[str] = []

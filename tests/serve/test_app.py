@@ -19,7 +19,7 @@ httpx = pytest.importorskip("httpx")
 
 from chargen import Sampler  # noqa: E402
 from chargen.serve.app import Limits  # noqa: E402
-from conftest import FailingStep, LiveServer, SlowStep  # noqa: E402
+from conftest import FailingStep, LiveServer, SlowStep, serve_process  # noqa: E402
 
 KEY = "sk-test-key"
 
@@ -531,28 +531,9 @@ def test_ctrl_c_or_sigterm_stops_the_server_cleanly(run, sig, group):
     """Running streams get a few seconds, then end with an error event; the process says so and exits 0;
     its decoding process is gone."""
     import signal
-    import subprocess
-    import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chargen", "serve", str(run), "--port", str(port), "--max-length", "100000"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=group,
-    )
+    proc, url = serve_process(run, "--max-length", "100000", new_session=group)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         decoders = _children(proc.pid)
         assert decoders
         results = {}
