@@ -113,8 +113,9 @@ def options_reference() -> str:
             kind = getattr(spec.kind, "__name__", str(spec.kind)) + (" or none" if spec.optional else "")
             default = "" if spec.default is None else f"`{spec.default!r}`"
             resumable = "yes" if spec.resumable else ""
+            key = f"`{spec.flag}` (`--no-{spec.flag}`)" if spec.kind is bool and spec.default else f"`{spec.flag}`"
             out.append(
-                f"| `{spec.flag}` | `{name}` | {kind} | {default} | {_range(spec)} | {resumable} | {_cell(spec.help)} |"
+                f"| {key} | `{name}` | {kind} | {default} | {_range(spec)} | {resumable} | {_cell(spec.help)} |"
             )
         out.append("")
     return "\n".join(out)

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from chargen.config import PRESETS
 from chargen.data.prepared import prepare
 from chargen.errors import ChargenError
-from chargen.model.devices import resolve_device, resolve_precision
+from chargen.model.devices import resolve_device
+from chargen.model.precision import resolve_precision
 
 
 def corpus_source() -> tuple[str, list[str]]:

@@ -45,6 +45,31 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     return cache
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped where torch sees no CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def cpu_unless_marked_gpu(request, monkeypatch):
+    """On a machine with a GPU, ``--device auto`` would pick it, and tests written for the CPU would compare
+    CPU figures with CUDA ones. Every test not marked ``gpu`` sees no CUDA device: torch.cuda.is_available()
+    is False in this process and CUDA_VISIBLE_DEVICES is empty for the processes it starts."""
+    if request.node.get_closest_marker("gpu"):
+        return
+    import torch
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
 @pytest.fixture(scope="module")
 def golden_run(tmp_path_factory) -> Path:
     """A copy of the golden run (tests/fixtures/golden/run), one per test module."""

@@ -237,15 +237,17 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[DataclassInstance]) -> 
             groups[spec.group] = parser.add_argument_group(spec.group)
         target = groups[spec.group]
         kwargs: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=_help(spec))
-        if spec.kind is bool:
-            kwargs.update(action="store_const", const=True)
+        flag = spec.flag
+        if spec.kind is bool:  # a switch: --NAME sets an option that is off by default, --no-NAME clears one that is on
+            kwargs.update(action="store_const", const=not spec.default)
+            flag = f"no-{flag}" if spec.default else flag
         elif spec.kind is tuple:  # repeatable: each use adds one value
             kwargs.update(action="append", type=spec.parse or str, metavar=spec.metavar)
         else:
             kwargs.update(type=_flag_type(spec), metavar=spec.metavar)
             if spec.choices:
                 kwargs.update(choices=spec.choices, metavar=None)
-        target.add_argument(_dashes(spec.flag), **kwargs)
+        target.add_argument(_dashes(flag), **kwargs)
 
 
 def given(args: argparse.Namespace, cls: type[DataclassInstance]) -> dict[str, Any]:

@@ -117,6 +117,12 @@ class TrainConfig:
         resumable=True,
         group=DEVICE,
     )
+    tf32: bool = option(
+        True,
+        "TF32 tensor cores for float32 products on CUDA (cuDNN RNNs, matmuls); off: full float32",
+        resumable=True,
+        group=DEVICE,
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.eval_chars, str):

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ADAPTIVE_DIV, ModelConfig
+from .precision import rnn_under_autocast
 
 __all__ = [
     "AdaptiveHead",
@@ -181,7 +182,12 @@ class CharRNN(nn.Module):
 
     def features(self, ids: torch.Tensor, state: RNNState | None = None) -> tuple[torch.Tensor, RNNState]:
         """ids (B, T) -> what the output layer reads (B, T, H), state after the last step."""
-        out, state = self.rnn(self.input_drop(self.embedding(ids)), state)  # (B, T, H)
+        x = self.input_drop(self.embedding(ids))
+        if rnn_under_autocast(x.device.type):
+            out, state = self.rnn(x, state)  # (B, T, H)
+        else:  # float32 inside this autocast: see precision.precision_plan
+            with torch.autocast(x.device.type, enabled=False):
+                out, state = self.rnn(x.float(), _as_float(state))
         return self.output_drop(self.drop(out)), state
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -194,6 +200,12 @@ class CharRNN(nn.Module):
         if self.config.adaptive:
             return self.head(h, targets)
         return torch.log_softmax(self.head(h).float(), dim=-1).gather(-1, targets[..., None])[..., 0]
+
+
+def _as_float(state: RNNState | None) -> RNNState | None:
+    if state is None or isinstance(state, torch.Tensor):
+        return None if state is None else state.float()
+    return tuple(s.float() for s in state)
 
 
 def detach_state(state: RNNState | None, dtype: torch.dtype | None = None) -> RNNState | None:

@@ -22,7 +22,7 @@ import torch
 if TYPE_CHECKING:
     from .network import CharRNN, RNNState
 
-# A context manager factory, called around each forward: ``devices.autocast`` bound to a precision, or no-op.
+# A context manager factory, called around each forward: ``precision.autocast`` bound to a precision, or no-op.
 Autocast = Callable[[], contextlib.AbstractContextManager[Any]]
 
 

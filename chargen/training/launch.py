@@ -29,7 +29,8 @@ from ..config.options import specs
 from ..data.batches import RandomWindows, StatefulStreams
 from ..data.prepared import PreparedCorpus, prepare
 from ..errors import ChargenError
-from ..model.devices import resolve_device, resolve_precision
+from ..model.devices import resolve_device
+from ..model.precision import resolve_precision
 from ..runs.checkpoint import sweep_staging
 from ..runs.folder import FORMAT_VERSION, RunFolder, RunLock, check_run_dir, last_dir, open_run_dir, read_json
 from ..version import __version__

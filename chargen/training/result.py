@@ -20,7 +20,7 @@ class TrainResult:
     elapsed: float
     main: bool = True  # False on the other processes of a multi-process run
     device: str = "cpu"
-    precision: str = "fp32"  # what --precision resolved to (auto: see devices.resolve_precision)
+    precision: str = "fp32"  # what --precision resolved to (auto: see precision.resolve_precision)
     already_finished: bool = False  # a plain resume of a finished run: nothing was trained
 
     def finished_message(self) -> str:

@@ -33,8 +33,8 @@ import torch
 
 from ..data.batches import RandomWindows, StatefulStreams
 from ..errors import ChargenError, Interrupted
-from ..model.devices import autocast, state_dtype
 from ..model.network import AdaptiveHead, CharRNN, RNNState, detach_state
+from ..model.precision import autocast, precision_plan, state_dtype, tf32
 from ..runs.checkpoint import ResumeState, init_from_base
 from ..runs.metrics import Meter, MetricsLog, ProgressBar, Timing
 from ..signals import StopRequest, ctrl_c_ignored
@@ -95,7 +95,8 @@ def train(
     if progress is None:
         progress = sys.stderr.isatty()
     try:
-        result = Trainer(run, show_bar=progress).fit()
+        with tf32(run.device, run.train_config.tf32):
+            result = Trainer(run, show_bar=progress).fit()
     except BaseException:
         run.abandon_if_unstarted()
         raise
@@ -141,7 +142,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay, **fused
         )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=run.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=precision_plan(self.device.type, run.precision).grad_scaler
+        )
         self.ddp_model = distributed.wrap_model(self.model, self.device, run.world_size)
         self.carried: RNNState | None = None  # the hidden state the last batch ended with (stateful layout), float32
         self.state_dtype = state_dtype(self.model, run.precision, self.device)

@@ -112,6 +112,7 @@ def test_resumable_options_are_the_budget_evaluation_and_device():
         "preview_chars",
         "device",
         "precision",
+        "tf32",
     } == RESUMABLE
 
 

@@ -118,7 +118,6 @@ def test_too_short_for_one_batch_says_how_much_is_needed():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_batches_on_cuda_match_cpu():
     ids = ramp(20001)
     cpu = StatefulStreams(ids, 8, 32)

@@ -22,6 +22,8 @@ pytestmark = [
 ]
 
 ARGS = [
+    "--device",  # gloo on the CPU, whatever the machine has
+    "cpu",
     "--layers",
     "1",
     "--hidden",

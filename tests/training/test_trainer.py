@@ -249,7 +249,6 @@ def test_max_time_budget(text_file, tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
 def test_trains_on_cuda_and_loads_on_cpu(text_file, tmp_path, precision):
     run = tmp_path / "run"
@@ -458,7 +457,8 @@ def test_bf16_where_the_cpu_cannot_is_one_clear_error(text_file, tmp_path):
     "native,cell,want", [("1", "gru", "bf16"), ("0", "gru", "fp32"), ("1", "lstm", "fp32"), ("0", "lstm", "fp32")]
 )
 def test_auto_precision_on_the_cpu_is_bf16_for_a_gru_where_the_cpu_has_native_bf16(native, cell, want, monkeypatch):
-    from chargen.model.devices import native_bf16, resolve_precision
+    from chargen.model.devices import native_bf16
+    from chargen.model.precision import resolve_precision
 
     monkeypatch.setenv("CHARGEN_CPU_BF16", native)
     assert native_bf16() is (native == "1")

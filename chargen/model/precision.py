@@ -1,0 +1,170 @@
+"""Numeric precision: what each ``--precision`` runs each layer in, on each device, decided in one place.
+
+:func:`precision_plan` is the decision, a pure function of (device type, precision) that the tests check
+on any machine. It rests on what torch really does, read in its source (``aten/src/ATen/cudnn/
+AutocastRNN.cpp``, ``autocast_mode.cpp``) and checked where it can run:
+
+- Under CUDA autocast, torch sends cuDNN's RNN kernel fp16 inputs and weights whatever autocast's dtype:
+  ``_cudnn_rnn``'s autocast wrapper casts to ``kHalf`` (cuDNN RNNs have no bf16 path in torch). So under
+  ``bf16`` the recurrent layers would run in fp16 with no gradient scaler, where small gradients underflow.
+  chargen runs them outside autocast instead, in float32 (TF32 tensor cores where allowed, see
+  :func:`tf32`), and the embedding's output and the head in bf16 as asked.
+- ``fp16`` (CUDA only) runs everything autocast covers in fp16, the RNN included, with a gradient scaler.
+- On the CPU, ``bf16`` autocast runs oneDNN's bf16 LSTM end to end (its state in bf16 too) and a GRU's
+  products in bf16 with its state in float32: measured, and kept (the cpu preset's GRU gains 1.4-1.8x).
+- Elsewhere (MPS) the recurrent layers stay float32: their autocast path is unmeasured.
+
+:func:`layer_dtypes` reports the dtype each layer's output really has, by running the model once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..errors import ChargenError
+from .devices import native_bf16
+
+if TYPE_CHECKING:
+    from .network import CharRNN
+
+__all__ = ["PrecisionPlan", "autocast", "layer_dtypes", "precision_plan", "resolve_precision", "state_dtype", "tf32"]
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """What one (device type, precision) runs in."""
+
+    autocast: torch.dtype | None  # the dtype autocast runs matrix products in; None: autocast off
+    rnn_autocast: bool  # whether the recurrent layers run under that autocast (else float32)
+    grad_scaler: bool  # whether the loss is scaled (fp16, whose range small gradients fall out of)
+
+    @property
+    def rnn(self) -> torch.dtype | None:
+        """The dtype the recurrent layers take as input: autocast's when they run under it, else float32."""
+        return self.autocast if self.rnn_autocast else torch.float32
+
+
+def precision_plan(device_type: str, precision: str) -> PrecisionPlan:
+    """The plan for a resolved ``precision`` (fp32, bf16, fp16) on a device type (cpu, cuda, mps)."""
+    if precision not in _DTYPES:
+        raise ChargenError(f"unknown precision {precision!r}; use fp32, bf16 or fp16")
+    if precision == "fp16" and device_type != "cuda":
+        raise ChargenError("--precision fp16 needs a CUDA device; use fp32 or bf16 here")
+    dtype = _DTYPES[precision]
+    rnn_autocast = (device_type, precision) in {("cpu", "bf16"), ("cuda", "fp16")}
+    return PrecisionPlan(
+        autocast=dtype, rnn_autocast=dtype is not None and rnn_autocast, grad_scaler=dtype == torch.float16
+    )
+
+
+def rnn_under_autocast(device_type: str) -> bool:
+    """Whether the recurrent layers should run under the autocast now active on ``device_type`` (True
+    when none is): :class:`CharRNN` asks, so any autocast a caller opens gets the plan's rule."""
+    if not torch.is_autocast_enabled(device_type):
+        return True
+    dtype = torch.get_autocast_dtype(device_type)
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype)
+    if name is None or (name == "fp16" and device_type != "cuda"):
+        return True  # not a precision of ours: autocast's own rules
+    return precision_plan(device_type, name).rnn_autocast
+
+
+def resolve_precision(name: str, device: torch.device, cell: str | None = None) -> str:
+    """``auto``: bf16 on CUDA where supported (else fp16 with a grad scaler); on the CPU, bf16 for a GRU
+    where the CPU has native bf16, else fp32.
+
+    On the CPU a GRU under bf16 autocast runs its matrix products and gates in bf16 and keeps its state
+    in float32: measured on tiny shakespeare with the cpu preset, 1.4-1.8x the steps in the same time
+    and a loss as good (docs, "Time to quality"). An LSTM runs oneDNN's bf16 kernel end to end, state
+    included, so it stays fp32 unless asked.
+    """
+    if name == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device.type == "cpu" and cell == "gru" and native_bf16():
+            return "bf16"
+        return "fp32"
+    precision_plan(device.type, name)  # refuses what this device cannot run
+    return name
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The autocast context for a resolved precision: bf16/fp16 products, or plain fp32."""
+    dtype = precision_plan(device.type, precision).autocast
+    if dtype is None:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def tf32(device: torch.device, enabled: bool = True) -> Iterator[None]:
+    """TF32 tensor cores for float32 products on CUDA (matmuls and cuDNN), ``enabled`` or not, inside the
+    block; the process's settings are restored after it. No effect elsewhere."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+
+@torch.no_grad()
+def state_dtype(model: CharRNN, precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of the state the model's RNN returns under ``precision`` (bf16/fp16 kernels on some
+    devices, float32 on others), found with one tiny forward in eval mode, which draws no random numbers."""
+    return _probe(model, precision, device)["state"]
+
+
+@torch.no_grad()
+def layer_dtypes(model: CharRNN, precision: str, device: torch.device) -> dict[str, str]:
+    """What each layer's output really is under ``precision`` (one tiny forward, eval mode): the
+    embedding, the recurrent layers' output and state, the head's products and the loss's log-softmax."""
+    return {k: str(v).removeprefix("torch.") for k, v in _probe(model, precision, device).items()}
+
+
+def _probe(model: CharRNN, precision: str, device: torch.device) -> dict[str, torch.dtype]:
+    from .network import AdaptiveHead
+
+    seen: dict[str, torch.dtype] = {}
+    head = model.head
+    products: torch.nn.Module = head.head if isinstance(head, AdaptiveHead) else head  # the adaptive head's first layer
+
+    def hook(name: str):  # type: ignore[no-untyped-def]  # a forward hook's loose signature
+        def record(module: torch.nn.Module, args: object, out: object) -> None:
+            seen.setdefault(name, (out[0] if isinstance(out, tuple) else out).dtype)  # type: ignore[union-attr]
+
+        return record
+
+    hooks = [
+        m.register_forward_hook(hook(n))
+        for n, m in (("embedding", model.embedding), ("rnn", model.rnn), ("head", products))
+    ]
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, 2, dtype=torch.long, device=device)
+    try:
+        with autocast(precision, device):
+            _, state = model(x)
+            loss, _ = model(x, targets=x)
+    except RuntimeError as e:  # e.g. oneDNN without bf16 LSTM kernels on this CPU
+        raise ChargenError(
+            f"--precision {precision} does not run a {model.config.cell.upper()} on this "
+            f"{device.type} ({str(e).splitlines()[0][:80]}); use --precision fp32"
+        ) from None
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return {**seen, "state": (state[0] if isinstance(state, tuple) else state).dtype, "loss": loss.dtype}
