@@ -87,8 +87,11 @@ class AdaptiveHead(nn.AdaptiveLogSoftmaxWithLoss):
         head = torch.log_softmax(self.head(h).float(), dim=-1)
         c0 = self.shortlist_size
         out = head.gather(1, torch.where(cluster == 0, r, c0 - 1 + cluster)[:, None])[:, 0]
-        for i, tail in enumerate(self.tail):
-            rows = (cluster == i + 1).nonzero()[:, 0]
+        # The rows of each cluster, in order: one stable sort, and the clusters' sizes read back in one copy
+        # (a host sync per call, which a data-dependent split cannot avoid; a mask per cluster would cost one each).
+        order = torch.sort(cluster, stable=True).indices
+        sizes = torch.bincount(cluster, minlength=len(self.tail) + 1).tolist()
+        for i, (tail, rows) in enumerate(zip(self.tail, order.split(sizes)[1:])):
             lp = torch.log_softmax(tail(h.index_select(0, rows)).float(), dim=-1)
             local = r.index_select(0, rows) - self.cutoffs[i]
             out = out.index_add(0, rows, lp.gather(1, local[:, None])[:, 0])
@@ -215,6 +218,13 @@ def detach_state(state: RNNState | None, dtype: torch.dtype | None = None) -> RN
     if isinstance(state, tuple):
         return tuple(s.detach().to(dtype) if dtype else s.detach() for s in state)
     return state.detach().to(dtype) if dtype else state.detach()
+
+
+def zero_where_not(ok: torch.Tensor, state: RNNState) -> RNNState:
+    """The state where ``ok`` (a bool scalar tensor), else zeros: a reset decided on the device."""
+    if isinstance(state, tuple):
+        return tuple(torch.where(ok, s, torch.zeros_like(s)) for s in state)
+    return torch.where(ok, state, torch.zeros_like(state))
 
 
 def state_tensors(state: RNNState) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -76,27 +77,33 @@ class Meter:
     """Training loss and throughput since the last log line, and throughput over this process's run."""
 
     device: torch.device
-    # Summed on the device: no host sync per step. __post_init__ puts the zero there.
-    loss_sum: torch.Tensor = None  # type: ignore[assignment]  # a tensor once __post_init__ has run
-    steps: int = 0  # finite steps since the last line
+    # Summed on the device: no host sync per step (line() reads them in one copy). __post_init__ puts them there.
+    sums: torch.Tensor = None  # type: ignore[assignment]  # loss sum, finite steps, last finite grad norm
     chars: int = 0
     seconds: float = 0.0
     run_chars: int = 0
     run_seconds: float = 0.0
     last_lr: float = 0.0
-    last_norm: float | torch.Tensor = float("nan")
 
     def __post_init__(self) -> None:
-        self.loss_sum = torch.zeros((), device=self.device)
+        self.sums = torch.tensor([0.0, 0.0, float("nan")], device=self.device)
 
     def add(
-        self, loss: torch.Tensor | None, grad_norm: float | torch.Tensor, lr: float, chars: int, seconds: float
+        self,
+        loss: torch.Tensor,
+        ok: bool | torch.Tensor,
+        grad_norm: torch.Tensor,
+        lr: float,
+        chars: int,
+        seconds: float,
     ) -> None:
-        """One step: its loss and gradient norm (None for a skipped step), learning rate, size and time."""
-        if loss is not None:
-            self.loss_sum += loss
-            self.steps += 1
-            self.last_norm = grad_norm
+        """One step: its loss and gradient norm, whether it was taken (a bool, or a bool tensor on the
+        device: see guard.py), its learning rate, size and time. Skipped steps count for time only."""
+        s = self.sums
+        if not isinstance(ok, torch.Tensor):
+            ok = torch.tensor(ok, device=s.device)
+        taken = torch.stack([s[0] + loss.detach().float(), s[1] + 1, grad_norm.detach().float()])
+        s.copy_(torch.where(ok, taken, s))
         self.last_lr = lr
         self.chars += chars
         self.seconds += seconds
@@ -104,17 +111,23 @@ class Meter:
         self.run_seconds += seconds
 
     def line(self, step: int, elapsed: float) -> dict:
-        """The log line for ``step``; starts the next interval."""
+        """The log line for ``step``; starts the next interval. The wait for the device's queue to drain
+        counts as training time (on CUDA the steps only queued their work)."""
+        t0 = time.perf_counter()
+        loss_sum, steps, norm = self.sums.tolist()
+        waited = time.perf_counter() - t0
+        self.seconds += waited
+        self.run_seconds += waited
         row = dict(
             step=step,
-            loss=round(float(self.loss_sum) / max(1, self.steps), 5),
+            loss=round(loss_sum / max(1.0, steps), 5),
             lr=self.last_lr,
-            grad_norm=round(float(self.last_norm), 5),
+            grad_norm=round(norm, 5),
             chars_per_sec=round(self.chars / max(self.seconds, 1e-9), 1),
             elapsed=round(elapsed, 3),
         )
-        self.loss_sum.zero_()
-        self.steps, self.chars, self.seconds = 0, 0, 0.0
+        self.sums[:2] = 0
+        self.chars, self.seconds = 0, 0.0
         return row
 
     @property

@@ -24,6 +24,20 @@ from . import distributed
 from .launch import Run
 
 
+def inexact_resume(device_type: str, num_layers: int, dropout: float, clock_schedule: bool) -> str | None:
+    """Why a run resumed from ``last/`` would not continue bit for bit as the run that never stopped, or
+    None where it does: on the CPU, with a schedule of steps (not of ``--max-time``'s clock)."""
+    if device_type == "cuda":
+        if num_layers > 1 and dropout > 0:
+            return "cuDNN's dropout between the layers keeps a random state of its own that no checkpoint holds"
+        return "CUDA kernels (the embedding's gradient among them) add in an order that varies from run to run"
+    if device_type != "cpu":
+        return f"{device_type} kernels do not promise the same bits from run to run"
+    if clock_schedule:
+        return "the learning rate follows the clock (--max-time without --decay-steps)"
+    return None
+
+
 def save_best(model: torch.nn.Module, run_dir: Path, progress: ResumeState) -> None:
     """Write the best weights so far, ``model.safetensors``, with the step and validation loss they had."""
     path = run_dir / "model.safetensors"

@@ -105,14 +105,21 @@ def broadcast_flags(flags: list[bool], device: torch.device) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
-def mean_and_any_bad(loss: torch.Tensor, world: int) -> tuple[torch.Tensor, bool]:
-    """The mean loss over ranks, and whether any rank's loss is not finite (one all-reduce)."""
+def mean_and_bad(loss: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean loss over ranks, and whether any rank's loss is not finite, both on the device (one
+    all-reduce, no host sync)."""
     import torch.distributed as dist
 
     bad = ~torch.isfinite(loss)
     t = torch.stack([torch.where(bad, torch.zeros_like(loss), loss).float(), bad.float()])
     dist.all_reduce(t)
-    return t[0] / world, bool(t[1].item() > 0)
+    return t[0] / world, t[1] > 0
+
+
+def mean_and_any_bad(loss: torch.Tensor, world: int) -> tuple[torch.Tensor, bool]:
+    """:func:`mean_and_bad` with the verdict read back to the host."""
+    mean, bad = mean_and_bad(loss, world)
+    return mean, bool(bad)
 
 
 def gather_rows(tensor: torch.Tensor, world: int, dim: int) -> torch.Tensor:

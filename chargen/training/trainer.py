@@ -33,7 +33,7 @@ import torch
 
 from ..data.batches import RandomWindows, StatefulStreams
 from ..errors import ChargenError, Interrupted
-from ..model.network import AdaptiveHead, CharRNN, RNNState, detach_state
+from ..model.network import AdaptiveHead, CharRNN, RNNState, detach_state, zero_where_not
 from ..model.precision import autocast, precision_plan, state_dtype, tf32
 from ..runs.checkpoint import ResumeState, init_from_base
 from ..runs.metrics import Meter, MetricsLog, ProgressBar, Timing
@@ -42,6 +42,7 @@ from . import checkpointing, distributed
 from .budget import Budget, schedule_lr, step_budget
 from .evaluation import Evaluation, make_scorer
 from .finetune import fine_tune_message
+from .guard import DEFERRED_ON, StepGuard
 from .launch import AlreadyFinished, Run, open_run
 from .result import TrainResult, finished_result
 
@@ -138,7 +139,8 @@ class Trainer:
         # beta2 0.99 rather than Adam's default 0.999 (as nanoGPT's character-level recipe does): a step
         # sees few targets (B*T characters), and a shorter memory of squared gradients lets the step size
         # follow the fast early changes of short, high-learning-rate runs like the cpu preset's.
-        fused = {"fused": True} if self.device.type == "cuda" else {}
+        # Fused AdamW where the step guard keeps its decision on the device (it reads found_inf there).
+        fused = {"fused": True} if self.device.type in DEFERRED_ON else {}
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay, **fused
         )
@@ -153,12 +155,20 @@ class Trainer:
         self.interrupted = False  # Ctrl-C asked the loop to stop after this step
         self.log = MetricsLog(run.dir, run.is_main)
         self.meter = Meter(self.device)
+        self.guard = StepGuard(
+            self.optimizer, self.scaler, self.device, run.world_size, cfg.max_bad_steps, self.log, self._diverged
+        )
         self.timing = Timing(run.model_config.num_parameters)
         self.scorer = make_scorer(run.corpus, cfg, self.device, self.autocast)
         self.budget = Budget(cfg, step_budget(cfg, len(self.batches)), self.timing, self.scorer)
         self.evaluation = Evaluation(self.scorer, self.budget, cfg, self.vocab, self.log, self.timing)
         if run.resuming:
             self._restore()
+
+    @property
+    def inexact_resume(self) -> str | None:
+        m = self.run.model_config
+        return checkpointing.inexact_resume(self.device.type, m.num_layers, m.dropout, self.run.decay_time is not None)
 
     def autocast(self) -> torch.autocast:
         return autocast(self.run.precision, self.device)
@@ -178,7 +188,12 @@ class Trainer:
             at=round(time.time(), 3),  # wall clock: setup is done
             device=str(self.device),
             precision=self.run.precision,
+            exact_resume=self.inexact_resume is None,
         )
+        if self.run.resuming and self.inexact_resume is not None:
+            self.log.say(
+                f"resumed on {self.device}: the continuation is close, not bit for bit ({self.inexact_resume})"
+            )
         if self.run.init is not None and not self.run.resuming:
             self.log.say(fine_tune_message(self.run.init, self.run.corpus.meta))
         first_step = self.progress.step
@@ -267,57 +282,32 @@ class Trainer:
         return loss.detach(), grad_norm, lr
 
     def _step(self) -> None:
-        """One training step, skipped when anything is non-finite; advances the step and the clock."""
+        """One training step, skipped when anything is non-finite (guard.py); advances the step and the clock."""
         t0 = time.perf_counter()
         loss, grad_norm, lr = self.train_step(self.progress.step)
-        # One host sync per step: the finite check decides whether to step.
-        if self.run.world_size > 1:
-            loss, any_bad = distributed.mean_and_any_bad(loss, self.run.world_size)
-            loss_ok = not any_bad
-        else:
-            loss_ok = bool(torch.isfinite(loss))
-        finite = loss_ok and bool(torch.isfinite(grad_norm))
-        if finite:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.progress.bad_streak = 0
-        elif loss_ok and self.scaler.is_enabled():
-            # fp16: gradients that overflow the loss scale are the grad scaler's ordinary business, not
-            # divergence. It skips the update and lowers the scale; the carried state stays.
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.log.event(self.progress.step, "scale_overflow", scale=self.scaler.get_scale())
-        else:
-            self._skip_nonfinite(loss, grad_norm)
+        loss, ok = self.guard.step(loss, grad_norm, self.progress)
+        if ok is False:
+            self.carried = None  # a skipped step's state may hold the non-finite values: start again from zeros
+        elif isinstance(ok, torch.Tensor) and self.carried is not None:
+            self.carried = zero_where_not(ok, self.carried)
         self.progress.step += 1
         now = time.perf_counter()
         self.timing.step = now - t0
         self.progress.elapsed = self.budget.elapsed(now)
-        self.meter.add(
-            loss if finite else None, grad_norm, lr, self.batches.chars_per_batch * self.run.world_size, now - t0
-        )
+        self.meter.add(loss, ok, grad_norm, lr, self.batches.chars_per_batch * self.run.world_size, now - t0)
         if self.bar is not None:
             self.bar.update(1)
 
-    def _skip_nonfinite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        p = self.progress
-        self.optimizer.zero_grad(set_to_none=True)
-        self.carried = None
-        p.bad_streak += 1
-        self.log.event(p.step, "nonfinite", loss=float(loss), grad_norm=float(grad_norm))
-        if self.scaler.is_enabled():
-            self.scaler.update(self.scaler.get_scale() / 2)
-        if p.bad_streak >= self.cfg.max_bad_steps:
-            self.log.event(p.step, "stopped", reason="nonfinite")
-            kept = (
-                f"the last good checkpoint is in {self.run.dir}/last"
-                if self.run.claim is None
-                else "it had no checkpoint yet, so nothing is kept"
-            )
-            raise ChargenError(
-                f"training diverged: {p.bad_streak} steps in a row with a non-finite loss or "
-                f"gradient at step {p.step}; {kept}; lower --lr or --clip and resume or start again"
-            )
+    def _diverged(self, streak: int, step: int) -> ChargenError:
+        kept = (
+            f"the last good checkpoint is in {self.run.dir}/last"
+            if self.run.claim is None
+            else "it had no checkpoint yet, so nothing is kept"
+        )
+        return ChargenError(
+            f"training diverged: {streak} steps in a row with a non-finite loss or "
+            f"gradient by step {step}; {kept}; lower --lr or --clip and resume or start again"
+        )
 
     def _log_and_evaluate(self) -> None:
         """Write a metrics line every --log-every steps, and evaluate every --eval-every, and at the end."""
@@ -325,6 +315,7 @@ class Trainer:
         at_end = self._budget_spent()
         due = step % cfg.eval_every == 0 or at_end
         if step % cfg.log_every == 0 or at_end:
+            self.guard.check(self.progress)
             row = self.meter.line(step, self.progress.elapsed)
         elif due:
             row = dict(step=step, elapsed=round(self.progress.elapsed, 3))
@@ -391,6 +382,7 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         """Write last/. With several processes every rank must call it: states and RNGs are gathered."""
+        self.guard.check(self.progress)  # never a checkpoint of a run that has diverged
         took = checkpointing.write_last(self.run, self.model, self.optimizer, self.scaler, self.progress, self.carried)
         if took is not None:
             self.timing.checkpoint = took
