@@ -284,6 +284,8 @@ class NumpyRuntime:
     ) -> Iterator[np.ndarray]:
         return sample_ids(self.step, logits, state, seeds, opts, banned)
 
+    read_every = 1  # steps drawn between two reads of their ids (see TorchRuntime): here, every one
+
     @staticmethod
     def to_numpy(columns: list) -> np.ndarray:
         """The drawn ids, one array (B,) per step -> (B, steps)."""

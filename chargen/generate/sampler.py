@@ -221,12 +221,26 @@ class Sampler:
             packed.append(self.runtime.to_numpy(columns).astype(dtype))
         return np.concatenate(packed, axis=1)
 
+    def _host_steps(self, steps: Iterator[torch.Tensor] | Iterator[np.ndarray]) -> Iterator[list[int]]:
+        """Each step's ids (n,) as ints, read ``runtime.read_every`` steps at a time in one copy."""
+        every, columns = self.runtime.read_every, []
+        for ids in steps:
+            if every == 1:
+                yield ids.tolist()
+                continue
+            columns.append(ids)
+            if len(columns) == every:
+                yield from self.runtime.to_numpy(columns).T.tolist()
+                columns = []
+        if columns:
+            yield from self.runtime.to_numpy(columns).T.tolist()
+
     def _until_stops(self, steps: Iterator[torch.Tensor] | Iterator[np.ndarray], opts: SampleOptions) -> list[str]:
         chars, stops = self.vocab.chars, opts.stop
         outs: list[list[str]] = [[] for _ in range(opts.n)]
         done = [False] * opts.n
-        for ids in steps:
-            for row, i in enumerate(ids.tolist()):
+        for ids in self._host_steps(steps):
+            for row, i in enumerate(ids):
                 if done[row]:
                     continue
                 outs[row].append(chars[i])
@@ -251,8 +265,8 @@ class Sampler:
     def _stream(self, prompt: str, opts: SampleOptions) -> Iterator[str]:
         chars, stops = self.vocab.chars, opts.stop
         pending = ""
-        for ids in self._ids(prompt, opts):
-            pending += chars[int(ids[0])]
+        for ids in self._host_steps(self._ids(prompt, opts)):
+            pending += chars[ids[0]]
             if not stops:
                 yield pending
                 pending = ""

@@ -17,6 +17,7 @@ sample drawn with seed ``s + i``.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -226,6 +227,43 @@ class FastStep:
         return torch.addmm(self.head_b, x, self.head_w), fast  # (B, V)
 
 
+class HostCopy:
+    """Small tensors between the host and a device, one copy each way per call. On CUDA through pinned
+    (page-locked) buffers, which the GPU copies from directly; a pageable copy stages through a bounce
+    buffer first. On the CPU, no copy at all. Each thread has buffers of its own (a sampler is shared)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.pinned = device, device.type == "cuda"
+        self._mine = threading.local()
+
+    def _buffer(self, which: str, n: int, dtype: torch.dtype) -> torch.Tensor:
+        held = getattr(self._mine, which, None)
+        if held is None or held.numel() < n or held.dtype != dtype:
+            held = torch.empty(max(n, 1024), dtype=dtype, pin_memory=True)
+            setattr(self._mine, which, held)
+        return held
+
+    def read(self, t: torch.Tensor) -> np.ndarray:
+        """``t`` on the host as a NumPy array (the device is waited for once): on CUDA a copy of its own,
+        on the CPU a view of ``t``."""
+        if not self.pinned:
+            return t.detach().cpu().numpy()
+        out = self._buffer("down", t.numel(), t.dtype)[: t.numel()]
+        out.copy_(t.detach().reshape(-1), non_blocking=True)
+        torch.cuda.current_stream(t.device).synchronize()
+        return out.numpy().reshape(t.shape).copy()
+
+    def write(self, a: np.ndarray) -> torch.Tensor:
+        """``a`` on the device. The copy is queued, not waited for: the pinned buffer is not written again
+        before the next :meth:`read`, which waits for it (the batcher reads once per step)."""
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        if not self.pinned:
+            return t.to(self.device)
+        staged = self._buffer("up", t.numel(), t.dtype)[: t.numel()]
+        staged.copy_(t.reshape(-1))
+        return staged.to(self.device, non_blocking=True).view(t.shape)
+
+
 class TorchRuntime:
     """The sampler's torch backend: a model on a device, primed with one ``nn.LSTM``/``nn.GRU`` call over
     the prompt, then one :class:`FastStep` per character (``numpy_step.NumpyRuntime`` has the same methods)."""
@@ -238,6 +276,28 @@ class TorchRuntime:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.step = FastStep(self.model)
+        self.host = HostCopy(self.device)
+        # Steps drawn between two reads of their ids when stop strings are watched or text streamed: on
+        # CUDA a read waits for the queue to drain, so 32 steps are read in one copy (a stop is found up to
+        # 31 steps late, and the text cut at it all the same); on the CPU each step is read as it comes.
+        self.read_every = 32 if self.device.type == "cuda" else 1
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a pickle holds (the server's decoding process is sent one): the model's config and its
+        weights copied to the CPU, and the device's name. The process that unpickles it moves them to the
+        device itself; pickling CUDA tensors would send CUDA IPC handles into this process's memory. The
+        step is made again from the weights, unless it was replaced (``Sampler.fast_step``): a custom
+        step is pickled as it is."""
+        weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        custom = None if type(self.step) is FastStep else self.step
+        return {"config": self.model.config, "weights": weights, "device": str(self.device), "step": custom}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        model = CharRNN(state["config"])
+        model.load_state_dict(state["weights"])
+        self.__init__(model, state["device"])  # type: ignore[misc]  # the one place that builds a runtime
+        if state["step"] is not None:
+            self.step = state["step"]
 
     @torch.inference_mode()
     def prime(self, ids: np.ndarray, batch: int) -> tuple[torch.Tensor, FastState]:
@@ -256,10 +316,9 @@ class TorchRuntime:
     ) -> Iterator[torch.Tensor]:
         return sample_ids(self.step, logits, state, seeds, opts, banned)
 
-    @staticmethod
-    def to_numpy(columns: list) -> np.ndarray:
+    def to_numpy(self, columns: list) -> np.ndarray:
         """The drawn ids, one tensor (B,) per step -> (B, steps), copied off the device once."""
-        return torch.stack(columns, dim=1).cpu().numpy()
+        return self.host.read(torch.stack(columns, dim=1))
 
     def scorer(self, start_id: int) -> Callable[[np.ndarray], np.ndarray]:
         """A function of ids (t,) -> log-probabilities (t,) float64, the state carried between calls."""

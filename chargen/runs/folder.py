@@ -287,7 +287,9 @@ def _section(run_dir: Path, name: str, build: Callable[[], _T]) -> _T:
 # Options added after format 1 was fixed, with the value that gives a run written before them the
 # behaviour it was trained with.
 _ADDED_LATER: dict[str, dict[str, Any]] = {
-    "TrainConfig": {"eval_chars": 0},  # every validation character was scored
+    # eval_chars: every validation character was scored. tf32: the default (on CUDA a resume is not bit-exact
+    # in any case, and TF32 changes only the rounding of float32 products there).
+    "TrainConfig": {"eval_chars": 0, "tf32": True},
     "ModelConfig": {"softmax": "full", "cutoffs": None, "input_dropout": 0.0, "output_dropout": 0.0},
 }
 

@@ -33,7 +33,7 @@ import torch
 from ..config import SampleOptions
 from ..errors import ChargenError
 from ..generate.sampler import Sampler, _cut_at_stop, _partial_stop_suffix
-from ..generate.torch_step import FastState, pick, uniforms_at
+from ..generate.torch_step import FastState, TorchRuntime, pick, uniforms_at
 from .request import Request
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class Batcher:
         if sampler.backend != "torch":
             raise ChargenError("the batcher runs on the torch backend; load the sampler with backend='torch'")
         self.vocab, self.step_fn = sampler.vocab, sampler.fast_step
+        self._host = cast(TorchRuntime, sampler.runtime).host  # one copy each way per step (pinned on CUDA)
         # the unknown token, never drawn: made once on the device (as sample_ids does)
         unk = sampler.vocab.unk_id
         self._banned = None if unk is None else torch.tensor([unk], device=sampler.device)
@@ -276,9 +277,9 @@ class Batcher:
         assert logits is not None and self._state is not None  # set while rows decode
         ids = self._draw(rows, logits)
         members = [i for i, row in enumerate(rows) if row.request.logprobs is not None]
-        entries = self._logprobs(logits, ids, members) if members else {}
+        next_ids, entries = self._read(logits, ids, members)
         keep = [
-            i for i, (row, next_id) in enumerate(zip(rows, ids.tolist())) if self._advance(row, next_id, entries.get(i))
+            i for i, (row, next_id) in enumerate(zip(rows, next_ids)) if self._advance(row, next_id, entries.get(i))
         ]
         for request in {id(r.request): r.request for r in rows}.values():
             request.flush()
@@ -294,11 +295,11 @@ class Batcher:
 
     def _draw(self, rows: list[_Row], logits: torch.Tensor) -> torch.Tensor:
         """Each row's next id, drawn with its own options at (its seed, its step)."""
-        u = torch.from_numpy(
+        u = self._host.write(
             uniforms_at(
                 np.array([r.seed for r in rows], dtype=np.uint64), np.array([r.t for r in rows], dtype=np.uint64)
             )
-        ).to(logits.device)
+        )
         groups: dict[tuple, list[int]] = {}
         for i, row in enumerate(rows):
             o = row.request.opts
@@ -321,21 +322,29 @@ class Batcher:
             )
         return ids
 
-    def _logprobs(self, logits: torch.Tensor, ids: torch.Tensor, members: list[int]) -> dict[int, tuple]:
-        """For rows asking for them: (log-probability of the drawn character, its request's ``logprobs``
-        likeliest characters with theirs), under the model's own distribution (no temperature, no cut)."""
+    def _read(self, logits: torch.Tensor, ids: torch.Tensor, members: list[int]) -> tuple[list[int], dict[int, tuple]]:
+        """The drawn ids on the host and, for rows asking for them, (log-probability of the drawn character,
+        its request's ``logprobs`` likeliest characters with theirs) under the model's own distribution (no
+        temperature, no cut): all of it in one copy from the device (float64 holds the ids exactly)."""
+        if not members:
+            return self._host.read(ids).tolist(), {}
         rows, chars = self._rows, self.vocab.chars
         index = torch.tensor(members, device=logits.device)
         lp = torch.log_softmax(logits.index_select(0, index).float(), dim=-1)
-        drawn = lp.gather(1, ids.index_select(0, index)[:, None])[:, 0].tolist()
+        drawn = lp.gather(1, ids.index_select(0, index)[:, None])[:, 0]
         k = min(max(cast(int, rows[i].request.logprobs) for i in members), lp.shape[-1])  # members asked: an int
         values, indices = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())
-        top_v, top_i = values.tolist(), indices.tolist()
+        parts = [ids, drawn, values.flatten(), indices.flatten()]
+        packed = self._host.read(torch.cat([p.double() for p in parts]))
+        n, m = len(ids), len(members)
+        next_ids, drawn_v = packed[:n].astype(np.int64).tolist(), packed[n : n + m].tolist()
+        top_v = packed[n + m : n + m + m * k].reshape(m, k).tolist()
+        top_i = packed[n + m + m * k :].astype(np.int64).reshape(m, k).tolist()
         out = {}
         for j, i in enumerate(members):
-            m = rows[i].request.logprobs
-            out[i] = (drawn[j], [(chars[c], v) for c, v in zip(top_i[j][:m], top_v[j][:m])])
-        return out
+            want = rows[i].request.logprobs
+            out[i] = (drawn_v[j], [(chars[c], v) for c, v in zip(top_i[j][:want], top_v[j][:want])])
+        return next_ids, out
 
     # -- delivery ----------------------------------------------------------------
 

@@ -305,3 +305,44 @@ def test_top_p_keeps_the_lower_ids_among_ties():
         assert set(ids.tolist()) <= {0, 1, 2} and ids.tolist() == [0, 1, 2]
     banned = torch.tensor([1])
     assert pick(logits, u, 1.0, None, 0.5, banned).tolist() == pick(logits, u, 1.0, None, 0.5, 1).tolist()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_pickled_torch_sampler_holds_cpu_weights_and_decodes_the_same(cell):
+    """The server's decoding process is sent the sampler by pickle: it must carry plain CPU tensors (CUDA
+    ones would travel as IPC handles into the server's memory) and rebuild to the same text."""
+    import pickle
+
+    s = make_sampler(cell)
+    state = s.runtime.__getstate__()
+    assert state["device"] == "cpu" and state["config"] == s.model.config and state["step"] is None
+    assert all(type(t) is torch.Tensor and t.device.type == "cpu" for t in state["weights"].values())
+    assert set(state["weights"]) == set(s.model.state_dict())
+    copy = pickle.loads(pickle.dumps(s))
+    assert copy.model is not s.model and copy.device == s.device
+    assert copy.generate("ab", length=60, n=3, seed=4, stop=["x"]) == s.generate(
+        "ab", length=60, n=3, seed=4, stop=["x"]
+    )
+
+
+@pytest.mark.parametrize("every", [2, 7, 32])
+def test_reading_ids_in_blocks_gives_the_same_text(every):
+    """On CUDA the ids are read 32 steps at a time (one copy, not one wait per character): stop strings,
+    batches and streams come out as when each step is read."""
+    s = make_sampler("lstm")
+    opts = dict(length=150, seed=11, stop=["e ", "xyz"])
+    want = s.generate("ab", n=5, **opts), list(s.stream("ab", **opts)), s.generate("ab", length=50, seed=2)
+    s.runtime.read_every = every
+    got = s.generate("ab", n=5, **opts), list(s.stream("ab", **opts)), s.generate("ab", length=50, seed=2)
+    assert got[0] == want[0] and "".join(got[1]) == "".join(want[1]) and got[2] == want[2]
+    assert any(len(t) < 150 for t in got[0])  # some rows did stop
+
+
+def test_host_copies_on_the_cpu_are_the_tensors_themselves():
+    from chargen.generate.torch_step import HostCopy
+
+    host = HostCopy(torch.device("cpu"))
+    t = torch.arange(6).reshape(2, 3)
+    assert host.read(t).tolist() == [[0, 1, 2], [3, 4, 5]] and not host.pinned
+    u = np.linspace(0, 1, 5)
+    assert torch.equal(host.write(u), torch.from_numpy(u))

@@ -600,3 +600,35 @@ def test_an_extended_time_run_stops_where_its_rate_reaches_a_floor_of_0(text_fil
     assert rows[-1] == {"step": again.steps, "event": "stopped", "reason": "schedule"}
     assert all(r["lr"] > 0 for r in rows if "lr" in r)  # no step was taken at rate 0
     assert train(out=run, resume=True).already_finished
+
+
+@pytest.mark.parametrize(
+    "device,layers,dropout,clock,why",
+    [
+        ("cpu", 2, 0.3, False, None),  # exact: the CPU with a schedule of steps
+        ("cpu", 1, 0.0, True, "the learning rate follows the clock"),
+        ("cuda", 2, 0.3, False, "cuDNN's dropout between the layers keeps a random state of its own"),
+        ("cuda", 1, 0.3, False, "CUDA kernels (the embedding's gradient among them) add in an order that varies"),
+        ("cuda", 2, 0.0, False, "CUDA kernels"),
+        ("mps", 1, 0.0, False, "mps kernels do not promise the same bits"),
+    ],
+)
+def test_where_a_resume_is_bit_exact(device, layers, dropout, clock, why):
+    from chargen.training.checkpointing import inexact_resume
+
+    got = inexact_resume(device, layers, dropout, clock)
+    assert got is None if why is None else got.startswith(why)
+
+
+def test_the_started_event_says_whether_a_resume_would_be_exact(text_file, tmp_path, capsys):
+    train(text_file, out=tmp_path / "steps", max_steps=4, **TINY)
+    train(text_file, out=tmp_path / "clock", max_time="2s", **TINY)
+    for name, exact in (("steps", True), ("clock", False)):
+        started = [r for r in metrics(tmp_path / name) if r.get("event") == "started"]
+        assert started[0]["exact_resume"] is exact
+    capsys.readouterr()
+    train(text_file, out=tmp_path / "clock", resume=True, max_time="3s")
+    assert (
+        "resumed on cpu: the continuation is close, not bit for bit (the learning rate follows"
+        in capsys.readouterr().err
+    )
