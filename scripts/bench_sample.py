@@ -21,6 +21,11 @@ single-thread float32 matrix-vector GFLOP/s at the step's own shapes (a child pr
 thread), and the fraction of it each backend reaches (chars/s x FLOPs per character / that). Then
 batched throughput for n = 8, 64 and 1024; then for 3x512, what float16 storage would give. Last, cold
 start: ``chargen sample RUN --length 100`` as whole processes on each backend (median of --rounds).
+
+With ``--device`` (cpu, cuda, mps), the torch backend on that device instead: one stream against the
+naive loop on the same device, batched throughput, 64 streams through the server's batcher (in process),
+and on CUDA the fixed-shape single step replayed as a CUDA graph against the step as it runs (whether
+graphs would pay). ``python scripts/bench_sample.py --device cuda --sizes 3x1024``
 """
 
 from __future__ import annotations
@@ -54,14 +59,16 @@ PROMPT = "ROMEO:"
 
 @torch.inference_mode()
 def naive(model, vocab, length: int, seed: int) -> tuple[str, float]:
+    device = model.embedding.weight.device
     ids = [vocab.start_id] + vocab.encode(PROMPT)
-    u = torch.from_numpy(uniforms(np.array([seed], dtype=np.uint64), 0, length))
+    u = torch.from_numpy(uniforms(np.array([seed], dtype=np.uint64), 0, length)).to(device)
     t0 = time.perf_counter()
-    logits, state = model(torch.tensor([ids]))
+    logits, state = model(torch.tensor([ids], device=device))
     logits = logits[:, -1]
     out = []
+    banned = None if vocab.unk_id is None else torch.tensor([vocab.unk_id], device=device)
     for t in range(length):
-        nxt = pick(logits, u[:, t], 1.0, None, None, vocab.unk_id)  # (1,)
+        nxt = pick(logits, u[:, t], 1.0, None, None, banned)  # (1,)
         out.append(int(nxt))
         if t + 1 < length:
             logits, state = model(nxt[:, None], state)  # one nn.LSTM call per char
@@ -238,12 +245,99 @@ def make_run(model: CharRNN, vocab, folder: Path) -> Path:
     return run
 
 
+def on_device(model: CharRNN, vocab, device: torch.device, rounds: int) -> None:
+    """The torch backend on ``device``: one stream, batches, 64 streams through the batcher, CUDA graphs."""
+    from chargen.serve.batcher import Batcher
+
+    s = Sampler(model, vocab, device)
+    timed(s, 20, seed=0)  # warm: kernels chosen, memory allocated
+    naive_len, length = 200, 1000
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    base = statistics.median(naive_len / naive(s.model, vocab, naive_len, seed=r)[1] for r in range(rounds))
+    one = statistics.median(length / timed(s, length, seed=r)[1] for r in range(rounds))
+    print(
+        f"  one stream: torch {one:,.0f} chars/s, naive nn.{model.config.cell.upper()} loop {base:,.0f} "
+        f"({one / base:.1f}x)",
+        flush=True,
+    )
+    for n in (8, 64, 1024):
+        rate = statistics.median(n * 200 / timed(s, 200, seed=r, n=n)[1] for r in range(rounds))
+        print(f"  batched n={n:<5d} {rate:>12,.0f} chars/s in total", flush=True)
+    batcher = Batcher(s)
+    try:
+        rates = []
+        for r in range(rounds):
+            t = time.perf_counter()
+            requests = [batcher.submit(PROMPT, length=200, seed=1000 * r + i, temperature=0.8) for i in range(64)]
+            for request in requests:
+                request.texts(timeout=600)
+            rates.append(64 * 200 / (time.perf_counter() - t))
+        print(f"  64 streams through the batcher: {statistics.median(rates):,.0f} chars/s in total", flush=True)
+    finally:
+        batcher.close()
+    if device.type != "cuda":
+        print("  CUDA graphs: skipped (not a CUDA device)", flush=True)
+        return
+    for batch in (1, 64):
+        _, state = s._prime(np.array([vocab.start_id]), batch)
+        ids = torch.zeros(batch, dtype=torch.long, device=device)
+        eager, graphed = graph_rates(s.fast_step, ids, state, rounds, sync)
+        print(
+            f"  one step at batch {batch}: as it runs {eager:,.0f} steps/s, as a CUDA graph {graphed:,.0f} "
+            f"({graphed / eager:.2f}x)",
+            flush=True,
+        )
+
+
+@torch.inference_mode()
+def graph_rates(step, ids, state, rounds: int, sync, reps: int = 2000) -> tuple[float, float]:
+    """Steps/s of the single step called as it is, and replayed as a captured CUDA graph (same shapes)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step(ids, state)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(ids, state)
+
+    def rate(fn) -> float:
+        sync()
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync()
+        return reps / (time.perf_counter() - t)
+
+    eager = statistics.median(rate(lambda: step(ids, state)) for _ in range(rounds))
+    return eager, statistics.median(rate(graph.replay) for _ in range(rounds))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cell", default="lstm", choices=("lstm", "gru"))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--sizes", default="2x256,3x512")
+    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps: the torch backend there (see above)")
     args = ap.parse_args()
+    if args.device is not None:
+        from chargen.model.devices import resolve_device
+
+        device = resolve_device(args.device)
+        vocab = CharVocab.build(CHARS, with_unk=False)
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+        print(
+            f"{args.cell}, {name}, torch {torch.__version__}, vocabulary {len(vocab)}, medians of {args.rounds} rounds",
+            flush=True,
+        )
+        for size in args.sizes.split(","):
+            layers, hidden = (int(v) for v in size.split("x"))
+            torch.manual_seed(0)
+            print(f"\n{layers}x{hidden} {args.cell.upper()} on {device}", flush=True)
+            model = CharRNN(ModelConfig(vocab_size=len(vocab), cell=args.cell, num_layers=layers, hidden_size=hidden))
+            on_device(model, vocab, device, args.rounds)
+        return
     try:
         import onnxruntime  # noqa: F401
 

@@ -4,6 +4,7 @@ Usage::
 
     python scripts/bench_serve.py                    # 2x256 LSTM, 200 characters per request, 3 rounds
     python scripts/bench_serve.py --clients 1 8 --chars 100 --rounds 2
+    python scripts/bench_serve.py --device cuda      # the model on a GPU (torch backend)
 
 Trains a 2x256 LSTM for a few steps (its speed, not its quality, matters
 here), starts ``chargen serve`` on it as a separate process on 127.0.0.1, and
@@ -60,12 +61,17 @@ def make_run(folder: Path) -> Path:
     return run
 
 
-def batcher_alone(run: Path, clients: int, chars: int, rounds: int) -> float:
-    """Aggregate chars/s of the same requests through the server's decoding process alone, without HTTP."""
+def load(run: Path, device: str):
     from chargen import Sampler
+
+    return Sampler.load(run, device=device, backend="torch" if device != "cpu" else "auto")
+
+
+def batcher_alone(run: Path, clients: int, chars: int, rounds: int, device: str) -> float:
+    """Aggregate chars/s of the same requests through the server's decoding process alone, without HTTP."""
     from chargen.serve.process_batcher import ProcessBatcher
 
-    batcher = ProcessBatcher(Sampler.load(run))
+    batcher = ProcessBatcher(load(run, device))
     rates = []
     try:
         for r in range(rounds):
@@ -81,10 +87,8 @@ def batcher_alone(run: Path, clients: int, chars: int, rounds: int) -> float:
     return statistics.median(rates)
 
 
-def baseline(run: Path, chars: int, rounds: int) -> float:
-    from chargen import Sampler
-
-    s = Sampler.load(run)
+def baseline(run: Path, chars: int, rounds: int, device: str) -> float:
+    s = load(run, device)
     s.generate("the ", length=50, seed=0)
     rates = []
     for r in range(rounds):
@@ -140,16 +144,18 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64, 256])
     ap.add_argument("--chars", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="where the model decodes: cpu (default), cuda, cuda:1, mps")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="chargen-serve-") as tmp:
         os.environ.setdefault("CHARGEN_CACHE", str(Path(tmp) / "cache"))
         run = make_run(Path(tmp))
-        base = baseline(run, args.chars, args.rounds)
-        alone = {c: batcher_alone(run, c, args.chars, args.rounds) for c in args.clients}
+        base = baseline(run, args.chars, args.rounds, args.device)
+        alone = {c: batcher_alone(run, c, args.chars, args.rounds, args.device) for c in args.clients}
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         server = subprocess.Popen(
-            [sys.executable, "-m", "chargen", "serve", str(run), "--port", str(port), "--max-queued", "4096"],
+            [sys.executable, "-m", "chargen", "serve", str(run), "--port", str(port), "--max-queued", "4096"]
+            + ["--device", args.device],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -165,7 +171,7 @@ def main() -> None:
                     time.sleep(0.2)
             print(
                 f"chargen serve, 2x256 LSTM, {args.chars} characters per request, median of {args.rounds} "
-                f"rounds; {os.cpu_count()} CPUs"
+                f"rounds; {os.cpu_count()} CPUs; device {args.device}"
             )
             print(f"baseline: Sampler.generate alone, one stream: {base:,.0f} chars/s\n")
             print(

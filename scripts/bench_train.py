@@ -38,7 +38,7 @@ from chargen.config import PRESETS
 from chargen.data.prepared import prepare
 from chargen.errors import ChargenError
 from chargen.model.devices import resolve_device
-from chargen.model.precision import resolve_precision
+from chargen.model.precision import precision_plan, resolve_precision, tf32
 
 
 def corpus_source() -> tuple[str, list[str]]:
@@ -67,8 +67,12 @@ def bare_loop(
     params = [*emb.parameters(), *rnn.parameters(), *head.parameters()]
     for m in (emb, rnn, head):
         m.to(device)
-    opt = torch.optim.AdamW(params, lr=cfg["lr"], betas=(0.9, 0.99), weight_decay=cfg.get("weight_decay", 0.0))
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    fused = {"fused": True} if device.type == "cuda" else {}  # what any CUDA trainer should use, as chargen does
+    opt = torch.optim.AdamW(params, lr=cfg["lr"], betas=(0.9, 0.99), weight_decay=cfg.get("weight_decay", 0.0), **fused)
+    # The same dtypes as chargen (precision.precision_plan): under CUDA bf16 the RNN runs in float32 (TF32),
+    # since autocast would feed cuDNN's RNN fp16 with no scaler; fp16 scales the loss.
+    plan = precision_plan(device.type, precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=plan.grad_scaler)
     S = (ids.numel() - 1) // B
     x_all = ids[: B * S].view(B, S).to(device)
     y_all = ids[1 : B * S + 1].view(B, S).to(device)
@@ -83,14 +87,20 @@ def bare_loop(
         x, y = x_all[:, k * T : (k + 1) * T], y_all[:, k * T : (k + 1) * T]
         if k == 0:
             state = None
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out, state = rnn(emb(x), state)
+        with torch.autocast(device.type, dtype=plan.autocast, enabled=plan.autocast is not None):
+            if plan.rnn_autocast:
+                out, state = rnn(emb(x), state)
+            else:
+                with torch.autocast(device.type, enabled=False):
+                    out, state = rnn(emb(x).float(), state)
             loss = F.cross_entropy(head(drop(out)).float().flatten(0, 1), y.flatten())
-        state = tuple(s.detach().float() for s in state) if isinstance(state, tuple) else state.detach().float()
+        state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return steps * B * T / (time.perf_counter() - t0)
@@ -163,7 +173,8 @@ def main() -> None:
         ap.error(str(e))
     cache = tempfile.mkdtemp()
     try:
-        run(args, device, precision, cache)
+        with tf32(device):  # both sides: chargen train allows TF32 on CUDA by default
+            run(args, device, precision, cache)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 
