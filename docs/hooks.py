@@ -114,9 +114,7 @@ def options_reference() -> str:
             default = "" if spec.default is None else f"`{spec.default!r}`"
             resumable = "yes" if spec.resumable else ""
             key = f"`{spec.flag}` (`--no-{spec.flag}`)" if spec.kind is bool and spec.default else f"`{spec.flag}`"
-            out.append(
-                f"| {key} | `{name}` | {kind} | {default} | {_range(spec)} | {resumable} | {_cell(spec.help)} |"
-            )
+            out.append(f"| {key} | `{name}` | {kind} | {default} | {_range(spec)} | {resumable} | {_cell(spec.help)} |")
         out.append("")
     return "\n".join(out)
 
