@@ -314,17 +314,35 @@ def graph_rates(step, ids, state, rounds: int, sync, reps: int = 2000) -> tuple[
     return eager, statistics.median(rate(graph.replay) for _ in range(rounds))
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def sizes(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[1-9]\d*x[1-9]\d*(,[1-9]\d*x[1-9]\d*)*", text):
+        raise argparse.ArgumentTypeError(f"must be LAYERSxHIDDEN pairs like 2x256,3x512, got {text!r}")
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cell", default="lstm", choices=("lstm", "gru"))
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--sizes", default="2x256,3x512")
+    ap.add_argument("--rounds", type=positive, default=5)
+    ap.add_argument("--sizes", type=sizes, default="2x256,3x512", help="LAYERSxHIDDEN, comma-separated")
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps: the torch backend there (see above)")
     args = ap.parse_args()
     if args.device is not None:
+        from chargen.errors import ChargenError
         from chargen.model.devices import resolve_device
 
-        device = resolve_device(args.device)
+        try:
+            device = resolve_device(args.device)
+        except ChargenError as e:
+            ap.exit(2, f"{ap.prog}: error: {e}\n")
         vocab = CharVocab.build(CHARS, with_unk=False)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
         print(

@@ -146,6 +146,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cpu", help="where the model decodes: cpu (default), cuda, cuda:1, mps")
     args = ap.parse_args()
+    from chargen.errors import ChargenError
+    from chargen.model.devices import resolve_device
+
+    try:
+        resolve_device(args.device)  # before the minute of training a run
+    except ChargenError as e:
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
     with tempfile.TemporaryDirectory(prefix="chargen-serve-") as tmp:
         os.environ.setdefault("CHARGEN_CACHE", str(Path(tmp) / "cache"))
         run = make_run(Path(tmp))

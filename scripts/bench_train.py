@@ -154,7 +154,7 @@ def main() -> None:
     ap.add_argument("--steps", type=at_least(1), default=60)
     ap.add_argument("--warmup", type=at_least(0), default=5)
     ap.add_argument("--rounds", type=at_least(1), default=5)
-    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"))
+    ap.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
     ap.add_argument(
         "--precision",
         default=None,
@@ -170,7 +170,7 @@ def main() -> None:
             PRESETS[args.preset].get("cell", "lstm"),
         )
     except ChargenError as e:
-        ap.error(str(e))
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
     cache = tempfile.mkdtemp()
     try:
         with tf32(device):  # both sides: chargen train allows TF32 on CUDA by default
@@ -233,9 +233,9 @@ def run(args, device: torch.device, precision: str, cache: str) -> None:
         # alternate which side goes first, so neither always runs on a warmer (or cooler) machine
         if r % 2 == 0:
             bare.append(bare_loop(ids, len(corpus.vocab), cfg, args.steps, args.warmup, device, precision))
-            ours.append(chargen_loop(source, dirs, cfg, args.steps, args.warmup, args.device, cache, precision))
+            ours.append(chargen_loop(source, dirs, cfg, args.steps, args.warmup, str(device), cache, precision))
         else:
-            ours.append(chargen_loop(source, dirs, cfg, args.steps, args.warmup, args.device, cache, precision))
+            ours.append(chargen_loop(source, dirs, cfg, args.steps, args.warmup, str(device), cache, precision))
             bare.append(bare_loop(ids, len(corpus.vocab), cfg, args.steps, args.warmup, device, precision))
         print(f"round {r + 1}: bare {bare[-1]:,.0f} chars/s, chargen {ours[-1]:,.0f} chars/s", flush=True)
     b, o = statistics.median(bare), statistics.median(ours)

@@ -2,10 +2,10 @@
 # The GPU check: everything a CUDA run must show, in one call of at most 8 minutes on one H100 or H200.
 #
 #   bash scripts/gpu_check.sh              # on the GPU machine
-#   bash scripts/gpu_check.sh --dry-run    # every step, tiny, on the CPU (under 3 minutes; the tests run it)
+#   bash scripts/gpu_check.sh --dry-run    # every step, tiny, on the CPU (about 30 s on 2 cores; the tests run it)
 #
-# Environment: OUT, the folder for the raw outputs (default docs/results/gpu/; a new temporary folder for a
-# dry run); PYTHON (default python3); CHARGEN_CORPORA, the folder holding tinyshakespeare.txt (without it
+# Environment: OUT, the folder for the raw outputs (default docs/results/gpu/ in the repository; a new
+# temporary folder for a dry run; a relative OUT is taken from the current folder); PYTHON (default python3); CHARGEN_CORPORA, the folder holding tinyshakespeare.txt (without it
 # the time-to-quality step trains on the embedded default corpus, and says so).
 #
 # Steps, each with its own time limit so that one that hangs loses only itself (steps.tsv: name, exit
@@ -18,25 +18,46 @@
 #                           time_to_quality_metrics.jsonl), while utilisation.csv samples nvidia-smi each second
 #   tests_cpu.txt           the rest of the suite, on that machine's CPUs, beside the time-to-quality run
 #                           (on cores of its own where taskset exists); a dry run runs one module of it only
+# Ctrl-C (or SIGTERM) stops every step, removes the scratch folder and exits 130.
 set -uo pipefail
+here=$PWD
 cd "$(dirname "$0")/.."
+fail() { echo "gpu_check.sh: $*" >&2; exit 2; }
 
 dry=0
 case "${1:-}" in
   "") ;;
   --dry-run) dry=1 ;;
-  *) echo "gpu_check.sh: unknown argument ${1}; use --dry-run or nothing" >&2; exit 2 ;;
+  *) fail "unknown argument ${1}; use --dry-run or nothing" ;;
 esac
-if [ "$#" -gt 1 ]; then echo "gpu_check.sh: one argument at most (--dry-run)" >&2; exit 2; fi
+[ "$#" -le 1 ] || fail "one argument at most (--dry-run)"
 
 PY=${PYTHON:-python3}
-if [ "$dry" = 1 ]; then OUT=${OUT:-$(mktemp -d -t chargen-gpu-dry-run.XXXXXX)}; else OUT=${OUT:-docs/results/gpu}; fi
-mkdir -p "$OUT" || { echo "gpu_check.sh: cannot create $OUT" >&2; exit 2; }
+command -v "$PY" >/dev/null || fail "no Python at PYTHON=$PY; set PYTHON to the interpreter that has torch"
+"$PY" -c "import torch" 2>/dev/null || fail "$PY cannot import torch; set PYTHON to the interpreter that has torch"
+if [ "$dry" = 0 ] && ! "$PY" -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+  fail "torch sees no CUDA device here; run it on a GPU machine, or pass --dry-run"
+fi
+if [ -n "${OUT:-}" ] && [ "${OUT#/}" = "$OUT" ]; then OUT="$here/$OUT"; fi
+if [ "$dry" = 1 ]; then OUT=${OUT:-$(mktemp -d -t chargen-gpu-dry-run.XXXXXX)}; else OUT=${OUT:-$PWD/docs/results/gpu}; fi
+mkdir -p "$OUT" 2>/dev/null || fail "cannot create $OUT; set OUT to a folder you can write"
+: 2>/dev/null > "$OUT/steps.tsv" || fail "cannot write in $OUT; set OUT to a folder you can write"
 work=$(mktemp -d -t chargen-gpu-check.XXXXXX)
-trap 'rm -rf "$work"; [ -n "${smi:-}" ] && kill "$smi" 2>/dev/null' EXIT
+kids=()  # the steps running now (each a timeout process, which passes a signal on to its command)
+smi=""
+cleanup() { [ -n "$smi" ] && kill "$smi" 2>/dev/null; rm -rf "$work"; }
+interrupted() {
+  trap - INT TERM
+  for pid in "${kids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  wait 2>/dev/null
+  cleanup
+  echo "gpu_check: interrupted; the outputs so far are in $OUT" >&2
+  exit 130
+}
+trap cleanup EXIT
+trap interrupted INT TERM
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export CHARGEN_CACHE="$work/cache" CHARGEN_OFFLINE=1
-: > "$OUT/steps.tsv"
 budget=480  # seconds for the whole check: the time-to-quality run gets what the steps before it left
 
 if [ "$dry" = 1 ]; then
@@ -55,17 +76,25 @@ else
   "$PY" -c "import xdist" 2>/dev/null && cpu_tests+=(-n 8)
 fi
 
-# step NAME LIMIT COMMAND...: run it with its output in $OUT/NAME.txt (appended), record its status.
-step() {
-  local name=$1 limit=$2 start=$SECONDS rc
+# start NAME LIMIT COMMAND...: run it in the background (so that a signal reaches the trap at once), its
+# output appended to $OUT/NAME.txt; finish NAME waits for it and records its status in steps.tsv.
+declare -A pid_of began_at what
+start() {
+  local name=$1 limit=$2
   shift 2
   echo "== $name: $*" >> "$OUT/$name.txt"
-  timeout "$limit" "$@" >> "$OUT/$name.txt" 2>&1
-  rc=$?
-  printf '%s\t%s\t%ss\t%s\n' "$name" "$rc" "$((SECONDS - start))" "$*" >> "$OUT/steps.tsv"
-  echo "[$SECONDS s] $name: exit $rc"
-  return 0
+  timeout -k 10 "$limit" "$@" >> "$OUT/$name.txt" 2>&1 &
+  pid_of[$name]=$!; began_at[$name]=$SECONDS; what[$name]="$*"
+  kids+=("$!")
 }
+finish() {
+  local name=$1 rc
+  wait "${pid_of[$name]}"
+  rc=$?
+  printf '%s\t%s\t%ss\t%s\n' "$name" "$rc" "$((SECONDS - began_at[$name]))" "${what[$name]}" >> "$OUT/steps.tsv"
+  echo "[$SECONDS s] $name: exit $rc"
+}
+step() { start "$@"; finish "$1"; }
 
 echo "gpu_check: device $device, outputs in $OUT"
 : > "$OUT/env.txt"
@@ -113,16 +142,15 @@ if command -v taskset >/dev/null && [ "$(nproc)" -ge 8 ]; then
   pin_train=(taskset -c 0-3); pin_tests=(taskset -c "4-$(($(nproc) - 1))")
 fi
 : > "$OUT/tests_cpu.txt"
-step tests_cpu $((tq_seconds + 40)) env CUDA_VISIBLE_DEVICES= "${pin_tests[@]}" "$PY" -m pytest -q -p no:cacheprovider \
-  "${cpu_tests[@]}" &
-tests_pid=$!
+start tests_cpu $((tq_seconds + 40)) env CUDA_VISIBLE_DEVICES= "${pin_tests[@]}" "$PY" -m pytest -q -p no:cacheprovider \
+  "${cpu_tests[@]}"
 step time_to_quality $((tq_seconds + 40)) "${pin_train[@]}" "$PY" -m chargen train "${source_args[@]}" \
   --out "$work/tq" --preset "$tq_preset" --device "$device" --max-time "${tq_seconds}s" --no-progress
-[ -n "${smi:-}" ] && kill "$smi" 2>/dev/null
+[ -n "$smi" ] && kill "$smi" 2>/dev/null
 smi=""
 cp "$work/tq/metrics.jsonl" "$OUT/time_to_quality_metrics.jsonl" 2>/dev/null
 "$PY" -m chargen info "$work/tq" >> "$OUT/time_to_quality.txt" 2>&1
-wait "$tests_pid"
+finish tests_cpu
 
 echo
 echo "== steps (name, exit status, seconds): $OUT/steps.tsv"
@@ -130,7 +158,7 @@ cut -f1-3 "$OUT/steps.tsv"
 echo "== figures"
 grep -h "^median:" "$OUT/train_throughput.txt"
 grep -h "one stream:\|n=64 \|64 streams\|CUDA graph" "$OUT/decode.txt"
-grep -h "best\|steps" "$OUT/time_to_quality.txt" | head -5
+grep -h "^trained \|best validation" "$OUT/time_to_quality.txt"
 tail -n 1 "$OUT/tests_gpu.txt" "$OUT/tests_cpu.txt"
 if awk -F'\t' '$2 != 0 {bad = 1} END {exit !bad}' "$OUT/steps.tsv"; then
   echo "gpu_check: some steps failed (see steps.tsv)"; exit 1

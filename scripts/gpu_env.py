@@ -26,8 +26,9 @@ import torch
 from chargen.config import PRESETS, ModelConfig
 from chargen.errors import ChargenError
 from chargen.model.devices import resolve_device
+from chargen.model.dtypes import layer_dtypes
 from chargen.model.network import CharRNN
-from chargen.model.precision import layer_dtypes, precision_plan
+from chargen.model.precision import precision_plan
 
 
 def describe(device: torch.device) -> list[str]:
@@ -51,7 +52,7 @@ def main() -> int:
     try:
         device = resolve_device(args.device)
     except ChargenError as e:
-        ap.error(str(e))
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
     for line in describe(device):
         print(line)
     preset = PRESETS["gpu"]

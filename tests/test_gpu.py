@@ -4,6 +4,7 @@ and the GPU check's dry run, which runs everywhere."""
 import os
 import pickle
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -14,8 +15,9 @@ import torch
 
 from chargen import Sampler
 from chargen.config import ModelConfig
+from chargen.model.dtypes import layer_dtypes
 from chargen.model.network import CharRNN
-from chargen.model.precision import layer_dtypes, precision_plan
+from chargen.model.precision import precision_plan
 from chargen.training.trainer import Trainer, train
 from conftest import REPO
 
@@ -125,8 +127,50 @@ def test_the_gpu_checks_dry_run_runs_every_step_on_the_cpu(tmp_path):
     assert "every step passed" in done.stdout
 
 
-def test_the_gpu_check_refuses_an_unknown_argument():
-    done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--fast"], capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr.strip() == (
-        "gpu_check.sh: unknown argument --fast; use --dry-run or nothing"
+@pytest.mark.parametrize(
+    "args,env,message",
+    [
+        (["--fast"], {}, "unknown argument --fast; use --dry-run or nothing"),
+        (["--dry-run", "x"], {}, "one argument at most (--dry-run)"),
+        (["--dry-run"], {"PYTHON": "/no/python"}, "no Python at PYTHON=/no/python; set PYTHON to the interpreter"),
+        (["--dry-run"], {"OUT": "/proc/1"}, "cannot write in /proc/1; set OUT to a folder you can write"),
+        ([], {}, "torch sees no CUDA device here; run it on a GPU machine, or pass --dry-run"),
+    ],
+)
+def test_the_gpu_check_checks_its_inputs_first(args, env, message, tmp_path):
+    env = {"PYTHON": sys.executable, "OUT": str(tmp_path / "out"), **env}
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_check.sh"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
     )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"gpu_check.sh: {message}"), done.stderr
+    assert not (tmp_path / "out" / "env.txt").exists()  # no step ran
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_gpu_check_and_every_step(tmp_path, sig):
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, TMPDIR=str(tmp_path))
+    p = subprocess.Popen(
+        ["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's job is
+    )
+    deadline = time.monotonic() + 60
+    steps = tmp_path / "out" / "steps.tsv"
+    while not (steps.is_file() and "tests_gpu" in steps.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)  # until a later step runs: the training benchmark
+    os.killpg(p.pid, sig) if sig == signal.SIGINT else p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and err.strip().endswith(
+        "gpu_check: interrupted; the outputs so far are in " + env["OUT"]
+    )
+    assert [x.name for x in tmp_path.iterdir() if x.name.startswith("chargen-gpu-check")] == []  # scratch removed
+    ps = subprocess.run(["ps", "-eo", "pgid,args"], capture_output=True, text=True).stdout
+    assert [line for line in ps.splitlines() if line.split()[0] == str(p.pid)] == []  # no step left running

@@ -237,17 +237,17 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[DataclassInstance]) -> 
             groups[spec.group] = parser.add_argument_group(spec.group)
         target = groups[spec.group]
         kwargs: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=_help(spec))
-        flag = spec.flag
-        if spec.kind is bool:  # a switch: --NAME sets an option that is off by default, --no-NAME clears one that is on
-            kwargs.update(action="store_const", const=not spec.default)
-            flag = f"no-{flag}" if spec.default else flag
+        if spec.kind is bool and spec.default:  # on by default: --NAME and --no-NAME
+            kwargs.update(action=argparse.BooleanOptionalAction)
+        elif spec.kind is bool:  # off by default: --NAME turns it on
+            kwargs.update(action="store_const", const=True)
         elif spec.kind is tuple:  # repeatable: each use adds one value
             kwargs.update(action="append", type=spec.parse or str, metavar=spec.metavar)
         else:
             kwargs.update(type=_flag_type(spec), metavar=spec.metavar)
             if spec.choices:
                 kwargs.update(choices=spec.choices, metavar=None)
-        target.add_argument(_dashes(flag), **kwargs)
+        target.add_argument(_dashes(spec.flag), **kwargs)
 
 
 def given(args: argparse.Namespace, cls: type[DataclassInstance]) -> dict[str, Any]:
@@ -316,6 +316,9 @@ def load_toml(
             continue
         name = canonical(key, table)
         if name is None:
+            negated = canonical(key[3:], table) if key[:3] in ("no-", "no_") else None
+            if negated is not None and by_name[negated].kind is bool:
+                raise ChargenError(f"config file {path}: unknown key {key!r}; write {negated} = false")
             raise ChargenError(f"config file {path}: unknown key {key!r}; keys are the flag names of chargen train")
         spec = by_name[name]
         if spec.parse is not None and isinstance(value, str):

@@ -57,7 +57,7 @@ PRESETS: dict[str, dict] = {
     # a 3x512 LSTM, 6.4M parameters, not the 25M of a 3x1024 (sized for 25 MB and more: give --hidden
     # 1024 then). Against overfitting: dropout 0.3 between the layers and AdamW weight decay 0.1. Batches
     # of 64 x 256 characters (nanoGPT's shakespeare_char shape) keep a GPU's tensor cores busy while
-    # tiny shakespeare still gives 68 steps an epoch; an evaluation every 250 steps (about 4 epochs there)
+    # tiny shakespeare still gives 61 steps an epoch; an evaluation every 250 steps (about 4 epochs there)
     # catches the best weights before overfitting sets in. Not yet measured on a GPU: scripts/gpu_check.sh.
     "gpu": dict(
         cell="lstm",

@@ -42,7 +42,7 @@ class TrainConfig:
 
     batch_size: int = option(64, "streams per batch", minimum=1, metavar="B", group=OPTIMIZATION)
     bptt: int = option(128, "steps per batch; gradients stop after T", minimum=1, metavar="T", group=OPTIMIZATION)
-    lr: float = option(2e-3, "peak learning rate of AdamW", above=0.0, group=OPTIMIZATION)
+    lr: float = option(2e-3, "peak learning rate of AdamW", above=0.0, maximum=100.0, group=OPTIMIZATION)
     weight_decay: float = option(0.0, "AdamW weight decay", minimum=0.0, metavar="WD", group=OPTIMIZATION)
     clip: float = option(1.0, "clip the global gradient norm at C", above=0.0, metavar="C", group=OPTIMIZATION)
     warmup_steps: int = option(100, "linear warmup steps", minimum=0, metavar="N", group=OPTIMIZATION)
@@ -119,7 +119,7 @@ class TrainConfig:
     )
     tf32: bool = option(
         True,
-        "TF32 tensor cores for float32 products on CUDA (cuDNN RNNs, matmuls); off: full float32",
+        "TF32 tensor cores for float32 products on CUDA (cuDNN RNNs, matmuls), on by default; --no-tf32: full float32",
         resumable=True,
         group=DEVICE,
     )

@@ -94,6 +94,10 @@ class CharVocab:
         self._cp_table: np.ndarray | None = None
         self._norm = tokenizer.normalizer
 
+    def __getstate__(self) -> dict:
+        """Pickled without its lookup tables (4 MB for the code-point table), which are made again on use."""
+        return {**self.__dict__, "_lut": None, "_cp_table": None}
+
     # -- construction -------------------------------------------------------
 
     @classmethod

@@ -293,6 +293,9 @@ class TorchRuntime:
         return {"config": self.model.config, "weights": weights, "device": str(self.device), "step": custom}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        from ..model.devices import resolve_device
+
+        resolve_device(state["device"])  # a ChargenError where that device is not here
         model = CharRNN(state["config"])
         model.load_state_dict(state["weights"])
         self.__init__(model, state["device"])  # type: ignore[misc]  # the one place that builds a runtime

@@ -8,13 +8,14 @@ AutocastRNN.cpp``, ``autocast_mode.cpp``) and checked where it can run:
   ``_cudnn_rnn``'s autocast wrapper casts to ``kHalf`` (cuDNN RNNs have no bf16 path in torch). So under
   ``bf16`` the recurrent layers would run in fp16 with no gradient scaler, where small gradients underflow.
   chargen runs them outside autocast instead, in float32 (TF32 tensor cores where allowed, see
-  :func:`tf32`), and the embedding's output and the head in bf16 as asked.
+  :func:`tf32`), and the head's products in bf16 as asked (the embedding is a lookup: float32 always).
 - ``fp16`` (CUDA only) runs everything autocast covers in fp16, the RNN included, with a gradient scaler.
 - On the CPU, ``bf16`` autocast runs oneDNN's bf16 LSTM end to end (its state in bf16 too) and a GRU's
   products in bf16 with its state in float32: measured, and kept (the cpu preset's GRU gains 1.4-1.8x).
 - Elsewhere (MPS) the recurrent layers stay float32: their autocast path is unmeasured.
 
-:func:`layer_dtypes` reports the dtype each layer's output really has, by running the model once.
+:func:`chargen.model.dtypes.layer_dtypes` reports the dtype each layer's output really has, by running the
+model once.
 """
 
 from __future__ import annotations
@@ -22,17 +23,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import ChargenError
 from .devices import native_bf16
 
-if TYPE_CHECKING:
-    from .network import CharRNN
-
-__all__ = ["PrecisionPlan", "autocast", "layer_dtypes", "precision_plan", "resolve_precision", "state_dtype", "tf32"]
+__all__ = ["PrecisionPlan", "autocast", "precision_plan", "resolve_precision", "rnn_under_autocast", "tf32"]
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -77,8 +74,9 @@ def rnn_under_autocast(device_type: str) -> bool:
 
 
 def resolve_precision(name: str, device: torch.device, cell: str | None = None) -> str:
-    """``auto``: bf16 on CUDA where supported (else fp16 with a grad scaler); on the CPU, bf16 for a GRU
-    where the CPU has native bf16, else fp32.
+    """``auto``: bf16 on CUDA where the card computes it natively (compute capability 8.0 on; else fp16
+    with a grad scaler, not bf16 emulated); on the CPU, bf16 for a GRU where the CPU has native bf16,
+    else fp32.
 
     On the CPU a GRU under bf16 autocast runs its matrix products and gates in bf16 and keeps its state
     in float32: measured on tiny shakespeare with the cpu preset, 1.4-1.8x the steps in the same time
@@ -87,7 +85,7 @@ def resolve_precision(name: str, device: torch.device, cell: str | None = None) 
     """
     if name == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
         if device.type == "cpu" and cell == "gru" and native_bf16():
             return "bf16"
         return "fp32"
@@ -118,53 +116,3 @@ def tf32(device: torch.device, enabled: bool = True) -> Iterator[None]:
     finally:
         torch.set_float32_matmul_precision(matmul)
         torch.backends.cudnn.allow_tf32 = cudnn
-
-
-@torch.no_grad()
-def state_dtype(model: CharRNN, precision: str, device: torch.device) -> torch.dtype:
-    """The dtype of the state the model's RNN returns under ``precision`` (bf16/fp16 kernels on some
-    devices, float32 on others), found with one tiny forward in eval mode, which draws no random numbers."""
-    return _probe(model, precision, device)["state"]
-
-
-@torch.no_grad()
-def layer_dtypes(model: CharRNN, precision: str, device: torch.device) -> dict[str, str]:
-    """What each layer's output really is under ``precision`` (one tiny forward, eval mode): the
-    embedding, the recurrent layers' output and state, the head's products and the loss's log-softmax."""
-    return {k: str(v).removeprefix("torch.") for k, v in _probe(model, precision, device).items()}
-
-
-def _probe(model: CharRNN, precision: str, device: torch.device) -> dict[str, torch.dtype]:
-    from .network import AdaptiveHead
-
-    seen: dict[str, torch.dtype] = {}
-    head = model.head
-    products: torch.nn.Module = head.head if isinstance(head, AdaptiveHead) else head  # the adaptive head's first layer
-
-    def hook(name: str):  # type: ignore[no-untyped-def]  # a forward hook's loose signature
-        def record(module: torch.nn.Module, args: object, out: object) -> None:
-            seen.setdefault(name, (out[0] if isinstance(out, tuple) else out).dtype)  # type: ignore[union-attr]
-
-        return record
-
-    hooks = [
-        m.register_forward_hook(hook(n))
-        for n, m in (("embedding", model.embedding), ("rnn", model.rnn), ("head", products))
-    ]
-    was_training = model.training
-    model.eval()
-    x = torch.zeros(1, 2, dtype=torch.long, device=device)
-    try:
-        with autocast(precision, device):
-            _, state = model(x)
-            loss, _ = model(x, targets=x)
-    except RuntimeError as e:  # e.g. oneDNN without bf16 LSTM kernels on this CPU
-        raise ChargenError(
-            f"--precision {precision} does not run a {model.config.cell.upper()} on this "
-            f"{device.type} ({str(e).splitlines()[0][:80]}); use --precision fp32"
-        ) from None
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return {**seen, "state": (state[0] if isinstance(state, tuple) else state).dtype, "loss": loss.dtype}

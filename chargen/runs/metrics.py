@@ -120,7 +120,7 @@ class Meter:
         self.run_seconds += waited
         row = dict(
             step=step,
-            loss=round(loss_sum / max(1.0, steps), 5),
+            loss=round(loss_sum / steps, 5) if steps else None,  # None: every step of the interval was skipped
             lr=self.last_lr,
             grad_norm=round(norm, 5),
             chars_per_sec=round(self.chars / max(self.seconds, 1e-9), 1),
@@ -128,7 +128,7 @@ class Meter:
         )
         self.sums[:2] = 0
         self.chars, self.seconds = 0, 0.0
-        return row
+        return {k: v for k, v in row.items() if v is not None}
 
     @property
     def chars_per_sec(self) -> float:

@@ -34,7 +34,7 @@ def inexact_resume(device_type: str, num_layers: int, dropout: float, clock_sche
     if device_type != "cpu":
         return f"{device_type} kernels do not promise the same bits from run to run"
     if clock_schedule:
-        return "the learning rate follows the clock (--max-time without --decay-steps)"
+        return "the learning rate follows the clock: --max-time without --decay-steps"
     return None
 
 

@@ -59,6 +59,11 @@ class RunClaim:
             return False
         is_run = looks_like_run(self.out)
         if not self.overwrite:
+            if is_run and not (self.out / "last").is_dir() and not (self.out / "last.old").is_dir():
+                raise ChargenError(  # stopped (kill -9, a crash) before its first checkpoint: nothing to resume
+                    f"{self.out} holds a run that stopped before its first checkpoint; pass --overwrite to "
+                    "start it again, or choose another --out"
+                )
             what = "a run" if is_run else "not empty"
             raise ChargenError(
                 f"{self.out} already exists ({what}); pass --resume to continue it, --overwrite to "

@@ -33,8 +33,9 @@ import torch
 
 from ..data.batches import RandomWindows, StatefulStreams
 from ..errors import ChargenError, Interrupted
+from ..model.dtypes import state_dtype
 from ..model.network import AdaptiveHead, CharRNN, RNNState, detach_state, zero_where_not
-from ..model.precision import autocast, precision_plan, state_dtype, tf32
+from ..model.precision import autocast, precision_plan, tf32
 from ..runs.checkpoint import ResumeState, init_from_base
 from ..runs.metrics import Meter, MetricsLog, ProgressBar, Timing
 from ..signals import StopRequest, ctrl_c_ignored
@@ -176,26 +177,7 @@ class Trainer:
     # -- the story of a run ----------------------------------------------------
 
     def fit(self) -> TrainResult:
-        self.log.open()
-        self.bar = ProgressBar.open(self.show_bar and self.run.is_main, self.budget.total_steps, self.progress.step)
-        self.log.bar = self.bar
-        self.budget.start(self.progress.elapsed)
-        if self.cfg.max_time is not None and self.run.is_main:
-            self.scorer.probe(self.model)  # how long an evaluation takes, before the first one
-        self.log.event(
-            self.progress.step,
-            "started",
-            at=round(time.time(), 3),  # wall clock: setup is done
-            device=str(self.device),
-            precision=self.run.precision,
-            exact_resume=self.inexact_resume is None,
-        )
-        if self.run.resuming and self.inexact_resume is not None:
-            self.log.say(
-                f"resumed on {self.device}: the continuation is close, not bit for bit ({self.inexact_resume})"
-            )
-        if self.run.init is not None and not self.run.resuming:
-            self.log.say(fine_tune_message(self.run.init, self.run.corpus.meta))
+        self._start()
         first_step = self.progress.step
         try:
             with StopRequest() as self.stop_request:
@@ -228,6 +210,30 @@ class Trainer:
             self._on_interrupt()
             raise Interrupted
         return self._finish()
+
+    def _start(self) -> None:
+        """Open the log and the bar, start the clock, and say how the run starts."""
+        self.log.open()
+        self.bar = ProgressBar.open(self.show_bar and self.run.is_main, self.budget.total_steps, self.progress.step)
+        self.log.bar = self.bar
+        self.budget.start(self.progress.elapsed)
+        if self.cfg.max_time is not None and self.run.is_main:
+            self.scorer.probe(self.model)  # how long an evaluation takes, before the first one
+        self.log.event(
+            self.progress.step,
+            "started",
+            at=round(time.time(), 3),  # wall clock: setup is done
+            device=str(self.device),
+            precision=self.run.precision,
+            tf32=self.cfg.tf32,
+            exact_resume=self.inexact_resume is None,
+        )
+        if self.run.resuming and self.inexact_resume is not None:
+            self.log.say(
+                f"resumed on {self.device}: the continuation is close, not bit for bit ({self.inexact_resume})"
+            )
+        if self.run.init is not None and not self.run.resuming:
+            self.log.say(fine_tune_message(self.run.init, self.run.corpus.meta))
 
     def _close_bar(self) -> None:
         if self.bar is not None:

@@ -96,6 +96,7 @@ def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, monkeypatch, make, args
     elif make == "upper":
         (d / "upper.txt").write_text("ABC\n" * 10)
     elif make == "jsonl":
+        pytest.importorskip("datasets", reason="hf: sources need datasets (chargen[train])")
         (d / "d.jsonl").write_text('{"text": "a"}\n')
     code, out, err = cli("prepare", *[a.format(d=d) for a in args])
     assert code == 2

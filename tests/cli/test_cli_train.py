@@ -1,6 +1,7 @@
 """chargen train / info through the command line: bad input is one line, exit 2, no run folder."""
 
 import json
+import shutil
 
 import pytest
 
@@ -140,3 +141,22 @@ def test_info_of_a_missing_run(cli, tmp_path):
     code, _, err = cli("info", tmp_path / "nothing")
     assert code == 2
     one_error_line(err, "does not exist")
+
+
+def test_a_run_stopped_before_its_first_checkpoint_says_to_start_it_again(cli, corpus, tmp_path):
+    """kill -9 before the first checkpoint leaves config, tokenizer, metrics (and best weights) but no last/:
+    there is nothing to resume, so the message says how to start again, and that works."""
+    run = tmp_path / "run"
+    assert cli("train", corpus, "--out", run, "--max-steps", "2", *FAST)[0] == 0
+    shutil.rmtree(run / "last")
+    code, out, err = cli("train", corpus, "--out", run, "--max-steps", "2", *FAST)
+    assert code == 2 and out == ""
+    one_error_line(err, f"{run} holds a run that stopped before its first checkpoint; pass --overwrite")
+    assert sorted(p.name for p in run.iterdir()) == [
+        "config.json",
+        "metrics.jsonl",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
+    assert cli("train", corpus, "--out", run, "--max-steps", "2", "--overwrite", *FAST)[0] == 0
+    assert (run / "last").is_dir()

@@ -152,3 +152,9 @@ def test_a_newer_run_format_is_refused_with_a_clear_message(tmp_path, cli, monke
     assert code == 2 and out == ""
     assert err.count("\n") == 1
     assert "run was written by a newer chargen (run format 2; this chargen reads format 1): upgrade chargen" in err
+
+
+def test_a_learning_rate_past_any_use_is_refused():
+    with pytest.raises(ChargenError, match=r"--lr must be in \(0, 100\], got 1e\+38"):
+        TrainConfig(lr=1e38)
+    assert TrainConfig(lr=100.0).lr == 100.0

@@ -157,6 +157,7 @@ def test_failed_download_says_where_to_put_the_file(tmp_path, monkeypatch, isola
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 def test_hf_local_files(tmp_path, fmt):
+    pytest.importorskip("datasets", reason="hf: sources need datasets (chargen[train])")
     docs = ["first document\nwith two lines", 'second, with "quotes" and ünïcode', "third\n"]
     path = tmp_path / f"data.{fmt}"
     if fmt == "jsonl":
@@ -175,6 +176,7 @@ def test_hf_local_files(tmp_path, fmt):
 
 
 def test_hf_non_text_column_is_an_error(tmp_path):
+    pytest.importorskip("datasets", reason="hf: sources need datasets (chargen[train])")
     path = tmp_path / "d.jsonl"
     path.write_text('{"n": 1}\n{"n": 2}\n')
     with pytest.raises(ChargenError, match="holds int values, not text"):

@@ -55,7 +55,10 @@ def test_kill_9_at_random_points_then_resume_ends_bit_identical(tmp_path):
 
     run, kills = tmp_path / "run", 0
     for _attempt in range(12):
-        extra = ["--resume"] if (run / "last").is_dir() or (run / "last.old").is_dir() else []
+        if (run / "last").is_dir() or (run / "last.old").is_dir():
+            extra = ["--resume"]
+        else:  # killed before its first checkpoint (a loaded machine starts slowly): start it again
+            extra = ["--overwrite"] if run.is_dir() and any(p.name != ".chargen.lock" for p in run.iterdir()) else []
         p = subprocess.Popen(command(corpus, run, *extra), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if kills < 6:
             before, deadline = steps_done(run), time.monotonic() + 60

@@ -346,3 +346,15 @@ def test_host_copies_on_the_cpu_are_the_tensors_themselves():
     assert host.read(t).tolist() == [[0, 1, 2], [3, 4, 5]] and not host.pinned
     u = np.linspace(0, 1, 5)
     assert torch.equal(host.write(u), torch.from_numpy(u))
+
+
+def test_a_pickle_for_a_device_that_is_not_here_is_one_error(monkeypatch):
+    import pickle
+
+    s = make_sampler("gru")
+    s.encode("ab")  # the vocabulary's 4 MB lookup table is made here, and not pickled
+    data = pickle.dumps(s)
+    assert len(data) < 200_000
+    moved = data.replace(b"\x8c\x03cpu", b"\x8c\x04cuda")  # the same sampler, as if saved on a GPU machine
+    with pytest.raises(ChargenError, match="--device cuda asked for, but this machine has no CUDA device"):
+        pickle.loads(moved)

@@ -9,8 +9,9 @@ import torch
 import chargen.model.precision as precision
 from chargen.config import ModelConfig
 from chargen.errors import ChargenError
+from chargen.model.dtypes import layer_dtypes
 from chargen.model.network import CharRNN
-from chargen.model.precision import PrecisionPlan, layer_dtypes, precision_plan, resolve_precision, tf32
+from chargen.model.precision import PrecisionPlan, precision_plan, resolve_precision, tf32
 
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
 CPU = torch.device("cpu")
@@ -125,3 +126,29 @@ def test_tests_see_no_cuda_unless_marked_gpu():
     from chargen.model.devices import resolve_device
 
     assert resolve_device("auto") == CPU
+
+
+def test_tf32_switches_both_ways_and_toml_names_the_key(tmp_path, cli):
+    from chargen.cli.parser import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["train", "x.txt", "--out", "r", "--tf32"]).tf32 is True
+    assert parse(["train", "x.txt", "--out", "r", "--tf32", "--no-tf32"]).tf32 is False  # the last one wins
+    toml = tmp_path / "c.toml"
+    toml.write_text("no-tf32 = true\n")
+    code, _, err = cli("train", tmp_path / "x.txt", "--out", tmp_path / "r", "--config", toml)
+    assert code == 2 and err.strip().endswith(f"config file {toml}: unknown key 'no-tf32'; write tf32 = false")
+    toml.write_text("no-lr = 1\n")  # not a switch: the usual message
+    code, _, err = cli("train", tmp_path / "x.txt", "--out", tmp_path / "r", "--config", toml)
+    assert code == 2 and "unknown key 'no-lr'; keys are the flag names of chargen train" in err
+
+
+def test_auto_precision_on_cuda_takes_bf16_only_where_the_card_computes_it(monkeypatch):
+    asked = {}
+
+    def supported(including_emulation=True):
+        asked["emulation"] = including_emulation
+        return including_emulation  # a card that only emulates bf16 (a V100, a T4)
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    assert resolve_precision("auto", torch.device("cuda")) == "fp16" and asked == {"emulation": False}

@@ -168,3 +168,28 @@ def test_a_diverging_run_on_the_device_stops_at_the_next_check(text_file, tmp_pa
     assert json.loads((run / "last" / "trainer.json").read_text())["step"] == 30
     for path in (run / "last" / "model.safetensors", run / "model.safetensors"):
         assert all(torch.isfinite(v).all() for v in load_file(str(path)).values())
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_a_log_interval_of_skipped_steps_has_no_loss(text_file, tmp_path, monkeypatch, deferred):
+    if deferred:
+        both = frozenset({"cpu", "cuda"})
+        monkeypatch.setattr(guard, "DEFERRED_ON", both)
+        monkeypatch.setattr(trainer, "DEFERRED_ON", both)
+    calls = {"n": 0}
+    original = CharRNN.forward
+
+    def flaky(self, ids, state=None, targets=None):
+        out, state = original(self, ids, state, targets)
+        if self.training:
+            calls["n"] += 1
+            if 5 <= calls["n"] <= 8:  # steps 4-7 bad: the interval ending at step 8 is all skipped
+                out = out * float("nan")
+        return out, state
+
+    monkeypatch.setattr(CharRNN, "forward", flaky)
+    run = tmp_path / "run"
+    train(text_file, out=run, max_steps=12, max_bad_steps=10, **{**TINY, "log_every": 4})
+    rows = {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "lr" in r}
+    assert "loss" in rows[4] and "loss" not in rows[8] and "loss" in rows[12]  # never a made-up 0.0
+    assert rows[8]["grad_norm"] == rows[4]["grad_norm"]  # the last taken step's
