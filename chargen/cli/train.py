@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         print(result.finished_message())
         return 0
     best = (
-        "no validation split"
+        "no validation loss (no validation split, or no evaluation fitted in the time budget)"
         if result.best_val_loss is None
         else f"best val {result.best_val_loss:.4f} nats/char ({result.best_val_bpc:.4f} bpc)"
     )
