@@ -160,3 +160,9 @@ def test_a_run_stopped_before_its_first_checkpoint_says_to_start_it_again(cli, c
     ]
     assert cli("train", corpus, "--out", run, "--max-steps", "2", "--overwrite", *FAST)[0] == 0
     assert (run / "last").is_dir()
+
+
+def test_a_run_without_a_validation_loss_says_why_there_may_be_none(cli, corpus, tmp_path):
+    code, out, _ = cli("train", corpus, "--out", tmp_path / "run", "--max-steps", "2", "--val-fraction", "0", *FAST)
+    assert code == 0
+    assert "; no validation loss (no validation split, or no evaluation fitted in the time budget)" in out
