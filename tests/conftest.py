@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import threading
@@ -68,6 +69,31 @@ def cpu_unless_marked_gpu(request, monkeypatch):
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+# A small model's training options for tests that train (steps are milliseconds on a CPU).
+TINY = dict(
+    num_layers=1,
+    hidden_size=32,
+    batch_size=8,
+    bptt=16,
+    lr=1e-2,
+    warmup_steps=0,
+    preview_chars=0,
+    eval_every=20,
+    log_every=10,
+)
+
+
+@pytest.fixture
+def text_file(tmp_path) -> Path:
+    """About 20k characters of text with structure a small model learns fast."""
+    rng = random.Random(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "its", "home"]
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) + "." for _ in range(800)]
+    p = tmp_path / "small.txt"
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return p
 
 
 @pytest.fixture(scope="module")

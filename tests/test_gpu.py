@@ -3,7 +3,6 @@ and the GPU check's dry run, which runs everywhere."""
 
 import os
 import pickle
-import random
 import signal
 import subprocess
 import sys
@@ -23,15 +22,6 @@ from conftest import REPO
 
 CUDA = torch.device("cuda")
 TINY = dict(num_layers=2, hidden_size=64, batch_size=16, bptt=32, warmup_steps=0, preview_chars=0, log_every=10)
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    rng = random.Random(0)
-    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "its", "home"]
-    p = tmp_path / "small.txt"
-    p.write_text("\n".join(" ".join(rng.choice(words) for _ in range(6)) + "." for _ in range(800)) + "\n")
-    return p
 
 
 @pytest.mark.gpu

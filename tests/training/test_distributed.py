@@ -1,7 +1,6 @@
 """Multi-process training through torchrun (gloo on CPU): same result as one process, exact resume."""
 
 import os
-import random
 import re
 import subprocess
 import sys
@@ -45,16 +44,6 @@ ARGS = [
     "--checkpoint-every",
     "10",
 ]
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    rng = random.Random(0)
-    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "its", "home"]
-    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) + "." for _ in range(800)]
-    p = tmp_path / "small.txt"
-    p.write_text("\n".join(lines) + "\n")
-    return p
 
 
 def torchrun(*args, procs=2, timeout=180):

@@ -2,7 +2,6 @@
 counts are read once per log line, and a diverging run stops at the next check."""
 
 import json
-import random
 
 import pytest
 import torch
@@ -15,27 +14,7 @@ from chargen.model.network import CharRNN
 from chargen.runs.checkpoint import ResumeState
 from chargen.training.guard import StepGuard
 from chargen.training.trainer import Trainer, train
-
-TINY = dict(
-    num_layers=1,
-    hidden_size=32,
-    batch_size=8,
-    bptt=16,
-    lr=1e-2,
-    warmup_steps=0,
-    preview_chars=0,
-    eval_every=20,
-    log_every=10,
-)
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    rng = random.Random(0)
-    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "its", "home"]
-    p = tmp_path / "small.txt"
-    p.write_text("\n".join(" ".join(rng.choice(words) for _ in range(6)) + "." for _ in range(800)) + "\n")
-    return p
+from conftest import TINY
 
 
 @pytest.fixture
@@ -44,6 +23,22 @@ def on_device(monkeypatch):
     both = frozenset({"cpu", "cuda"})
     monkeypatch.setattr(guard, "DEFERRED_ON", both)
     monkeypatch.setattr(trainer, "DEFERRED_ON", both)
+
+
+def nan_losses(monkeypatch, bad) -> None:
+    """Training forwards (the n-th, counted from 1) return a NaN loss where ``bad(n)``."""
+    calls = {"n": 0}
+    original = CharRNN.forward
+
+    def flaky(self, ids, state=None, targets=None):
+        out, state = original(self, ids, state, targets)
+        if self.training:
+            calls["n"] += 1
+            if bad(calls["n"]):
+                out = out * float("nan")
+        return out, state
+
+    monkeypatch.setattr(CharRNN, "forward", flaky)
 
 
 class Log:
@@ -145,18 +140,7 @@ def test_no_value_is_read_back_to_the_host_inside_a_step(text_file, tmp_path, on
 
 
 def test_a_diverging_run_on_the_device_stops_at_the_next_check(text_file, tmp_path, on_device, monkeypatch):
-    calls = {"n": 0}
-    original = CharRNN.forward
-
-    def flaky(self, ids, state=None, targets=None):
-        out, state = original(self, ids, state, targets)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] in (5, 6) or calls["n"] >= 33:  # two bad steps, then bad for good from step 32
-                out = out * float("nan")
-        return out, state
-
-    monkeypatch.setattr(CharRNN, "forward", flaky)
+    nan_losses(monkeypatch, lambda n: n in (5, 6) or n >= 33)  # two bad steps, then bad for good from step 32
     run = tmp_path / "run"
     with pytest.raises(ChargenError, match=r"training diverged: 8 steps in a row .* by step 40; the last good"):
         train(text_file, out=run, max_steps=100, checkpoint_every=10, **{**TINY, "log_every": 5})
@@ -176,18 +160,7 @@ def test_a_log_interval_of_skipped_steps_has_no_loss(text_file, tmp_path, monkey
         both = frozenset({"cpu", "cuda"})
         monkeypatch.setattr(guard, "DEFERRED_ON", both)
         monkeypatch.setattr(trainer, "DEFERRED_ON", both)
-    calls = {"n": 0}
-    original = CharRNN.forward
-
-    def flaky(self, ids, state=None, targets=None):
-        out, state = original(self, ids, state, targets)
-        if self.training:
-            calls["n"] += 1
-            if 5 <= calls["n"] <= 8:  # steps 4-7 bad: the interval ending at step 8 is all skipped
-                out = out * float("nan")
-        return out, state
-
-    monkeypatch.setattr(CharRNN, "forward", flaky)
+    nan_losses(monkeypatch, lambda n: 5 <= n <= 8)  # steps 4-7 bad: the interval ending at step 8 is all skipped
     run = tmp_path / "run"
     train(text_file, out=run, max_steps=12, max_bad_steps=10, **{**TINY, "log_every": 4})
     rows = {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "lr" in r}

@@ -2,7 +2,6 @@
 
 import json
 import math
-import random
 import signal
 from pathlib import Path
 
@@ -17,29 +16,7 @@ from chargen.runs.checkpoint import load_weights, read_tensors
 from chargen.runs.folder import LAST_FILES
 from chargen.training.budget import schedule_lr
 from chargen.training.trainer import train
-
-TINY = dict(
-    num_layers=1,
-    hidden_size=32,
-    batch_size=8,
-    bptt=16,
-    lr=1e-2,
-    warmup_steps=0,
-    preview_chars=0,
-    eval_every=20,
-    log_every=10,
-)
-
-
-@pytest.fixture
-def text_file(tmp_path) -> Path:
-    """About 20k characters of text with structure a small model learns fast."""
-    rng = random.Random(0)
-    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "its", "home"]
-    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) + "." for _ in range(800)]
-    p = tmp_path / "small.txt"
-    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return p
+from conftest import TINY
 
 
 def metrics(run: Path) -> list[dict]:
