@@ -58,7 +58,7 @@ def test_train_then_info(cli, corpus, tmp_path):
         (["--layers", "-2"], ["argument --layers: must be at least 1, got -2"]),
         (["--batch-size", "0"], ["argument --batch-size: must be at least 1"]),
         (["--bptt", "-5"], ["argument --bptt: must be at least 1"]),
-        (["--lr", "0"], ["argument --lr: must be greater than 0"]),
+        (["--lr", "0"], ["argument --lr: must be in (0, 100], got 0.0"]),
         (["--lr", "nan"], ["argument --lr: must be a finite number"]),
         (["--max-steps", "0"], ["argument --max-steps: must be at least 1"]),
         (["--epochs", "-1"], ["argument --epochs: must be in (0, 1000000000], got -1.0"]),
