@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         score, what = sampler.score_file(args.file), args.file
         result = {"run": args.run, "file": args.file}
     else:
+        from ..runs.corpus import run_corpus
         from ..runs.folder import open_run_dir
-        from ..training.corpus import run_corpus
 
         corpus = run_corpus(
             open_run_dir(args.run), args.source, corpora_dirs=args.corpora_dir, cache_dir=args.cache_dir

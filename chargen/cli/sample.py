@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from ..config.options import add_flags, given
 from ..errors import ChargenError
-from .args import add_backend_arg, add_load_args
+from .args import WholeNumber, add_backend_arg, add_load_args
+
+if TYPE_CHECKING:
+    from ..config import SampleOptions
+    from ..generate.sampler import Sampler
 
 HELP = "generate text from a trained run"
 DESCRIPTION = "Print the prompt and its continuation to stdout as it is generated."
@@ -22,6 +27,21 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default=None, help="text to continue (\\n, \\t escapes allowed); default: none")
     p.add_argument("--prompt-file", default=None, metavar="F", help="read the prompt from a UTF-8 file")
     add_flags(p, SampleOptions)
+    novelty = p.add_argument_group("novelty (needs the run's training text and chargen[novelty])")
+    novelty.add_argument(
+        "--novelty",
+        action="store_true",
+        help="after each sample, say on stderr its longest stretch also found in the training text",
+    )
+    novelty.add_argument(
+        "--max-copy",
+        type=WholeNumber(0, 1 << 40),
+        metavar="N",
+        help="draw a sample again while it copies more than N characters of the training text",
+    )
+    novelty.add_argument(
+        "--max-tries", type=WholeNumber(1, 1000), metavar="T", help="draws per sample under --max-copy (default 10)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +53,11 @@ def run(args: argparse.Namespace) -> int:
     settings = given(args, SampleOptions)
     settings["stop"] = tuple(_unescape(s) for s in settings.get("stop", ()))
     options = SampleOptions(**settings)
+    if args.max_tries is not None and args.max_copy is None:
+        raise ChargenError("--max-tries counts the draws of --max-copy; pass --max-copy N with it")
     sampler = Sampler.load(args.run, device=args.device, checkpoint=args.checkpoint, backend=args.backend)
+    if args.novelty or args.max_copy is not None:
+        return _novel(sampler, prompt, options, args.max_copy, args.max_tries or 10)
     out = sys.stdout
     if options.n == 1:
         pieces = sampler.stream(prompt, options)  # validates before anything is printed
@@ -49,6 +73,25 @@ def run(args: argparse.Namespace) -> int:
         out.write(f"{chr(10) if i else ''}----- sample {i + 1} of {options.n} -----\n")
         out.write(prompt + text + "\n")
     out.flush()
+    return 0
+
+
+def _novel(sampler: Sampler, prompt: str, options: SampleOptions, max_copy: int | None, tries: int) -> int:
+    """Whole samples (not streamed: one may be drawn again), each followed on stderr by its longest copy."""
+    from ..generate.novelty import generate_novel
+
+    results = generate_novel(sampler, prompt, options, max_copy, tries)
+    for i, r in enumerate(results):
+        if options.n > 1:
+            sys.stdout.write(f"{chr(10) if i else ''}----- sample {i + 1} of {options.n} -----\n")
+        sys.stdout.write(prompt + r.text + "\n")
+        sys.stdout.flush()
+        which = f"sample {i + 1}: " if options.n > 1 else ""
+        drawn = f" (draw {r.tries})" if r.tries > 1 and r.met else ""
+        said = f"novelty: {which}longest stretch also in the training text: {r.copied:,} characters, from its character {r.offset:,}{drawn}"
+        if not r.met:
+            said += f"; every one of {r.tries} draws copied more than {max_copy:,}: this is the least copied"
+        print(said, file=sys.stderr, flush=True)
     return 0
 
 

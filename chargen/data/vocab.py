@@ -220,6 +220,13 @@ class CharVocab:
             self.check_known(text)
         return ids.astype(dtype or self.dtype, copy=False)
 
+    def encode_known(self, text: str) -> np.ndarray:
+        """Ids of ``text`` (normalized first) as int64, -1 for every character outside the vocabulary and for
+        the unknown token: ids that match only the characters they are."""
+        ids = self.lut[codepoints(self.normalize(text))].astype(np.int64)
+        ids[ids == self._missing] = -1
+        return ids
+
     def check_known(self, text: str) -> None:
         """Raise ChargenError naming the characters of ``text`` outside the vocabulary, if any."""
         missing = self.unknown_chars(text)

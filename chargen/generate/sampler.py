@@ -42,6 +42,7 @@ from ..data.vocab import CharVocab
 from ..errors import ChargenError
 from ..runs.folder import open_run_dir
 from .backends import resolve_backend
+from .stops import cut_at_stop, ends_with_stop, partial_stop_suffix
 
 if TYPE_CHECKING:
     import torch
@@ -78,11 +79,12 @@ class Sampler:
 
         self.runtime: TorchRuntime | NumpyRuntime
         self.runtime, self.vocab = TorchRuntime(model, device), vocab
+        self.run_dir: Path | None = None  # the run folder it was loaded from (the novelty check reads its corpus)
 
     @classmethod
     def _with(cls, runtime: TorchRuntime | NumpyRuntime, vocab: CharVocab) -> Sampler:
         self = cls.__new__(cls)
-        self.runtime, self.vocab = runtime, vocab
+        self.runtime, self.vocab, self.run_dir = runtime, vocab, None
         return self
 
     @classmethod
@@ -107,7 +109,9 @@ class Sampler:
         if backend == "numpy":
             from .numpy_step import NumpyRuntime, NumpyStep
 
-            return cls._with(NumpyRuntime(NumpyStep.from_file(path, run.model_config)), run.vocab)
+            sampler = cls._with(NumpyRuntime(NumpyStep.from_file(path, run.model_config)), run.vocab)
+            sampler.run_dir = run.dir
+            return sampler
         from ..model.devices import resolve_device
         from ..model.network import CharRNN
         from ..runs.checkpoint import load_weights
@@ -115,7 +119,9 @@ class Sampler:
         device = resolve_device(device)
         model = CharRNN(run.model_config)
         load_weights(model, path)
-        return cls(model, run.vocab, device)
+        sampler = cls(model, run.vocab, device)
+        sampler.run_dir = run.dir
+        return sampler
 
     @property
     def backend(self) -> str:
@@ -244,11 +250,11 @@ class Sampler:
                 if done[row]:
                     continue
                 outs[row].append(chars[i])
-                if _ends_with_stop(outs[row], stops):
+                if ends_with_stop(outs[row], stops):
                     done[row] = True
             if all(done):
                 break
-        return [_cut_at_stop("".join(o), stops) for o in outs]
+        return [cut_at_stop("".join(o), stops) for o in outs]
 
     def stream(self, prompt: str = "", options: SampleOptions | None = None, **settings: Any) -> Iterator[str]:
         """Yield the continuation in pieces as it is produced; joined, they equal ``generate``.
@@ -271,17 +277,29 @@ class Sampler:
                 yield pending
                 pending = ""
                 continue
-            hit = _cut_at_stop(pending, stops)
+            hit = cut_at_stop(pending, stops)
             if hit != pending:
                 if hit:
                     yield hit
                 return
-            keep = _partial_stop_suffix(pending, stops)
+            keep = partial_stop_suffix(pending, stops)
             if len(pending) > keep:
                 yield pending[: len(pending) - keep]
                 pending = pending[len(pending) - keep :]
         if pending:
             yield pending
+
+    # -- novelty -----------------------------------------------------------
+
+    def longest_copy(self, text: str) -> tuple[int, int]:
+        """``(length, offset)``: the longest stretch of ``text`` (normalized as the corpus was) that occurs in
+        the run's training text, and the character of the training split where it starts; ``(0, 0)`` when
+        none does. Characters outside the vocabulary match nothing. Needs the run's corpus (in the cache,
+        or its source) and pydivsufsort (``pip install "chargen[novelty]"``); the first call builds the
+        suffix array (about a second per 10 MB) and keeps it beside the prepared corpus."""
+        from .novelty import longest_copy
+
+        return longest_copy(self, text)
 
     # -- scoring -----------------------------------------------------------
 
@@ -358,30 +376,3 @@ class Sampler:
 def _make_score(logprobs: np.ndarray, total: float, count: int) -> Score:
     nats = -total / count if count else float("nan")
     return Score(logprobs=logprobs, count=count, nats=nats, bpc=nats / math.log(2))
-
-
-def _ends_with_stop(chars: list[str], stops: tuple[str, ...]) -> bool:
-    longest = max(len(s) for s in stops)
-    tail = "".join(chars[-longest:])
-    return any(tail.endswith(s) for s in stops)
-
-
-def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
-    """Text up to the first place where a stop string appears (the stop string removed)."""
-    cut = len(text)
-    for s in stops:
-        i = text.find(s)
-        if i >= 0:
-            cut = min(cut, i)
-    return text[:cut]
-
-
-def _partial_stop_suffix(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of some stop string."""
-    best = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:k]):
-                best = k
-                break
-    return best

@@ -32,7 +32,8 @@ import torch
 
 from ..config import SampleOptions
 from ..errors import ChargenError
-from ..generate.sampler import Sampler, _cut_at_stop, _partial_stop_suffix
+from ..generate.sampler import Sampler
+from ..generate.stops import cut_at_stop, partial_stop_suffix
 from ..generate.torch_step import FastState, TorchRuntime, pick, uniforms_at
 from .request import Request
 
@@ -368,12 +369,12 @@ class Batcher:
 
         stops = opts.stop
         if stops:
-            hit = _cut_at_stop(pending, stops)
+            hit = cut_at_stop(pending, stops)
             if hit != pending:
                 if hit:
                     show(hit)
                 return self._end(row, "stop")
-            keep = _partial_stop_suffix(pending, stops)
+            keep = partial_stop_suffix(pending, stops)
         else:
             keep = 0
         if len(pending) > keep:

@@ -32,12 +32,12 @@ from ..errors import ChargenError
 from ..model.devices import resolve_device
 from ..model.precision import resolve_precision
 from ..runs.checkpoint import sweep_staging
+from ..runs.corpus import corpus_summary, run_corpus
 from ..runs.folder import FORMAT_VERSION, RunFolder, RunLock, check_run_dir, last_dir, open_run_dir, read_json
 from ..version import __version__
 from . import distributed
 from .budget import schedule_lr, step_budget
 from .claim import RunClaim
-from .corpus import corpus_summary, run_corpus
 from .finetune import fine_tune_base
 
 

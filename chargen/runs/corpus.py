@@ -16,7 +16,7 @@ from pathlib import Path
 from ..config import Options
 from ..data.prepared import PreparedCorpus, cached, prepare
 from ..errors import ChargenError
-from ..runs.folder import RunFolder
+from .folder import RunFolder
 
 
 def corpus_summary(corpus: PreparedCorpus, opts: Options) -> dict:
