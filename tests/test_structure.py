@@ -245,7 +245,7 @@ COMMAND_FLAGS = {
         "init_checkpoint",
         "keep_vocab",
     },
-    "sample": {"device", "checkpoint", "backend", "prompt", "prompt_file"},
+    "sample": {"device", "checkpoint", "backend", "prompt", "prompt_file", "novelty", "max_copy", "max_tries"},
 }
 CONFIGS = {
     "prepare": (PrepareOptions,),

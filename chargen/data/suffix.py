@@ -33,7 +33,7 @@ def build_suffix_array(ids: np.ndarray) -> np.ndarray:
         from pydivsufsort import divsufsort
     except ImportError:
         raise ChargenError('the novelty check needs pydivsufsort: pip install "chargen[novelty]"') from None
-    sa = divsufsort(np.ascontiguousarray(ids))
+    sa = divsufsort(np.array(ids, copy=True))  # its own writable copy: pydivsufsort refuses read-only arrays
     return sa.astype(np.int32) if len(ids) < 2**31 else sa.astype(np.int64)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import SampleOptions
 from ..data.suffix import SuffixIndex, suffix_index
@@ -20,7 +20,19 @@ from ..runs.corpus import run_corpus
 from ..runs.folder import open_run_dir
 
 if TYPE_CHECKING:
-    from .sampler import Sampler
+    from ..data.vocab import CharVocab
+
+
+class SamplerLike(Protocol):
+    """What these functions use of a :class:`chargen.Sampler` (a protocol: the sampler imports this module)."""
+
+    run_dir: Path | None
+    vocab: CharVocab
+
+    def generate(self, prompt: str = "", options: SampleOptions | None = None, **settings: Any) -> str | list[str]: ...
+
+    def _options(self, prompt: str, options: SampleOptions | None, settings: dict) -> SampleOptions: ...
+
 
 __all__ = ["Novel", "generate_novel", "longest_copy"]
 
@@ -60,13 +72,13 @@ def index_of(run_dir: Path | None) -> SuffixIndex:
         return _indexes[key]
 
 
-def longest_copy(sampler: Sampler, text: str) -> tuple[int, int]:
+def longest_copy(sampler: SamplerLike, text: str) -> tuple[int, int]:
     """See :meth:`Sampler.longest_copy`."""
     return index_of(sampler.run_dir).longest_copy(sampler.vocab.encode_known(text))
 
 
 def generate_novel(
-    sampler: Sampler, prompt: str, options: SampleOptions, max_copy: int | None = None, tries: int = 10
+    sampler: SamplerLike, prompt: str, options: SampleOptions, max_copy: int | None = None, tries: int = 10
 ) -> list[Novel]:
     """``options.n`` samples, each with its longest copy; with ``max_copy``, a sample that copies more is
     drawn again, up to ``tries`` draws, and the least copied draw is kept. Draw ``j`` (from 0) of sample

@@ -10,13 +10,13 @@ import pytest
 
 pytest.importorskip("pydivsufsort", reason="the novelty extra is not installed")
 
-from chargen import ChargenError, Sampler  # noqa: E402
-from chargen.data.suffix import SA_FILE, SuffixIndex, build_suffix_array, suffix_index  # noqa: E402
-from chargen.generate.novelty import _indexes, generate_novel  # noqa: E402
-from chargen.runs.corpus import run_corpus  # noqa: E402
-from chargen.runs.folder import open_run_dir  # noqa: E402
-from chargen.training.trainer import train  # noqa: E402
-from conftest import TINY, one_error_line  # noqa: E402
+from chargen import ChargenError, Sampler
+from chargen.data.suffix import SA_FILE, SuffixIndex, build_suffix_array, suffix_index
+from chargen.generate.novelty import _indexes, generate_novel
+from chargen.runs.corpus import run_corpus
+from chargen.runs.folder import open_run_dir
+from chargen.training.trainer import train
+from conftest import TINY, one_error_line
 
 
 def brute_force(text: list[int], query: list[int]) -> int:
@@ -106,7 +106,9 @@ def test_the_suffix_array_is_kept_beside_the_corpus_and_a_damaged_one_is_built_a
 
 def test_both_backends_agree(run):
     text = training_text(run)[2000:2100] + "!!" + training_text(run)[50:70]
-    assert Sampler.load(run, backend="numpy").longest_copy(text) == Sampler.load(run, backend="torch").longest_copy(text)
+    assert Sampler.load(run, backend="numpy").longest_copy(text) == Sampler.load(run, backend="torch").longest_copy(
+        text
+    )
 
 
 def test_the_training_text_gone_is_one_error(run, tmp_path, monkeypatch):
@@ -125,7 +127,9 @@ def test_a_sampler_made_in_memory_has_no_training_text():
     from chargen.data.vocab import CharVocab
     from chargen.model.network import CharRNN, ModelConfig
 
-    s = Sampler(CharRNN(ModelConfig(vocab_size=3, num_layers=1, hidden_size=4)), CharVocab.build("ab\n", with_unk=False))
+    s = Sampler(
+        CharRNN(ModelConfig(vocab_size=3, num_layers=1, hidden_size=4)), CharVocab.build("ab\n", with_unk=False)
+    )
     with pytest.raises(ChargenError, match="needs a sampler loaded from a run folder"):
         s.longest_copy("ab")
 
@@ -149,11 +153,18 @@ def test_the_cli_prints_the_sample_then_its_copy(run, cli):
     code2, out2, err2 = cli("sample", run, "--prompt", "the ", "--length", "80", "--seed", "3", "--novelty")
     assert code == code2 == 0 and out2 == out  # the same sample
     length, offset = Sampler.load(run).longest_copy(out[len("the ") : -1])
-    assert err2 == f"novelty: longest stretch also in the training text: {length:,} characters, from its character {offset:,}\n"
-    code, out, err = cli("sample", run, "--length", "80", "--n", "2", "--seed", "3", "--max-copy", "1", "--max-tries", "3")
+    assert (
+        err2
+        == f"novelty: longest stretch also in the training text: {length:,} characters, from its character {offset:,}\n"
+    )
+    code, out, err = cli(
+        "sample", run, "--length", "80", "-n", "2", "--seed", "3", "--max-copy", "1", "--max-tries", "3"
+    )
     assert code == 0 and out.count("----- sample") == 2
     lines = err.splitlines()
-    assert len(lines) == 2 and all("; every one of 3 draws copied more than 1: this is the least copied" in x for x in lines)
+    assert len(lines) == 2 and all(
+        "; every one of 3 draws copied more than 1: this is the least copied" in x for x in lines
+    )
 
 
 @pytest.mark.parametrize(
