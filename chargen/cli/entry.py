@@ -47,6 +47,8 @@ _EXTRAS = {
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``chargen`` command; returns the exit status."""
     code = _main(argv)
+    if argv is None:  # the work is done: a Ctrl-C now would only break the interpreter's exit, with a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if argv is None and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         # A process of a torchrun group leaves at once, its output flushed: after destroy_process_group,
         # torch's teardown at interpreter exit aborted one rank in about ten ("terminate called without an

@@ -141,3 +141,20 @@ def test_prepare_does_not_import_torch_or_datasets(tmp_path):
         [sys.executable, "-c", code, str(p)], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO))
     )
     assert r.stderr.strip().splitlines()[-1] == "0 False False"
+
+
+def test_a_ctrl_c_while_the_process_exits_is_no_traceback(tmp_path):
+    """A Ctrl-C that lands after the command is done, while the interpreter runs its exit handlers, must not
+    print a traceback (seen once when a random SIGINT of the interrupt tests came that late)."""
+    code = (
+        "import atexit, os, signal, sys, time\n"
+        "from chargen.cli import main\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.2)))\n"
+        "sys.argv = ['chargen', 'completion', 'bash']\n"
+        "raise SystemExit(main())\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO))
+    )
+    assert r.returncode == 0 and "-F _chargen chargen" in r.stdout
+    assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr, r.stderr
