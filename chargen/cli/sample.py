@@ -53,12 +53,16 @@ def run(args: argparse.Namespace) -> int:
     settings = given(args, SampleOptions)
     settings["stop"] = tuple(_unescape(s) for s in settings.get("stop", ()))
     options = SampleOptions(**settings)
+    if options.beam is not None and args.max_copy is not None:
+        raise ChargenError("--max-copy draws a sample again, and a beam search draws nothing: drop one of them")
     if args.max_tries is not None and args.max_copy is None:
         raise ChargenError("--max-tries counts the draws of --max-copy; pass --max-copy N with it")
     sampler = Sampler.load(args.run, device=args.device, checkpoint=args.checkpoint, backend=args.backend)
     if args.novelty or args.max_copy is not None:
         return _novel(sampler, prompt, options, args.max_copy, args.max_tries or 10)
     out = sys.stdout
+    if options.beam is not None or (options.best_of or 1) > options.n:
+        return _searched(sampler, prompt, options)
     if options.n == 1:
         pieces = sampler.stream(prompt, options)  # validates before anything is printed
         out.write(prompt + next(pieces, ""))
@@ -92,6 +96,22 @@ def _novel(sampler: Sampler, prompt: str, options: SampleOptions, max_copy: int 
         if not r.met:
             said += f"; every one of {r.tries} draws copied more than {max_copy:,}: this is the least copied"
         print(said, file=sys.stderr, flush=True)
+    return 0
+
+
+def _searched(sampler: Sampler, prompt: str, options: SampleOptions) -> int:
+    """Whole texts chosen by a beam or best-of-N, each followed on stderr by its total log-probability."""
+    from ..generate.search import beam_search, best_of
+
+    found = (beam_search if options.beam is not None else best_of)(sampler, prompt, options)
+    how = f"beam of {options.beam}" if options.beam is not None else f"best {options.n} of {options.best_of}"
+    for i, (text, total) in enumerate(found):
+        if options.n > 1:
+            sys.stdout.write(f"{chr(10) if i else ''}----- sample {i + 1} of {options.n} -----\n")
+        sys.stdout.write(prompt + text + "\n")
+        sys.stdout.flush()
+        which = f"sample {i + 1}: " if options.n > 1 else ""
+        print(f"{how}: {which}log-probability {total:.2f} nats over {len(text):,} characters", file=sys.stderr)
     return 0
 
 

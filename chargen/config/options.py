@@ -77,6 +77,8 @@ class Spec:
             return f"must be non-empty text, got {value!r}"
         if kind is list:
             return _increasing_problem(value, self.minimum, self.maximum)
+        if kind is dict:
+            return _bias_problem(value, self.minimum, self.maximum)
         if self.choices is not None and value not in self.choices:
             return f"must be one of {', '.join(map(str, self.choices))}, got {value!r}"
         return self._range_problem(value)
@@ -115,6 +117,21 @@ def _increasing_problem(value: Any, minimum: float | None, maximum: float | None
         return f"must start at {_num(minimum)} or more, got {','.join(map(str, value))}"
     if maximum is not None and value[-1] > maximum:
         return f"must each be at most {maximum:,}, got {','.join(map(str, value))}"
+    return None
+
+
+def _bias_problem(value: Any, minimum: float | None, maximum: float | None) -> str | None:
+    """A bias per character (``{"e": -5.0}``): keys of one character, finite numbers from ``minimum`` to
+    ``maximum``."""
+    if not isinstance(value, dict):
+        return f"must be a dict of characters to numbers, such as {{'e': -5}}, got {value!r}"
+    for char, bias in value.items():
+        if not isinstance(char, str) or len(char) != 1:
+            return f"must have one character per key, got the key {char!r}"
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
+            return f"must give {char!r} a finite number, got {bias!r}"
+        if (minimum is not None and bias < minimum) or (maximum is not None and bias > maximum):
+            return f"must give each character a number in [{_num(minimum or 0)}, {_num(maximum or 0)}], got {bias!r} for {char!r}"
     return None
 
 
@@ -243,6 +260,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[DataclassInstance]) -> 
             kwargs.update(action="store_const", const=True)
         elif spec.kind is tuple:  # repeatable: each use adds one value
             kwargs.update(action="append", type=spec.parse or str, metavar=spec.metavar)
+        elif spec.kind is dict:  # repeatable: each use adds one (key, value) pair
+            kwargs.update(action="append", type=_flag_type(spec), metavar=spec.metavar)
         else:
             kwargs.update(type=_flag_type(spec), metavar=spec.metavar)
             if spec.choices:
@@ -276,7 +295,7 @@ def _flag_type(spec: Spec) -> Callable[[str], Any]:
             except ValueError:
                 what = {int: "a whole number", float: "a number"}.get(spec.kind, "a value")
                 raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        problem = spec.problem(value)
+        problem = spec.problem(dict([value]) if spec.kind is dict else value)
         if problem:
             raise argparse.ArgumentTypeError(problem)
         return value

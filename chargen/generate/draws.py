@@ -15,6 +15,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ..config import SampleOptions
+    from .rules import History
 
 __all__ = ["draw_loop", "uniforms", "uniforms_at"]
 
@@ -51,18 +52,20 @@ _Banned = TypeVar("_Banned")  # how the backend's pick takes the id it must neve
 
 def draw_loop(
     step: Callable[[_Array, _State], tuple[_Array, _State]],
-    pick: Callable[[_Array, Any, float, int | None, float | None, _Banned | None], _Array],
+    pick: Callable[[_Array, Any, float, int | None, float | None, _Banned | None, float | None], _Array],
     logits: _Array,
     state: _State,
     seeds: np.ndarray,
     opts: SampleOptions,
     banned: _Banned | None = None,
     to_array: Callable[[np.ndarray], Any] = lambda u: u,
+    history: History | None = None,
 ) -> Iterator[_Array]:
     """The next ids (B,) ``opts.length`` times, for any backend: ``pick(logits, u, temperature, top_k, top_p,
-    banned)`` draws with row ``i``'s uniforms from ``seeds[i]`` (``to_array`` puts a block of them where the
-    logits are), then ``step(ids, state)`` gives the next logits; no step after the last draw."""
-    greedy = opts.temperature == 0 or opts.top_k == 1
+    banned, min_p)`` draws with row ``i``'s uniforms from ``seeds[i]`` (``to_array`` puts a block of them where
+    the logits are), then ``step(ids, state)`` gives the next logits; no step after the last draw. A
+    ``history`` applies the rules on the logits first (``rules.py``) and records each draw."""
+    greedy = opts.greedy
     u_block: Any = None  # (B, BLOCK) uniforms, as to_array gives them
     for t in range(opts.length):
         u = None
@@ -70,7 +73,10 @@ def draw_loop(
             if t % BLOCK == 0:
                 u_block = to_array(uniforms(seeds, t, BLOCK))  # (B, BLOCK)
             u = u_block[:, t % BLOCK]
-        ids = pick(logits, u, opts.temperature, opts.top_k, opts.top_p, banned)  # (B,)
+        x = logits if history is None else history.adjust(logits)
+        ids = pick(x, u, opts.temperature, opts.top_k, opts.top_p, banned, opts.min_p)  # (B,)
+        if history is not None:
+            history.update(ids)
         yield ids
         if t + 1 < opts.length:
             logits, state = step(ids, state)

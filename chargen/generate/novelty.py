@@ -90,6 +90,11 @@ def generate_novel(
     opts = sampler._options(prompt, options, {})
     assert opts.seed is not None  # _options draws one when none is given
     index = index_of(sampler.run_dir)
+    if opts.beam is not None:  # one search, nothing to draw again
+        if max_copy is not None:
+            raise ChargenError("a beam search draws nothing, so max_copy cannot draw again; sample, or drop max_copy")
+        texts = sampler.generate(prompt, opts)
+        return [Novel(t, *index.longest_copy(sampler.vocab.encode_known(t)), 1, True) for t in _listed(texts)]
     n, pending = opts.n, list(range(opts.n))
     best: list[Novel | None] = [None] * n
     for j in range(tries if max_copy is not None else 1):
@@ -107,3 +112,7 @@ def generate_novel(
         if not pending:
             break
     return [b for b in best if b is not None]  # every one, filled by the first draw
+
+
+def _listed(texts: str | list[str]) -> list[str]:
+    return [texts] if isinstance(texts, str) else texts

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..config import ModelConfig, SampleOptions
 from .draws import draw_loop
+from .rules import NUMPY_OPS, History
 
 __all__ = ["NumpyRuntime", "NumpyStep", "Scorer", "log_softmax", "pick", "prime", "sample_ids"]
 
@@ -218,10 +219,12 @@ def sample_ids(
     seeds: np.ndarray,
     opts: SampleOptions,
     banned: int | None = None,
+    history: History | None = None,
 ) -> Iterator[np.ndarray]:
-    """``decode.sample_ids`` on NumPy: the next ids (B,) ``opts.length`` times, row ``i`` drawn from
-    ``seeds[i]``, one step per character after the first; ``banned`` is never drawn."""
-    return draw_loop(step, pick, logits, state, seeds, opts, banned)
+    """``torch_step.sample_ids`` on NumPy: the next ids (B,) ``opts.length`` times, row ``i`` drawn from
+    ``seeds[i]``, one step per character after the first; ``banned`` is never drawn; ``history`` applies
+    the rules on the logits."""
+    return draw_loop(step, pick, logits, state, seeds, opts, banned, history=history)
 
 
 def pick(
@@ -231,17 +234,18 @@ def pick(
     top_k: int | None,
     top_p: float | None,
     banned: int | None,
+    min_p: float | None = None,
 ) -> np.ndarray:
-    """Next ids (B,) from logits (B, V), by ``decode.pick``'s rules (u (B,) in [0, 1))."""
+    """Next ids (B,) from logits (B, V), by ``torch_step.pick``'s rules (u (B,) in [0, 1))."""
     if banned is not None:  # never emit the unknown token
         logits = logits.copy()
         logits[:, banned] = -np.inf
-    if temperature == 0 or top_k == 1:
+    if temperature == 0 or top_k == 1 or min_p == 1:
         return logits.argmax(axis=-1)
-    x = logits.astype(np.float64)
-    V = x.shape[-1]
-    # The maximum shifted to 0 before dividing: a tiny temperature then sends every other logit to -inf.
-    x -= x.max(axis=-1, keepdims=True)
+    V = logits.shape[-1]
+    # The maximum shifted to 0 (in float64, as torch_step.pick) before dividing: a tiny temperature then
+    # sends every other logit to -inf.
+    x = np.subtract(logits, logits.max(axis=-1, keepdims=True), dtype=np.float64)
     if temperature != 1.0:
         with np.errstate(over="ignore"):
             x /= temperature
@@ -257,6 +261,8 @@ def pick(
         sorted_p = np.where(before >= top_p, 0.0, sorted_p)
         probs = np.zeros_like(probs)
         np.put_along_axis(probs, order, sorted_p, axis=-1)
+    if min_p:  # after top-p, as torch_step.pick
+        probs = np.where(probs < min_p * probs.max(axis=-1, keepdims=True), 0.0, probs)
     cdf = np.cumsum(probs, axis=-1)
     total = cdf[:, -1:]
     # Strictly below the total, so the id drawn always has probability > 0.
@@ -279,12 +285,34 @@ class NumpyRuntime:
         """Logits (batch, V) after ``ids`` ([start, prompt]) and the per-layer state."""
         return prime(self.step, ids, batch)
 
+    ops = NUMPY_OPS  # what the rules' History needs (rules.py)
+
     def sample(
-        self, logits: np.ndarray, state: NumpyState, seeds: np.ndarray, opts: SampleOptions, banned: int | None
+        self,
+        logits: np.ndarray,
+        state: NumpyState,
+        seeds: np.ndarray,
+        opts: SampleOptions,
+        banned: int | None,
+        history: History | None = None,
     ) -> Iterator[np.ndarray]:
-        return sample_ids(self.step, logits, state, seeds, opts, banned)
+        return sample_ids(self.step, logits, state, seeds, opts, banned, history)
 
     read_every = 1  # steps drawn between two reads of their ids (see TorchRuntime): here, every one
+
+    @staticmethod
+    def host_logits(logits: np.ndarray) -> np.ndarray:
+        """Logits (B, V) on the host as float64 (the beam search reads them there)."""
+        return logits.astype(np.float64)
+
+    @staticmethod
+    def select(state: NumpyState, rows: np.ndarray) -> NumpyState:
+        """The state of the rows ``rows``, in that order."""
+        return [[x[rows] for x in layer] for layer in state]
+
+    def advance(self, ids: np.ndarray, state: NumpyState) -> tuple[np.ndarray, NumpyState]:
+        """One step from host ids (B,): the next logits and state."""
+        return self.step(ids, state)
 
     @staticmethod
     def to_numpy(columns: list) -> np.ndarray:

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from ..data.prepared import PreparedCorpus
     from ..model.network import CharRNN
     from .numpy_step import NumpyRuntime
+    from .rules import ArrayOps, History
     from .torch_step import FastStep, TorchRuntime
 
 
@@ -194,16 +195,34 @@ class Sampler:
         assert opts.seed is not None  # _options draws one when none is given
         seeds = np.uint64(opts.seed) + np.arange(opts.n, dtype=np.uint64)
         logits, state = self._prime(prompt_ids, opts.n)
-        return self.runtime.sample(logits, state, seeds, opts, self.vocab.unk_id)
+        history = self._history(opts, prompt_ids, opts.n)
+        return self.runtime.sample(logits, state, seeds, opts, self.vocab.unk_id, history)
+
+    def _history(
+        self, opts: SampleOptions, prompt_ids: np.ndarray, batch: int, ops: ArrayOps | None = None
+    ) -> History | None:
+        """The rules' record of ``batch`` rows continuing ``prompt_ids`` (``rules.py``), or None when
+        ``opts`` has no rule; ``ops``: where its arrays live (the backend's by default)."""
+        if not opts.rules:
+            return None
+        from .rules import History, bias_vector
+
+        bias = bias_vector(opts.logit_bias, self.vocab)
+        return History.start(ops or self.runtime.ops, opts, bias, prompt_ids, len(self.vocab), batch)
 
     def generate(self, prompt: str = "", options: SampleOptions | None = None, **settings: Any) -> str | list[str]:
         """The continuation of ``prompt`` (without it): a str, or a list of ``n`` str decoded in one batch.
 
-        ``settings`` are :class:`SampleOptions` fields (``length``, ``temperature``,
-        ``top_k``, ``top_p``, ``stop``, ``n``, ``seed``, ``unknown``), given alone
-        or over an ``options`` object.
+        ``settings`` are :class:`SampleOptions` fields (``length``, ``temperature``, ``top_k``, ``top_p``,
+        ``min_p``, ``stop``, ``n``, ``seed``, ``unknown``, the rules on the logits, ``best_of``, ``beam``),
+        given alone or over an ``options`` object.
         """
         opts = self._options(prompt, options, settings)
+        if opts.beam is not None or (opts.best_of or 1) > opts.n:
+            from .search import search
+
+            texts = search(self, prompt, opts)
+            return texts[0] if opts.n == 1 else texts
         steps = self._ids(prompt, opts)
         if not opts.stop:  # nothing to watch for: keep ids on the device, decode once at the end
             rows = self._all_ids(steps, opts.n)  # (n, length)
@@ -265,6 +284,8 @@ class Sampler:
         opts = self._options(prompt, options, settings)
         if opts.n != 1:
             raise ChargenError(f"stream produces one sample; pass n=1 (got n={opts.n}), or use generate")
+        if opts.beam is not None or (opts.best_of or 1) > 1:
+            raise ChargenError("beam and best_of choose among whole texts, which cannot be streamed; use generate")
         self.encode(prompt, opts.unknown)
         return self._stream(prompt, opts)
 

@@ -3,10 +3,12 @@ the start of one (the sampler's streams and the server's batcher share these).""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = ["cut_at_stop", "ends_with_stop", "partial_stop_suffix"]
 
 
-def ends_with_stop(chars: list[str], stops: tuple[str, ...]) -> bool:
+def ends_with_stop(chars: Sequence[str], stops: tuple[str, ...]) -> bool:
     """Whether the characters so far end with one of ``stops``."""
     longest = max(len(s) for s in stops)
     tail = "".join(chars[-longest:])

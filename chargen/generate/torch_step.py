@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 from ..config import DEFAULT_TEMPERATURE, SampleOptions
 from ..model.network import AdaptiveHead, CharRNN
 from .draws import draw_loop, uniforms, uniforms_at
+from .rules import NUMPY_OPS, ArrayOps
 
 
 def _one_thread_after_fork() -> None:
@@ -42,6 +44,7 @@ if hasattr(os, "register_at_fork"):  # POSIX
 if TYPE_CHECKING:
     from ..data.vocab import CharVocab
     from ..model.network import RNNState
+    from .rules import History
 
 __all__ = ["FastStep", "SampleOptions", "TorchRuntime", "pick", "preview", "sample_ids", "uniforms", "uniforms_at"]
 
@@ -56,16 +59,31 @@ def sample_ids(
     seeds: np.ndarray,
     opts: SampleOptions,
     banned: int | None = None,
+    history: History | None = None,
 ) -> Iterator[torch.Tensor]:
     """Draw the next ids (B,) ``opts.length`` times, from primed logits (B, V) and a per-layer state.
 
     Row ``i`` draws from ``seeds[i]``; one fast step per character after the first. ``banned``
-    (the unknown token) is never drawn.
+    (the unknown token) is never drawn; ``history`` applies the rules on the logits (``rules.py``).
     """
     # made once on the device: a host-to-device copy per character would block on CUDA
     banned_ids = torch.tensor([banned], device=logits.device) if banned is not None else None
-    return draw_loop(
-        step, pick, logits, state, seeds, opts, banned_ids, to_array=lambda u: torch.from_numpy(u).to(logits.device)
+    to_array = lambda u: torch.from_numpy(u).to(logits.device)  # noqa: E731
+    return draw_loop(step, pick, logits, state, seeds, opts, banned_ids, to_array, history)
+
+
+def torch_ops(device: torch.device, numpy_on_cpu: bool = True) -> ArrayOps:
+    """What the rules' :class:`History` needs of torch, on ``device``. On the CPU the rules run on NumPy
+    views of the tensors (a NumPy operation on a small array costs a fraction of a torch one: the rules
+    then cost a few percent of a step instead of a third), elsewhere as torch operations."""
+    if device.type == "cpu" and numpy_on_cpu:
+        return replace(NUMPY_OPS, view=lambda t: t.numpy(), back=torch.from_numpy, ids=lambda t: t.numpy())
+    return ArrayOps(
+        put=lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device),
+        host=lambda t: t.cpu().numpy(),
+        view=lambda t: t,
+        cat=torch.cat,
+        penalize=lambda x, seen, rep: torch.where(seen, torch.where(x > 0, x / rep, x * rep), x),
     )
 
 
@@ -98,13 +116,15 @@ def pick(
     top_k: int | None,
     top_p: float | None,
     banned: int | torch.Tensor | None,
+    min_p: float | None = None,
 ) -> torch.Tensor:
-    """Next ids (B,) from logits (B, V): greedy at temperature 0, else inverse-CDF sampling with u (B,)."""
+    """Next ids (B,) from logits (B, V): greedy at temperature 0 (or top-k 1, min-p 1), else inverse-CDF
+    sampling with u (B,) after temperature, top-k, top-p and min-p."""
     if banned is not None:  # never emit the unknown token
         if not isinstance(banned, torch.Tensor):
             banned = torch.tensor([banned], device=logits.device)
         logits = logits.index_fill(-1, banned, float("-inf"))
-    if temperature == 0 or top_k == 1:
+    if temperature == 0 or top_k == 1 or min_p == 1:
         return logits.argmax(dim=-1)
     logits = logits.double()
     if temperature != 1.0:
@@ -121,6 +141,8 @@ def pick(
         before = sorted_p.cumsum(dim=-1) - sorted_p  # mass strictly before each
         sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)  # the first always stays
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+    if min_p:  # after top-p, as vLLM: the likeliest character always stays
+        probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
     cdf = probs.cumsum(dim=-1)  # (B, V)
     total = cdf[:, -1:]
     assert u is not None  # draw_loop gives uniforms whenever it does not pick greedily
@@ -281,6 +303,7 @@ class TorchRuntime:
         # CUDA a read waits for the queue to drain, so 32 steps are read in one copy (a stop is found up to
         # 31 steps late, and the text cut at it all the same); on the CPU each step is read as it comes.
         self.read_every = 32 if self.device.type == "cuda" else 1
+        self.ops = torch_ops(self.device)
 
     def __getstate__(self) -> dict[str, Any]:
         """What a pickle holds (the server's decoding process is sent one): the model's config and its
@@ -315,9 +338,28 @@ class TorchRuntime:
         return logits, self.step.to_fast(state)
 
     def sample(
-        self, logits: torch.Tensor, state: FastState, seeds: np.ndarray, opts: SampleOptions, banned: int | None
+        self,
+        logits: torch.Tensor,
+        state: FastState,
+        seeds: np.ndarray,
+        opts: SampleOptions,
+        banned: int | None,
+        history: History | None = None,
     ) -> Iterator[torch.Tensor]:
-        return sample_ids(self.step, logits, state, seeds, opts, banned)
+        return sample_ids(self.step, logits, state, seeds, opts, banned, history)
+
+    def host_logits(self, logits: torch.Tensor) -> np.ndarray:
+        """Logits (B, V) on the host as float64 (the beam search reads them there)."""
+        return self.host.read(logits).astype(np.float64)
+
+    def select(self, state: FastState, rows: np.ndarray) -> FastState:
+        """The state of the rows ``rows``, in that order."""
+        index = torch.from_numpy(rows).to(self.device)
+        return [[x.index_select(0, index) for x in layer] for layer in state]
+
+    def advance(self, ids: np.ndarray, state: FastState) -> tuple[torch.Tensor, FastState]:
+        """One step from host ids (B,): the next logits and state."""
+        return self.step(self.host.write(ids), state)
 
     def to_numpy(self, columns: list) -> np.ndarray:
         """The drawn ids, one tensor (B,) per step -> (B, steps), copied off the device once."""

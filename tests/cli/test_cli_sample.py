@@ -57,6 +57,24 @@ def test_sample_checkpoint_last_and_greedy(cli, run):
     assert code == 0 and len(out) == 31
 
 
+def test_rules_and_searches_on_the_command_line_are_the_samplers(cli, run):
+    rules = ["--logit-bias", "e=-100", "--logit-bias", r"\n=2.5", "--presence-penalty", "0.5", "--min-p", "0.05"]
+    code, out, err = cli("sample", run, "--prompt", "to be", "--length", "150", "--seed", "3", *rules)
+    assert code == 0, err
+    api = Sampler.load(run).generate(
+        "to be", length=150, seed=3, logit_bias={"e": -100, "\n": 2.5}, presence_penalty=0.5, min_p=0.05
+    )
+    assert out == "to be" + api + "\n" and "e" not in api
+    code, out, err = cli("sample", run, "--prompt", "to", "--length", "40", "--beam", "3", "-n", "2")
+    assert code == 0, err
+    texts = Sampler.load(run).generate("to", length=40, beam=3, n=2)
+    assert out == f"----- sample 1 of 2 -----\nto{texts[0]}\n\n----- sample 2 of 2 -----\nto{texts[1]}\n"
+    assert err.count("beam of 3: sample ") == 2 and "nats over 40 characters" in err
+    code, out, err = cli("sample", run, "--length", "40", "--best-of", "4", "--seed", "8")
+    assert code == 0 and out == Sampler.load(run).generate("", length=40, best_of=4, seed=8) + "\n"
+    assert err.startswith("best 1 of 4: log-probability -")
+
+
 def test_eval_matches_score(cli, run, tmp_path):
     text = "to be or not to be.\n" * 20
     f = tmp_path / "t.txt"
@@ -91,6 +109,20 @@ def test_eval_matches_score(cli, run, tmp_path):
         (["--prompt-file", "/no/such/prompt.txt"], ["cannot read prompt file /no/such/prompt.txt"]),
         (["--prompt", "a", "--prompt-file", "x"], ["pass --prompt or --prompt-file, not both"]),
         (["--device", "cuda"], ["cuda"]),  # the tests see no CUDA device (conftest), on any machine
+        (["--logit-bias", "e"], ["argument --logit-bias: must be CHAR=BIAS with one character, such as e=-5"]),
+        (["--logit-bias", "ab=1"], ["argument --logit-bias: must be CHAR=BIAS with one character"]),
+        (["--logit-bias", "e=x"], ["argument --logit-bias: must be CHAR=BIAS with a number for BIAS, got 'e=x'"]),
+        (["--logit-bias", "e=-101"], ["argument --logit-bias: must give each character a number in [-100, 100]"]),
+        (["--logit-bias", "e=inf"], ["argument --logit-bias: must give 'e' a finite number"]),
+        (["--logit-bias", "€=1"], ["logit_bias names '€', which is not in the model's vocabulary"]),
+        (["--min-p", "2"], ["argument --min-p: must be in [0, 1], got 2.0"]),
+        (["--presence-penalty", "3"], ["argument --presence-penalty: must be in [-2, 2], got 3.0"]),
+        (["--repetition-penalty", "0"], ["argument --repetition-penalty: must be in (0, 100], got 0.0"]),
+        (["--repeat-last-n", "-2"], ["argument --repeat-last-n: must be at least -1, got -2"]),
+        (["--beam", "2", "-n", "3"], ["n (3) must be at most beam (2)"]),
+        (["--best-of", "2", "-n", "3"], ["best_of (2) must be at least n (3)"]),
+        (["--beam", "2", "--best-of", "3"], ["best_of draws samples and beam searches without drawing"]),
+        (["--beam", "2", "--max-copy", "5"], ["--max-copy draws a sample again, and a beam search draws nothing"]),
     ],
 )
 def test_bad_sample_input(cli, run, args, fragments):
