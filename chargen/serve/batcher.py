@@ -15,7 +15,7 @@ yields (text that may be the start of a stop string is held back).
 
 The loop's parts: admission (:meth:`Batcher._admit`, priming, :meth:`Batcher._join`),
 the step (:meth:`Batcher._step`: draws and log-probabilities), and delivery
-(:meth:`Batcher._advance`: the text each row may show, and how it ends).
+(``rows.advance``: the text each row may show, and how it ends).
 The same loop in a process of its own is ``process_batcher.py``.
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeAlias, cast
 
 import numpy as np
@@ -32,12 +31,14 @@ import torch
 
 from ..config import SampleOptions
 from ..errors import ChargenError
+from ..generate.rules import History
 from ..generate.sampler import Sampler
-from ..generate.stops import cut_at_stop, partial_stop_suffix
 from ..generate.torch_step import FastState, TorchRuntime, pick, uniforms_at
 from .request import Request
+from .rows import Row, advance, check_logprobs, done_before_start, end_all
 
 log = logging.getLogger(__name__)
+_NEUTRAL = SampleOptions()  # no rule: the history of a row that has none
 INLINE_PRIME = 256  # prompts up to this many characters are read by the loop itself (a few ms), longer beside it
 # A request ready to join: with its logits and state once its prompt is read, None and None before.
 _Primed: TypeAlias = tuple[Request, torch.Tensor | None, FastState | None]
@@ -45,27 +46,6 @@ _Primed: TypeAlias = tuple[Request, torch.Tensor | None, FastState | None]
 
 class BatcherClosed(ChargenError):
     """The decoding loop has stopped (closed, or failed): nothing more can be submitted."""
-
-
-def check_logprobs(k: int | None) -> int | None:
-    """How many likeliest characters a request lists per position (None: no log-probabilities)."""
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
-        raise ChargenError(f"logprobs must be a whole number >= 0 (how many likeliest characters), got {k!r}")
-    return k
-
-
-def _done_before_start(request: Request) -> bool:
-    return request.cancelled or request.opts.length == 0
-
-
-@dataclass
-class _Row:
-    request: Request
-    index: int  # which of the request's n rows
-    seed: int
-    t: int = 0  # characters drawn so far
-    pending: str = ""  # text held back: it may be the start of a stop string
-    entries: list = field(default_factory=list)  # log-probabilities of the pending characters, if asked
 
 
 class Batcher:
@@ -87,9 +67,11 @@ class Batcher:
         self._waiting: list[Request] = []  # submitted, not primed yet
         self._priming: Request | None = None  # being primed now
         self._primed: list[_Primed] = []  # (request, logits, state): primed, waiting for room
-        self._rows: list[_Row] = []
+        self._rows: list[Row] = []
         self._logits: torch.Tensor | None = None
         self._state: FastState | None = None
+        self._history: History | None = None  # the rules' record of every row, while some row has rules
+        self._ops = cast(TorchRuntime, sampler.runtime).ops
         self._cv = threading.Condition()
         self._closed = False
         self._sweep = False  # a request was cancelled: look for those waiting
@@ -164,7 +146,7 @@ class Batcher:
             while (admitted := self._admit()) is not None:
                 gone, joining = admitted
                 for request in gone:
-                    self._end_all(request, "cancelled" if request.cancelled else "length")
+                    end_all(request, "cancelled" if request.cancelled else "length")
                 for item in joining:
                     self._join(*item)
                 if self._rows:
@@ -200,7 +182,7 @@ class Batcher:
         for request in {id(r): r for r in [row.request for row in self._rows]}.values():
             request.flush()
         for request in waiting:
-            self._end_all(request, reason)
+            end_all(request, reason)
         self._rows = []
         if self._on_step:
             self._on_step()
@@ -218,7 +200,7 @@ class Batcher:
                     if self._closed:
                         return
                     request = self._priming = self._waiting.pop(0)
-                if _done_before_start(request):
+                if done_before_start(request):
                     item = (request, None, None)
                 else:
                     logits, state = self.sampler._prime(request.prompt_ids, request.opts.n)
@@ -240,8 +222,8 @@ class Batcher:
             if self._closed:
                 return None
             # requests cancelled while they waited leave now, not when they would have joined
-            gone = [item[0] for item in self._primed if _done_before_start(item[0])]
-            self._primed = [item for item in self._primed if not _done_before_start(item[0])]
+            gone = [item[0] for item in self._primed if done_before_start(item[0])]
+            self._primed = [item for item in self._primed if not done_before_start(item[0])]
             if self._sweep:
                 gone += [r for r in self._waiting if r.cancelled]
                 self._waiting = [r for r in self._waiting if not r.cancelled]
@@ -259,7 +241,8 @@ class Batcher:
         if logits is None:  # a short prompt: read here
             logits, state = self.sampler._prime(request.prompt_ids, opts.n)
         assert opts.seed is not None and state is not None  # a checked request has its seed; a read one, its state
-        rows = [_Row(request, i, (opts.seed + i) % (1 << 64)) for i in range(opts.n)]
+        rows = [Row(request, i, (opts.seed + i) % (1 << 64)) for i in range(opts.n)]
+        self._join_history(request)
         if self._rows:
             assert self._logits is not None and self._state is not None  # rows decoding have them
             self._logits = torch.cat([self._logits, logits])
@@ -268,33 +251,50 @@ class Batcher:
             self._logits, self._state = logits, state
         self._rows.extend(rows)
 
+    def _join_history(self, request: Request) -> None:
+        """The rules' history of the joining rows (``generate/rules.py``), beside the others' (rows without
+        rules get neutral ones: they change nothing). None while no row has a rule."""
+        opts, n = request.opts, request.opts.n
+        if not opts.rules and self._history is None:
+            return
+        V = len(self.vocab)
+        mine = self.sampler._history(opts, request.prompt_ids, n) if opts.rules else None
+        if self._history is None:
+            self._history = History.start(self._ops, _NEUTRAL, None, [], V, len(self._rows))
+        self._history = self._history.join(mine or History.start(self._ops, _NEUTRAL, None, [], V, n))
+
     # -- the step --------------------------------------------------------------
 
     @torch.inference_mode()
     def _step(self) -> None:
         """Draw every row's next character, deliver what each may show, drop the rows that ended and
         advance the others in one batched step."""
-        rows, logits = self._rows, self._logits
+        rows, logits, chars = self._rows, self._logits, self.vocab.chars
         assert logits is not None and self._state is not None  # set while rows decode
-        ids = self._draw(rows, logits)
+        history = self._history
+        ids = self._draw(rows, logits if history is None else history.adjust(logits))
+        if history is not None:
+            history.update(ids)
         members = [i for i, row in enumerate(rows) if row.request.logprobs is not None]
         next_ids, entries = self._read(logits, ids, members)
         keep = [
-            i for i, (row, next_id) in enumerate(zip(rows, next_ids)) if self._advance(row, next_id, entries.get(i))
+            i for i, (row, next_id) in enumerate(zip(rows, next_ids)) if advance(row, chars[next_id], entries.get(i))
         ]
         for request in {id(r.request): r.request for r in rows}.values():
             request.flush()
         if not keep:
-            self._rows, self._logits, self._state = [], None, None
+            self._rows, self._logits, self._state, self._history = [], None, None, None
             return
         if len(keep) < len(rows):
             index = torch.tensor(keep, device=logits.device)
             ids = ids.index_select(0, index)
             self._state = [[h.index_select(0, index) for h in layer] for layer in self._state]
             self._rows = [rows[i] for i in keep]
+            ruled = any(row.request.opts.rules for row in self._rows)
+            self._history = history.select(self._ops.put(np.array(keep))) if history and ruled else None
         self._logits, self._state = self.step_fn(ids, self._state)
 
-    def _draw(self, rows: list[_Row], logits: torch.Tensor) -> torch.Tensor:
+    def _draw(self, rows: list[Row], logits: torch.Tensor) -> torch.Tensor:
         """Each row's next id, drawn with its own options at (its seed, its step)."""
         u = self._host.write(
             uniforms_at(
@@ -304,15 +304,13 @@ class Batcher:
         groups: dict[tuple, list[int]] = {}
         for i, row in enumerate(rows):
             o = row.request.opts
-            groups.setdefault((o.temperature, o.top_k, o.top_p), []).append(i)
+            groups.setdefault((o.temperature, o.top_k, o.top_p, o.min_p, o.greedy), []).append(i)
         if len(groups) == 1:  # all rows draw alike (the common case): no gathering
-            ((temperature, top_k, top_p),) = groups
-            greedy = temperature == 0 or top_k == 1
-            return pick(logits, None if greedy else u, temperature, top_k, top_p, self._banned)
+            ((temperature, top_k, top_p, min_p, greedy),) = groups
+            return pick(logits, None if greedy else u, temperature, top_k, top_p, self._banned, min_p)
         ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
-        for (temperature, top_k, top_p), members in groups.items():
+        for (temperature, top_k, top_p, min_p, greedy), members in groups.items():
             index = torch.tensor(members, device=logits.device)
-            greedy = temperature == 0 or top_k == 1
             ids[index] = pick(
                 logits.index_select(0, index),
                 None if greedy else u.index_select(0, index),
@@ -320,6 +318,7 @@ class Batcher:
                 top_k,
                 top_p,
                 self._banned,
+                min_p,
             )
         return ids
 
@@ -346,54 +345,3 @@ class Batcher:
             want = rows[i].request.logprobs
             out[i] = (drawn_v[j], [(chars[c], v) for c, v in zip(top_i[j][:want], top_v[j][:want])])
         return next_ids, out
-
-    # -- delivery ----------------------------------------------------------------
-
-    def _advance(self, row: _Row, next_id: int, entry: tuple | None = None) -> bool:
-        """Take the row's next character (and its log-probabilities, if asked for); emit what can be shown;
-        whether the row goes on. A ``("logprobs", row, entries)`` event follows each text event of a row
-        that asked, one entry per character."""
-        request, opts = row.request, row.request.opts
-        if request.cancelled:
-            return self._end(row, "cancelled")
-        row.t += 1
-        pending = row.pending + self.vocab.chars[next_id]
-        if entry is not None:
-            row.entries.append(entry)
-
-        def show(text: str) -> None:
-            request.emit(("text", row.index, text))
-            if entry is not None:
-                request.emit(("logprobs", row.index, row.entries[: len(text)]))
-                del row.entries[: len(text)]
-
-        stops = opts.stop
-        if stops:
-            hit = cut_at_stop(pending, stops)
-            if hit != pending:
-                if hit:
-                    show(hit)
-                return self._end(row, "stop")
-            keep = partial_stop_suffix(pending, stops)
-        else:
-            keep = 0
-        if len(pending) > keep:
-            show(pending[: len(pending) - keep])
-            pending = pending[len(pending) - keep :]
-        row.pending = pending
-        if row.t >= opts.length:
-            if pending:
-                show(pending)
-            return self._end(row, "length")
-        return True
-
-    @staticmethod
-    def _end(row: _Row, reason: str) -> bool:
-        row.request.emit(("end", row.index, reason))
-        return False
-
-    @staticmethod
-    def _end_all(request: Request, reason: str) -> None:
-        for i in range(request.opts.n):
-            request.emit(("end", i, reason))
-        request.flush()

@@ -18,8 +18,9 @@ import torch
 from ..config import SampleOptions
 from ..errors import ChargenError
 from ..generate.sampler import Sampler
-from .batcher import Batcher, BatcherClosed, check_logprobs
+from .batcher import Batcher, BatcherClosed
 from .request import Request
+from .rows import check_logprobs
 
 if TYPE_CHECKING:
     import asyncio

@@ -76,9 +76,12 @@ async def completions(request: Request) -> Response:
     """``POST /v1/completions``: OpenAI's completions, each prompt's ``n`` choices decoded in the shared batch."""
     state = _state(request)
     body = CompletionRequest.parse(await read_json(request, state.limits.max_body), state.model_name, state.limits)
+    bias = body.bias_by_char(state.sampler.vocab.chars, state.sampler.vocab.unk_id)
+    if body.beam is not None:
+        return await _beam(request, state, body, bias)
     _check_room(state, body)
     ready = asyncio.Event()
-    submitted = _submit(state, body, ready)
+    submitted = _submit(state, body, ready, bias)
     head = dict(
         id=f"cmpl-{secrets.token_hex(12)}", object="text_completion", created=int(time.time()), model=state.model_name
     )
@@ -97,9 +100,11 @@ async def completions(request: Request) -> Response:
             ),
             media_type="text/event-stream",
         )
-    got = await collect(ready, submitted, body.n, request)
+    got = await collect(ready, submitted, body.rows, request)
     if got is None:  # nobody is there to read an answer
         return Response(status_code=499)
+    if body.rows > body.n:  # best_of: the n likeliest of each prompt's draws
+        got = await asyncio.to_thread(_best, state, body, got)
     answer = _answer(state, body, head, got)
     # made in a thread: a big answer (n x 4096 characters, logprobs) would hold up every stream
     return Response(await asyncio.to_thread(_json_bytes, answer), media_type="application/json")
@@ -108,7 +113,7 @@ async def completions(request: Request) -> Response:
 def _check_room(state: AppState, body: CompletionRequest) -> None:
     """Refuse a completion when the server is stopping, when it asks for more rows than are ever decoded at
     once, or when there is no room for its rows now."""
-    prompts, n, limits = len(body.prompts), body.n, state.limits
+    prompts, n, limits = len(body.prompts), body.rows, state.limits
     if state.stopping:
         raise ApiError(503, SHUTTING_DOWN, kind="server_error")
     if prompts * n > limits.max_queued:
@@ -126,10 +131,12 @@ def _check_room(state: AppState, body: CompletionRequest) -> None:
         )
 
 
-def _submit(state: AppState, body: CompletionRequest, ready: asyncio.Event) -> list:
+def _submit(state: AppState, body: CompletionRequest, ready: asyncio.Event, bias: dict | None) -> list:
     """One batcher request per prompt, each waking ``ready``; none if any is refused (then an ApiError)."""
     assert state.wake is not None  # set when the server starts (app.lifespan)
-    wake, settings, submitted = state.wake(ready), body.sample_settings(), []
+    wake, settings, submitted = state.wake(ready), {**body.sample_settings(), "n": body.rows}, []
+    if bias:
+        settings["logit_bias"] = bias
     try:
         for prompt in body.prompts:
             submitted.append(state.batcher.submit(prompt, wake=wake, logprobs=body.logprobs, **settings))
@@ -140,6 +147,55 @@ def _submit(state: AppState, body: CompletionRequest, ready: asyncio.Event) -> l
             raise ApiError(503, str(e), kind="server_error") from None
         raise ApiError(400, str(e), "prompt" if "vocabulary" in str(e) else None) from None
     return submitted
+
+
+def _best(state: AppState, body: CompletionRequest, got: Gathered) -> Gathered:
+    """Of each prompt's ``best_of`` rows, the ``n`` whose texts are likeliest under the model, best first."""
+    from ..generate.search import continuation_logprob
+
+    rows, n, out = body.rows, body.n, Gathered(body.n)
+    for p, prompt in enumerate(body.prompts):
+        ids = state.sampler.encode(prompt, "unk")
+        mine = range(p * rows, (p + 1) * rows)
+        totals = {i: continuation_logprob(state.sampler, ids, got.texts.get(i, "")) for i in mine}
+        for j, i in enumerate(sorted(mine, key=lambda i: -totals[i])[:n]):
+            k = p * n + j
+            out.texts[k], out.reasons[k] = got.texts.get(i, ""), got.reasons[i]
+            if i in got.entries:
+                out.entries[k] = got.entries[i]
+    return out
+
+
+async def _beam(request: Request, state: AppState, body: CompletionRequest, bias: dict | None) -> Response:
+    """A completion by beam search: run beside the batcher, one search at a time (as scoring)."""
+    from ..config import SampleOptions
+    from ..generate.search import beam_search
+
+    if state.stopping:
+        raise ApiError(503, SHUTTING_DOWN, kind="server_error")
+    if state.scoring.locked() and state.scores_waiting >= state.limits.max_prompts:
+        raise ApiError(429, "the server is busy searching; try again soon", kind="rate_limit_error")
+    try:
+        opts = SampleOptions(**body.sample_settings(), logit_bias=bias)
+    except ChargenError as e:
+        raise ApiError(400, str(e)) from None
+    if not await _take_turn(state, request):
+        return Response(status_code=499)
+    try:
+        found = [await asyncio.to_thread(beam_search, state.sampler, p, opts) for p in body.prompts]
+    except ChargenError as e:
+        raise ApiError(400, str(e), "prompt" if "vocabulary" in str(e) else None) from None
+    finally:
+        state.scoring.release()
+    got = Gathered(body.n)
+    for p, texts in enumerate(found):
+        for j, (text, _) in enumerate(texts):
+            got.texts[p * body.n + j] = text
+            got.reasons[p * body.n + j] = "length" if len(text) == body.max_tokens else "stop"
+    head = dict(
+        id=f"cmpl-{secrets.token_hex(12)}", object="text_completion", created=int(time.time()), model=state.model_name
+    )
+    return JSONResponse(_answer(state, body, head, got))
 
 
 def _answer(state: AppState, body: CompletionRequest, head: dict, got: Gathered) -> dict:

@@ -175,11 +175,7 @@ class CompletionRequest(_Body):
     """``POST /v1/completions``: OpenAI's completion request, one token a character (fields in the order
     they are checked)."""
 
-    # OpenAI's fields that change nothing here: accepted at their neutral value (or null), refused otherwise
-    best_of: Annotated[Any, _neutral(1)] = None
-    logit_bias: Annotated[Any, _neutral({})] = None
-    presence_penalty: Annotated[Any, _neutral(0)] = None
-    frequency_penalty: Annotated[Any, _neutral(0)] = None
+    # OpenAI's field that changes nothing here: accepted at its neutral value (or null), refused otherwise
     suffix: Annotated[Any, _neutral("")] = None
     model: Any = None  # any value but the served model's name is a 404
     prompt: str | Annotated[list[str], Field(min_length=1)] = ""  # Limits.max_prompts, of Limits.max_prompt
@@ -195,21 +191,36 @@ class CompletionRequest(_Body):
     echo: StrictBool = False  # not with logprobs
     user: str | None = None
     stream_options: StreamOptions | None = None  # only with stream
+    # the rules on the logits (generate/rules.py) and the searches (generate/search.py)
+    best_of: WholeNumber | None = Field(None, ge=1)  # at least n, at most Limits.max_n; streamed only at n
+    logit_bias: dict[str, Number] | None = None  # token ids, as strings -> a bias in [-100, 100]
+    presence_penalty: Number = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: Number = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: Number = Field(1.0, ge=0.0, le=100.0)  # and above 0
+    repeat_last_n: WholeNumber = Field(64, ge=-1, le=1 << 31)
+    min_p: Number | None = Field(None, ge=0.0, le=1.0)
+    beam: WholeNumber | None = Field(None, ge=1, le=1024)  # chargen's own: a beam search of this width
 
     WRONG: ClassVar[dict[str, str]] = {
         "prompt": "prompt must be a string or a non-empty list of strings",
         "stop": "stop must be a non-empty string or a list of at most 4 of them",
         "user": "user must be a string",
         "stream_options": 'stream_options may only be {"include_usage": true or false}',
+        "logit_bias": 'logit_bias must map token ids (as strings) to numbers in [-100, 100], such as {"12": -100}',
     }
 
     @classmethod
     def _limit_highs(cls, limits: Limits) -> dict[str, int]:
-        return {"max_tokens": limits.max_length, "n": limits.max_n}
+        return {"max_tokens": limits.max_length, "n": limits.max_n, "best_of": limits.max_n}
 
     @property
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else self.prompt
+
+    @property
+    def rows(self) -> int:
+        """Rows drawn for each prompt: ``best_of`` when it is more than ``n``."""
+        return max(self.n, self.best_of or 1)
 
     @property
     def include_usage(self) -> bool:
@@ -223,20 +234,92 @@ class CompletionRequest(_Body):
                 settings[name] = getattr(self, name)
         if self.stop is not None:
             settings["stop"] = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        for name in ("presence_penalty", "frequency_penalty", "repetition_penalty", "repeat_last_n"):
+            settings[name] = getattr(self, name)
+        for name in ("min_p", "beam"):
+            if getattr(self, name) is not None:
+                settings[name] = getattr(self, name)
         return settings
 
-    @field_validator("max_tokens", "temperature", "n", mode="before")
+    def bias_by_char(self, chars: list[str], unk_id: int | None) -> dict[str, float] | None:
+        """``logit_bias`` by character (the sampler's), from token ids; ApiError for an id not in the vocabulary."""
+        if not self.logit_bias:
+            return None
+        out = {}
+        for key, bias in self.logit_bias.items():
+            i = int(key) if key.isascii() and key.isdigit() else -1
+            if not 0 <= i < len(chars) or i == unk_id:
+                why = (
+                    "is the unknown token, never generated"
+                    if i == unk_id
+                    else f"is not a token id (0 to {len(chars) - 1})"
+                )
+                raise ApiError(400, f"logit_bias: {clip(key)!r} {why}", "logit_bias")
+            out[chars[i]] = float(bias)
+        return out
+
+    @field_validator(
+        "max_tokens",
+        "temperature",
+        "n",
+        "presence_penalty",
+        "frequency_penalty",
+        "repetition_penalty",
+        "repeat_last_n",
+        mode="before",
+    )
     @classmethod
     def _null_is_the_default(cls, value: object, info: ValidationInfo) -> object:
         assert info.field_name is not None  # a field's check knows its field
         return cls.model_fields[info.field_name].default if value is None else value
 
-    @field_validator("max_tokens", "n")
+    @field_validator("max_tokens", "n", "best_of")
     @classmethod
-    def _within_the_limit(cls, value: int, info: ValidationInfo) -> int:
+    def _within_the_limit(cls, value: int | None, info: ValidationInfo) -> int | None:
         assert info.context is not None and info.field_name is not None  # parse passes one; a field knows its name
-        if value > cls._limit_highs(info.context["limits"])[info.field_name]:
+        if value is not None and value > cls._limit_highs(info.context["limits"])[info.field_name]:
             raise ValueError("above the server's limit")  # said as the field's range
+        return value
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of_at_least_n(cls, value: int | None, info: ValidationInfo) -> int | None:
+        n = info.data.get("n")
+        if value is not None and n is not None and value < n:
+            raise _refuse(f"best_of ({value}) must be at least n ({n})", "best_of")
+        if value is not None and n is not None and value > n and info.data.get("stream"):
+            raise _refuse("best_of larger than n cannot be streamed: the best are known only at the end", "best_of")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _biases_in_range(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not -100 <= bias <= 100:
+                raise _refuse(f"logit_bias[{clip(key)!r}] must be in [-100, 100], got {bias!r}", "logit_bias")
+        return value
+
+    @field_validator("repetition_penalty")
+    @classmethod
+    def _repetition_above_0(cls, value: float) -> float:
+        if value == 0.0:
+            raise _refuse("repetition_penalty must be greater than 0", "repetition_penalty")
+        return value
+
+    @field_validator("beam")
+    @classmethod
+    def _beam_alone(cls, value: int | None, info: ValidationInfo) -> int | None:
+        got = info.data
+        if value is None:
+            return value
+        if got.get("stream"):
+            raise _refuse("beam cannot be streamed: the best continuation is known only at the end", "beam")
+        if got.get("logprobs") is not None:
+            raise _refuse("logprobs is not supported with beam", "beam")
+        if got.get("n") is not None and got["n"] > value:
+            raise _refuse(f"n ({got['n']}) must be at most beam ({value})", "beam")
+        if (got.get("best_of") or 1) > 1:
+            raise _refuse("best_of draws samples and beam searches without drawing: send one of them", "beam")
         return value
 
     @field_validator("prompt")

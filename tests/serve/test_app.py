@@ -143,7 +143,7 @@ BAD = [
     ("top_p above 1", {"prompt": "a", "top_p": 1.5}, 400, "top_p"),
     ("top_p of 0", {"prompt": "a", "top_p": 0}, 400, "top_p"),
     ("an unknown field", {"prompt": "a", "colour": "blue"}, 400, "colour"),
-    ("an unsupported OpenAI field", {"prompt": "a", "presence_penalty": 0.5}, 400, "presence_penalty"),
+    ("an unsupported OpenAI field", {"prompt": "a", "suffix": "x"}, 400, "suffix"),
     ("stop of a wrong type", {"prompt": "a", "stop": 3}, 400, "stop"),
     ("five stops", {"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ("stream as text", {"prompt": "a", "stream": "yes"}, 400, "stream"),

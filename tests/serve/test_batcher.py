@@ -47,6 +47,18 @@ def requests(count: int, seed: int) -> list[dict]:
             opts["stop"] = tuple(rng.sample(["e", "th", "\n", "the "], rng.randint(1, 2)))
         if rng.random() < 0.2:
             opts["n"] = rng.randint(2, 4)
+        if rng.random() < 0.4:  # the rules on the logits (issue 33): a row's own, beside rows with others or none
+            opts.update(
+                rng.choice(
+                    [
+                        dict(presence_penalty=1.2, frequency_penalty=0.4),
+                        dict(repetition_penalty=1.5, repeat_last_n=rng.choice([-1, 3, 16])),
+                        dict(logit_bias={"e": -100, " ": 2.0}),
+                        dict(min_p=rng.choice([0.1, 1.0])),
+                        dict(logit_bias={"t": 3.0}, presence_penalty=-0.5, repetition_penalty=0.8, min_p=0.05),
+                    ]
+                )
+            )
         out.append(dict(prompt=rng.choice(["", "the ", "and so", "k"]), **opts))
     return out
 
