@@ -48,6 +48,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
         help="a stream writes at most every MS milliseconds, what is ready in one chunk (default 20; "
         "0: every character)",
     )
+    _add_cache_and_cors(p)
     p.add_argument(
         "--threads",
         type=WholeNumber(1, 1024),
@@ -55,6 +56,41 @@ def add_args(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="torch threads of the decoding process (default: one fewer than the CPUs, at least 1)",
     )
+
+
+def _add_cache_and_cors(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--prompt-cache",
+        type=WholeNumber(0, 1 << 20),
+        default=256,
+        metavar="N",
+        help="prompts whose state is kept, so that one sent again is not read again (default 256; 0: none)",
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        type=origin,
+        metavar="ORIGIN",
+        help="a web origin (https://example.org) whose pages may call the API; repeatable (default: none)",
+    )
+
+
+def origin(text: str) -> str:
+    """A web origin as browsers send it: ``scheme://host[:port]`` (a trailing slash dropped), or ``*`` (any)."""
+    from urllib.parse import urlsplit
+
+    if text == "*":
+        return text
+    try:
+        parts = urlsplit(text.rstrip("/"))
+        parts.port  # noqa: B018  # a bad port raises here
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+        raise argparse.ArgumentTypeError(
+            f"must be an origin such as https://example.org or http://localhost:3000, got {text!r}"
+        )
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,5 +116,7 @@ def run(args: argparse.Namespace) -> int:
         limits=limits,
         threads=args.threads,
         stream_interval=args.stream_interval / 1000,
+        prompt_cache=args.prompt_cache,
+        cors_origins=args.cors_origin,
     )
     return 0

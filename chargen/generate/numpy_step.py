@@ -301,6 +301,11 @@ class NumpyRuntime:
     read_every = 1  # steps drawn between two reads of their ids (see TorchRuntime): here, every one
 
     @staticmethod
+    def repeat(logits: np.ndarray, state: NumpyState, batch: int) -> tuple[np.ndarray, NumpyState]:
+        """One row's logits and state as ``batch`` rows (new arrays: the row's are left as they are)."""
+        return np.repeat(logits, batch, axis=0), [[np.repeat(x, batch, axis=0) for x in layer] for layer in state]
+
+    @staticmethod
     def host_logits(logits: np.ndarray) -> np.ndarray:
         """Logits (B, V) on the host as float64 (the beam search reads them there)."""
         return logits.astype(np.float64)

@@ -348,6 +348,13 @@ class TorchRuntime:
     ) -> Iterator[torch.Tensor]:
         return sample_ids(self.step, logits, state, seeds, opts, banned, history)
 
+    @staticmethod
+    def repeat(logits: torch.Tensor, state: FastState, batch: int) -> tuple[torch.Tensor, FastState]:
+        """One row's logits and state as ``batch`` rows (new tensors: the row's are left as they are)."""
+        return logits.expand(batch, -1).contiguous(), [
+            [x.expand(batch, -1).contiguous() for x in layer] for layer in state
+        ]
+
     def host_logits(self, logits: torch.Tensor) -> np.ndarray:
         """Logits (B, V) on the host as float64 (the beam search reads them there)."""
         return self.host.read(logits).astype(np.float64)

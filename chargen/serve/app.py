@@ -3,7 +3,9 @@ batching.
 
 Routes (``routes.py``): ``POST /v1/completions`` (OpenAI's request and response shapes, streamed as
 Server-Sent Events with ``stream``), ``GET /v1/models``, ``POST /v1/score`` (the loss of a text),
-``GET /v1/run`` (the run's summary and training curves), ``GET /health``, and the web page at ``/``.
+``GET /v1/run`` (the run's summary and training curves), ``POST /tokenize`` and ``POST /detokenize``
+(llama.cpp's shapes, ``tokens.py``), ``GET /health``, ``GET /metrics`` (Prometheus's text, ``metrics.py``),
+and the web page at ``/``.
 Every request is decoded in one shared :class:`~chargen.serve.batcher.Batcher`, so concurrent clients
 share each step.
 
@@ -25,11 +27,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import routes
+from . import routes, tokens
+from .metrics import Metrics
 from .schema import ApiError, clip
 from .state import STREAM_INTERVAL, AppState, Limits
 from .streaming import Waker
@@ -55,6 +59,8 @@ def create_app(
     threads: int | None = None,
     allowed_hosts: set[str] | None = None,
     stream_interval: float = STREAM_INTERVAL,
+    prompt_cache: int = 256,
+    cors_origins: list[str] | None = None,
 ) -> Starlette:
     """The Starlette application serving ``sampler`` under the name ``model_name`` (and, for ``/v1/run``,
     the run folder it was loaded from). ``decode_process``: decode in a process of its own
@@ -62,7 +68,9 @@ def create_app(
     that shares the server's interpreter lock. ``allowed_hosts``: the Host header names answered (others get
     400: a web page cannot reach a local server through a name of its own, DNS rebinding); None answers any.
     ``stream_interval``: seconds a stream waits after a chunk before the next (what is ready then goes in
-    one chunk); 0 sends every step's text."""
+    one chunk); 0 sends every step's text. ``prompt_cache``: prompts whose state is kept (0: none).
+    ``cors_origins``: the web origins (``https://example.org``) whose pages may call the API (CORS); none by
+    default."""
     state = AppState(
         sampler,
         model_name,
@@ -74,23 +82,55 @@ def create_app(
         max_batch=max_batch,
         decode_process=decode_process,
         threads=threads,
+        prompt_cache=prompt_cache,
     )
+    state.metrics = Metrics(lambda: state.batcher.stats() if state.batcher is not None else None)
     app = Starlette(
         routes=[
-            Route("/", guard(routes.page)),
-            Route("/health", guard(routes.health)),
-            Route("/v1/models", guard(routes.models, needs_key=True)),
-            Route("/v1/models/{model:path}", guard(routes.model, needs_key=True)),
-            Route("/v1/completions", guard(routes.completions, needs_key=True, json_body=True), methods=["POST"]),
-            Route("/v1/score", guard(routes.score, needs_key=True, json_body=True), methods=["POST"]),
-            Route("/v1/run", guard(routes.run_summary, needs_key=True)),
+            _route("/", routes.page),
+            _route("/health", routes.health),
+            _route("/metrics", routes.metrics),
+            _route("/v1/models", routes.models, needs_key=True),
+            _route("/v1/models/{model:path}", routes.model, needs_key=True),
+            _post("/v1/completions", routes.completions),
+            _post("/v1/score", routes.score),
+            _route("/v1/run", routes.run_summary, needs_key=True),
+            _post("/tokenize", tokens.tokenize),
+            _post("/detokenize", tokens.detokenize),
         ],
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: bad_method},
+        middleware=_cors(cors_origins),
     )
     app.router.redirect_slashes = False  # /v1/models/ is a 404 error object, not a redirect
     app.state.chargen = state
     return app
+
+
+def _route(path: str, handler: _Handler, needs_key: bool = False) -> Route:
+    return Route(path, guard(handler, needs_key=needs_key, route=path))
+
+
+def _post(path: str, handler: _Handler) -> Route:
+    """A route that takes a JSON body (behind the key, when the server has one)."""
+    return Route(path, guard(handler, needs_key=True, json_body=True, route=path), methods=["POST"])
+
+
+def _cors(origins: list[str] | None) -> list[Middleware]:
+    """CORS for the named origins (their pages may call the API, with a key); none when no origin is named."""
+    if not origins:
+        return []
+    from starlette.middleware.cors import CORSMiddleware
+
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+    ]
 
 
 @contextlib.asynccontextmanager
@@ -101,12 +141,14 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     if state.decode_process:  # its events are read in this loop: a request's wake sets its asyncio.Event
         from .process_batcher import ProcessBatcher
 
-        state.batcher = ProcessBatcher(state.sampler, max_batch=state.max_batch, loop=loop, threads=state.threads)
+        state.batcher = ProcessBatcher(
+            state.sampler, max_batch=state.max_batch, loop=loop, threads=state.threads, prompt_cache=state.prompt_cache
+        )
         state.wake = lambda event: event.set
     else:
         from .batcher import Batcher
 
-        state.batcher = Batcher(state.sampler, max_batch=state.max_batch)
+        state.batcher = Batcher(state.sampler, max_batch=state.max_batch, prompt_cache=state.prompt_cache)
         state.wake = Waker(loop).bind
     try:
         yield
@@ -114,23 +156,35 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.batcher.close()
 
 
-def guard(handler: _Handler, needs_key: bool = False, json_body: bool = False) -> _Handler:
+def guard(handler: _Handler, needs_key: bool = False, json_body: bool = False, route: str = "other") -> _Handler:
     """The route ``handler`` behind the checks every request passes (:func:`_check`); a refused request, and
-    a bug (logged), become OpenAI's error object."""
+    a bug (logged), become OpenAI's error object. Every answer is counted (``/metrics``) under ``route``."""
 
     async def guarded(request: Request) -> Response:
-        try:
-            _check(request, request.app.state.chargen, needs_key, json_body)
-            return await handler(request)
-        except ApiError as e:
-            return error_response(e)
-        except Exception as e:  # a bug: logged, and the client still gets an error object
-            log.exception("chargen serve: %s %s failed", request.method, request.url.path)
-            return error_response(
-                ApiError(500, f"internal error: {type(e).__name__}; see the server's log", kind="server_error")
-            )
+        response = await _answered(request, handler, needs_key, json_body)
+        _count(request, route, response.status_code)
+        return response
 
     return guarded
+
+
+async def _answered(request: Request, handler: _Handler, needs_key: bool, json_body: bool) -> Response:
+    try:
+        _check(request, request.app.state.chargen, needs_key, json_body)
+        return await handler(request)
+    except ApiError as e:
+        return error_response(e)
+    except Exception as e:  # a bug: logged, and the client still gets an error object
+        log.exception("chargen serve: %s %s failed", request.method, request.url.path)
+        return error_response(
+            ApiError(500, f"internal error: {type(e).__name__}; see the server's log", kind="server_error")
+        )
+
+
+def _count(request: Request, route: str, status: int) -> None:
+    metrics = request.app.state.chargen.metrics
+    if metrics is not None:
+        metrics.requests.labels(route, str(status)).inc()
 
 
 def _check(request: Request, state: AppState, needs_key: bool, json_body: bool) -> None:
@@ -190,6 +244,7 @@ def _refused(request: Request, error: ApiError) -> Response:
         _check(request, request.app.state.chargen, needs_key=request.url.path.startswith("/v1"), json_body=False)
     except ApiError as e:
         error = e
+    _count(request, "other", error.status)
     return error_response(error)
 
 

@@ -31,6 +31,7 @@ import torch
 
 from ..config import SampleOptions
 from ..errors import ChargenError
+from ..generate.prompt_cache import PromptCache
 from ..generate.rules import History
 from ..generate.sampler import Sampler
 from ..generate.torch_step import FastState, TorchRuntime, pick, uniforms_at
@@ -55,8 +56,12 @@ class Batcher:
     their turn in order.
     """
 
-    def __init__(self, sampler: Sampler, max_batch: int = 256, on_step: Callable[[], None] | None = None):
+    def __init__(
+        self, sampler: Sampler, max_batch: int = 256, on_step: Callable[[], None] | None = None, prompt_cache: int = 256
+    ):
         self.sampler, self.max_batch, self._on_step = sampler, max_batch, on_step
+        # the state after prompts read before (generate/prompt_cache.py): a repeated prompt is not read again
+        self.cache = PromptCache(sampler._prime, sampler.runtime.repeat, entries=prompt_cache)
         if sampler.backend != "torch":
             raise ChargenError("the batcher runs on the torch backend; load the sampler with backend='torch'")
         self.vocab, self.step_fn = sampler.vocab, sampler.fast_step
@@ -131,6 +136,11 @@ class Batcher:
             waiting = self._waiting + [item[0] for item in self._primed] + priming
             return len(self._rows) + sum(r.opts.n for r in waiting)
 
+    def stats(self) -> dict[str, int]:
+        """Rows decoding now and rows waiting to join; prompts found in the cache and prompts read."""
+        decoding = len(self._rows)
+        return dict(decoding=decoding, waiting=self.active - decoding, hits=self.cache.hits, misses=self.cache.misses)
+
     def close(self) -> None:
         """Stop the loop; rows still open end as cancelled."""
         with self._cv:
@@ -203,7 +213,7 @@ class Batcher:
                 if done_before_start(request):
                     item = (request, None, None)
                 else:
-                    logits, state = self.sampler._prime(request.prompt_ids, request.opts.n)
+                    logits, state = self.cache.prime(request.prompt_ids, request.opts.n)
                     item = (request, logits, state)
                 with self._cv:
                     self._primed.append(item)
@@ -239,7 +249,7 @@ class Batcher:
     def _join(self, request: Request, logits: torch.Tensor | None, state: FastState | None) -> None:
         opts = request.opts
         if logits is None:  # a short prompt: read here
-            logits, state = self.sampler._prime(request.prompt_ids, opts.n)
+            logits, state = self.cache.prime(request.prompt_ids, opts.n)
         assert opts.seed is not None and state is not None  # a checked request has its seed; a read one, its state
         rows = [Row(request, i, (opts.seed + i) % (1 << 64)) for i in range(opts.n)]
         self._join_history(request)

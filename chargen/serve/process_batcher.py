@@ -54,6 +54,7 @@ class ProcessBatcher:
         loop: asyncio.AbstractEventLoop | None = None,
         threads: int | None = None,
         start_timeout: float = 300.0,
+        prompt_cache: int = 256,
     ):
         import multiprocessing
 
@@ -63,7 +64,7 @@ class ProcessBatcher:
         self._events, events = ctx.Pipe(duplex=False)
         self._process = ctx.Process(
             target=_decoding_process,
-            args=(commands, events, sampler, max_batch, threads),
+            args=(commands, events, sampler, max_batch, threads, prompt_cache),
             name="chargen-decoder",
             daemon=True,
         )
@@ -74,6 +75,7 @@ class ProcessBatcher:
         self._requests: dict[int, _RemoteRequest] = {}
         self._next_id = 0
         self._open_rows = 0
+        self._stats = dict(decoding=0, hits=0, misses=0)  # the decoding process's, as of its last message
         self.error: str | None = None
         self._wait_until_ready(start_timeout)
         self._loop = loop
@@ -127,6 +129,12 @@ class ProcessBatcher:
     def active(self) -> int:
         """Rows being decoded now, plus rows of requests waiting to join."""
         return self._open_rows
+
+    def stats(self) -> dict[str, int]:
+        """:meth:`Batcher.stats`, as the decoding process last said (after its last step with events)."""
+        with self._lock:
+            decoding = min(self._stats["decoding"], self._open_rows)
+            return {**self._stats, "decoding": decoding, "waiting": self._open_rows - decoding}
 
     def _cancel(self, request: _RemoteRequest) -> None:
         with self._lock:
@@ -185,7 +193,10 @@ class ProcessBatcher:
             with self._lock:
                 self.error = message
             return True
-        for rid, events in message:
+        items, stats = message
+        with self._lock:
+            self._stats = stats
+        for rid, events in items:
             request = self._requests.get(rid)
             if request is None:
                 continue
@@ -245,14 +256,14 @@ class _RemoteRequest(_Numbered):
 
 
 def _decoding_process(
-    commands: Connection, events: Connection, sampler: Sampler, max_batch: int, threads: int | None
+    commands: Connection, events: Connection, sampler: Sampler, max_batch: int, threads: int | None, cache: int
 ) -> None:
     """The decoding process: a Batcher fed from ``commands``; each step's events go out in one message."""
     _leave_signals_to_the_server()
     torch.set_num_threads(threads or max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
     outbox = _Outbox(events)
     try:
-        outbox.batcher = Batcher(sampler, max_batch, on_step=outbox.ship)
+        outbox.batcher = Batcher(sampler, max_batch, on_step=outbox.ship, prompt_cache=cache)
     except Exception as e:  # said to the parent, which raises it
         events.send(f"{type(e).__name__}: {e}")
         return
@@ -327,4 +338,6 @@ class _Outbox:
                 if not request.open_rows:
                     self.requests.pop(request.rid, None)
             self.ready.clear()
-            self.events.send(message)
+            stats = self.batcher.stats()
+            del stats["waiting"]  # the server knows its own
+            self.events.send((message, stats))

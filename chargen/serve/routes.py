@@ -55,6 +55,13 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "active": batcher.active})
 
 
+async def metrics(request: Request) -> Response:
+    """``GET /metrics``: the server's counters in Prometheus's text format (``metrics.py``)."""
+    from .metrics import CONTENT_TYPE
+
+    return Response(_state(request).metrics.render(), media_type=CONTENT_TYPE)
+
+
 def _model_object(state: AppState) -> dict:
     return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "chargen"}
 
@@ -80,7 +87,7 @@ async def completions(request: Request) -> Response:
     if body.beam is not None:
         return await _beam(request, state, body, bias)
     _check_room(state, body)
-    ready = asyncio.Event()
+    ready, first = asyncio.Event(), state.metrics.clock()
     submitted = _submit(state, body, ready, bias)
     head = dict(
         id=f"cmpl-{secrets.token_hex(12)}", object="text_completion", created=int(time.time()), model=state.model_name
@@ -97,12 +104,15 @@ async def completions(request: Request) -> Response:
                 body.include_usage,
                 head,
                 state.stream_interval,
+                first,
+                state.metrics.characters.inc,
             ),
             media_type="text/event-stream",
         )
-    got = await collect(ready, submitted, body.rows, request)
+    got = await collect(ready, submitted, body.rows, request, first)
     if got is None:  # nobody is there to read an answer
         return Response(status_code=499)
+    state.metrics.characters.inc(sum(map(len, got.texts.values())))
     if body.rows > body.n:  # best_of: the n likeliest of each prompt's draws
         got = await asyncio.to_thread(_best, state, body, got)
     answer = _answer(state, body, head, got)
@@ -188,6 +198,7 @@ async def _beam(request: Request, state: AppState, body: CompletionRequest, bias
     finally:
         state.scoring.release()
     got = Gathered(body.n)
+    state.metrics.characters.inc(sum(len(text) for texts in found for text, _ in texts))
     for p, texts in enumerate(found):
         for j, (text, _) in enumerate(texts):
             got.texts[p * body.n + j] = text

@@ -38,6 +38,8 @@ def serve(
     limits: Limits | None = None,
     threads: int | None = None,
     stream_interval: float = STREAM_INTERVAL,
+    prompt_cache: int = 256,
+    cors_origins: list[str] | None = None,
 ) -> None:
     """Load a run and serve it until Ctrl-C (see the module docstring)."""
     _check_the_extra()
@@ -65,6 +67,8 @@ def serve(
             run_dir=run_dir,
             threads=threads,
             stream_interval=stream_interval,
+            prompt_cache=prompt_cache,
+            cors_origins=cors_origins,
             allowed_hosts={"localhost", "127.0.0.1", "::1", host} if local else None,
         )
         limits = limits or Limits()
@@ -94,6 +98,7 @@ def _check_the_extra() -> None:
     from ..generate.backends import torch_installed
 
     try:
+        import prometheus_client  # noqa: F401
         import pydantic  # noqa: F401
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401

@@ -41,6 +41,7 @@ class AppState:
     max_batch: int = 256
     decode_process: bool = True  # decode in a process of its own, not a thread beside the event loop
     threads: int | None = None  # torch threads of the decoding process
+    prompt_cache: int = 256  # prompts whose state is kept (generate/prompt_cache.py); 0: none
     created: int = field(default_factory=lambda: int(time.time()))
     batcher: Any = None  # a Batcher or ProcessBatcher, while the server runs
     # an asyncio.Event -> the function the batcher calls (from its thread, or in the loop) to set it
@@ -48,3 +49,4 @@ class AppState:
     stopping: bool = False
     scores_waiting: int = 0
     scoring: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))  # one score at a time
+    metrics: Any = None  # the server's counters (metrics.Metrics)

@@ -81,14 +81,22 @@ class Gathered:
             self.reasons[i] = value
 
 
-async def collect(ready: asyncio.Event, submitted: list[Request], n: int, request: HTTPRequest) -> Gathered | None:
+def _nothing(*args: object) -> None:
+    pass
+
+
+async def collect(
+    ready: asyncio.Event, submitted: list[Request], n: int, request: HTTPRequest, first: Callable[[], None] = _nothing
+) -> Gathered | None:
     """Every event of a request that is not streamed; None if its client went away (its rows are then
-    cancelled: they stop taking room at once)."""
+    cancelled: they stop taking room at once). ``first`` is called as text arrives (``metrics.clock``)."""
     got, checked = Gathered(n), time.monotonic()
     try:
         while len(got.reasons) < len(submitted) * n:
             for p, event in await _events(ready, submitted, timeout=0.25):
                 got.add(p, event)
+                if event[0] == "text":
+                    first()
             if time.monotonic() - checked >= 0.25:  # busy or not, look for a client that left
                 if await request.is_disconnected():
                     return None
@@ -130,11 +138,14 @@ async def sse(
     include_usage: bool,
     head: dict,
     interval: float = 0.0,
+    first: Callable[[], None] = _nothing,
+    counted: Callable[[int], None] = _nothing,
 ) -> AsyncIterator[str]:
     """The stream of chunks; a client that goes away cancels its rows at once. The first text goes out as
     soon as it is drawn; after each write the stream waits ``interval`` seconds and then sends whatever is
     ready in one write (one chunk per choice), so a busy server writes, and its clients parse, far fewer
-    chunks for the same text."""
+    chunks for the same text. ``first`` is called as text arrives; ``counted`` is given the characters
+    generated, at the end (``metrics.py``)."""
     # Every chunk is this JSON with the text, index, log-probabilities and finish reason filled in.
     before_text = "data: " + json.dumps({**head, "choices": [{"text": "@"}]}).rsplit('"@"', 1)[0]
     sent = [0] * (len(prompts) * n)  # characters sent per choice (text_offset)
@@ -158,6 +169,8 @@ async def sse(
             if failed:  # a stream can only say so in an event
                 yield _error_event(failed, overflowed=any(r.overflowed for r in submitted))
                 return
+            if got.texts:
+                first()
             out = [chunk(i, text, None, got.entries.get(i, [])) for i, text in got.texts.items()]
             out += [chunk(i, "", reason, []) for i, reason in got.reasons.items()]
             open_rows -= len(got.reasons)
@@ -169,6 +182,7 @@ async def sse(
             yield "data: " + json.dumps({**head, "choices": [], "usage": usage(prompts, n, generated)}) + "\n\n"
         yield "data: [DONE]\n\n"
     finally:
+        counted(sum(sent) - (sum(len(p) for p in prompts) * n if echo else 0))
         for r in submitted:
             r.cancel()
 
