@@ -6,7 +6,7 @@ import argparse
 import os
 
 from ..errors import ChargenError
-from .args import WholeNumber, add_load_args, positive_int
+from .args import WholeNumber, add_backend_arg, add_load_args, positive_int
 
 HELP = "serve a run over HTTP: an OpenAI-compatible completions API with continuous batching"
 DESCRIPTION = None
@@ -15,6 +15,7 @@ DESCRIPTION = None
 def add_args(p: argparse.ArgumentParser) -> None:
     """The flags of ``chargen serve``: the run, where to listen, the limits, the key and the pacing."""
     add_load_args(p)
+    add_backend_arg(p, "torch where it is installed, else numpy (the torch-free install serves)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=WholeNumber(0, 65535), default=8000, help="port (default 8000)")
     p.add_argument(
@@ -111,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         device=args.device,
         checkpoint=args.checkpoint,
+        backend=args.backend,
         api_key=api_key,
         max_batch=args.max_batch,
         limits=limits,

@@ -27,14 +27,14 @@ from collections.abc import Callable
 from typing import Any, TypeAlias, cast
 
 import numpy as np
-import torch
 
 from ..config import SampleOptions
 from ..errors import ChargenError
+from ..generate.draws import uniforms_at
 from ..generate.prompt_cache import PromptCache
 from ..generate.rules import History
 from ..generate.sampler import Sampler
-from ..generate.torch_step import FastState, TorchRuntime, pick, uniforms_at
+from .arrays import arrays_for
 from .request import Request
 from .rows import Row, advance, check_logprobs, done_before_start, end_all
 
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 _NEUTRAL = SampleOptions()  # no rule: the history of a row that has none
 INLINE_PRIME = 256  # prompts up to this many characters are read by the loop itself (a few ms), longer beside it
 # A request ready to join: with its logits and state once its prompt is read, None and None before.
-_Primed: TypeAlias = tuple[Request, torch.Tensor | None, FastState | None]
+_Primed: TypeAlias = tuple[Request, Any, Any]  # logits (n, V) and the per-layer state, in the backend's arrays
 
 
 class BatcherClosed(ChargenError):
@@ -62,21 +62,19 @@ class Batcher:
         self.sampler, self.max_batch, self._on_step = sampler, max_batch, on_step
         # the state after prompts read before (generate/prompt_cache.py): a repeated prompt is not read again
         self.cache = PromptCache(sampler._prime, sampler.runtime.repeat, entries=prompt_cache)
-        if sampler.backend != "torch":
-            raise ChargenError("the batcher runs on the torch backend; load the sampler with backend='torch'")
-        self.vocab, self.step_fn = sampler.vocab, sampler.fast_step
-        self._host = cast(TorchRuntime, sampler.runtime).host  # one copy each way per step (pinned on CUDA)
+        self.vocab, self.step_fn = sampler.vocab, sampler.runtime.step
+        self._arrays = arrays_for(sampler.runtime)  # the backend's arrays (one copy each way per step on CUDA)
         # the unknown token, never drawn: made once on the device (as sample_ids does)
         unk = sampler.vocab.unk_id
-        self._banned = None if unk is None else torch.tensor([unk], device=sampler.device)
+        self._banned = self._arrays.banned(unk)
         self._waiting: list[Request] = []  # submitted, not primed yet
         self._priming: Request | None = None  # being primed now
         self._primed: list[_Primed] = []  # (request, logits, state): primed, waiting for room
         self._rows: list[Row] = []
-        self._logits: torch.Tensor | None = None
-        self._state: FastState | None = None
+        self._logits: Any = None  # (rows, V), the backend's array
+        self._state: Any = None  # the per-layer state of the rows
         self._history: History | None = None  # the rules' record of every row, while some row has rules
-        self._ops = cast(TorchRuntime, sampler.runtime).ops
+        self._ops = sampler.runtime.ops
         self._cv = threading.Condition()
         self._closed = False
         self._sweep = False  # a request was cancelled: look for those waiting
@@ -153,16 +151,17 @@ class Batcher:
     def _loop(self) -> None:
         """Admit what is ready, take a step of every row and hand its events over; until closed or failed."""
         try:
-            while (admitted := self._admit()) is not None:
-                gone, joining = admitted
-                for request in gone:
-                    end_all(request, "cancelled" if request.cancelled else "length")
-                for item in joining:
-                    self._join(*item)
-                if self._rows:
-                    self._step()
-                if self._on_step:
-                    self._on_step()
+            with self._arrays.inference():  # torch's inference mode (this thread's), or nothing
+                while (admitted := self._admit()) is not None:
+                    gone, joining = admitted
+                    for request in gone:
+                        end_all(request, "cancelled" if request.cancelled else "length")
+                    for item in joining:
+                        self._join(*item)
+                    if self._rows:
+                        self._step()
+                    if self._on_step:
+                        self._on_step()
         except Exception as e:  # every open row must end, whatever went wrong
             self._fail(e)
         self._finish()
@@ -245,8 +244,7 @@ class Batcher:
                 room -= joining[-1][0].opts.n
             return gone, joining
 
-    @torch.inference_mode()
-    def _join(self, request: Request, logits: torch.Tensor | None, state: FastState | None) -> None:
+    def _join(self, request: Request, logits: Any, state: Any) -> None:
         opts = request.opts
         if logits is None:  # a short prompt: read here
             logits, state = self.cache.prime(request.prompt_ids, opts.n)
@@ -255,8 +253,9 @@ class Batcher:
         self._join_history(request)
         if self._rows:
             assert self._logits is not None and self._state is not None  # rows decoding have them
-            self._logits = torch.cat([self._logits, logits])
-            self._state = [[torch.cat([a, b]) for a, b in zip(old, new)] for old, new in zip(self._state, state)]
+            cat = self._arrays.cat
+            self._logits = cat(self._logits, logits)
+            self._state = [[cat(a, b) for a, b in zip(old, new)] for old, new in zip(self._state, state)]
         else:
             self._logits, self._state = logits, state
         self._rows.extend(rows)
@@ -275,7 +274,6 @@ class Batcher:
 
     # -- the step --------------------------------------------------------------
 
-    @torch.inference_mode()
     def _step(self) -> None:
         """Draw every row's next character, deliver what each may show, drop the rows that ended and
         advance the others in one batched step."""
@@ -296,34 +294,34 @@ class Batcher:
             self._rows, self._logits, self._state, self._history = [], None, None, None
             return
         if len(keep) < len(rows):
-            index = torch.tensor(keep, device=logits.device)
-            ids = ids.index_select(0, index)
-            self._state = [[h.index_select(0, index) for h in layer] for layer in self._state]
+            take = self._arrays.rows
+            ids = take(ids, keep)
+            self._state = [[take(h, keep) for h in layer] for layer in self._state]
             self._rows = [rows[i] for i in keep]
             ruled = any(row.request.opts.rules for row in self._rows)
             self._history = history.select(self._ops.put(np.array(keep))) if history and ruled else None
         self._logits, self._state = self.step_fn(ids, self._state)
 
-    def _draw(self, rows: list[Row], logits: torch.Tensor) -> torch.Tensor:
+    def _draw(self, rows: list[Row], logits: Any) -> Any:
         """Each row's next id, drawn with its own options at (its seed, its step)."""
-        u = self._host.write(
+        u = self._arrays.put(
             uniforms_at(
                 np.array([r.seed for r in rows], dtype=np.uint64), np.array([r.t for r in rows], dtype=np.uint64)
             )
         )
-        groups: dict[tuple, list[int]] = {}
+        pick, groups = self._arrays.pick, cast(dict[tuple, list[int]], {})
         for i, row in enumerate(rows):
             o = row.request.opts
             groups.setdefault((o.temperature, o.top_k, o.top_p, o.min_p, o.greedy), []).append(i)
         if len(groups) == 1:  # all rows draw alike (the common case): no gathering
             ((temperature, top_k, top_p, min_p, greedy),) = groups
             return pick(logits, None if greedy else u, temperature, top_k, top_p, self._banned, min_p)
-        ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+        ids = self._arrays.ids(len(rows))
+        take = self._arrays.rows
         for (temperature, top_k, top_p, min_p, greedy), members in groups.items():
-            index = torch.tensor(members, device=logits.device)
-            ids[index] = pick(
-                logits.index_select(0, index),
-                None if greedy else u.index_select(0, index),
+            ids[self._arrays.put(np.asarray(members))] = pick(
+                take(logits, members),
+                None if greedy else take(u, members),
                 temperature,
                 top_k,
                 top_p,
@@ -332,20 +330,15 @@ class Batcher:
             )
         return ids
 
-    def _read(self, logits: torch.Tensor, ids: torch.Tensor, members: list[int]) -> tuple[list[int], dict[int, tuple]]:
+    def _read(self, logits: Any, ids: Any, members: list[int]) -> tuple[list[int], dict[int, tuple]]:
         """The drawn ids on the host and, for rows asking for them, (log-probability of the drawn character,
         its request's ``logprobs`` likeliest characters with theirs) under the model's own distribution (no
         temperature, no cut): all of it in one copy from the device (float64 holds the ids exactly)."""
         if not members:
-            return self._host.read(ids).tolist(), {}
+            return self._arrays.read(ids).tolist(), {}
         rows, chars = self._rows, self.vocab.chars
-        index = torch.tensor(members, device=logits.device)
-        lp = torch.log_softmax(logits.index_select(0, index).float(), dim=-1)
-        drawn = lp.gather(1, ids.index_select(0, index)[:, None])[:, 0]
-        k = min(max(cast(int, rows[i].request.logprobs) for i in members), lp.shape[-1])  # members asked: an int
-        values, indices = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())
-        parts = [ids, drawn, values.flatten(), indices.flatten()]
-        packed = self._host.read(torch.cat([p.double() for p in parts]))
+        k = min(max(cast(int, rows[i].request.logprobs) for i in members), len(chars))  # members asked: an int
+        packed = self._arrays.logprobs(logits, ids, members, k)
         n, m = len(ids), len(members)
         next_ids, drawn_v = packed[:n].astype(np.int64).tolist(), packed[n : n + m].tolist()
         top_v = packed[n + m : n + m + m * k].reshape(m, k).tolist()

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..config import SampleOptions
 from ..errors import ChargenError
@@ -260,7 +259,10 @@ def _decoding_process(
 ) -> None:
     """The decoding process: a Batcher fed from ``commands``; each step's events go out in one message."""
     _leave_signals_to_the_server()
-    torch.set_num_threads(threads or max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
+    if sampler.backend == "torch":  # the NumPy backend's matrix products are BLAS's, on one core or a few
+        import torch
+
+        torch.set_num_threads(threads or max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
     outbox = _Outbox(events)
     try:
         outbox.batcher = Batcher(sampler, max_batch, on_step=outbox.ship, prompt_cache=cache)

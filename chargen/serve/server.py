@@ -33,6 +33,7 @@ def serve(
     port: int = 8000,
     device: str = "cpu",
     checkpoint: str = "best",
+    backend: str = "auto",
     api_key: str | None = None,
     max_batch: int = 256,
     limits: Limits | None = None,
@@ -41,8 +42,9 @@ def serve(
     prompt_cache: int = 256,
     cors_origins: list[str] | None = None,
 ) -> None:
-    """Load a run and serve it until Ctrl-C (see the module docstring)."""
-    _check_the_extra()
+    """Load a run and serve it until Ctrl-C (see the module docstring). ``backend``: ``torch``, ``numpy`` (the
+    CPU, no torch needed), or ``auto``: torch where it is installed, else NumPy."""
+    backend = _check_the_extra(backend)
     import ipaddress
     from pathlib import Path
 
@@ -54,7 +56,7 @@ def serve(
     with sock:
         from .app import create_app  # after the address: it imports torch, starlette and pydantic
 
-        sampler = Sampler.load(run_dir, device=device, checkpoint=checkpoint, backend="torch")
+        sampler = Sampler.load(run_dir, device=device, checkpoint=checkpoint, backend=backend)
         # On a loopback address, only requests naming this machine: a web page cannot reach the server through
         # a name of its own (DNS rebinding).
         local = ipaddress.ip_address(address[0].split("%")[0]).is_loopback
@@ -94,18 +96,29 @@ def serve(
     print("chargen serve: stopped", file=sys.stderr)
 
 
-def _check_the_extra() -> None:
-    from ..generate.backends import torch_installed
+def _check_the_extra(backend: str) -> str:
+    """The backend to serve on (``auto`` resolved); a ChargenError naming the extra when a part is missing."""
+    from ..generate.backends import BACKENDS, torch_installed
 
+    if backend not in BACKENDS:
+        raise ChargenError(f"unknown backend {backend!r}; use auto, torch or numpy")
     try:
         import prometheus_client  # noqa: F401
         import pydantic  # noqa: F401
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
-        raise ChargenError('chargen serve needs its extra: pip install "chargen[serve]"') from None
-    if not torch_installed():  # its decoding loop runs on the torch backend
-        raise ChargenError('chargen serve needs its extra: pip install "chargen[serve]" (it runs on torch)')
+        raise ChargenError(
+            'chargen serve needs its extra: pip install "chargen[serve]" (or "chargen[serve-numpy]" without torch)'
+        ) from None
+    if backend == "auto":
+        backend = "torch" if torch_installed() else "numpy"
+    if backend == "torch" and not torch_installed():
+        raise ChargenError(
+            'the torch backend needs PyTorch, which is not installed here: pip install "chargen[serve]", '
+            "or serve with --backend numpy"
+        )
+    return backend
 
 
 def _listen(host: str, port: int) -> tuple[socket.socket, tuple]:

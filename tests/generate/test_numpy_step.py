@@ -300,7 +300,8 @@ def test_info_and_eval_without_torch(tmp_path):
         'installed here: pip install "chargen[train]" (scoring a FILE '
         "works without it)\n"
     )
-    done = _cli("serve", str(GOLDEN), "--port", "0", block_torch=True)
-    assert done.returncode == 2 and done.stderr.startswith(
-        'chargen serve: error: chargen serve needs its extra: pip install "chargen[serve]"'
+    done = _cli("serve", str(GOLDEN), "--port", "0", "--backend", "torch", block_torch=True)
+    assert done.returncode == 2 and done.stderr == (
+        'chargen serve: error: the torch backend needs PyTorch, which is not installed here: pip install "chargen[serve]", '
+        "or serve with --backend numpy\n"
     ), done.stderr

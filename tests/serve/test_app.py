@@ -403,7 +403,8 @@ def test_serve_without_the_extra_is_one_line(cli, run, monkeypatch):
     assert (
         code == 2
         and err.strip().splitlines()[-1]
-        == 'chargen serve: error: chargen serve needs its extra: pip install "chargen[serve]"'
+        == 'chargen serve: error: chargen serve needs its extra: pip install "chargen[serve]" (or '
+        '"chargen[serve-numpy]" without torch)'
     )
 
 
