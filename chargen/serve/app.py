@@ -182,7 +182,8 @@ async def _answered(request: Request, handler: _Handler, needs_key: bool, json_b
 
 
 def _count(request: Request, route: str, status: int) -> None:
-    metrics = request.app.state.chargen.metrics
+    state: AppState = request.app.state.chargen
+    metrics = state.metrics
     if metrics is not None:
         metrics.requests.labels(route, str(status)).inc()
 
