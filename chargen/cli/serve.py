@@ -91,7 +91,7 @@ def origin(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"must be an origin such as https://example.org or http://localhost:3000, got {text!r}"
         )
-    return f"{parts.scheme}://{parts.netloc}"
+    return f"{parts.scheme}://{parts.netloc}".lower()  # as browsers send it
 
 
 def run(args: argparse.Namespace) -> int:

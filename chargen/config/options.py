@@ -67,9 +67,7 @@ class Spec:
             return f"must be a Python int, got {value!r}: pass int(...) of it"  # numpy's integers, say
         if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
             return f"must be a whole number, got {value!r}"
-        if kind is float and (
-            not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
-        ):
+        if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool) or not _finite(value)):
             return f"must be a finite number, got {value!r}"
         if kind is str and not isinstance(value, str):
             return f"must be text, got {value!r}"
@@ -120,6 +118,14 @@ def _increasing_problem(value: Any, minimum: float | None, maximum: float | None
     return None
 
 
+def _finite(x: float) -> bool:
+    """Whether a number is finite as a float (a whole number too large for one is not)."""
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
+
+
 def _bias_problem(value: Any, minimum: float | None, maximum: float | None) -> str | None:
     """A bias per character (``{"e": -5.0}``): keys of one character, finite numbers from ``minimum`` to
     ``maximum``."""
@@ -128,7 +134,7 @@ def _bias_problem(value: Any, minimum: float | None, maximum: float | None) -> s
     for char, bias in value.items():
         if not isinstance(char, str) or len(char) != 1:
             return f"must have one character per key, got the key {char!r}"
-        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not _finite(bias):
             return f"must give {char!r} a finite number, got {bias!r}"
         if (minimum is not None and bias < minimum) or (maximum is not None and bias > maximum):
             return f"must give each character a number in [{_num(minimum or 0)}, {_num(maximum or 0)}], got {bias!r} for {char!r}"

@@ -70,7 +70,7 @@ class SampleOptions:
     repetition_penalty: float = option(
         1.0,
         "divide positive (multiply negative) logits of characters among the last --repeat-last-n by R",
-        above=0.0,
+        minimum=0.01,
         maximum=100.0,
         metavar="R",
         group=RULES,
@@ -118,6 +118,9 @@ class SampleOptions:
             raise ChargenError("stop strings must be non-empty text")
         bias = self.logit_bias
         if isinstance(bias, (list, tuple)) and all(isinstance(p, tuple) and len(p) == 2 for p in bias):
+            twice = sorted({c for c, _ in bias if sum(c == d for d, _ in bias) > 1})
+            if twice:
+                raise ChargenError(f"logit_bias names {twice[0]!r} twice; give each character one bias")
             self.logit_bias = dict(bias)  # (character, bias) pairs, as the command line gives them
         check_fields(self, by="name")
         if self.best_of is not None and self.best_of < self.n:

@@ -12,6 +12,7 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeAlias
@@ -178,13 +179,14 @@ class NumpyStep:
     def __call__(self, ids: np.ndarray, state: NumpyState) -> tuple[np.ndarray, NumpyState]:
         """ids (B,), per-layer state -> logits (B, V), new per-layer state."""
         H, x = self.H, ids  # x: each layer's input; layer 0 reads the ids through its table
+        rows = ids[0] if len(ids) == 1 else ids  # one id: its table row as a view, not a gathered copy
         if self.cell == "lstm":
             hs, cs = state
             new_h, new_c = [], []
             for k, (a, w) in enumerate(self.layers):
                 if k == 0:
                     gates = hs[0] @ w  # (B, 4H)
-                    gates += a[ids]
+                    gates += a[rows]
                 else:
                     gates = np.concatenate([x, hs[k]], axis=1) @ w
                     gates += a
@@ -197,7 +199,7 @@ class NumpyStep:
             new_h = []
             for k, (gi_src, w_ih, w_hh, b_hh) in enumerate(self.layers):
                 h = hs[k]
-                gi = gi_src[ids] if k == 0 else x @ w_ih + gi_src  # (B, 3H)
+                gi = gi_src[rows].reshape(len(ids), -1) if k == 0 else x @ w_ih + gi_src  # (B, 3H)
                 x = _gru_cell(gi, h @ w_hh + b_hh, h, H)
                 new_h.append(x)
             state = [new_h]
@@ -242,6 +244,9 @@ def pick(
         logits[:, banned] = -np.inf
     if temperature == 0 or top_k == 1 or min_p == 1:
         return logits.argmax(axis=-1)
+    if len(logits) == 1 and top_k is None and top_p is None:  # one stream: the same numbers, fewer calls
+        assert u is not None  # draw_loop gives uniforms whenever it does not pick greedily
+        return _pick_one(logits[0], float(u[0]), temperature, min_p)
     V = logits.shape[-1]
     # The maximum shifted to 0 (in float64, as torch_step.pick) before dividing: a tiny temperature then
     # sends every other logit to -inf.
@@ -270,6 +275,25 @@ def pick(
     if len(cdf) == 1:
         return np.searchsorted(cdf[0], target[0], side="right")
     return (cdf <= target).sum(axis=-1)  # searchsorted(right=True), row by row
+
+
+def _pick_one(row: np.ndarray, u: float, temperature: float, min_p: float | None) -> np.ndarray:
+    """:func:`pick` of one row without top-k or top-p, in the same float64 operations on a vector (a
+    single stream spends a good part of each character in the draw's small calls)."""
+    x = np.subtract(row, row.max(), dtype=np.float64)
+    if temperature != 1.0:
+        if temperature < 1e-200:  # x / temperature may overflow to -inf: meant, not worth a warning
+            with np.errstate(over="ignore"):
+                x /= temperature
+        else:
+            x /= temperature
+    np.exp(x, out=x)
+    if min_p:
+        x[x < min_p * x.max()] = 0.0
+    np.cumsum(x, out=x)
+    total = float(x[-1])
+    target = min(u * total, math.nextafter(total, 0.0))  # strictly below the total, as pick
+    return np.array([np.searchsorted(x, target, side="right")])
 
 
 class NumpyRuntime:

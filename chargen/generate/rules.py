@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ..config import SampleOptions
     from ..data.vocab import CharVocab
 
-__all__ = ["BAN", "NUMPY_OPS", "ArrayOps", "History", "bias_vector"]
+__all__ = ["BAN", "NUMPY_OPS", "ArrayOps", "History", "bias_vector", "start_history"]
 
 BAN = -100.0  # the least bias: the character is never drawn
 _NEVER = -(1 << 63)  # the position of a character not seen yet: outside every window
@@ -86,6 +86,15 @@ def bias_vector(logit_bias: dict[str, float] | None, vocab: CharVocab) -> np.nda
     if not allowed.any():
         raise ChargenError("logit_bias bans every character of the vocabulary; leave at least one")
     return out
+
+
+def start_history(
+    ops: ArrayOps, opts: SampleOptions, vocab: CharVocab, prompt_ids: np.ndarray, batch: int
+) -> History | None:
+    """The history of ``batch`` rows continuing ``prompt_ids`` under ``opts``' rules; None without a rule."""
+    if not opts.rules:
+        return None
+    return History.start(ops, opts, bias_vector(opts.logit_bias, vocab), prompt_ids, len(vocab), batch)
 
 
 class History:

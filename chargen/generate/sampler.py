@@ -187,6 +187,10 @@ class Sampler:
                 f"{', '.join(f.name for f in fields(SampleOptions))}"
             )
         opts = SampleOptions(**settings) if options is None else replace(options, **settings)
+        if opts.logit_bias:  # checked now against the vocabulary, not at the first draw (a server's loop)
+            from .rules import bias_vector
+
+            bias_vector(opts.logit_bias, self.vocab)
         return opts if opts.seed is not None else replace(opts, seed=secrets.randbits(63))
 
     def _ids(self, prompt: str, opts: SampleOptions) -> Iterator[torch.Tensor] | Iterator[np.ndarray]:
@@ -203,12 +207,9 @@ class Sampler:
     ) -> History | None:
         """The rules' record of ``batch`` rows continuing ``prompt_ids`` (``rules.py``), or None when
         ``opts`` has no rule; ``ops``: where its arrays live (the backend's by default)."""
-        if not opts.rules:
-            return None
-        from .rules import History, bias_vector
+        from .rules import start_history
 
-        bias = bias_vector(opts.logit_bias, self.vocab)
-        return History.start(ops or self.runtime.ops, opts, bias, prompt_ids, len(self.vocab), batch)
+        return start_history(ops or self.runtime.ops, opts, self.vocab, prompt_ids, batch)
 
     def generate(self, prompt: str = "", options: SampleOptions | None = None, **settings: Any) -> str | list[str]:
         """The continuation of ``prompt`` (without it): a str, or a list of ``n`` str decoded in one batch.

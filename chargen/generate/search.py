@@ -18,11 +18,13 @@ backend only to step the network and to pick rows of its state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ..errors import ChargenError
 from .rules import NUMPY_OPS
 from .stops import cut_at_stop, ends_with_stop
 
@@ -49,7 +51,11 @@ class Sampler(Protocol):
     ) -> History | None: ...
 
 
-__all__ = ["beam_search", "best_of", "continuation_logprob", "search"]
+__all__ = ["Stopped", "beam_search", "best_of", "continuation_logprob", "search"]
+
+
+class Stopped(ChargenError):
+    """A search stopped before its end, as its caller asked (a server stopping, a client gone)."""
 
 
 def search(sampler: Sampler, prompt: str, opts: SampleOptions) -> list[str]:
@@ -86,9 +92,12 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
         return x - top - np.log(np.exp(x - top).sum(axis=-1, keepdims=True))
 
 
-def beam_search(sampler: Sampler, prompt: str, opts: SampleOptions) -> list[tuple[str, float]]:
+def beam_search(
+    sampler: Sampler, prompt: str, opts: SampleOptions, stop: Callable[[], bool] = lambda: False
+) -> list[tuple[str, float]]:
     """``(text, total log-probability)`` of the ``n`` best continuations of a beam of width ``beam``, best
-    first (fewer only when the vocabulary allows fewer distinct continuations: the last is then repeated)."""
+    first (fewer only when the vocabulary allows fewer distinct continuations: the last is then repeated).
+    ``stop`` is asked before each step: when it says so, :class:`Stopped` is raised."""
     assert opts.beam is not None  # search() sends only beam requests here
     rt, unk = sampler.runtime, sampler.vocab.unk_id
     prompt_ids = sampler.encode(prompt, opts.unknown)
@@ -97,6 +106,8 @@ def beam_search(sampler: Sampler, prompt: str, opts: SampleOptions) -> list[tupl
     live: list[tuple[str, float]] = [("", 0.0)]
     ended: dict[str, float] = {} if opts.length else {"": 0.0}
     for t in range(opts.length):
+        if stop():
+            raise Stopped("the search was stopped")
         x = rt.host_logits(logits)
         lp = _log_softmax(history.adjust(x) if history is not None else x)
         if unk is not None:

@@ -24,7 +24,7 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -122,9 +122,23 @@ def _cors(origins: list[str] | None) -> list[Middleware]:
         return []
     from starlette.middleware.cors import CORSMiddleware
 
+    allowed = ", ".join(origins)
+
+    class Cors(CORSMiddleware):
+        """Starlette's CORS, its refused preflight said as OpenAI's error object."""
+
+        def preflight_response(self, request_headers: Any) -> Response:
+            answer = super().preflight_response(request_headers)
+            if answer.status_code != 400:
+                return answer
+            why = bytes(answer.body).decode()  # "Disallowed CORS origin, method"
+            refused = error_response(ApiError(400, f"{why}: this server allows {allowed}"))
+            refused.headers.update({k: v for k, v in answer.headers.items() if k.startswith("access-control")})
+            return refused
+
     return [
         Middleware(
-            CORSMiddleware,
+            Cors,
             allow_origins=origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],

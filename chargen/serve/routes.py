@@ -13,6 +13,7 @@ import asyncio
 import json
 import math
 import secrets
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -89,9 +90,7 @@ async def completions(request: Request) -> Response:
     _check_room(state, body)
     ready, first = asyncio.Event(), state.metrics.clock()
     submitted = _submit(state, body, ready, bias)
-    head = dict(
-        id=f"cmpl-{secrets.token_hex(12)}", object="text_completion", created=int(time.time()), model=state.model_name
-    )
+    head = _head(state)
     if body.stream:
         return StreamingResponse(
             sse(
@@ -155,7 +154,7 @@ def _submit(state: AppState, body: CompletionRequest, ready: asyncio.Event, bias
             r.cancel()
         if isinstance(e, BatcherClosed):
             raise ApiError(503, str(e), kind="server_error") from None
-        raise ApiError(400, str(e), "prompt" if "vocabulary" in str(e) else None) from None
+        raise ApiError(400, str(e), _param_of(str(e))) from None
     return submitted
 
 
@@ -177,9 +176,10 @@ def _best(state: AppState, body: CompletionRequest, got: Gathered) -> Gathered:
 
 
 async def _beam(request: Request, state: AppState, body: CompletionRequest, bias: dict | None) -> Response:
-    """A completion by beam search: run beside the batcher, one search at a time (as scoring)."""
+    """A completion by beam search: run beside the batcher, one search at a time (as scoring); it stops early
+    (and answers 503, or nothing) when the server stops or the client leaves."""
     from ..config import SampleOptions
-    from ..generate.search import beam_search
+    from ..generate.search import Stopped, beam_search
 
     if state.stopping:
         raise ApiError(503, SHUTTING_DOWN, kind="server_error")
@@ -187,26 +187,56 @@ async def _beam(request: Request, state: AppState, body: CompletionRequest, bias
         raise ApiError(429, "the server is busy searching; try again soon", kind="rate_limit_error")
     try:
         opts = SampleOptions(**body.sample_settings(), logit_bias=bias)
+        state.sampler._options("", opts, {})  # the bias against the vocabulary, before taking a turn
     except ChargenError as e:
-        raise ApiError(400, str(e)) from None
+        raise ApiError(400, str(e), _param_of(str(e))) from None
     if not await _take_turn(state, request):
         return Response(status_code=499)
+    gone = threading.Event()  # the client left, or the server is stopping: the search stops at its next step
+    watch = asyncio.create_task(_watch(request, state, gone))
     try:
-        found = [await asyncio.to_thread(beam_search, state.sampler, p, opts) for p in body.prompts]
+        found = [await asyncio.to_thread(beam_search, state.sampler, p, opts, gone.is_set) for p in body.prompts]
+    except Stopped:
+        if state.stopping:
+            raise ApiError(503, SHUTTING_DOWN, kind="server_error") from None
+        return Response(status_code=499)
     except ChargenError as e:
-        raise ApiError(400, str(e), "prompt" if "vocabulary" in str(e) else None) from None
+        raise ApiError(400, str(e), _param_of(str(e))) from None
     finally:
+        watch.cancel()
         state.scoring.release()
+    return JSONResponse(_answer(state, body, _head(state), _beams(state, body, found)))
+
+
+async def _watch(request: Request, state: AppState, gone: threading.Event) -> None:
+    """Set ``gone`` once the client has left or the server is stopping."""
+    while not gone.is_set():
+        if state.stopping or await request.is_disconnected():
+            gone.set()
+        await asyncio.sleep(0.1)
+
+
+def _beams(state: AppState, body: CompletionRequest, found: list) -> Gathered:
     got = Gathered(body.n)
     state.metrics.characters.inc(sum(len(text) for texts in found for text, _ in texts))
     for p, texts in enumerate(found):
         for j, (text, _) in enumerate(texts):
             got.texts[p * body.n + j] = text
             got.reasons[p * body.n + j] = "length" if len(text) == body.max_tokens else "stop"
-    head = dict(
+    return got
+
+
+def _head(state: AppState) -> dict:
+    return dict(
         id=f"cmpl-{secrets.token_hex(12)}", object="text_completion", created=int(time.time()), model=state.model_name
     )
-    return JSONResponse(_answer(state, body, head, got))
+
+
+def _param_of(message: str) -> str | None:
+    """The request field a sampler's refusal is about."""
+    if message.startswith("logit_bias"):
+        return "logit_bias"
+    return "prompt" if "vocabulary" in message else None
 
 
 def _answer(state: AppState, body: CompletionRequest, head: dict, got: Gathered) -> dict:

@@ -196,10 +196,10 @@ class CompletionRequest(_Body):
     logit_bias: dict[str, Number] | None = None  # token ids, as strings -> a bias in [-100, 100]
     presence_penalty: Number = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: Number = Field(0.0, ge=-2.0, le=2.0)
-    repetition_penalty: Number = Field(1.0, ge=0.0, le=100.0)  # and above 0
+    repetition_penalty: Number = Field(1.0, ge=0.01, le=100.0)
     repeat_last_n: WholeNumber = Field(64, ge=-1, le=1 << 31)
     min_p: Number | None = Field(None, ge=0.0, le=1.0)
-    beam: WholeNumber | None = Field(None, ge=1, le=1024)  # chargen's own: a beam search of this width
+    beam: WholeNumber | None = Field(None, ge=1, le=64)  # chargen's own: a beam search of this width
 
     WRONG: ClassVar[dict[str, str]] = {
         "prompt": "prompt must be a string or a non-empty list of strings",
@@ -247,7 +247,8 @@ class CompletionRequest(_Body):
             return None
         out = {}
         for key, bias in self.logit_bias.items():
-            i = int(key) if key.isascii() and key.isdigit() else -1
+            canonical = key.isascii() and key.isdigit() and len(key) <= 9 and key == str(int(key))
+            i = int(key) if canonical else -1
             if not 0 <= i < len(chars) or i == unk_id:
                 why = (
                     "is the unknown token, never generated"
@@ -289,6 +290,17 @@ class CompletionRequest(_Body):
             raise _refuse(f"best_of ({value}) must be at least n ({n})", "best_of")
         if value is not None and n is not None and value > n and info.data.get("stream"):
             raise _refuse("best_of larger than n cannot be streamed: the best are known only at the end", "best_of")
+        got = info.data
+        if value is not None and got.get("logprobs") is not None and {"prompt", "max_tokens"} <= set(got):
+            chars = (
+                len([got["prompt"]] if isinstance(got["prompt"], str) else got["prompt"]) * value * got["max_tokens"]
+            )
+            if chars > LOGPROBS_CHARS:
+                raise _refuse(
+                    f"logprobs for {chars:,} characters (prompts x best_of x max_tokens); at most "
+                    f"{LOGPROBS_CHARS:,} per request",
+                    "logprobs",
+                )
         return value
 
     @field_validator("logit_bias")
@@ -297,13 +309,6 @@ class CompletionRequest(_Body):
         for key, bias in (value or {}).items():
             if not -100 <= bias <= 100:
                 raise _refuse(f"logit_bias[{clip(key)!r}] must be in [-100, 100], got {bias!r}", "logit_bias")
-        return value
-
-    @field_validator("repetition_penalty")
-    @classmethod
-    def _repetition_above_0(cls, value: float) -> float:
-        if value == 0.0:
-            raise _refuse("repetition_penalty must be greater than 0", "repetition_penalty")
         return value
 
     @field_validator("beam")

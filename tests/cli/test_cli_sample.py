@@ -75,6 +75,14 @@ def test_rules_and_searches_on_the_command_line_are_the_samplers(cli, run):
     assert err.startswith("best 1 of 4: log-probability -")
 
 
+def test_a_bias_that_bans_every_character_is_one_line(cli, run):
+    chars = sorted(set("to be or not to be, that is the question.\n"))
+    args = [a for c in chars for a in ("--logit-bias", ("\\n" if c == "\n" else c) + "=-100")]
+    code, out, err = cli("sample", run, "--length", "5", *args)
+    assert code == 2 and out == ""
+    one_error_line(err, "logit_bias bans every character of the vocabulary; leave at least one")
+
+
 def test_eval_matches_score(cli, run, tmp_path):
     text = "to be or not to be.\n" * 20
     f = tmp_path / "t.txt"
@@ -117,7 +125,9 @@ def test_eval_matches_score(cli, run, tmp_path):
         (["--logit-bias", "€=1"], ["logit_bias names '€', which is not in the model's vocabulary"]),
         (["--min-p", "2"], ["argument --min-p: must be in [0, 1], got 2.0"]),
         (["--presence-penalty", "3"], ["argument --presence-penalty: must be in [-2, 2], got 3.0"]),
-        (["--repetition-penalty", "0"], ["argument --repetition-penalty: must be in (0, 100], got 0.0"]),
+        (["--repetition-penalty", "0"], ["argument --repetition-penalty: must be in [0.01, 100], got 0.0"]),
+        (["--repetition-penalty", "5e-324"], ["argument --repetition-penalty: must be in [0.01, 100]"]),
+        (["--logit-bias", "e=1", "--logit-bias", "e=-100"], ["logit_bias names 'e' twice"]),
         (["--repeat-last-n", "-2"], ["argument --repeat-last-n: must be at least -1, got -2"]),
         (["--beam", "2", "-n", "3"], ["n (3) must be at most beam (2)"]),
         (["--best-of", "2", "-n", "3"], ["best_of (2) must be at least n (3)"]),

@@ -192,7 +192,11 @@ def test_min_p_keeps_the_characters_at_least_p_times_the_likeliest(backend):
         (dict(min_p=1.5), r"min_p must be in \[0, 1\], got 1.5"),
         (dict(presence_penalty=2.5), r"presence_penalty must be in \[-2, 2\]"),
         (dict(frequency_penalty=-3), r"frequency_penalty must be in \[-2, 2\]"),
-        (dict(repetition_penalty=0), r"repetition_penalty must be in \(0, 100\], got 0"),
+        (dict(repetition_penalty=0), r"repetition_penalty must be in \[0.01, 100\], got 0"),
+        (dict(repetition_penalty=5e-324), r"repetition_penalty must be in \[0.01, 100\]"),
+        (dict(logit_bias={"e": 10**400}), "logit_bias must give 'e' a finite number"),
+        (dict(temperature=10**400), "temperature must be a finite number"),
+        (dict(logit_bias=[("e", 1.0), ("e", -100.0)]), "logit_bias names 'e' twice"),
         (dict(repeat_last_n=-2), "repeat_last_n must be at least -1, got -2"),
     ],
 )

@@ -101,6 +101,18 @@ BAD = [
     ("frequency_penalty below -2", {"frequency_penalty": -3}, "frequency_penalty"),
     ("frequency_penalty as text", {"frequency_penalty": "1"}, "frequency_penalty"),
     ("repetition_penalty of 0", {"repetition_penalty": 0}, "repetition_penalty"),
+    ("a subnormal repetition_penalty", {"repetition_penalty": 5e-324}, "repetition_penalty"),
+    ("logit_bias of a 5,000-digit id", {"logit_bias": {"9" * 5000: 1}}, "logit_bias"),
+    ("logit_bias of an id with a leading zero", {"logit_bias": {"01": 1}}, "logit_bias"),
+    ("logit_bias of non-ASCII digits", {"logit_bias": {"\u0969": 1}}, "logit_bias"),
+    ("logit_bias banning every token", {"logit_bias": {str(i): -100 for i in range(29)}}, "logit_bias"),
+    ("beam banning every token", {"beam": 2, "logit_bias": {str(i): -100 for i in range(29)}}, "logit_bias"),
+    ("beam wider than the server allows", {"beam": 65}, "beam"),
+    (
+        "best_of past the logprobs cap",
+        {"prompt": ["a"] * 16, "max_tokens": 1000, "best_of": 16, "logprobs": 1},
+        "logprobs",
+    ),
     ("repetition_penalty above 100", {"repetition_penalty": 101}, "repetition_penalty"),
     ("repeat_last_n below -1", {"repeat_last_n": -2}, "repeat_last_n"),
     ("min_p above 1", {"min_p": 1.5}, "min_p"),
@@ -127,6 +139,18 @@ def test_each_field_out_of_range_is_an_openai_400(server, name, fields, param):
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["param"] == param, err
     assert err["type"] == "invalid_request_error" and param in err["message"]
+    ok = httpx.post(server.url + "/v1/completions", json={"prompt": "a", "max_tokens": 5})
+    assert ok.status_code == 200  # and the server serves on
+
+
+def test_a_beam_search_stops_when_its_client_leaves(server, monkeypatch):
+    """A search whose client went away frees the one-search turn at once (it was holding up /v1/score)."""
+    slow = {"prompt": ["the "] * 16, "max_tokens": 1000, "beam": 64}  # seconds of searching
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(server.url + "/v1/completions", json=slow, timeout=0.5)
+    start = __import__("time").monotonic()
+    r = httpx.post(server.url + "/v1/score", json={"text": "the cat"}, timeout=30)
+    assert r.status_code == 200 and __import__("time").monotonic() - start < 2.0
 
 
 def test_the_neutral_values_clients_send_are_accepted(server):

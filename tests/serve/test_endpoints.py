@@ -134,12 +134,20 @@ def test_cors_answers_named_origins_only(server):
     assert "authorization" in r.headers["access-control-allow-headers"].lower()
     other = httpx.options(server.url + "/v1/completions", headers={**preflight, "Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in other.headers
+    assert other.status_code == 400 and other.json()["error"]["message"].startswith("Disallowed CORS origin")
     answer = httpx.post(
         server.url + "/v1/completions",
         json={"prompt": "a", "max_tokens": 3},
         headers={**AUTH, "Origin": "http://localhost:3000"},
     )
     assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "http://localhost:3000"
+
+
+def test_an_origin_is_matched_as_browsers_send_it(golden_run):
+    from chargen.cli.serve import origin
+
+    assert origin("HTTPS://App.Example.ORG/") == "https://app.example.org"
+    assert origin("http://LOCALHOST:3000") == "http://localhost:3000" and origin("*") == "*"
 
 
 def test_cors_is_off_by_default(golden_run):
