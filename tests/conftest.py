@@ -201,8 +201,9 @@ def one_error_line(err: str, *fragments: str):
         assert f in lines[0], lines[0]
 
 
-def serve_process(run: Path, *extra: str, new_session: bool = False):
-    """``chargen serve RUN`` in a process of its own on a free port, answering /health: (process, url)."""
+def serve_process(run: Path, *extra: str, new_session: bool = False, env: dict | None = None):
+    """``chargen serve RUN`` in a process of its own on a free port, answering /health: (process, url);
+    ``env``: its environment (this one's by default)."""
     import subprocess
     import sys
 
@@ -218,6 +219,7 @@ def serve_process(run: Path, *extra: str, new_session: bool = False):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=new_session,
+        env=env,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:

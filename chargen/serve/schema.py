@@ -389,12 +389,14 @@ class ScoreRequest(_Body):
     @field_validator("text")
     @classmethod
     def _within_the_limit(cls, value: str, info: ValidationInfo) -> str:
-        assert info.context is not None  # parse passes one
-        limits: Limits = info.context["limits"]
-        if len(value) > limits.max_prompt:
-            raise _refuse(
-                f"text is {len(value):,} characters; at most {limits.max_prompt:,} are scored "
-                "(chargen eval scores whole files)",
-                "text",
-            )
-        return value
+        return within_the_prompt_limit(value, info, "are scored (chargen eval scores whole files)")
+
+
+def within_the_prompt_limit(value: str, info: ValidationInfo, note: str = "") -> str:
+    """A text field's check: at most ``Limits.max_prompt`` characters (``note`` ends the refusal)."""
+    assert info.context is not None and info.field_name is not None  # parse passes one; a field knows its name
+    limits: Limits = info.context["limits"]
+    if len(value) > limits.max_prompt:
+        most = f"at most {limits.max_prompt:,} {note}".rstrip()
+        raise _refuse(f"{info.field_name} is {len(value):,} characters; {most}", info.field_name)
+    return value

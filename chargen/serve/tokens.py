@@ -13,8 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import ChargenError
 from .routes import _state, read_json
-from .schema import ApiError, WholeNumber, _Body, _neutral, _refuse
-from .state import Limits
+from .schema import ApiError, WholeNumber, _Body, _neutral, within_the_prompt_limit
 
 
 class TokenizeRequest(_Body):
@@ -29,11 +28,7 @@ class TokenizeRequest(_Body):
     @field_validator("content")
     @classmethod
     def _within_the_limit(cls, value: str, info: ValidationInfo) -> str:
-        assert info.context is not None  # parse passes one
-        limits: Limits = info.context["limits"]
-        if len(value) > limits.max_prompt:
-            raise _refuse(f"content is {len(value):,} characters; at most {limits.max_prompt:,}", "content")
-        return value
+        return within_the_prompt_limit(value, info)
 
 
 class DetokenizeRequest(_Body):

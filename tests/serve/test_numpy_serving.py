@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +16,7 @@ httpx = pytest.importorskip("httpx")
 from chargen import Sampler  # noqa: E402
 from chargen.serve.batcher import Batcher  # noqa: E402
 from chargen.serve.process_batcher import ProcessBatcher  # noqa: E402
-from conftest import REPO, LiveServer  # noqa: E402
+from conftest import REPO, LiveServer, serve_process  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -67,25 +63,8 @@ def test_the_torch_free_install_serves_on_numpy(golden_run, sampler, tmp_path):
     blocker = tmp_path / "sitecustomize.py"
     blocker.write_text("import sys\nsys.modules['torch'] = None\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chargen", "serve", str(golden_run), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = serve_process(golden_run, env=env)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
         r = client.completions.create(model=golden_run.name, prompt="the ", max_tokens=50, seed=8, n=2)
         assert [c.text for c in r.choices] == sampler.generate("the ", length=50, seed=8, n=2, temperature=1.0)
