@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
     from ..data.prepared import PreparedCorpus
     from ..model.network import CharRNN
+    from .inspect import Inspection
     from .numpy_step import NumpyRuntime
     from .rules import ArrayOps, History
     from .torch_step import FastStep, TorchRuntime
@@ -361,38 +362,20 @@ class Sampler:
         """The loss of a prepared corpus's split (a :class:`~chargen.data.prepared.PreparedCorpus`), as training
         validates: every character (or a ``chars`` sample), in segments warmed on the text before them.
         Streams from the memory map: memory stays small whatever the split's size."""
-        self._torch("score_split")
-        from ..model.scoring import WARMUP, Sample, SampleScorer
+        from .splits import score_split
 
-        if split not in ("train", "val", "test"):
-            raise ChargenError(f"split must be train, val or test, got {split!r}")
-        if corpus.vocab.chars != self.vocab.chars:
-            raise ChargenError("this corpus's vocabulary is not the model's; score the corpus the run was trained on")
-        ids = corpus.reader(split)
-        if len(ids) == 0:
-            raise ChargenError(
-                f"the corpus {corpus.meta['source']} has no {split} split (0 characters); choose another split"
-            )
-        scorer = SampleScorer(
-            ids,
-            corpus.before(split, WARMUP + 1),
-            Sample.plan(len(ids), chars),
-            batch_size=batch_size,
-            device=self.device,
-        )
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=scorer.sample.count, unit="char", unit_scale=True, leave=False, desc=f"eval {split}")
-        try:
-            result = scorer(self.model, tick=bar.update if bar is not None else None)
-        finally:
-            if bar is not None:
-                bar.close()
-        assert result is not None  # None only past a deadline or when probing, and neither is asked here
-        total, count = result
+        total, count = score_split(self, corpus, split, batch_size=batch_size, chars=chars, progress=progress)
         return _make_score(np.zeros(0), -total, count)
+
+    # -- inspecting --------------------------------------------------------
+
+    def inspect(self, text: str, **options: Any) -> Inspection:
+        """What the network sees reading ``text``: each character's log-probability (as :meth:`score`), the
+        likeliest guesses for it, every unit's activation, the units that track simple features, and gate
+        saturation (``generate/inspect.py``; ``options``: ``top``, ``layers``, ``units``, ``best``)."""
+        from .inspect import inspect
+
+        return inspect(self, text, **options)
 
 
 def _make_score(logprobs: np.ndarray, total: float, count: int) -> Score:

@@ -84,7 +84,7 @@ async def completions(request: Request) -> Response:
     """``POST /v1/completions``: OpenAI's completions, each prompt's ``n`` choices decoded in the shared batch."""
     state = _state(request)
     body = CompletionRequest.parse(await read_json(request, state.limits.max_body), state.model_name, state.limits)
-    bias = body.bias_by_char(state.sampler.vocab.chars, state.sampler.vocab.unk_id)
+    bias = _bias_by_char(body.logit_bias, state.sampler.vocab.chars, state.sampler.vocab.unk_id)
     if body.beam is not None:
         return await _beam(request, state, body, bias)
     _check_room(state, body)
@@ -230,6 +230,20 @@ def _head(state: AppState) -> dict:
     return dict(
         id=f"cmpl-{secrets.token_hex(12)}", object="text_completion", created=int(time.time()), model=state.model_name
     )
+
+
+def _bias_by_char(logit_bias: dict[str, float] | None, chars: list[str], unk_id: int | None) -> dict | None:
+    """``logit_bias`` by character (the sampler's), from token ids; ApiError for an id not in the vocabulary."""
+    out = {}
+    for key, bias in (logit_bias or {}).items():
+        canonical = key.isascii() and key.isdigit() and len(key) <= 9 and key == str(int(key))
+        i = int(key) if canonical else -1
+        if i == unk_id:
+            raise ApiError(400, f"logit_bias: {key!r} is the unknown token, never generated", "logit_bias")
+        if not 0 <= i < len(chars):
+            raise ApiError(400, f"logit_bias: {clip(key)!r} is not a token id (0 to {len(chars) - 1})", "logit_bias")
+        out[chars[i]] = float(bias)
+    return out or None
 
 
 def _param_of(message: str) -> str | None:

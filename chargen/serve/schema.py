@@ -241,24 +241,6 @@ class CompletionRequest(_Body):
                 settings[name] = getattr(self, name)
         return settings
 
-    def bias_by_char(self, chars: list[str], unk_id: int | None) -> dict[str, float] | None:
-        """``logit_bias`` by character (the sampler's), from token ids; ApiError for an id not in the vocabulary."""
-        if not self.logit_bias:
-            return None
-        out = {}
-        for key, bias in self.logit_bias.items():
-            canonical = key.isascii() and key.isdigit() and len(key) <= 9 and key == str(int(key))
-            i = int(key) if canonical else -1
-            if not 0 <= i < len(chars) or i == unk_id:
-                why = (
-                    "is the unknown token, never generated"
-                    if i == unk_id
-                    else f"is not a token id (0 to {len(chars) - 1})"
-                )
-                raise ApiError(400, f"logit_bias: {clip(key)!r} {why}", "logit_bias")
-            out[chars[i]] = float(bias)
-        return out
-
     @field_validator(
         "max_tokens",
         "temperature",
