@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-from . import completion, export, info, plot, prepare, sample, serve, train
+from . import completion, export, info, inspect, plot, prepare, sample, serve, train
 from . import eval as evaluate  # not to shadow the builtin here
 
 EXIT_USAGE = 2
@@ -16,6 +16,7 @@ COMMANDS = {
     "train": train,
     "sample": sample,
     "eval": evaluate,
+    "inspect": inspect,
     "serve": serve,
     "export": export,
     "plot": plot,

@@ -1,0 +1,103 @@
+"""``chargen inspect``: what the network sees reading a text (surprise, guesses, units, features, gates)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from ..errors import ChargenError
+from .args import add_backend_arg, add_load_args
+
+HELP = "show what a run's network sees reading a text: surprise, guesses, units, gates"
+DESCRIPTION = (
+    "Read a text with a run's model and show each character's surprise (in the terminal, shaded), or write "
+    "everything as JSON: log-probabilities, top guesses, unit activations, the units that track simple "
+    "features of the text, and gate saturation."
+)
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    add_load_args(p)
+    add_backend_arg(p, "numpy on the CPU, torch on another device")
+    p.add_argument("text", nargs="?", metavar="TEXT", help="the text to read (\\n, \\t escapes allowed)")
+    p.add_argument("--file", metavar="F", help="read the text from a UTF-8 file instead")
+    p.add_argument("--format", choices=("ansi", "json"), default="ansi", help="ansi (default): shaded text; json")
+    p.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of stdout")
+    p.add_argument("--top", type=_int_in(1, 100), default=5, metavar="K", help="guesses listed per position (5)")
+    p.add_argument("--layers", type=_numbers, metavar="L", help="layers whose units to keep, such as 0,2 (all)")
+    p.add_argument("--units", type=_numbers, metavar="U", help="units of each to keep: 0-31,40 or none (all)")
+    p.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="shade the text: on a terminal (auto), always, or never",
+    )
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
+        return value
+
+    return parse
+
+
+def _numbers(text: str) -> list[int]:
+    """``0-3,7`` -> [0, 1, 2, 3, 7]; ``none`` -> []."""
+    if text.strip().lower() == "none":
+        return []
+    out: list[int] = []
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise argparse.ArgumentTypeError(f"expected numbers and ranges such as 0-31,40 (or none), got {text!r}")
+        if dash and int(hi) < int(lo):
+            raise argparse.ArgumentTypeError(f"a range must go up, such as 3-7, got {part.strip()!r}")
+        out.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Inspect the text; print the shaded text (and a legend), or the JSON."""
+    from ..generate.report import ansi, json_text, legend
+    from ..generate.sampler import Sampler
+    from .sample import _unescape
+
+    text = _text(args, _unescape)
+    sampler = Sampler.load(args.run, device=args.device, checkpoint=args.checkpoint, backend=args.backend)
+    found = sampler.inspect(text, top=args.top, layers=args.layers, units=args.units)
+    if args.format == "json":
+        out = json_text(found)
+    else:
+        color = args.color == "always" or (args.color == "auto" and args.output is None and sys.stdout.isatty())
+        out = (legend() + "\n" + ansi(found) if color else "".join(found.chars)) + "\n"
+    if args.output is None:
+        sys.stdout.write(out if out.endswith("\n") else out + "\n")
+        return 0
+    from ..files import write_text
+
+    try:
+        write_text(args.output, out)
+    except OSError as e:
+        raise ChargenError(f"cannot write {args.output}: {e.strerror or e}") from None
+    nats = -float(found.logprobs.mean())
+    print(f"wrote {args.output}: {len(found.chars):,} characters, {nats:.4f} nats/char", file=sys.stderr)
+    return 0
+
+
+def _text(args: argparse.Namespace, unescape: Callable[[str], str]) -> str:
+    if (args.text is None) == (args.file is None):
+        raise ChargenError("give the text to read, or --file F (one of them)")
+    if args.file is None:
+        return unescape(args.text)
+    try:
+        with open(args.file, encoding="utf-8-sig") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ChargenError(f"cannot read {args.file}: {getattr(e, 'strerror', None) or e}") from None

@@ -1,0 +1,294 @@
+"""What the network sees (Karpathy, Johnson and Fei-Fei, "Visualizing and Understanding Recurrent Networks",
+2015): each character's surprise, the model's guesses for the next one, every unit's activation over a text,
+the units that track simple features of the text, and how often each gate saturates.
+
+:func:`inspect` reads a text once, in chunks, with the state carried, on the NumPy step (the backend's
+weights, the same arithmetic as the NumPy backend). ``logprobs`` are the backend's own scorer's, the very
+numbers :meth:`Sampler.score` returns. Positions are characters of the text: ``units[t]`` is the state after
+reading character ``t`` (so it has seen it); ``logprobs[t]`` and ``top[t]`` are the prediction *of*
+character ``t`` from the state before it (the first from the start character).
+
+Memory: the feature correlations and the gate statistics are running sums (a few numbers per unit), so a
+text of any length costs the same; the kept units cost 4 bytes each per character and are capped at
+:data:`MAX_KEPT` values: choose ``layers`` and ``units`` (or keep none) for a long text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ChargenError
+from .numpy_step import NumpyStep
+
+__all__ = ["FEATURES", "MAX_KEPT", "Inspection", "features_of", "inspect"]
+
+MAX_KEPT = 64 << 20  # unit activations kept (float32): 256 MB
+CHUNK = 1024  # characters read at a time (as the NumPy scorer reads)
+SATURATED = (0.1, 0.9)  # a gate below the first is left-saturated, above the second right-saturated
+FEATURES = ("inside quotes", "bracket depth", "position in line", "after a newline", "upper case")
+
+
+@dataclass
+class Inspection:
+    """What :func:`inspect` finds; ``to_json`` gives the JSON the CLI and the server send."""
+
+    chars: list[str]
+    logprobs: np.ndarray  # (N,) float64, as Sampler.score
+    top: list[list[tuple[str, float]]]  # per position, the likeliest next characters and their probabilities
+    units: dict[str, dict[str, np.ndarray]]  # "layer K" -> {"h": (N, kept), "c": (N, kept)} (c: LSTM only)
+    unit_ids: list[int]  # which units of each layer are kept
+    correlations: dict[str, list[dict[str, Any]]]  # feature -> best units: layer, kind, unit, r
+    gates: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)  # layer -> gate -> left/right
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chars": self.chars,
+            "logprobs": [round(float(x), 6) for x in self.logprobs],
+            "top": [[[c, round(p, 6)] for c, p in row] for row in self.top],
+            "units": {
+                layer: {kind: np.round(a, 5).tolist() for kind, a in kinds.items()}
+                for layer, kinds in self.units.items()
+            },
+            "unit_ids": self.unit_ids,
+            "correlations": self.correlations,
+            "gates": self.gates,
+        }
+
+
+def features_of(text: str) -> dict[str, np.ndarray]:
+    """Each simple feature of the text at every character (after reading it): inside double quotes (the
+    quotes included), bracket depth, position in its line (from 0; a newline ends its line), whether the
+    character before was a newline (the first: yes), upper case."""
+    n = len(text)
+    quote = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32) if n else np.zeros(0, np.uint32)
+    is_quote = quote == ord('"')
+    opened = np.cumsum(is_quote) % 2 == 1
+    depth = np.cumsum([1 if c in "([{" else -1 if c in ")]}" else 0 for c in text])
+    newline = quote == ord("\n")
+    last = np.maximum.accumulate(np.where(newline, np.arange(n), -1)) if n else np.zeros(0, np.int64)
+    since = np.arange(n) - np.concatenate([[-1], last[:-1]]) - 1 if n else last  # from the line's first character
+    after = np.concatenate([[True], newline[:-1]]) if n else np.zeros(0, bool)
+    return {
+        "inside quotes": (opened | is_quote).astype(np.float64),
+        "bracket depth": np.maximum(depth, 0).astype(np.float64),
+        "position in line": since.astype(np.float64),
+        "after a newline": after.astype(np.float64),
+        "upper case": np.array([c.isupper() for c in text], dtype=np.float64),
+    }
+
+
+class _Sums:
+    """Running sums for the Pearson correlation of every unit with every feature, and gate saturation."""
+
+    def __init__(self, names: list[str]):
+        self.names, self.n = names, 0
+        self.sx = self.sxx = self.sy = self.syy = self.sxy = None  # type: Any
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        """x (t, F) features, y (t, U) units of t positions."""
+        x, y = x.astype(np.float64), y.astype(np.float64)
+        parts = (x.sum(0), (x * x).sum(0), y.sum(0), (y * y).sum(0), x.T @ y)
+        if self.sx is None:
+            self.sx, self.sxx, self.sy, self.syy, self.sxy = parts
+        else:
+            self.sx, self.sxx, self.sy, self.syy, self.sxy = (a + b for a, b in zip(self.sums, parts))
+        self.n += len(x)
+
+    @property
+    def sums(self) -> tuple:
+        return self.sx, self.sxx, self.sy, self.syy, self.sxy
+
+    def correlations(self) -> np.ndarray:
+        """(F, U) Pearson r; NaN where a feature or a unit does not vary."""
+        n = self.n
+        cov = self.sxy - np.outer(self.sx, self.sy) / n
+        vx, vy = self.sxx - self.sx**2 / n, self.syy - self.sy**2 / n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = cov / np.sqrt(np.outer(vx, vy))
+        r[:, vy <= 1e-12 * n] = np.nan
+        r[vx <= 1e-12 * n, :] = np.nan
+        return r
+
+
+def _step_of(sampler: Any) -> NumpyStep:
+    if sampler.backend == "numpy":
+        return sampler.runtime.step  # the NumPy runtime's step
+    model = sampler.model
+    weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    return NumpyStep(weights, model.config)
+
+
+def _layer(step: NumpyStep, k: int, x: np.ndarray, state: list) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Layer ``k`` over inputs x ((t,) ids for layer 0, else (t, in)): its outputs (t, H), and per position
+    its h, c (LSTM) and gate values (t, G*H; sigmoid gates as sigmoids, g and n as tanh)."""
+    H, layer, T = step.H, step.layers[k], len(x)
+    hs = np.empty((T, H), np.float32)
+    if step.cell == "lstm":
+        a, w = layer
+        gin, w_hh = (a[x], w) if k == 0 else (x @ w[:H] + a, w[H:])
+        h, c = state[0][k][0], state[1][k][0]
+        cs, gates = np.empty((T, H), np.float32), np.empty((T, 4 * H), np.float32)
+        for t in range(T):
+            g = np.tanh(gin[t] + h @ w_hh)
+            s = g * 0.5 + 0.5
+            c = s[H : 2 * H] * c + s[:H] * g[2 * H : 3 * H]
+            h = s[3 * H :] * np.tanh(c)
+            hs[t], cs[t] = h, c
+            gates[t] = np.concatenate([s[: 2 * H], g[2 * H : 3 * H], s[3 * H :]])
+        state[0][k], state[1][k] = h[None], c[None]
+        return hs, {"h": hs, "c": cs, "gates": gates}
+    gi_src, w_ih, w_hh, b_hh = layer
+    gin = gi_src[x] if k == 0 else x @ w_ih + gi_src
+    h = state[0][k][0]
+    gates = np.empty((T, 3 * H), np.float32)
+    for t in range(T):
+        gh = h @ w_hh + b_hh
+        rz = np.tanh(gin[t, : 2 * H] + gh[: 2 * H]) * 0.5 + 0.5
+        n = np.tanh(gin[t, 2 * H :] + rz[:H] * gh[2 * H :])
+        h = n + rz[H:] * (h - n)
+        hs[t] = h
+        gates[t] = np.concatenate([rz, n])
+    state[0][k] = h[None]
+    return hs, {"h": hs, "gates": gates}
+
+
+GATE_NAMES = {"lstm": ("input", "forget", "cell", "output"), "gru": ("reset", "update", "new")}
+SIGMOID = {"lstm": ("input", "forget", "output"), "gru": ("reset", "update")}
+
+
+def inspect(
+    sampler: Any,  # a Sampler (not imported: the sampler imports this module)
+    text: str,
+    top: int = 5,
+    layers: Sequence[int] | None = None,
+    units: Sequence[int] | None = None,
+    best: int = 5,
+    chunk: int = CHUNK,
+) -> Inspection:
+    """See the module docstring. ``layers``/``units``: which layers (from 0) and units of each to keep (all by
+    default; ``units=[]`` keeps none); the statistics always cover every unit. ``best``: units listed per
+    feature."""
+    ids = sampler.encode(text)
+    if ids.size == 0:
+        raise ChargenError("there is no text to inspect: give at least one character")
+    step = _step_of(sampler)
+    L, H, N = step.L, step.H, ids.size
+    keep_layers = list(range(L)) if layers is None else sorted(set(layers))
+    if any(not 0 <= k < L for k in keep_layers):
+        raise ChargenError(f"layers must be between 0 and {L - 1} (this model has {L}), got {list(layers or [])}")
+    keep_units = list(range(H)) if units is None else sorted(set(units))
+    if any(not 0 <= j < H for j in keep_units):
+        raise ChargenError(f"units must be between 0 and {H - 1} (this model's layers have {H}), got out of range")
+    kinds = ("h", "c") if step.cell == "lstm" else ("h",)
+    kept = N * len(keep_layers) * len(kinds) * len(keep_units)
+    if kept > MAX_KEPT:
+        raise ChargenError(
+            f"keeping {len(keep_layers) * len(kinds) * len(keep_units):,} units over {N:,} characters is "
+            f"{kept * 4 / 2**20:,.0f} MB; choose fewer layers or units (at most {MAX_KEPT * 4 >> 20} MB)"
+        )
+    logprobs = sampler.runtime.scorer(sampler.vocab.start_id)(ids)
+    feats = features_of(sampler.vocab.decode(ids))
+    reads = _read(step, sampler, ids, top, keep_layers, keep_units, kinds, feats, chunk)
+    return Inspection(
+        chars=list(sampler.vocab.decode(ids)),
+        logprobs=logprobs,
+        top=reads["top"],
+        units=reads["units"],
+        unit_ids=keep_units,
+        correlations=_best_units(reads["sums"], L, kinds, H, best),
+        gates=_saturation(reads["saturation"], step.cell, N),
+    )
+
+
+def _read(
+    step: NumpyStep,
+    sampler: Any,  # a Sampler (not imported: the sampler imports this module)
+    ids: np.ndarray,
+    top: int,
+    keep_layers: list[int],
+    keep_units: list[int],
+    kinds: tuple[str, ...],
+    feats: dict[str, np.ndarray],
+    chunk: int,
+) -> dict[str, Any]:
+    """Read the text chunk by chunk: the top guesses, the kept units, the running sums."""
+    chars, L = sampler.vocab.chars, step.L
+    state = step.zero_state(1)
+    inputs = np.concatenate([[sampler.vocab.start_id], ids])  # input j: the state after it predicts ids[j]
+    sums = _Sums(list(FEATURES))
+    saturation = np.zeros((L, 2, len(GATE_NAMES[step.cell]) * step.H))
+    kept: dict[str, dict[str, list]] = {f"layer {k}": {kind: [] for kind in kinds} for k in keep_layers}
+    guesses: list[list[tuple[str, float]]] = []
+    for lo in range(0, inputs.size, chunk):
+        x: Any = inputs[lo : lo + chunk]
+        per_layer = []
+        for k in range(L):
+            x, got = _layer(step, k, x, state)
+            per_layer.append(got)
+        probs = np.exp(step.log_probs(x))  # (t, V): the next character after each input
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
+        rows = [[(chars[i], float(p[i])) for i in o] for o, p in zip(order, probs)]
+        # the state after input j predicts position j (the last input predicts nothing) and is position
+        # j - 1's units (the start character's is nobody's)
+        guesses.extend(rows[: max(0, min(lo + len(rows), ids.size) - lo)])
+        start = 1 if lo == 0 else 0
+        first, t_count, span = lo + start - 1, len(rows) - start, slice(start, None)
+        if t_count <= 0:
+            continue
+        units_all = np.concatenate([got[kind][span] for got in per_layer for kind in kinds], axis=1)
+        fx = np.stack([feats[name][first : first + t_count] for name in FEATURES], axis=1)
+        sums.add(fx, units_all)
+        for k, got in enumerate(per_layer):
+            g = got["gates"][span]
+            saturation[k, 0] += (g < SATURATED[0]).sum(0)
+            saturation[k, 1] += (g > SATURATED[1]).sum(0)
+            if f"layer {k}" in kept:
+                for kind in kinds:
+                    kept[f"layer {k}"][kind].append(got[kind][span][:, keep_units])
+    units = {
+        layer: {
+            kind: np.concatenate(parts) if parts else np.zeros((0, len(keep_units)), np.float32)
+            for kind, parts in kinds_.items()
+        }
+        for layer, kinds_ in kept.items()
+    }
+    return {"top": guesses[: ids.size], "units": units, "sums": sums, "saturation": saturation}
+
+
+def _best_units(sums: _Sums, L: int, kinds: tuple[str, ...], H: int, best: int) -> dict[str, list[dict[str, Any]]]:
+    """For each feature, the ``best`` units by |r| (the layer, kind and unit of each, and r)."""
+    r = sums.correlations()  # (F, L * kinds * H), in the order units were concatenated
+    out: dict[str, list[dict[str, Any]]] = {}
+    for f, name in enumerate(FEATURES):
+        row = np.nan_to_num(np.abs(r[f]), nan=-1.0)
+        picks = [int(i) for i in np.argsort(-row, kind="stable")[:best] if row[i] >= 0]
+        out[name] = [
+            {
+                "layer": i // (len(kinds) * H),
+                "kind": kinds[(i // H) % len(kinds)],
+                "unit": i % H,
+                "r": round(float(r[f, i]), 4),
+            }
+            for i in picks
+        ]
+    return out
+
+
+def _saturation(counts: np.ndarray, cell: str, n: int) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Per layer and sigmoid gate, the fraction of characters each unit spent left- and right-saturated."""
+    names, H = GATE_NAMES[cell], counts.shape[2] // len(GATE_NAMES[cell])
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for k in range(counts.shape[0]):
+        out[f"layer {k}"] = {
+            name: {
+                "left": np.round(counts[k, 0, g * H : (g + 1) * H] / n, 4).tolist(),
+                "right": np.round(counts[k, 1, g * H : (g + 1) * H] / n, 4).tolist(),
+            }
+            for g, name in enumerate(names)
+            if name in SIGMOID[cell]
+        }
+    return out
