@@ -229,3 +229,33 @@ def serve_process(run: Path, *extra: str, new_session: bool = False, env: dict |
         except httpx.HTTPError:
             time.sleep(0.1)
     return proc, url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium (Debian's chromium and chromedriver, through selenium), or a skip saying what is
+    missing."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (a dev dependency)")
+    from selenium.webdriver.chrome.service import Service
+
+    chromium = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    driver_path = shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        missing = "chromium" if chromium is None else "chromedriver"
+        pytest.skip(f"no {missing} on PATH (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1100,1100",
+        "--disable-extensions",
+        "--no-first-run",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    driver.set_script_timeout(10)
+    yield driver
+    driver.quit()

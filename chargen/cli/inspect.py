@@ -22,7 +22,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     add_backend_arg(p, "numpy on the CPU, torch on another device")
     p.add_argument("text", nargs="?", metavar="TEXT", help="the text to read (\\n, \\t escapes allowed)")
     p.add_argument("--file", metavar="F", help="read the text from a UTF-8 file instead")
-    p.add_argument("--format", choices=("ansi", "json"), default="ansi", help="ansi (default): shaded text; json")
+    p.add_argument(
+        "--format",
+        choices=("ansi", "json", "html"),
+        default="ansi",
+        help="ansi (default): the shaded text; json; html: one self-contained page (with -o)",
+    )
     p.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of stdout")
     p.add_argument("--top", type=_int_in(1, 100), default=5, metavar="K", help="guesses listed per position (5)")
     p.add_argument("--layers", type=_numbers, metavar="L", help="layers whose units to keep, such as 0,2 (all)")
@@ -65,15 +70,21 @@ def _numbers(text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     """Inspect the text; print the shaded text (and a legend), or the JSON."""
-    from ..generate.report import ansi, json_text, legend
+    from ..generate.report import ansi, html, json_text, legend
     from ..generate.sampler import Sampler
     from .sample import _unescape
 
     text = _text(args, _unescape)
+    if args.format == "html" and args.output is None:
+        raise ChargenError("--format html writes a page: give its path with -o PATH (such as -o report.html)")
     sampler = Sampler.load(args.run, device=args.device, checkpoint=args.checkpoint, backend=args.backend)
     found = sampler.inspect(text, top=args.top, layers=args.layers, units=args.units)
     if args.format == "json":
         out = json_text(found)
+    elif args.format == "html":
+        from pathlib import Path
+
+        out = html(found, f"{Path(args.run).resolve().name}: what the network sees")
     else:
         color = args.color == "always" or (args.color == "auto" and args.output is None and sys.stdout.isatty())
         out = (legend() + "\n" + ansi(found) if color else "".join(found.chars)) + "\n"

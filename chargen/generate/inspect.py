@@ -181,8 +181,10 @@ def inspect(
     if any(not 0 <= k < L for k in keep_layers):
         raise ChargenError(f"layers must be between 0 and {L - 1} (this model has {L}), got {list(layers or [])}")
     keep_units = list(range(H)) if units is None else sorted(set(units))
-    if any(not 0 <= j < H for j in keep_units):
-        raise ChargenError(f"units must be between 0 and {H - 1} (this model's layers have {H}), got out of range")
+    wrong = [j for j in keep_units if not 0 <= j < H]
+    if wrong:
+        shown = ", ".join(map(str, wrong[:5])) + (", ..." if len(wrong) > 5 else "")
+        raise ChargenError(f"units must be between 0 and {H - 1} (this model's layers have {H}), got {shown}")
     kinds = ("h", "c") if step.cell == "lstm" else ("h",)
     kept = N * len(keep_layers) * len(kinds) * len(keep_units)
     if kept > MAX_KEPT:
@@ -222,6 +224,8 @@ def _read(
     sums = _Sums(list(FEATURES))
     saturation = np.zeros((L, 2, len(GATE_NAMES[step.cell]) * step.H))
     kept: dict[str, dict[str, list]] = {f"layer {k}": {kind: [] for kind in kinds} for k in keep_layers}
+    if not keep_units:
+        kept = {}  # no unit of any layer is kept
     guesses: list[list[tuple[str, float]]] = []
     for lo in range(0, inputs.size, chunk):
         x: Any = inputs[lo : lo + chunk]

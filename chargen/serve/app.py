@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import routes, tokens
+from . import inspecting, routes, tokens
 from .metrics import Metrics
 from .schema import ApiError, clip
 from .state import STREAM_INTERVAL, AppState, Limits
@@ -97,6 +97,9 @@ def create_app(
             _route("/v1/run", routes.run_summary, needs_key=True),
             _post("/tokenize", tokens.tokenize),
             _post("/detokenize", tokens.detokenize),
+            _post("/v1/inspect", inspecting.inspect),
+            _route("/inspect.js", inspecting.asset),
+            _route("/inspect.css", inspecting.asset),
         ],
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: bad_method},

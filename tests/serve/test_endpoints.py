@@ -175,3 +175,58 @@ def test_serve_flag_mistakes_are_one_line(cli, golden_run, args, fragment):
     code, out, err = cli("serve", golden_run, *args)
     assert code == 2 and out == ""
     one_error_line(err, fragment)
+
+
+def test_inspect_answers_the_samplers_inspection_as_json(server):
+    """POST /v1/inspect gives the JSON of `chargen inspect --format json`: the sampler's own inspection."""
+    text = "the cat, said no\nand so: 'it was'."
+    r = httpx.post(server.url + "/v1/inspect", json={"text": text, "top": 3, "units": [0, 5]}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    want = server.sampler.inspect(text, top=3, units=[0, 5]).to_json()
+    assert r.json() == want
+    assert len(want["logprobs"]) == len(text) and all(len(row) == 3 for row in want["top"])
+    assert want["unit_ids"] == [0, 5] and len(want["units"]["layer 0"]["h"]) == len(text)
+    none = httpx.post(server.url + "/v1/inspect", json={"text": text, "units": []}, headers=AUTH).json()
+    assert none["units"] == {} and none["logprobs"] == want["logprobs"]
+    js = httpx.get(server.url + "/inspect.js")
+    assert (
+        js.status_code == 200
+        and "chargenInspect" in js.text
+        and js.headers["content-type"].startswith("text/javascript")
+    )
+
+
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({}, "text"),
+        ({"text": ""}, "text"),
+        ({"text": 5}, "text"),
+        ({"text": "a" * 5001}, "text"),
+        ({"text": "\u2603 snow"}, "text"),
+        ({"text": "ab", "top": 0}, "top"),
+        ({"text": "ab", "top": 21}, "top"),
+        ({"text": "ab", "layers": [3]}, "layers"),
+        ({"text": "ab", "layers": "0"}, "layers"),
+        ({"text": "ab", "units": [16]}, "units"),
+        ({"text": "ab", "units": [-1]}, "units"),
+        ({"text": "ab", "colour": 1}, "colour"),
+    ],
+)
+def test_bad_inspect_requests_are_openai_errors(server, body, param):
+    r = httpx.post(server.url + "/v1/inspect", json=body, headers=AUTH)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param, r.json()
+    assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_an_inspection_too_big_to_answer_is_refused_before_it_runs(server, monkeypatch):
+    from chargen.serve import inspecting
+
+    monkeypatch.setattr(inspecting, "MAX_VALUES", 1000)  # the server runs in this process's threads
+    r = httpx.post(server.url + "/v1/inspect", json={"text": "a" * 40}, headers=AUTH)  # 40 x 16 x 2 = 1,280
+    assert r.status_code == 400 and "1,280 unit activations" in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == "units"
+    small = httpx.post(server.url + "/v1/inspect", json={"text": "a" * 40, "units": [1]}, headers=AUTH)
+    assert small.status_code == 200
+    assert httpx.post(server.url + "/v1/inspect", json={"text": "ab"}).status_code == 401

@@ -19,7 +19,6 @@ import pytest
 uvicorn = pytest.importorskip("uvicorn", reason="chargen[serve] is not installed")
 httpx = pytest.importorskip("httpx")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (a dev dependency)")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
@@ -50,26 +49,6 @@ def server(run):
     s = LiveServer(run, sampler=sampler, run_dir=run, limits=Limits(max_length=4096))
     yield s
     s.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1100,1100",
-        "--disable-extensions",
-        "--no-first-run",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_script_timeout(10)
-    yield driver
-    driver.quit()
 
 
 # ---- helpers ----------------------------------------------------------------
@@ -357,3 +336,34 @@ def test_the_stream_parser_copes_with_any_split(browser, server, size):
         fill(browser, "prompt", "the ")
         assert generate(browser) == want
         assert text(browser, "status").endswith("finished: " + reason) and visible_error(browser) == ""
+
+
+def test_the_inspect_view_shows_each_characters_logprob_as_the_endpoint_gives_it(server, browser):
+    """Paste a text, press Inspect: one element per character, its data-logprob the JSON's; the text of a
+    generated sample is inspected from the button under it."""
+    browser.get(server.url + "/")
+    box = browser.find_element(By.ID, "inspect-input")
+    box.clear()
+    box.send_keys("the cat said no\nand so it was.")
+    browser.find_element(By.ID, "inspect-button").click()
+    until(lambda: browser.execute_script("return document.body.dataset.inspect") == "done", what="the inspection")
+    want = httpx.post(server.url + "/v1/inspect", json={"text": "the cat said no\nand so it was."}).json()
+    spans = browser.find_elements(By.CSS_SELECTOR, "#inspect-view .ch")
+    assert [s.get_attribute("data-logprob") for s in spans] == [str(x) for x in want["logprobs"]]
+    assert (
+        browser.execute_script(
+            "return [...document.querySelectorAll('#inspect-view .ch')].map(s => s.textContent).join('')"
+        )
+        == "the cat said no\nand so it was."
+    )
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#inspect-view .gate-dot")) > 0
+    settings(browser, "the ", 40, 1.0, seed=3)
+    assert generate(browser, timeout=30) != ""
+    browser.execute_script("document.body.dataset.inspect = ''")
+    browser.find_element(By.ID, "inspect-output").click()
+    until(
+        lambda: browser.execute_script("return document.body.dataset.inspect") == "done", what="the sample's inspection"
+    )
+    sample = text(browser, "output-prompt") + text(browser, "output-text")
+    assert browser.find_element(By.ID, "inspect-input").get_attribute("value") == sample
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#inspect-view .ch")) == len(sample)
