@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from ..errors import ChargenError
 from .args import add_backend_arg, add_load_args
@@ -12,7 +14,7 @@ from .args import add_backend_arg, add_load_args
 HELP = "show what a run's network sees reading a text: surprise, guesses, units, gates"
 DESCRIPTION = (
     "Read a text with a run's model and show each character's surprise (in the terminal, shaded), or write "
-    "everything as JSON: log-probabilities, top guesses, unit activations, the units that track simple "
+    "everything as JSON or as one self-contained HTML page: log-probabilities, top guesses, unit activations, the units that track simple "
     "features of the text, and gate saturation."
 )
 
@@ -69,32 +71,37 @@ def _numbers(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Inspect the text; print the shaded text (and a legend), or the JSON."""
-    from ..generate.report import ansi, html, json_text, legend
+    """Inspect the text; print the shaded text (and a legend), or write the JSON or the page."""
+    from ..generate.report import MAX_HTML, ansi, html_pieces, json_pieces, legend
     from ..generate.sampler import Sampler
     from .sample import _unescape
 
     text = _text(args, _unescape)
     if args.format == "html" and args.output is None:
         raise ChargenError("--format html writes a page: give its path with -o PATH (such as -o report.html)")
+    if args.format == "html" and len(text) > MAX_HTML:
+        raise ChargenError(
+            f"--format html shows at most {MAX_HTML:,} characters (a browser slows past that) and this text has "
+            f"{len(text):,}: inspect a part of it, or write --format json"
+        )
     sampler = Sampler.load(args.run, device=args.device, checkpoint=args.checkpoint, backend=args.backend)
     found = sampler.inspect(text, top=args.top, layers=args.layers, units=args.units)
+    pieces: Iterable[str]
     if args.format == "json":
-        out = json_text(found)
+        pieces = itertools.chain(json_pieces(found), ["\n"])
     elif args.format == "html":
-        from pathlib import Path
-
-        out = html(found, f"{Path(args.run).resolve().name}: what the network sees")
+        pieces = html_pieces(found, f"{Path(args.run).resolve().name}: what the network sees")
     else:
         color = args.color == "always" or (args.color == "auto" and args.output is None and sys.stdout.isatty())
-        out = (legend() + "\n" + ansi(found) if color else "".join(found.chars)) + "\n"
+        pieces = [(legend() + "\n" + ansi(found) if color else "".join(found.chars)) + "\n"]
     if args.output is None:
-        sys.stdout.write(out if out.endswith("\n") else out + "\n")
+        sys.stdout.writelines(pieces)
         return 0
-    from ..files import write_text
+    from ..files import atomic_write
 
     try:
-        write_text(args.output, out)
+        with atomic_write(args.output) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(pieces)
     except OSError as e:
         raise ChargenError(f"cannot write {args.output}: {e.strerror or e}") from None
     nats = -float(found.logprobs.mean())

@@ -281,7 +281,7 @@ def _lstm_layer(
         assert x is not None  # the output of the layer below
         gates = g.op("Add", g.op("MatMul", g.op("Concat", x, h, axis=1), g.const(w, f"l{k}.w")), g.const(a, f"l{k}.b"))
     t = g.op("Tanh", gates)  # the i, f, o columns are halved: their sigmoids are
-    sig = g.op("Add", g.op("Mul", t, half), half)  # 0.5 tanh + 0.5 (numpy_step._lstm_cell)
+    sig = g.op("Add", g.op("Mul", t, half), half)  # 0.5 tanh + 0.5 (numpy_cells.lstm_cell)
     quarters = g.const(_i64(H, H, H, H))
     i, f, _, o = g.op("Split", sig, quarters, axis=1, outputs=4)
     tg = g.op("Split", t, quarters, axis=1, outputs=4)[2]

@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import ChargenError
-from .numpy_step import NumpyStep
+from .numpy_step import NumpyStep, Scorer
 
 __all__ = ["FEATURES", "MAX_KEPT", "Inspection", "features_of", "inspect"]
 
 MAX_KEPT = 64 << 20  # unit activations kept (float32): 256 MB
-CHUNK = 1024  # characters read at a time (as the NumPy scorer reads)
+CHUNK = Scorer.CHUNK  # characters read at a time, as the NumPy scorer reads
 SATURATED = (0.1, 0.9)  # a gate below the first is left-saturated, above the second right-saturated
 FEATURES = ("inside quotes", "bracket depth", "position in line", "after a newline", "upper case")
 
@@ -38,19 +38,45 @@ class Inspection:
 
     chars: list[str]
     logprobs: np.ndarray  # (N,) float64, as Sampler.score
-    top: list[list[tuple[str, float]]]  # per position, the likeliest next characters and their probabilities
+    top_ids: np.ndarray  # (N, K) the likeliest characters' ids at each position, likeliest first
+    top_probs: np.ndarray  # (N, K) float32, their probabilities
+    vocab: list[str]  # the run's characters, by id
     units: dict[str, dict[str, np.ndarray]]  # "layer K" -> {"h": (N, kept), "c": (N, kept)} (c: LSTM only)
     unit_ids: list[int]  # which units of each layer are kept
     correlations: dict[str, list[dict[str, Any]]]  # feature -> best units: layer, kind, unit, r
     gates: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)  # layer -> gate -> left/right
 
+    @property
+    def top(self) -> list[list[tuple[str, float]]]:
+        """Per position, the likeliest characters and their probabilities (built on each call)."""
+        return self.top_rows(0, len(self.chars))
+
+    def top_rows(self, lo: int, hi: int) -> list[list[tuple[str, float]]]:
+        vocab = self.vocab
+        return [
+            [(vocab[i], float(p)) for i, p in zip(ids, probs)]
+            for ids, probs in zip(self.top_ids[lo:hi].tolist(), self.top_probs[lo:hi])
+        ]
+
+    def column(self, name: str, lo: int, hi: int) -> list:
+        """Positions lo..hi of a per-position field of the JSON: ``chars``, ``logprobs`` or ``top``."""
+        if name == "chars":
+            return self.chars[lo:hi]
+        if name == "logprobs":
+            return [round(x, 6) for x in self.logprobs[lo:hi].tolist()]
+        return [[[c, round(p, 6)] for c, p in row] for row in self.top_rows(lo, hi)]
+
+    def unit_rows(self, layer: str, kind: str, lo: int, hi: int) -> list:
+        """Positions lo..hi of one layer's kept units of one kind, as the JSON gives them."""
+        return np.round(self.units[layer][kind][lo:hi], 5).tolist()
+
     def to_json(self) -> dict[str, Any]:
+        """All of it as one object (``report.json_pieces`` writes the same text piece by piece)."""
+        n = len(self.chars)
         return {
-            "chars": self.chars,
-            "logprobs": [round(float(x), 6) for x in self.logprobs],
-            "top": [[[c, round(p, 6)] for c, p in row] for row in self.top],
+            **{name: self.column(name, 0, n) for name in ("chars", "logprobs", "top")},
             "units": {
-                layer: {kind: np.round(a, 5).tolist() for kind, a in kinds.items()}
+                layer: {kind: self.unit_rows(layer, kind, 0, n) for kind in kinds}
                 for layer, kinds in self.units.items()
             },
             "unit_ids": self.unit_ids,
@@ -122,40 +148,6 @@ def _step_of(sampler: Any) -> NumpyStep:
     return NumpyStep(weights, model.config)
 
 
-def _layer(step: NumpyStep, k: int, x: np.ndarray, state: list) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Layer ``k`` over inputs x ((t,) ids for layer 0, else (t, in)): its outputs (t, H), and per position
-    its h, c (LSTM) and gate values (t, G*H; sigmoid gates as sigmoids, g and n as tanh)."""
-    H, layer, T = step.H, step.layers[k], len(x)
-    hs = np.empty((T, H), np.float32)
-    if step.cell == "lstm":
-        a, w = layer
-        gin, w_hh = (a[x], w) if k == 0 else (x @ w[:H] + a, w[H:])
-        h, c = state[0][k][0], state[1][k][0]
-        cs, gates = np.empty((T, H), np.float32), np.empty((T, 4 * H), np.float32)
-        for t in range(T):
-            g = np.tanh(gin[t] + h @ w_hh)
-            s = g * 0.5 + 0.5
-            c = s[H : 2 * H] * c + s[:H] * g[2 * H : 3 * H]
-            h = s[3 * H :] * np.tanh(c)
-            hs[t], cs[t] = h, c
-            gates[t] = np.concatenate([s[: 2 * H], g[2 * H : 3 * H], s[3 * H :]])
-        state[0][k], state[1][k] = h[None], c[None]
-        return hs, {"h": hs, "c": cs, "gates": gates}
-    gi_src, w_ih, w_hh, b_hh = layer
-    gin = gi_src[x] if k == 0 else x @ w_ih + gi_src
-    h = state[0][k][0]
-    gates = np.empty((T, 3 * H), np.float32)
-    for t in range(T):
-        gh = h @ w_hh + b_hh
-        rz = np.tanh(gin[t, : 2 * H] + gh[: 2 * H]) * 0.5 + 0.5
-        n = np.tanh(gin[t, 2 * H :] + rz[:H] * gh[2 * H :])
-        h = n + rz[H:] * (h - n)
-        hs[t] = h
-        gates[t] = np.concatenate([rz, n])
-    state[0][k] = h[None]
-    return hs, {"h": hs, "gates": gates}
-
-
 GATE_NAMES = {"lstm": ("input", "forget", "cell", "output"), "gru": ("reset", "update", "new")}
 SIGMOID = {"lstm": ("input", "forget", "output"), "gru": ("reset", "update")}
 
@@ -192,13 +184,19 @@ def inspect(
             f"keeping {len(keep_layers) * len(kinds) * len(keep_units):,} units over {N:,} characters is "
             f"{kept * 4 / 2**20:,.0f} MB; choose fewer layers or units (at most {MAX_KEPT * 4 >> 20} MB)"
         )
-    logprobs = sampler.runtime.scorer(sampler.vocab.start_id)(ids)
-    feats = features_of(sampler.vocab.decode(ids))
+    found = features_of(sampler.vocab.decode(ids))
+    feats = np.stack([found[name] for name in FEATURES], axis=1)  # (N, F)
     reads = _read(step, sampler, ids, top, keep_layers, keep_units, kinds, feats, chunk)
+    if sampler.backend == "numpy" and chunk == Scorer.CHUNK:
+        logprobs = reads["logprobs"]  # read as the scorer reads: the same arithmetic, the same numbers
+    else:
+        logprobs = sampler.runtime.scorer(sampler.vocab.start_id)(ids)
     return Inspection(
         chars=list(sampler.vocab.decode(ids)),
         logprobs=logprobs,
-        top=reads["top"],
+        top_ids=reads["top_ids"],
+        top_probs=reads["top_probs"],
+        vocab=list(sampler.vocab.chars),
         units=reads["units"],
         unit_ids=keep_units,
         correlations=_best_units(reads["sums"], L, kinds, H, best),
@@ -214,53 +212,91 @@ def _read(
     keep_layers: list[int],
     keep_units: list[int],
     kinds: tuple[str, ...],
-    feats: dict[str, np.ndarray],
+    feats: np.ndarray,
     chunk: int,
 ) -> dict[str, Any]:
-    """Read the text chunk by chunk: the top guesses, the kept units, the running sums."""
-    chars, L = sampler.vocab.chars, step.L
-    state = step.zero_state(1)
+    """Read the text chunk by chunk, as the scorer reads it (``NumpyStep.features``, recording): the
+    log-probabilities, the top guesses, the kept units, the running sums."""
+    L, N = step.L, ids.size
+    state = None
     inputs = np.concatenate([[sampler.vocab.start_id], ids])  # input j: the state after it predicts ids[j]
     sums = _Sums(list(FEATURES))
     saturation = np.zeros((L, 2, len(GATE_NAMES[step.cell]) * step.H))
     kept: dict[str, dict[str, list]] = {f"layer {k}": {kind: [] for kind in kinds} for k in keep_layers}
     if not keep_units:
         kept = {}  # no unit of any layer is kept
-    guesses: list[list[tuple[str, float]]] = []
-    for lo in range(0, inputs.size, chunk):
-        x: Any = inputs[lo : lo + chunk]
-        per_layer = []
-        for k in range(L):
-            x, got = _layer(step, k, x, state)
-            per_layer.append(got)
-        probs = np.exp(step.log_probs(x))  # (t, V): the next character after each input
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
-        rows = [[(chars[i], float(p[i])) for i in o] for o, p in zip(order, probs)]
-        # the state after input j predicts position j (the last input predicts nothing) and is position
-        # j - 1's units (the start character's is nobody's)
-        guesses.extend(rows[: max(0, min(lo + len(rows), ids.size) - lo)])
-        start = 1 if lo == 0 else 0
-        first, t_count, span = lo + start - 1, len(rows) - start, slice(start, None)
-        if t_count <= 0:
-            continue
-        units_all = np.concatenate([got[kind][span] for got in per_layer for kind in kinds], axis=1)
-        fx = np.stack([feats[name][first : first + t_count] for name in FEATURES], axis=1)
-        sums.add(fx, units_all)
-        for k, got in enumerate(per_layer):
-            g = got["gates"][span]
-            saturation[k, 0] += (g < SATURATED[0]).sum(0)
-            saturation[k, 1] += (g > SATURATED[1]).sum(0)
-            if f"layer {k}" in kept:
-                for kind in kinds:
-                    kept[f"layer {k}"][kind].append(got[kind][span][:, keep_units])
-    units = {
-        layer: {
-            kind: np.concatenate(parts) if parts else np.zeros((0, len(keep_units)), np.float32)
-            for kind, parts in kinds_.items()
-        }
-        for layer, kinds_ in kept.items()
+    logprobs = np.empty(N)
+    top_ids, top_probs = np.empty((N, top), np.int32), np.empty((N, top), np.float32)
+    for lo in range(0, N, chunk):
+        x = inputs[lo : min(lo + chunk, N)]  # the last input predicts nothing
+        record: list[dict[str, np.ndarray]] = []
+        h, state = step.features(x[None, :], state, record)
+        lp = step.log_probs(h[0])  # (t, V): the next character after each input
+        t = len(x)
+        logprobs[lo : lo + t] = lp[np.arange(t), ids[lo : lo + t]]
+        order = np.argsort(-lp, axis=1, kind="stable")[:, :top]
+        top_ids[lo : lo + t] = order
+        top_probs[lo : lo + t] = np.exp(np.take_along_axis(lp, order, axis=1))
+        # the state after input j is position j - 1's (it has read that character; the start's is nobody's)
+        span = slice(1, None) if lo == 0 else slice(None)
+        first = lo - 1 if lo else 0  # the position of the chunk's first kept state
+        _add_chunk(sums, saturation, feats[first:], record, span, step.cell, kinds)
+        _keep(kept, record, span, keep_units)
+    record = []  # the last character's units: one more step, reading it
+    step.features(inputs[N:][None, :], state, record)
+    _add_chunk(sums, saturation, feats[N - 1 :], record, slice(None), step.cell, kinds)
+    _keep(kept, record, slice(None), keep_units)
+    units = {layer: {kind: np.concatenate(parts) for kind, parts in kinds_.items()} for layer, kinds_ in kept.items()}
+    return {
+        "logprobs": logprobs,
+        "top_ids": top_ids,
+        "top_probs": top_probs,
+        "units": units,
+        "sums": sums,
+        "saturation": saturation,
     }
-    return {"top": guesses[: ids.size], "units": units, "sums": sums, "saturation": saturation}
+
+
+def _gates(got: dict[str, np.ndarray], cell: str, span: slice) -> np.ndarray:
+    """(t, G*H) gate values from one layer's record: sigmoid gates as sigmoids, the cell's g or n as tanh."""
+    if cell == "lstm":
+        g = np.tanh(got["pre"][0, span])
+        H = g.shape[1] // 4
+        g[:, : 2 * H] = g[:, : 2 * H] * 0.5 + 0.5
+        g[:, 3 * H :] = g[:, 3 * H :] * 0.5 + 0.5
+        return g
+    gin, gh = got["gin"][0, span], got["gh"][0, span]
+    H = gin.shape[1] // 3
+    rz = np.tanh(gin[:, : 2 * H] + gh[:, : 2 * H]) * 0.5 + 0.5
+    n = np.tanh(gin[:, 2 * H :] + rz[:, :H] * gh[:, 2 * H :])
+    return np.concatenate([rz, n], axis=1)
+
+
+def _keep(kept: dict[str, dict[str, list]], record: list[dict[str, np.ndarray]], span: slice, units: list) -> None:
+    for k, got in enumerate(record):
+        for kind, parts in kept.get(f"layer {k}", {}).items():
+            parts.append(got[kind][0, span][:, units])
+
+
+def _add_chunk(
+    sums: _Sums,
+    saturation: np.ndarray,
+    feats: np.ndarray,
+    record: list[dict[str, np.ndarray]],
+    span: slice,
+    cell: str,
+    kinds: tuple[str, ...],
+) -> None:
+    """Add a chunk's positions (``record``'s steps in ``span``; ``feats`` (N', F) from the first of them)
+    to the running sums: the units against the features, and the gates' saturation."""
+    units_all = np.concatenate([got[kind][0, span] for got in record for kind in kinds], axis=1)
+    if not len(units_all):
+        return
+    sums.add(feats[: len(units_all)], units_all)
+    for k, got in enumerate(record):
+        g = _gates(got, cell, span)
+        saturation[k, 0] += (g < SATURATED[0]).sum(0)
+        saturation[k, 1] += (g > SATURATED[1]).sum(0)
 
 
 def _best_units(sums: _Sums, L: int, kinds: tuple[str, ...], H: int, best: int) -> dict[str, list[dict[str, Any]]]:

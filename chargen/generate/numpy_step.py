@@ -21,47 +21,13 @@ import numpy as np
 
 from ..config import ModelConfig, SampleOptions
 from .draws import draw_loop
+from .numpy_cells import gru_cell, gru_steps, half_gates, log_softmax, lstm_cell, lstm_steps
 from .rules import NUMPY_OPS, History
 
 __all__ = ["NumpyRuntime", "NumpyStep", "Scorer", "log_softmax", "pick", "prime", "sample_ids"]
 
 # NumpyStep's state: per-layer (B, H) arrays, [hs, cs] for an LSTM, [hs] for a GRU.
 NumpyState: TypeAlias = list[list[np.ndarray]]
-
-
-def _half_gates(gates: int, hidden: int, halved: tuple) -> np.ndarray:
-    """Column scales (gates * hidden,): 0.5 for the gates passed through a sigmoid, 1 for the others."""
-    scale = np.ones(gates * hidden, dtype=np.float32)
-    for g in halved:
-        scale[g * hidden : (g + 1) * hidden] = 0.5
-    return scale
-
-
-def _lstm_cell(gates: np.ndarray, c: np.ndarray, H: int) -> tuple[np.ndarray, np.ndarray]:
-    """h, c from the gates (B, 4H), the i, f and o columns pre-halved: sigmoid(x) = 0.5 tanh(x / 2) + 0.5,
-    so one tanh covers all four gates."""
-    t = np.tanh(gates)
-    s = t * 0.5
-    s += 0.5  # sigmoids of i, f, o
-    c = s[:, H : 2 * H] * c
-    c += s[:, :H] * t[:, 2 * H : 3 * H]  # f * c + i * tanh(g)
-    return s[:, 3 * H :] * np.tanh(c), c
-
-
-def _gru_cell(gi: np.ndarray, gh: np.ndarray, h: np.ndarray, H: int) -> np.ndarray:
-    """The new h from the input and hidden parts (B, 3H), their r and z columns pre-halved."""
-    rz = gi[:, : 2 * H] + gh[:, : 2 * H]
-    np.tanh(rz, out=rz)
-    rz *= 0.5
-    rz += 0.5  # sigmoids of r and z
-    n = np.tanh(gi[:, 2 * H :] + rz[:, :H] * gh[:, 2 * H :])
-    return n + rz[:, H:] * (h - n)  # (1 - z) * n + z * h
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    """log_softmax over the last axis."""
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
 class NumpyStep:
@@ -76,7 +42,7 @@ class NumpyStep:
         }
         emb = w["embedding.weight"]  # (V, E)
         # The sigmoid gates' columns are halved once here (exact: a power of two), so that a step takes one
-        # tanh per gate group (see _lstm_cell): LSTM i, f, o; GRU r, z.
+        # tanh per gate group (see lstm_cell): LSTM i, f, o; GRU r, z.
         H = c.hidden_size
         # LSTM: (input table or bias, weight); GRU: (input part, w_ih or None, w_hh, b_hh)
         self.layers: list[tuple[Any, ...]] = []
@@ -84,7 +50,7 @@ class NumpyStep:
             w_ih, w_hh = w[f"rnn.weight_ih_l{k}"], w[f"rnn.weight_hh_l{k}"]  # (G*H, in), (G*H, H)
             b_ih, b_hh = w[f"rnn.bias_ih_l{k}"], w[f"rnn.bias_hh_l{k}"]
             if c.cell == "lstm":
-                half = _half_gates(4, H, (0, 1, 3))
+                half = half_gates(4, H, (0, 1, 3))
                 if k == 0:  # the input projection of every id, biases folded in: (V, 4H)
                     self.layers.append(((emb @ w_ih.T + (b_ih + b_hh)) * half, np.ascontiguousarray(w_hh.T * half)))
                 else:  # one matmul over [x, h]: (in + H, 4H)
@@ -92,7 +58,7 @@ class NumpyStep:
                         ((b_ih + b_hh) * half, np.ascontiguousarray(np.concatenate([w_ih, w_hh], 1).T * half))
                     )
             else:  # GRU keeps input and hidden parts apart: r gates only the hidden part of n
-                half = _half_gates(3, H, (0, 1))
+                half = half_gates(3, H, (0, 1))
                 gi_src = (emb @ w_ih.T + b_ih) * half if k == 0 else b_ih * half
                 self.layers.append(
                     (
@@ -146,9 +112,14 @@ class NumpyStep:
         out = self.output(x)
         return out if self.config.adaptive else log_softmax(out)
 
-    def features(self, ids: np.ndarray, state: NumpyState | None = None) -> tuple[np.ndarray, NumpyState]:
+    def features(
+        self, ids: np.ndarray, state: NumpyState | None = None, record: list | None = None
+    ) -> tuple[np.ndarray, NumpyState]:
         """ids (B, T) -> the top layer's outputs (B, T, H) and the state after them. Layer by layer: each
-        layer's input projection is one matmul over the whole sequence, then one matmul per step."""
+        layer's input projection is one matmul over the whole sequence, then one matmul per step. With
+        ``record`` (a list), each layer's arrays over the steps are appended to it, the same arithmetic:
+        ``h``, and ``c`` and the gates' pre-activations ``pre`` (B, T, 4H) for an LSTM, or the input and
+        hidden parts ``gin`` and ``gh`` (B, T, 3H) for a GRU (sigmoid columns pre-halved)."""
         ids = np.asarray(ids)
         B, T = ids.shape
         H = self.H
@@ -157,22 +128,19 @@ class NumpyStep:
         new_state: NumpyState = [[] for _ in state]
         for k, layer in enumerate(self.layers):
             out = np.empty((B, T, H), dtype=np.float32)
+            kept: dict[str, np.ndarray] | None = None if record is None else {"h": out}
             if self.cell == "lstm":
                 a, w = layer
                 gin, w_hh = (a[ids], w) if k == 0 else (x @ w[:H] + a, w[H:])  # (B, T, 4H)
-                h, c = state[0][k], state[1][k]
-                for t in range(T):
-                    h, c = _lstm_cell(gin[:, t] + h @ w_hh, c, H)
-                    out[:, t] = h
+                h, c = lstm_steps(gin, w_hh, state[0][k], state[1][k], out, kept)
                 new_state[0].append(h)
                 new_state[1].append(c)
             else:
                 gi_src, w_ih, w_hh, b_hh = layer
                 gin = gi_src[ids] if k == 0 else x @ w_ih + gi_src  # (B, T, 3H)
-                h = state[0][k]
-                for t in range(T):
-                    h = out[:, t] = _gru_cell(gin[:, t], h @ w_hh + b_hh, h, H)
-                new_state[0].append(h)
+                new_state[0].append(gru_steps(gin, w_hh, b_hh, state[0][k], out, kept))
+            if record is not None:
+                record.append(kept)
             x = out
         return x, new_state
 
@@ -190,7 +158,7 @@ class NumpyStep:
                 else:
                     gates = np.concatenate([x, hs[k]], axis=1) @ w
                     gates += a
-                x, c = _lstm_cell(gates, cs[k], H)
+                x, c = lstm_cell(gates, cs[k], H)
                 new_h.append(x)
                 new_c.append(c)
             state = [new_h, new_c]
@@ -200,7 +168,7 @@ class NumpyStep:
             for k, (gi_src, w_ih, w_hh, b_hh) in enumerate(self.layers):
                 h = hs[k]
                 gi = gi_src[rows].reshape(len(ids), -1) if k == 0 else x @ w_ih + gi_src  # (B, 3H)
-                x = _gru_cell(gi, h @ w_hh + b_hh, h, H)
+                x = gru_cell(gi, h @ w_hh + b_hh, h, H)
                 new_h.append(x)
             state = [new_h]
         return self.output(x), state

@@ -5,14 +5,17 @@ HTML file (:func:`html`: the data and ``web/inspect.js`` inside it, nothing fetc
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .inspect import Inspection
 
-__all__ = ["SHADES", "ansi", "asset", "html", "json_text", "shade"]
+__all__ = ["MAX_HTML", "SHADES", "ansi", "asset", "html", "html_pieces", "json_pieces", "json_text", "shade"]
 
 # Surprise (nats) above each threshold takes the next shade: xterm-256 backgrounds from white to deep red.
+MAX_HTML = 200_000  # characters a report shows: each is an element, and a browser slows past a few 100,000
 SHADES = ((0.5, 231), (1.0, 224), (2.0, 217), (3.0, 210), (4.5, 203), (float("inf"), 196))
 
 
@@ -49,7 +52,38 @@ def legend() -> str:
 
 
 def json_text(inspection: Inspection) -> str:
-    return json.dumps(inspection.to_json(), ensure_ascii=False, separators=(",", ":"))
+    return _dump(inspection.to_json())
+
+
+def _dump(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def json_pieces(inspection: Inspection, rows: int = 4096) -> Iterator[str]:
+    """The text of :func:`json_text`, piece by piece: ``rows`` positions of a field at a time, so that a long
+    text's JSON is written without being held whole (its arrays are held as arrays)."""
+    n = len(inspection.chars)
+
+    def array(values: Callable[[int, int], list]) -> Iterator[str]:
+        yield "["
+        for lo in range(0, n, rows):
+            yield ("," if lo else "") + _dump(values(lo, min(lo + rows, n)))[1:-1]
+        yield "]"
+
+    for i, name in enumerate(("chars", "logprobs", "top")):
+        yield ("{" if i == 0 else ",") + _dump(name) + ":"
+        yield from array(partial(inspection.column, name))
+    yield ',"units":{'
+    for i, (layer, kinds) in enumerate(inspection.units.items()):
+        yield ("," if i else "") + _dump(layer) + ":{"
+        for j, kind in enumerate(kinds):
+            yield ("," if j else "") + _dump(kind) + ":"
+            yield from array(partial(inspection.unit_rows, layer, kind))
+        yield "}"
+    yield "}"
+    for name in ("unit_ids", "correlations", "gates"):
+        yield "," + _dump(name) + ":" + _dump(getattr(inspection, name))
+    yield "}"
 
 
 def asset(name: str) -> str:
@@ -60,18 +94,27 @@ def asset(name: str) -> str:
 
 
 def html(inspection: Inspection, title: str) -> str:
-    """One HTML file that shows the inspection: the text shaded by surprise (each character an element with
-    its ``data-logprob``), its guesses on hover or tap, a unit picker, the units that track the text, and
-    the gates' saturation. Self-contained: the data, the script and the style are inside."""
+    """One HTML file that shows the inspection (see :func:`html_pieces`)."""
+    return "".join(html_pieces(inspection, title))
+
+
+def html_pieces(inspection: Inspection, title: str) -> Iterator[str]:
+    """One HTML file that shows the inspection, piece by piece: the text shaded by surprise (each character
+    an element with its ``data-logprob``), its guesses on hover or tap, a unit picker, the units that track
+    the text, and the gates' saturation. Self-contained: the data, the script and the style are inside."""
     import html as markup
 
-    data = json_text(inspection).replace("</", "<\\/")  # no "</script>" inside the script element
-    return (
+    yield (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{markup.escape(title)}</title>'
         f"<style>{asset('inspect.css')}</style></head><body>"
         f'<h1>{markup.escape(title)}</h1><div id="inspect"></div>'
-        f'<script id="chargen-data" type="application/json">{data}</script>'
+        '<script id="chargen-data" type="application/json">'
+    )
+    for piece in json_pieces(inspection):
+        yield piece.replace("</", "<\\/")  # no "</script>" inside the script element (a string holds "</")
+    yield (
+        "</script>"
         f"<script>{asset('inspect.js')}</script>"
         "<script>chargenInspect(document.getElementById('inspect'), "
         "JSON.parse(document.getElementById('chargen-data').textContent));</script>"

@@ -57,3 +57,47 @@ def test_mistakes_are_one_line(cli, args, fragment):
     code, out, err = cli("inspect", RUN, *args)
     assert code == 2 and out == ""
     one_error_line(err, fragment)
+
+
+def test_a_long_texts_json_is_written_piece_by_piece_and_is_the_same(cli, tmp_path):
+    """Past 4,096 characters the JSON is written in pieces (rows of each field at a time): the same object."""
+    text = "the cat said no, and so it was.\n" * 300  # 9,600 characters: three pieces of each field
+    f = tmp_path / "long.txt"
+    f.write_text(text, encoding="utf-8")
+    target = tmp_path / "long.json"
+    code, _, err = cli("inspect", RUN, "--file", f, "--format", "json", "-o", target, "--units", "0,7")
+    assert code == 0, err
+    got = json.loads(target.read_text(encoding="utf-8"))
+    want = Sampler.load(RUN, backend="numpy").inspect(text, units=[0, 7]).to_json()
+    assert got == json.loads(json.dumps(want))
+    assert len(got["chars"]) == len(got["logprobs"]) == len(got["units"]["layer 0"]["c"]) == len(text)
+
+
+def test_a_report_too_long_for_a_browser_is_refused_before_reading(cli, tmp_path, monkeypatch):
+    from chargen.generate import report
+
+    monkeypatch.setattr(report, "MAX_HTML", 10)
+    target = tmp_path / "r.html"
+    code, out, err = cli("inspect", RUN, "the cat said no", "--format", "html", "-o", target)
+    assert code == 2 and out == "" and not target.exists()
+    one_error_line(err, "--format html shows at most 10 characters")
+    assert "this text has 15" in err and "--format json" in err
+    assert cli("inspect", RUN, "the cat", "--format", "html", "-o", target)[0] == 0
+    page = target.read_text(encoding="utf-8")
+    assert page.count('"logprobs":[') == 1 and page.rstrip().endswith("</html>")
+
+
+def test_a_failed_write_leaves_no_file(cli, tmp_path, monkeypatch):
+    """A write that fails half-way leaves neither the target nor a temporary file."""
+    from chargen.generate import report
+
+    def broken(inspection, rows=4096):
+        yield "{"
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "json_pieces", broken)
+    target = tmp_path / "out.json"
+    code, out, err = cli("inspect", RUN, "the cat", "--format", "json", "-o", target)
+    assert code == 2 and out == ""
+    one_error_line(err, "No space left on device")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written, no temporary file

@@ -27,6 +27,10 @@ def test_logprobs_are_exactly_the_scores(sampler):
     got = sampler.inspect(TEXT)
     assert got.chars == list(TEXT)
     assert np.array_equal(got.logprobs, sampler.score(TEXT).logprobs)
+    long = TEXT * 14  # 2,730 characters: three of the scorer's chunks, read in the same pass as the units
+    want = sampler.score(long).logprobs
+    assert np.array_equal(sampler.inspect(long, units=[]).logprobs, want)
+    assert np.array_equal(inspector.inspect(sampler, long, units=[], chunk=500).logprobs, want)
 
 
 def test_units_are_the_models_own_states(sampler):

@@ -103,3 +103,13 @@ def test_the_terminal_shades_each_character_by_its_surprise():
     first = f"\x1b[30;48;5;{shade(-float(seen.logprobs[0]))}m"
     assert out.startswith(first) and out.endswith("\x1b[0m")
     assert [shade(x) for x in (0.1, 0.7, 1.5, 2.5, 4.0, 9.0)] == [c for _, c in SHADES]
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4096])
+def test_the_json_written_in_pieces_is_the_whole_json(rows):
+    from chargen.generate.report import json_pieces, json_text
+
+    seen = planted().inspect(TEXT, units=[0, 2])
+    assert "".join(json_pieces(seen, rows=rows)) == json_text(seen)
+    none = planted().inspect(TEXT, units=[])
+    assert "".join(json_pieces(none, rows=rows)) == json_text(none)
