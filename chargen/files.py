@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -108,6 +108,18 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write UTF-8 text atomically."""
     with atomic_write(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_pieces(path: str | os.PathLike, pieces: Iterable[str]) -> None:
+    """Write UTF-8 text given in pieces: a regular file atomically (a link followed to its target), a
+    pipe or device (a FIFO, /dev/stdout) directly, as it is not a file to replace."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(pieces)
+        return
+    with atomic_write(path.resolve()) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(pieces)
 
 
 @contextmanager

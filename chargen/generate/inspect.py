@@ -68,7 +68,7 @@ class Inspection:
 
     def unit_rows(self, layer: str, kind: str, lo: int, hi: int) -> list:
         """Positions lo..hi of one layer's kept units of one kind, as the JSON gives them."""
-        return np.round(self.units[layer][kind][lo:hi], 5).tolist()
+        return np.round(self.units[layer][kind][lo:hi].astype(np.float64), 5).tolist()  # 0.53787, not float32's
 
     def to_json(self) -> dict[str, Any]:
         """All of it as one object (``report.json_pieces`` writes the same text piece by piece)."""
@@ -164,6 +164,7 @@ def inspect(
     """See the module docstring. ``layers``/``units``: which layers (from 0) and units of each to keep (all by
     default; ``units=[]`` keeps none); the statistics always cover every unit. ``best``: units listed per
     feature."""
+    top = min(top, len(sampler.vocab.chars))  # a vocabulary of fewer characters lists them all
     ids = sampler.encode(text)
     if ids.size == 0:
         raise ChargenError("there is no text to inspect: give at least one character")

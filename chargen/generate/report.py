@@ -36,9 +36,17 @@ def ansi(inspection: Inspection) -> str:
         if colour != current:
             out.append(f"\x1b[30;48;5;{colour}m")
             current = colour
-        out.append(char)
+        out.append(_visible(char))
     out.append("\x1b[0m")
     return "".join(out)
+
+
+def _visible(char: str) -> str:
+    """A control character as its picture (ESC as U+241B), so that a text cannot drive the terminal."""
+    code = ord(char)
+    if code < 0x20 and char != "\t":
+        return chr(0x2400 + code)
+    return "\u2421" if code == 0x7F else char
 
 
 def legend() -> str:

@@ -5,7 +5,7 @@ the same files the HTML report holds)."""
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field, ValidationInfo, field_validator
 from starlette.requests import Request
@@ -21,6 +21,7 @@ MAX_VALUES = 1 << 21  # unit activations one answer may hold (a few tens of MB o
 class InspectRequest(_Body):
     """``POST /v1/inspect``."""
 
+    model: Any = None  # any value but the served model's name is a 404
     text: Text  # at most Limits.max_prompt characters
     top: WholeNumber = Field(5, ge=1, le=20)
     layers: list[WholeNumber] | None = Field(None, max_length=64)  # all by default

@@ -51,6 +51,13 @@ def test_shaded_text_and_plain_text(cli, tmp_path):
         (["the", "--top", "0"], "argument --top: must be in [1, 100]"),
         (["the", "--format", "pdf"], "argument --format: invalid choice"),
         (["the", "-o", "/no/such/dir/out.json"], "cannot write /no/such/dir/out.json"),
+        (["the", "--units", "0-99999999999999999999"], "argument --units: expected numbers and ranges"),
+        (["the", "--units", "0-10000000"], "argument --units: numbers go up to 1,048,575"),
+        (["the", "--units", "\u00b2"], "argument --units: expected numbers and ranges"),
+        (["the", "--layers", "\u0663"], "argument --layers: expected numbers and ranges"),
+        (["the", "-o", ""], "-o needs a file name"),
+        (["the", "-o", str(RUN / "report.json")], "is inside the run folder"),
+        (["the", "-o", "/tmp"], "-o /tmp is a folder: give a file name inside it"),
     ],
 )
 def test_mistakes_are_one_line(cli, args, fragment):
@@ -101,3 +108,49 @@ def test_a_failed_write_leaves_no_file(cli, tmp_path, monkeypatch):
     assert code == 2 and out == ""
     one_error_line(err, "No space left on device")
     assert list(tmp_path.iterdir()) == []  # nothing half-written, no temporary file
+
+
+def test_a_top_past_the_vocabulary_lists_every_character(cli):
+    code, out, err = cli("inspect", RUN, "the", "--top", "50", "--format", "json")
+    assert code == 0, err
+    top = json.loads(out)["top"]
+    assert all(len(row) == 29 for row in top) and all(
+        sorted(c for c, _ in row) == sorted({c for c, _ in row}) for row in top
+    )
+    assert sum(p for _, p in top[0]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_output_is_never_the_input_and_follows_links(cli, tmp_path):
+    f = tmp_path / "in.txt"
+    f.write_text("the cat", encoding="utf-8")
+    code, out, err = cli("inspect", RUN, "--file", f, "-o", f, "--format", "json")
+    assert code == 2 and f.read_text(encoding="utf-8") == "the cat"
+    one_error_line(err, "is the text being read")
+    real, link = tmp_path / "real.json", tmp_path / "link.json"
+    real.write_text("old", encoding="utf-8")
+    link.symlink_to(real.name)
+    assert cli("inspect", RUN, "the", "-o", link, "--format", "json")[0] == 0
+    assert link.is_symlink() and json.loads(real.read_text(encoding="utf-8"))["chars"] == ["t", "h", "e"]
+    code, out, _ = cli("inspect", RUN, "the", "-o", "-", "--format", "json")
+    assert code == 0 and json.loads(out)["chars"] == ["t", "h", "e"]
+
+
+def test_a_files_text_is_read_as_it_is(cli, tmp_path):
+    """--file keeps \\r (as eval reads it), refuses what is not UTF-8 saying what to do, and reads at most a cap."""
+    f = tmp_path / "crlf.txt"
+    f.write_bytes(b"the\r\ncat\r")
+    code, _, err = cli("inspect", RUN, "--file", f)
+    assert code == 2 and "'\\r'" in err  # the golden vocabulary has no \r: it is seen, not turned into \n
+    f.write_bytes(b"the c\xffat")
+    code, _, err = cli("inspect", RUN, "--file", f)
+    assert code == 2
+    one_error_line(err, "not UTF-8 (invalid start byte at byte 5); save it as UTF-8")
+
+
+def test_an_endless_file_is_refused_at_the_cap(cli, monkeypatch):
+    from chargen.cli import inspect as command
+
+    monkeypatch.setattr(command, "MAX_FILE", 1000)
+    code, out, err = cli("inspect", RUN, "--file", "/dev/zero")
+    assert code == 2 and out == ""
+    one_error_line(err, "/dev/zero has more than 1,000 characters: inspect a part of it")

@@ -158,3 +158,8 @@ def test_memory_stays_flat_in_the_texts_length_when_no_unit_is_kept():
 
     small, large = peak(4_000), peak(32_000)
     assert large < 1.6 * small + (1 << 20), (small, large)
+
+
+def test_units_in_json_are_rounded_decimals_not_float32_noise(sampler):
+    row = sampler.inspect(TEXT, units=[0, 1]).to_json()["units"]["layer 0"]["h"][3]
+    assert all(len(repr(x).split(".")[-1]) <= 5 for x in row), row

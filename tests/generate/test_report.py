@@ -113,3 +113,9 @@ def test_the_json_written_in_pieces_is_the_whole_json(rows):
     assert "".join(json_pieces(seen, rows=rows)) == json_text(seen)
     none = planted().inspect(TEXT, units=[])
     assert "".join(json_pieces(none, rows=rows)) == json_text(none)
+
+
+def test_the_terminal_shows_control_characters_as_pictures():
+    from chargen.generate.report import _visible
+
+    assert [_visible(c) for c in "\x1b\x07\r\x7fa\t"] == ["\u241b", "\u2407", "\u240d", "\u2421", "a", "\t"]

@@ -186,6 +186,8 @@ def test_inspect_answers_the_samplers_inspection_as_json(server):
     assert r.json() == want
     assert len(want["logprobs"]) == len(text) and all(len(row) == 3 for row in want["top"])
     assert want["unit_ids"] == [0, 5] and len(want["units"]["layer 0"]["h"]) == len(text)
+    named = httpx.post(server.url + "/v1/inspect", json={"text": text, "model": "golden", "top": 20}, headers=AUTH)
+    assert named.status_code == 200 and all(len(row) == 20 for row in named.json()["top"])
     none = httpx.post(server.url + "/v1/inspect", json={"text": text, "units": []}, headers=AUTH).json()
     assert none["units"] == {} and none["logprobs"] == want["logprobs"]
     js = httpx.get(server.url + "/inspect.js")
@@ -206,6 +208,7 @@ def test_inspect_answers_the_samplers_inspection_as_json(server):
         ({"text": "\u2603 snow"}, "text"),
         ({"text": "ab", "top": 0}, "top"),
         ({"text": "ab", "top": 21}, "top"),
+        ({"text": "ab", "units": [0] * 20000}, "units"),
         ({"text": "ab", "layers": [3]}, "layers"),
         ({"text": "ab", "layers": "0"}, "layers"),
         ({"text": "ab", "units": [16]}, "units"),

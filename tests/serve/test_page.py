@@ -367,3 +367,16 @@ def test_the_inspect_view_shows_each_characters_logprob_as_the_endpoint_gives_it
     sample = text(browser, "output-prompt") + text(browser, "output-text")
     assert browser.find_element(By.ID, "inspect-input").get_attribute("value") == sample
     assert len(browser.find_elements(By.CSS_SELECTOR, "#inspect-view .ch")) == len(sample)
+
+
+def test_the_inspect_view_keeps_as_many_units_as_the_server_allows(server, browser):
+    """A 3x512 LSTM's 1,000 characters would be 3,072,000 activations (over the server's 2,097,152): the page
+    asks for the first units of each layer that fit a million, all of them for a short text."""
+    browser.get(server.url + "/")
+    until(lambda: text(browser, "parameters") != "–", what="the run panel")
+    assert browser.execute_script("return unitsToKeep(100)") is None  # the golden run's 16 units all fit
+    kept = browser.execute_script(
+        "runModel = {cell: 'lstm', num_layers: 3, hidden_size: 512}; return [unitsToKeep(1000), unitsToKeep(10)]"
+    )
+    assert kept[0] == list(range(166)) and 1000 * 3 * 2 * 166 <= 2_097_152 and kept[1] is None
+    assert browser.execute_script("return unitsToKeep(10000000)") == []
