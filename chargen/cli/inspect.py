@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..errors import ChargenError
-from .args import add_backend_arg, add_load_args
+from .args import WholeNumber, add_backend_arg, add_load_args
 
 HELP = "show what a run's network sees reading a text: surprise, guesses, units, gates"
 DESCRIPTION = (
@@ -31,7 +31,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
         help="ansi (default): the shaded text; json; html: one self-contained page (with -o)",
     )
     p.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of stdout (- for stdout)")
-    p.add_argument("--top", type=_int_in(1, 100), default=5, metavar="K", help="guesses listed per position (5)")
+    p.add_argument("--top", type=WholeNumber(1, 100), default=5, metavar="K", help="guesses listed per position (5)")
     p.add_argument("--layers", type=_numbers, metavar="L", help="layers whose units to keep, such as 0,2 (all)")
     p.add_argument("--units", type=_numbers, metavar="U", help="units of each to keep: 0-31,40 or none (all)")
     p.add_argument(
@@ -40,19 +40,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="shade the text: on a terminal (auto), always, or never",
     )
-
-
-def _int_in(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
-        return value
-
-    return parse
 
 
 MAX_FILE = 1 << 26  # characters read from --file: 64M (a text of 1M took 85 s)

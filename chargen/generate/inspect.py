@@ -185,7 +185,8 @@ def inspect(
             f"keeping {len(keep_layers) * len(kinds) * len(keep_units):,} units over {N:,} characters is "
             f"{kept * 4 / 2**20:,.0f} MB; choose fewer layers or units (at most {MAX_KEPT * 4 >> 20} MB)"
         )
-    found = features_of(sampler.vocab.decode(ids))
+    read = sampler.vocab.decode(ids)
+    found = features_of(read)
     feats = np.stack([found[name] for name in FEATURES], axis=1)  # (N, F)
     reads = _read(step, sampler, ids, top, keep_layers, keep_units, kinds, feats, chunk)
     if sampler.backend == "numpy" and chunk == Scorer.CHUNK:
@@ -193,7 +194,7 @@ def inspect(
     else:
         logprobs = sampler.runtime.scorer(sampler.vocab.start_id)(ids)
     return Inspection(
-        chars=list(sampler.vocab.decode(ids)),
+        chars=list(read),
         logprobs=logprobs,
         top_ids=reads["top_ids"],
         top_probs=reads["top_probs"],

@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_HTML", "SHADES", "ansi", "asset", "html", "html_pieces", "json_pieces", "json_text", "shade"]
 
-# Surprise (nats) above each threshold takes the next shade: xterm-256 backgrounds from white to deep red.
 MAX_HTML = 200_000  # characters a report shows: each is an element, and a browser slows past a few 100,000
+# Surprise (nats) above each threshold takes the next shade: xterm-256 backgrounds from white to deep red.
 SHADES = ((0.5, 231), (1.0, 224), (2.0, 217), (3.0, 210), (4.5, 203), (float("inf"), 196))
 
 
