@@ -21,18 +21,17 @@ Nothing here imports torch: ``pip install "chargen[export]"`` (onnx) is all it n
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
-from ..errors import ChargenError, StorageError, write_failure
-from ..files import DIR_MODE, fsync_dir, write_json
+from ..errors import ChargenError
+from ..files import write_json
+from .publish import check_target, publish
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -65,43 +64,20 @@ def export(
     if not isinstance(run_dir, (str, os.PathLike)) or not isinstance(out, (str, os.PathLike)) or str(out) == "":
         raise ChargenError("give the run folder and an output folder as paths")
     out = Path(out)
-    _check_target(out, overwrite)
+    check_target(out, FILES, overwrite, is_export, "a chargen export")
     run = open_run_dir(run_dir)
     path = run.dir / "model.safetensors" if checkpoint == "best" else run.dir / "last" / "model.safetensors"
     step = NumpyStep.from_file(path, run.model_config)
     model = build_model(step)
     onnx.checker.check_model(model)
     meta = _meta(run, step, checkpoint)
-    made = _make_dirs(out)
-    stage = None
-    try:
-        stage = Path(tempfile.mkdtemp(prefix=STAGE, dir=out))
+
+    def write(stage: Path) -> None:
         onnx.save(model, str(stage / "model.onnx"))
         shutil.copyfile(run.dir / "tokenizer.json", stage / "tokenizer.json")
         write_json(stage / "chargen.json", meta)
-        _check_target(out, overwrite)  # again: another export may have landed while this one was built
-        from ..signals import ctrl_c_deferred
 
-        with ctrl_c_deferred():  # the three renames go through together (chargen.json last)
-            for name in FILES:
-                os.replace(stage / name, out / name)
-        fsync_dir(out)
-        made = []
-    except (OSError, StorageError) as e:
-        cause = write_failure(e)
-        raise ChargenError(
-            f"cannot write the export into {out} ({cause}); free some space or choose a folder you can write to"
-        ) from None
-    finally:
-        if stage is not None:
-            shutil.rmtree(stage, ignore_errors=True)
-        for d in reversed(made):  # what this export created, if it did not finish
-            with contextlib.suppress(OSError):
-                d.rmdir()
-    return out
-
-
-STAGE = ".chargen-export-"
+    return publish(out, FILES, overwrite, is_export, write)
 
 
 def is_export(path: Path) -> bool:
@@ -114,73 +90,13 @@ def is_export(path: Path) -> bool:
     return isinstance(meta, dict) and type(meta.get("chargen_export")) is int
 
 
-def _check_target(out: Path, overwrite: bool) -> None:
-    try:
-        if out.is_symlink() or (out.exists() and not out.is_dir()):
-            raise ChargenError(f"{out} exists and is not a folder; choose a new folder for the export")
-        if not out.is_dir():
-            return
-        entries = sorted(p.name for p in out.iterdir() if not p.name.startswith(STAGE))
-    except OSError as e:
-        raise ChargenError(f"cannot use {out} as the export folder ({e.strerror or e}); choose another") from None
-    if not entries:
-        return
-    if not is_export(out):
-        raise ChargenError(
-            f"{out} exists and is not a chargen export; choose a new or empty folder "
-            "(--overwrite only replaces an earlier export)"
-        )
-    others = [name for name in entries if name not in FILES]
-    if others:
-        raise ChargenError(
-            f"{out} holds files that are not the export's ({', '.join(others[:3])}"
-            f"{' and more' if len(others) > 3 else ''}); an export gets a folder of its own: "
-            "choose a new or empty folder"
-        )
-    if not overwrite:
-        raise ChargenError(f"{out} already holds an export; pass --overwrite to replace it")
-
-
-def _make_dirs(out: Path) -> list[Path]:
-    """Make ``out`` and any missing parents; the folders made, outermost first."""
-    missing = []
-    p = out.absolute()
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    made = []
-    try:
-        for d in reversed(missing):
-            d.mkdir(mode=DIR_MODE)
-            made.append(d)
-    except OSError as e:
-        for d in reversed(made):
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        raise ChargenError(
-            f"cannot make the folder {out} ({e.strerror or e}); choose a folder you can write to"
-        ) from None
-    return made
-
-
 def _meta(run: RunFolder, step: NumpyStep, checkpoint: str) -> dict[str, Any]:
     c = step.config
     state_shape = [c.num_layers, "batch", c.hidden_size]
     state = {"h": state_shape, "c": state_shape} if c.cell == "lstm" else {"h": state_shape}
-    options = run.config["corpus"].get("options") or {}
     return {
         "chargen_export": EXPORT_FORMAT,
-        "chargen_version": _version(),
-        "checkpoint": checkpoint,
-        "cell": c.cell,
-        "num_layers": c.num_layers,
-        "hidden_size": c.hidden_size,
-        "vocab_size": c.vocab_size,
-        "chars": list(run.vocab.chars),
-        "start_id": run.vocab.start_id,
-        "unk_id": run.vocab.unk_id,
-        "normalize": options.get("normalize", "none"),  # what the corpus was, so prompts must be: nfc, nfkc
-        "lowercase": bool(options.get("lowercase", False)),
+        **describe(run, checkpoint),
         "inputs": {
             "ids": {"dtype": "int64", "shape": ["batch"]},
             **{k: {"dtype": "float32", "shape": v} for k, v in state.items()},
@@ -193,6 +109,26 @@ def _meta(run: RunFolder, step: NumpyStep, checkpoint: str) -> dict[str, Any]:
         "logits_are_log_probs": c.adaptive,
         "usage": "feed the start id first (then the prompt's ids), one id per row per call, from a zero state; "
         "each call returns the next character's logits and the state to feed back in",
+    }
+
+
+def describe(run: RunFolder, checkpoint: str) -> dict[str, Any]:
+    """What every export says of its model: the network's shape, the vocabulary by id, the start and unknown
+    ids, and how prompts must be normalized (as the corpus was)."""
+    c = run.model_config
+    options = run.config["corpus"].get("options") or {}
+    return {
+        "chargen_version": _version(),
+        "checkpoint": checkpoint,
+        "cell": c.cell,
+        "num_layers": c.num_layers,
+        "hidden_size": c.hidden_size,
+        "vocab_size": c.vocab_size,
+        "chars": list(run.vocab.chars),
+        "start_id": run.vocab.start_id,
+        "unk_id": run.vocab.unk_id,
+        "normalize": options.get("normalize", "none"),  # nfc or nfkc: prompts are normalized the same way
+        "lowercase": bool(options.get("lowercase", False)),
     }
 
 

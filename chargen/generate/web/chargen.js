@@ -1,0 +1,536 @@
+// chargen.js: a chargen run sampled in the browser, with no server and no dependency. `chargen export RUN --web
+// DIR` writes it beside model.json (the network's shape and the vocabulary) and model.safetensors (the weights).
+//
+//   import { load } from "./chargen.js";
+//   const model = await load("./");
+//   for await (const piece of model.stream("ROMEO:", { length: 300, seed: 1 })) output.append(piece);
+//   const text = await model.generate("ROMEO:", { length: 300, temperature: 0.8, top_p: 0.95, seed: 1 });
+//
+// The same seed and settings give the text of chargen's NumPy backend (Sampler.load(RUN, backend="numpy")):
+// the same arrays (numpy_step.NumpyStep's), the same float32 cells (Math.fround after every operation), the same
+// draws (draws.py: splitmix64 of the seed and the step, in BigInt) and the same pick (numpy_step.pick, in
+// float64). Only the matrix products sum in another order than NumPy's BLAS, so a draw that falls within a
+// rounding error of a boundary may pick the neighbouring character. The products run in WebAssembly with
+// SIMD (matvec.wat, below as base64), or in plain JavaScript, to the same bits, where that is missing.
+
+export const FORMAT = 1; // the export's format (model.json's "chargen_web_export")
+
+const MATVEC_WASM = // scripts/build_wasm.py writes this line from matvec.wat
+  "AGFzbQEAAAABCQFgBX9/f39/AAMCAQAFAwEAAQcTAgZtZW1vcnkCAAZtYXR2ZWMAAArWAgHTAgMEfwR7BH8gA0ECdCEHAkADQCAFQQRqIAFLDQEgACAFQQJ0aiEIIAgqAgD9EyEJIAgqAgT9EyEKIAgqAgj9EyELIAgqAgz9EyEMIAIgBSAHbGohDSANIAdqIQ4gDiAHaiEPIA8gB2ohEEEAIQYCQANAIAYgB08NASAEIAZqIQggCCAI/QAEACAJIA0gBmr9AAQA/eYB/eQBIAogDiAGav0ABAD95gH95AEgCyAPIAZq/QAEAP3mAf3kASAMIBAgBmr9AAQA/eYB/eQB/QsEACAGQRBqIQYMAAsLIAVBBGohBQwACwsCQANAIAUgAU8NASAAIAVBAnRqKgIA/RMhCSACIAUgB2xqIQ1BACEGAkADQCAGIAdPDQEgBCAGaiEIIAggCP0ABAAgCSANIAZq/QAEAP3mAf3kAf0LBAAgBkEQaiEGDAALCyAFQQFqIQUMAAsLCwCTAQRuYW1lAkUBABEAAXgBAW4CAXcDAW0EA291dAUBawYBagcGc3RyaWRlCAFvCQJ4MAoCeDELAngyDAJ4Mw0CcjAOAnIxDwJyMhACcjMDRQEACAAFZG9uZTQBBXJvd3M0Agpjb2xzNF9kb25lAwVjb2xzNAQFZG9uZTEFBXJvd3MxBgpjb2xzMV9kb25lBwVjb2xzMQ==";
+
+export const OPTIONS = ["length", "temperature", "top_k", "top_p", "min_p", "stop", "seed", "unknown", "signal"];
+const DEFAULTS = { length: 500, temperature: 0.8, top_k: null, top_p: null, min_p: null, stop: [], unknown: "error" };
+const MAX_SEED = (1n << 63n) - 1n;
+const YIELD_MS = 12; // stream and generate give the page back its event loop this often
+
+/** A mistake in the caller's input: the message says what is wrong and what to do. */
+export class ChargenError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "ChargenError";
+  }
+}
+
+/** Load the export in the folder `base` (a URL, relative to the page): model.json and model.safetensors.
+ * `{ wasm: false }` uses the plain-JavaScript products even where WebAssembly SIMD works. */
+export async function load(base = "./", { wasm = true } = {}) {
+  const root = new URL(base.endsWith("/") ? base : base + "/", globalThis.document?.baseURI ?? import.meta.url);
+  const [meta, weights] = await Promise.all([
+    fetchOk(new URL("model.json", root)).then((r) => r.json()),
+    fetchOk(new URL("model.safetensors", root)).then((r) => r.arrayBuffer()),
+  ]);
+  return fromBytes(meta, weights, { wasm });
+}
+
+async function fetchOk(url) {
+  const response = await fetch(url);
+  if (!response.ok) throw new ChargenError(`cannot read ${url} (HTTP ${response.status}); serve the export's whole folder`);
+  return response;
+}
+
+/** The model of model.json's object `meta` and model.safetensors' bytes `weights` (an ArrayBuffer). */
+export async function fromBytes(meta, weights, { wasm = true } = {}) {
+  if (!meta || meta.chargen_web_export !== FORMAT) {
+    throw new ChargenError(`model.json is not a chargen web export of format ${FORMAT}; export the run again`);
+  }
+  const tensors = readSafetensors(weights);
+  const plan = new Plan(meta, tensors);
+  const kernel = wasm && MATVEC_WASM ? await wasmKernel(plan.size) : null;
+  return new Model(meta, plan, kernel ?? jsKernel(plan.size));
+}
+
+/** name -> { dtype, shape, data } of a safetensors file: an 8-byte little-endian header length, the JSON
+ * header, the data. */
+export function readSafetensors(buffer) {
+  const view = new DataView(buffer);
+  const n = Number(view.getBigUint64(0, true));
+  const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 8, n)));
+  const out = {};
+  for (const [name, t] of Object.entries(header)) {
+    if (name === "__metadata__") continue;
+    const [begin, end] = t.data_offsets;
+    const bytes = buffer.slice(8 + n + begin, 8 + n + end); // a copy: aligned for the typed array
+    const Kind = { F32: Float32Array, I32: Int32Array }[t.dtype];
+    if (!Kind) throw new ChargenError(`model.safetensors holds ${t.dtype} for ${name}; export the run again`);
+    out[name] = { shape: t.shape, data: new Kind(bytes) };
+  }
+  return out;
+}
+
+// -- the products ------------------------------------------------------------------------------------------
+
+const pad4 = (n) => (n + 3) & ~3;
+
+async function wasmKernel(floats) {
+  const bytes = Uint8Array.from(atob(MATVEC_WASM), (c) => c.charCodeAt(0));
+  if (typeof WebAssembly !== "object" || !WebAssembly.validate(bytes)) return null; // no SIMD: plain JavaScript
+  const { instance } = await WebAssembly.instantiate(bytes);
+  const memory = instance.exports.memory;
+  const pages = Math.ceil((floats * 4) / 65536) - memory.buffer.byteLength / 65536;
+  if (pages > 0) memory.grow(pages);
+  const product = instance.exports.matvec;
+  return {
+    name: "wasm-simd",
+    f: new Float32Array(memory.buffer),
+    matvec: (x, n, w, m, out) => product(x * 4, n, w * 4, m, out * 4),
+  };
+}
+
+function jsKernel(floats) {
+  const f = new Float32Array(floats), fr = Math.fround;
+  return {
+    name: "javascript",
+    f,
+    matvec(x, n, w, m, out) { // out[j] += sum over k of x[k] w[k, j], in the order and rounding of matvec.wat
+      for (let k = 0; k < n; k++) {
+        const xk = f[x + k], row = w + k * m;
+        for (let j = 0; j < m; j++) f[out + j] = fr(f[out + j] + fr(xk * f[row + j]));
+      }
+    },
+  };
+}
+
+// -- where each array lives ----------------------------------------------------------------------------------
+
+/** The float offsets of every weight and buffer in one Float32Array (the WebAssembly memory): matrices with
+ * their columns padded to a multiple of 4, every array starting on 16 bytes. */
+class Plan {
+  constructor(meta, tensors) {
+    this.size = 0;
+    this.copies = [];
+    const H = meta.hidden_size, L = meta.num_layers, lstm = meta.cell === "lstm";
+    const G = pad4((lstm ? 4 : 3) * H);
+    // The state first, in one piece: a stream saves and restores it around each character it yields, so that
+    // streams taking turns on one model each keep their own.
+    this.stateSize = L * pad4(H) * (lstm ? 2 : 1);
+    const state = this.buffer(this.stateSize);
+    this.layers = [];
+    for (let k = 0; k < L; k++) {
+      const layer = { h: state + k * pad4(H), gates: this.buffer(G) };
+      if (lstm) {
+        layer.c = state + (L + k) * pad4(H);
+        if (k === 0) layer.table = this.weight(tensors, "l0.table");
+        else layer.b = this.weight(tensors, `l${k}.b`);
+        layer.w = this.weight(tensors, k === 0 ? "l0.w_hh" : `l${k}.w`); // layers above: rows of x, then of h
+      } else {
+        layer.hidden = this.buffer(G);
+        if (k === 0) layer.table = this.weight(tensors, "l0.table");
+        else [layer.w_ih, layer.b_ih] = [this.weight(tensors, `l${k}.w_ih`), this.weight(tensors, `l${k}.b_ih`)];
+        [layer.w_hh, layer.b_hh] = [this.weight(tensors, `l${k}.w_hh`), this.weight(tensors, `l${k}.b_hh`)];
+      }
+      this.layers.push(layer);
+    }
+    this.head = { w: this.weight(tensors, "head.w"), b: this.weight(tensors, "head.b") };
+    this.head.out = this.buffer(this.head.w.m);
+    this.logits = this.buffer(meta.vocab_size); // the adaptive softmax's, in id order
+    this.tails = [];
+    for (let i = 0; tensors[`tail${i}.project`]; i++) {
+      const project = this.weight(tensors, `tail${i}.project`), out = this.weight(tensors, `tail${i}.out`);
+      this.tails.push({ project, out, mid: this.buffer(project.m), logits: this.buffer(out.m) });
+    }
+    this.rank = tensors["head.rank"]?.data ?? null;
+  }
+
+  buffer(n) {
+    const at = this.size;
+    this.size += pad4(n);
+    return at;
+  }
+
+  weight(tensors, name) {
+    const t = tensors[name];
+    if (!t) throw new ChargenError(`model.safetensors has no ${name}; export the run again`);
+    const [rows, cols] = t.shape.length === 1 ? [1, t.shape[0]] : t.shape;
+    const m = pad4(cols), at = this.buffer(rows * m);
+    this.copies.push({ at, rows, cols, m, data: t.data });
+    return { at, rows, cols, m };
+  }
+
+  /** Copy the weights into `f`, row by row into their padded places. */
+  fill(f) {
+    for (const { at, rows, cols, m, data } of this.copies) {
+      for (let r = 0; r < rows; r++) f.set(data.subarray(r * cols, (r + 1) * cols), at + r * m);
+    }
+  }
+}
+
+// -- the model ---------------------------------------------------------------------------------------------
+
+export class Model {
+  constructor(meta, plan, kernel) {
+    this.config = meta;
+    this.chars = meta.chars;
+    this.ids = new Map(meta.chars.map((c, i) => [c, i]));
+    if (meta.unk_id !== null) this.ids.delete(meta.chars[meta.unk_id]);
+    this.kernel = kernel.name; // "wasm-simd" or "javascript"
+    this.f = kernel.f;
+    this.matvec = kernel.matvec;
+    this.plan = plan;
+    plan.fill(this.f);
+    this.H = meta.hidden_size;
+    this.V = meta.vocab_size;
+    this.x = new Float64Array(this.V); // the pick's float64 work row
+    this.order = new Int32Array(this.V);
+  }
+
+  /** The ids of `text` after the corpus's normalization; characters outside the vocabulary are an error, or
+   * the unknown token with unknown: "unk". */
+  encode(text, unknown = "error") {
+    if (typeof text !== "string") throw new ChargenError(`the prompt must be text, got ${typeof text}`);
+    const norm = this.config.normalize;
+    if (norm === "nfc" || norm === "nfkc") text = text.normalize(norm.toUpperCase());
+    if (this.config.lowercase) text = text.toLowerCase();
+    const ids = [], missing = new Set();
+    for (const ch of text) { // code points, as Python's str
+      const id = this.ids.get(ch);
+      if (id !== undefined) ids.push(id);
+      else if (unknown === "unk" && this.config.unk_id !== null) ids.push(this.config.unk_id);
+      else missing.add(ch);
+    }
+    if (missing.size) {
+      const shown = [...missing].sort().slice(0, 10).map((c) => JSON.stringify(c)).join(" ");
+      const more = missing.size > 10 ? ` and ${missing.size - 10} more` : "";
+      const hint = this.config.unk_id !== null
+        ? "pass unknown: \"unk\" to map them to the unknown token" : "remove them: this vocabulary has no unknown token";
+      throw new ChargenError(`characters not in the vocabulary: ${shown}${more}; ${hint}`);
+    }
+    return ids;
+  }
+
+  /** Yield the continuation of `prompt` in pieces as it is drawn; joined, they equal generate's text. Text
+   * that may begin a stop string is held back until it is known not to. The options are checked now. */
+  stream(prompt = "", options = {}) {
+    const opts = checkOptions(options);
+    const ids = this.encode(prompt, opts.unknown);
+    return this.#pieces(ids, opts);
+  }
+
+  /** The continuation of `prompt` (without it), as one string. */
+  async generate(prompt = "", options = {}) {
+    let text = "";
+    for await (const piece of this.stream(prompt, options)) text += piece;
+    return text;
+  }
+
+  async *#pieces(promptIds, opts) {
+    const stops = opts.stop;
+    let pending = "", last = now();
+    for (const id of this.#draws(promptIds, opts)) {
+      if (opts.signal?.aborted) return;
+      pending += this.chars[id];
+      if (stops.length) {
+        const hit = cutAtStop(pending, stops);
+        if (hit !== pending) {
+          if (hit) yield hit;
+          return;
+        }
+        const keep = partialStopSuffix(pending, stops);
+        if (pending.length > keep) {
+          yield pending.slice(0, pending.length - keep);
+          pending = pending.slice(pending.length - keep);
+        }
+      } else {
+        yield pending;
+        pending = "";
+      }
+      if (now() - last > YIELD_MS) { // let the page paint and read its stop button
+        await nextTask();
+        last = now();
+      }
+    }
+    if (pending && !opts.signal?.aborted) yield pending;
+  }
+
+  /** The drawn ids, one per character: numpy_step.sample_ids for one row. */
+  *#draws(promptIds, opts) {
+    const f = this.f, state = new Float32Array(this.plan.stateSize); // this stream's own: zeros to start
+    f.set(state, 0);
+    let logits = this.#step(this.config.start_id);
+    for (const id of promptIds) logits = this.#step(id);
+    const greedy = opts.temperature === 0 || opts.top_k === 1 || opts.min_p === 1;
+    const banned = this.config.unk_id ?? -1;
+    for (let t = 0; t < opts.length; t++) {
+      const u = greedy ? 0 : uniform(opts.seed, t);
+      const id = this.#pick(logits, u, opts, greedy, banned);
+      state.set(f.subarray(0, state.length)); // another stream may step the model before this one resumes
+      yield id;
+      if (t + 1 < opts.length) {
+        f.set(state, 0);
+        logits = this.#step(id);
+      }
+    }
+  }
+
+  /** Read one id: the state moves on; returns the next character's logits (a view, valid until the next step). */
+  #step(id) {
+    const lstm = this.config.cell === "lstm";
+    let x = -1, xn = 0; // the layer's input: the output of the layer below (layer 0 reads its table)
+    for (let k = 0; k < this.plan.layers.length; k++) {
+      const layer = this.plan.layers[k];
+      if (lstm) this.#lstmLayer(layer, k, id, x, xn);
+      else this.#gruLayer(layer, k, id, x, xn);
+      [x, xn] = [layer.h, this.H];
+    }
+    return this.#output(x);
+  }
+
+  #lstmLayer(layer, k, id, x, xn) {
+    const f = this.f, H = this.H, g = layer.gates, G = layer.w.m, fr = Math.fround, tanh = Math.tanh;
+    f.fill(0, g, g + G);
+    if (k > 0) this.matvec(x, xn, layer.w.at, G, g); // [x, h] @ w: the rows of x, then those of h
+    this.matvec(layer.h, H, layer.w.at + xn * G, G, g);
+    const add = k === 0 ? layer.table.at + id * layer.table.m : layer.b.at; // the table's row, or the bias
+    for (let j = 0; j < 4 * H; j++) f[g + j] = fr(f[g + j] + f[add + j]);
+    const h = layer.h, c = layer.c; // numpy_cells.lstm_cell: the i, f, o columns are pre-halved
+    for (let j = 0; j < H; j++) {
+      const si = fr(fr(tanh(f[g + j])) * 0.5 + 0.5), sf = fr(fr(tanh(f[g + H + j])) * 0.5 + 0.5);
+      const tg = fr(tanh(f[g + 2 * H + j])), so = fr(fr(tanh(f[g + 3 * H + j])) * 0.5 + 0.5);
+      const cell = fr(fr(sf * f[c + j]) + fr(si * tg));
+      f[c + j] = cell;
+      f[h + j] = fr(so * fr(tanh(cell)));
+    }
+  }
+
+  #gruLayer(layer, k, id, x, xn) {
+    const f = this.f, H = this.H, gi = layer.gates, gh = layer.hidden, G = layer.w_hh.m, fr = Math.fround;
+    if (k === 0) f.copyWithin(gi, layer.table.at + id * G, layer.table.at + (id + 1) * G);
+    else this.#affine(x, xn, layer.w_ih, layer.b_ih, gi);
+    this.#affine(layer.h, H, layer.w_hh, layer.b_hh, gh);
+    const h = layer.h; // numpy_cells.gru_cell: the r and z columns are pre-halved
+    for (let j = 0; j < H; j++) {
+      const r = fr(fr(Math.tanh(fr(f[gi + j] + f[gh + j]))) * 0.5 + 0.5);
+      const z = fr(fr(Math.tanh(fr(f[gi + H + j] + f[gh + H + j]))) * 0.5 + 0.5);
+      const n = fr(Math.tanh(fr(f[gi + 2 * H + j] + fr(r * f[gh + 2 * H + j]))));
+      f[h + j] = fr(n + fr(z * fr(f[h + j] - n)));
+    }
+  }
+
+  /** out = x @ w + b (x: n floats at x). */
+  #affine(x, n, w, b, out) {
+    const f = this.f, fr = Math.fround;
+    f.fill(0, out, out + w.m);
+    this.matvec(x, n, w.at, w.m, out);
+    for (let j = 0; j < w.cols; j++) f[out + j] = fr(f[out + j] + f[b.at + j]);
+  }
+
+  /** The output layer: logits (V,), or the adaptive softmax's log-probabilities in id order. */
+  #output(x) {
+    const head = this.plan.head, H = this.H;
+    this.#affine(x, H, head.w, head.b, head.out);
+    const f = this.f;
+    if (!this.plan.tails.length) return f.subarray(head.out, head.out + this.V);
+    const short = this.config.cutoffs[0];
+    logSoftmax(f, head.out, head.w.cols);
+    const parts = new Float32Array(this.V);
+    parts.set(f.subarray(head.out, head.out + short));
+    let at = short;
+    this.plan.tails.forEach((tail, i) => {
+      f.fill(0, tail.mid, tail.mid + tail.project.m);
+      this.matvec(x, H, tail.project.at, tail.project.m, tail.mid);
+      f.fill(0, tail.logits, tail.logits + tail.out.m);
+      this.matvec(tail.mid, tail.project.cols, tail.out.at, tail.out.m, tail.logits);
+      logSoftmax(f, tail.logits, tail.out.cols);
+      const gate = f[head.out + short + i];
+      for (let j = 0; j < tail.out.cols; j++) parts[at + j] = Math.fround(f[tail.logits + j] + gate);
+      at += tail.out.cols;
+    });
+    const out = f.subarray(this.plan.logits, this.plan.logits + this.V);
+    const rank = this.plan.rank;
+    for (let i = 0; i < this.V; i++) out[i] = parts[rank[i]];
+    return out;
+  }
+
+  /** numpy_step.pick for one row, in the same float64 operations. */
+  #pick(logits, u, opts, greedy, banned) {
+    const V = this.V, x = this.x;
+    for (let i = 0; i < V; i++) x[i] = logits[i];
+    if (banned >= 0) x[banned] = -Infinity;
+    let best = 0;
+    for (let i = 1; i < V; i++) if (x[i] > x[best]) best = i;
+    if (greedy) return best;
+    const top = x[best], T = opts.temperature;
+    for (let i = 0; i < V; i++) x[i] = T !== 1 ? (x[i] - top) / T : x[i] - top;
+    if (opts.top_k !== null && opts.top_k < V) {
+      const kth = Float64Array.from(x).sort()[V - opts.top_k];
+      for (let i = 0; i < V; i++) if (x[i] < kth) x[i] = -Infinity;
+    }
+    for (let i = 0; i < V; i++) x[i] = Math.exp(x[i]);
+    if (opts.top_p !== null && opts.top_p < 1) this.#nucleus(opts.top_p);
+    if (opts.min_p) {
+      let most = 0;
+      for (let i = 0; i < V; i++) if (x[i] > most) most = x[i];
+      const floor = opts.min_p * most;
+      for (let i = 0; i < V; i++) if (x[i] < floor) x[i] = 0;
+    }
+    for (let i = 1; i < V; i++) x[i] += x[i - 1]; // the cdf
+    const total = x[V - 1], target = Math.min(u * total, nextDown(total)); // strictly below the total
+    let id = 0;
+    while (id < V && x[id] <= target) id++;
+    return id;
+  }
+
+  /** Top-p on the probabilities in this.x: numpy_step.pick's normalize, stable sort, cumulative sum, cut. */
+  #nucleus(p) {
+    const V = this.V, x = this.x, order = this.order;
+    const total = pairwiseSum(x, 0, V);
+    for (let i = 0; i < V; i++) { x[i] /= total; order[i] = i; }
+    order.sort((a, b) => x[b] - x[a] || a - b); // descending; among ties the lower id first
+    let sum = 0;
+    for (let r = 0; r < V; r++) {
+      const i = order[r], q = x[i];
+      sum += q;
+      if (sum - q >= p) x[i] = 0;
+    }
+  }
+}
+
+// -- helpers ------------------------------------------------------------------------------------------------
+
+/** The options with their defaults, or a ChargenError naming the first bad one. */
+export function checkOptions(options) {
+  if (options === null || typeof options !== "object") throw new ChargenError("options must be an object");
+  const unknown = Object.keys(options).filter((k) => !OPTIONS.includes(k));
+  if (unknown.length) {
+    throw new ChargenError(`unknown option(s) ${unknown.join(", ")}; the options are ${OPTIONS.join(", ")}`);
+  }
+  const o = { ...DEFAULTS };
+  for (const [k, v] of Object.entries(options)) if (v !== undefined) o[k] = v;
+  const number = (name, ok, what) => {
+    const v = o[name];
+    if (v === null && name !== "length" && name !== "temperature") return;
+    if (typeof v !== "number" || !Number.isFinite(v) || !ok(v)) {
+      throw new ChargenError(`${name} must be ${what}, got ${typeof v === "string" ? JSON.stringify(v) : String(v)}`);
+    }
+  };
+  number("length", (v) => Number.isInteger(v) && v >= 0, "a whole number of characters, 0 or more");
+  number("temperature", (v) => v >= 0, "a number at least 0 (0 is greedy)");
+  number("top_k", (v) => Number.isInteger(v) && v >= 1, "a whole number at least 1");
+  number("top_p", (v) => v > 0 && v <= 1, "a number above 0 and at most 1");
+  number("min_p", (v) => v >= 0 && v <= 1, "a number from 0 to 1");
+  if (typeof o.stop === "string") o.stop = [o.stop];
+  if (!Array.isArray(o.stop) || o.stop.some((s) => typeof s !== "string" || !s)) {
+    throw new ChargenError("stop must be a list of non-empty strings");
+  }
+  if (o.unknown !== "error" && o.unknown !== "unk") {
+    throw new ChargenError(`unknown must be "error" or "unk", got ${JSON.stringify(o.unknown)}`);
+  }
+  o.seed = checkSeed(options.seed);
+  return o;
+}
+
+function checkSeed(seed) {
+  if (seed === undefined || seed === null) { // a fresh 63-bit seed
+    const words = crypto.getRandomValues(new Uint32Array(2));
+    return (BigInt(words[0] & 0x7fffffff) << 32n) | BigInt(words[1]);
+  }
+  let value = null;
+  if (typeof seed === "bigint") value = seed;
+  else if (typeof seed === "number" && Number.isSafeInteger(seed)) value = BigInt(seed);
+  else if (typeof seed === "string" && /^[0-9]{1,19}$/.test(seed)) value = BigInt(seed);
+  if (value === null || value < 0n || value > MAX_SEED) {
+    throw new ChargenError(`seed must be a whole number from 0 to ${MAX_SEED}, got ${JSON.stringify(String(seed))}`);
+  }
+  return value;
+}
+
+const GOLDEN = 0x9e3779b97f4a7c15n, M1 = 0xbf58476d1ce4e5b9n, M2 = 0x94d049bb133111ebn, MASK = (1n << 64n) - 1n;
+
+/** draws.uniforms_at: the uniform float in [0, 1) of (seed, step), splitmix64 in 64-bit BigInt arithmetic. */
+export function uniform(seed, step) {
+  let x = (seed * GOLDEN + BigInt(step + 1) * M2) & MASK;
+  x ^= x >> 30n;
+  x = (x * M1) & MASK;
+  x ^= x >> 27n;
+  x = (x * M2) & MASK;
+  x ^= x >> 31n;
+  return Number(x >> 11n) / 9007199254740992; // 2 ** 53
+}
+
+const bits = new Float64Array(1), word = new BigUint64Array(bits.buffer);
+
+function nextDown(v) { // the float64 just below v > 0 (np.nextafter(v, 0))
+  bits[0] = v;
+  word[0] -= 1n;
+  return bits[0];
+}
+
+/** NumPy's sum of a row: eight running sums over blocks of up to 128, halves above that; each addition
+ * rounded by `round` (Math.fround for float32's sum). */
+export function pairwiseSum(a, lo, n, round = (v) => v) {
+  if (n < 8) {
+    let s = 0;
+    for (let i = lo; i < lo + n; i++) s = round(s + a[i]);
+    return s;
+  }
+  if (n <= 128) {
+    const r = Array.from(a.subarray(lo, lo + 8));
+    let i = 8;
+    for (; i < n - (n % 8); i += 8) for (let j = 0; j < 8; j++) r[j] = round(r[j] + a[lo + i + j]);
+    const add = (p, q) => round(p + q);
+    let s = add(add(add(r[0], r[1]), add(r[2], r[3])), add(add(r[4], r[5]), add(r[6], r[7])));
+    for (; i < n; i++) s = round(s + a[lo + i]);
+    return s;
+  }
+  let half = Math.floor(n / 2);
+  half -= half % 8;
+  return round(pairwiseSum(a, lo, half, round) + pairwiseSum(a, lo + half, n - half, round));
+}
+
+function logSoftmax(f, at, n) { // in place, as numpy_cells.log_softmax in float32
+  const fr = Math.fround, shifted = new Float32Array(n), e = new Float64Array(n);
+  let top = -Infinity;
+  for (let i = 0; i < n; i++) top = Math.max(top, f[at + i]);
+  for (let i = 0; i < n; i++) { shifted[i] = fr(f[at + i] - top); e[i] = fr(Math.exp(shifted[i])); }
+  const log = fr(Math.log(pairwiseSum(e, 0, n, fr)));
+  for (let i = 0; i < n; i++) f[at + i] = fr(shifted[i] - log);
+}
+
+function cutAtStop(text, stops) {
+  let cut = text.length;
+  for (const s of stops) {
+    const i = text.indexOf(s);
+    if (i >= 0) cut = Math.min(cut, i);
+  }
+  return text.slice(0, cut);
+}
+
+function partialStopSuffix(text, stops) { // the longest end of text that begins some stop string
+  let best = 0;
+  for (const s of stops) {
+    for (let k = Math.min(s.length - 1, text.length); k > best; k--) {
+      if (text.endsWith(s.slice(0, k))) { best = k; break; }
+    }
+  }
+  return best;
+}
+
+const now = () => (globalThis.performance ?? Date).now();
+
+function nextTask() { // a macrotask (setTimeout's is clamped to 4 ms once nested)
+  return new Promise((resolve) => {
+    if (typeof MessageChannel !== "function") return setTimeout(resolve, 0);
+    const channel = new MessageChannel();
+    channel.port1.onmessage = () => { channel.port1.close(); resolve(); };
+    channel.port2.postMessage(null);
+  });
+}
