@@ -232,6 +232,17 @@ export class Model {
     return text;
   }
 
+  /** The log-probabilities of the character after `prompt`, by id (model.chars[id]): an Array of V numbers. */
+  nextLogProbs(prompt = "", unknown = "error") {
+    const ids = this.encode(prompt, unknown);
+    this.f.fill(0, 0, this.plan.stateSize);
+    let logits = this.#step(this.config.start_id);
+    for (const id of ids) logits = this.#step(id);
+    const x = Array.from(logits), top = Math.max(...x);
+    const log = Math.log(x.reduce((sum, v) => sum + Math.exp(v - top), 0));
+    return x.map((v) => v - top - log);
+  }
+
   async *#pieces(promptIds, opts) {
     const stops = opts.stop;
     let pending = "", last = now();
