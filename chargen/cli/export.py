@@ -58,5 +58,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"exported {args.run} ({args.checkpoint} weights) to {out}: {', '.join(files)}")
         if args.web is not None:
-            print(f"serve it with any static file server, such as: python -m http.server -d {out}")
+            print(f"serve it with any static file server, such as: python -m http.server -d {out} -b 127.0.0.1")
     return 0

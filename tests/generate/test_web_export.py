@@ -359,3 +359,85 @@ def test_the_webassembly_in_chargen_js_is_matvec_wat():
     assert found, "no MATVEC_WASM line in chargen.js"
     assert base64.b64decode(found.group(1)) == bytes(wasmtime.wat2wasm((WEB / "matvec.wat").read_text()))
 
+
+
+GOLDEN = REPO / "tests" / "fixtures" / "golden" / "run"
+
+
+def test_the_command_line_writes_the_folder_and_says_how_to_serve_it(cli, tmp_path):
+    out = tmp_path / "site"
+    code, stdout, err = cli("export", str(GOLDEN), "--web", str(out))
+    assert code == 0 and err == ""
+    assert stdout.splitlines() == [
+        f"exported {GOLDEN} (best weights) to {out}: chargen.js, index.html, model.json, model.safetensors",
+        f"serve it with any static file server, such as: python -m http.server -d {out} -b 127.0.0.1",
+    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    assert all((p.stat().st_mode & 0o444) == 0o444 for p in out.iterdir())  # a web server may read them all
+    code, stdout, _ = cli("export", str(GOLDEN), "--web", str(out), "--overwrite", "--checkpoint", "last", "--json")
+    assert code == 0 and json.loads(stdout) == {"run": str(GOLDEN), "output": str(out), "files": sorted(FILES)}
+    assert json.loads((out / "model.json").read_text())["checkpoint"] == "last"
+
+
+def test_the_web_folder_rules(cli, tmp_path):
+    out = tmp_path / "site"
+    assert cli("export", str(GOLDEN), "--web", str(out))[0] == 0
+    code, _, err = cli("export", str(GOLDEN), "--web", str(out))
+    assert (code, err) == (2, f"chargen export: error: {out} already holds an export; pass --overwrite to replace it\n")
+    onnx_out = tmp_path / "onnx"
+    onnx_out.mkdir()
+    (onnx_out / "chargen.json").write_text('{"chargen_export": 1}')  # an ONNX export is not a web export
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("keep me")
+    for target in (onnx_out, notes):
+        code, _, err = cli("export", str(GOLDEN), "--web", str(target), "--overwrite")
+        assert (code, err) == (
+            2,
+            f"chargen export: error: {target} exists and is not a chargen web export; choose a new or empty folder "
+            "(--overwrite only replaces an earlier export)\n",
+        )
+    assert (notes / "mine.txt").read_text() == "keep me"
+    (out / "extra.css").write_text("mine")
+    code, _, err = cli("export", str(GOLDEN), "--web", str(out), "--overwrite")
+    assert code == 2 and "holds files that are not the export's (extra.css)" in err
+    code, _, err = cli("export", str(GOLDEN), "--web", str(tmp_path / "w"), "-o", str(tmp_path / "o"))
+    assert code == 2 and "argument -o/--output: not allowed with argument --web" in err
+    code, _, err = cli("export", str(GOLDEN))
+    assert code == 2 and "one of the arguments -o/--output --web is required" in err
+    code, _, err = cli("export", str(tmp_path / "nope"), "--web", str(tmp_path / "y"))
+    assert code == 2 and "does not exist" in err and not (tmp_path / "y").exists()
+    assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
+
+
+def test_the_web_export_needs_neither_torch_nor_onnx(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['onnx'] = None; sys.modules['torch'] = None\n"
+        f"sys.argv = ['chargen', 'export', {str(GOLDEN)!r}, '--web', {str(tmp_path / 'x')!r}]\n"
+        "from chargen.cli import main\nsys.exit(main())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == sorted(FILES)
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    import chargen.generate.web_export as web
+
+    def fail(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(web, "write_json", fail)
+    with pytest.raises(chargen.ChargenError, match=r"cannot write the export into .* \(No space left on device\)"):
+        export_web(GOLDEN, tmp_path / "a" / "b" / "x")
+    assert list(tmp_path.iterdir()) == []  # the folders it made are gone
+    monkeypatch.undo()
+    export_web(GOLDEN, tmp_path / "old")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
+    monkeypatch.setattr(web, "write_json", fail)
+    with pytest.raises(chargen.ChargenError):
+        export_web(GOLDEN, tmp_path / "old", checkpoint="last", overwrite=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()} == before
