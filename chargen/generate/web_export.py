@@ -22,8 +22,8 @@ from outside it. Nothing here imports torch or onnx: the core install exports.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import shutil
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,14 +31,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ChargenError
-from ..files import FILE_MODE, write_json
+from ..files import FILE_MODE
 from .export import describe
 from .publish import check_target, publish
 
 if TYPE_CHECKING:
     from .numpy_step import NumpyStep
 
-__all__ = ["FILES", "WEB_FORMAT", "export_web", "web_arrays"]
+__all__ = ["FILES", "WEB_FORMAT", "export_web", "web_arrays", "web_files"]
 
 WEB_FORMAT = 1  # chargen.js's FORMAT: the layout of model.json and model.safetensors
 FILES = ("chargen.js", "model.safetensors", "index.html", "model.json")  # renamed in this order: model.json last
@@ -50,50 +50,58 @@ def export_web(
 ) -> Path:
     """Write the browser export of ``run_dir`` into the folder ``out`` (see the module docstring); returns it.
     ``out`` must be new, or empty, or (with ``overwrite``) hold an earlier web export and nothing else."""
-    from safetensors.numpy import save_file
+    if not isinstance(out, (str, os.PathLike)) or str(out) == "":
+        raise ChargenError("give the run folder and an output folder as paths")
+    out = Path(out)
+    check_target(out, FILES, overwrite, is_web_export, KIND)
+    files = web_files(run_dir, checkpoint)
+
+    def write(stage: Path) -> None:
+        for name, data in files.items():
+            (stage / name).write_bytes(data)
+            os.chmod(stage / name, FILE_MODE)
+
+    return publish(out, FILES, overwrite, is_web_export, write, KIND)
+
+
+def web_files(run_dir: str | os.PathLike[str], checkpoint: str = "best") -> dict[str, bytes]:
+    """The export's files by name, in :data:`FILES`' order (``chargen serve --offer-browser`` serves them)."""
+    from safetensors.numpy import save
 
     from ..runs.folder import load_arrays, open_run_dir
     from .numpy_step import NumpyStep
 
     if checkpoint not in ("best", "last"):
         raise ChargenError(f"checkpoint must be best or last, got {checkpoint!r}")
-    if not isinstance(run_dir, (str, os.PathLike)) or not isinstance(out, (str, os.PathLike)) or str(out) == "":
+    if not isinstance(run_dir, (str, os.PathLike)):
         raise ChargenError("give the run folder and an output folder as paths")
-    out = Path(out)
-    check_target(out, FILES, overwrite, is_web_export, KIND)
     run = open_run_dir(run_dir)
     path = run.dir / "model.safetensors" if checkpoint == "best" else run.dir / "last" / "model.safetensors"
     weights = load_arrays(path, run.model_config)
-    step = NumpyStep(weights, run.model_config)
-    arrays = web_arrays(step)
+    arrays = web_arrays(NumpyStep(weights, run.model_config))
     size = sum(a.nbytes for a in arrays.values())
     if size > MAX_BYTES:
         raise ChargenError(
             f"the run's weights take {size / 1e9:.1f} GB as float32, more than a browser page holds "
             f"({MAX_BYTES / 1e9:.1f} GB); export a smaller model"
         )
+    data = save(arrays, metadata={"format": "chargen-web"})
     meta = {
         "chargen_web_export": WEB_FORMAT,
         "name": Path(os.path.abspath(run.dir)).name,
         **describe(run, checkpoint),
         "cutoffs": list(run.model_config.cutoffs or []) if run.model_config.adaptive else None,
         "parameters": int(sum(v.size for k, v in weights.items() if k != "head.rank")),
-        "weights_bytes": 0,  # set once written
-        "weights_sha256": "",
+        "weights_bytes": len(data),
+        "weights_sha256": hashlib.sha256(data).hexdigest(),
     }
     web = resources.files("chargen.generate") / "web"
-
-    def write(stage: Path) -> None:
-        save_file(arrays, str(stage / "model.safetensors"), metadata={"format": "chargen-web"})
-        os.chmod(stage / "model.safetensors", FILE_MODE)  # a web server reads it as another user
-        data = (stage / "model.safetensors").read_bytes()
-        meta.update(weights_bytes=len(data), weights_sha256=hashlib.sha256(data).hexdigest())
-        for name, source in (("chargen.js", "chargen.js"), ("index.html", "export.html")):
-            with resources.as_file(web / source) as src:
-                shutil.copyfile(src, stage / name)
-        write_json(stage / "model.json", meta)
-
-    return publish(out, FILES, overwrite, is_web_export, write, KIND)
+    return {
+        "chargen.js": (web / "chargen.js").read_bytes(),
+        "model.safetensors": data,
+        "index.html": (web / "export.html").read_bytes(),
+        "model.json": (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
+    }
 
 
 KIND = "a chargen web export"
@@ -101,8 +109,6 @@ KIND = "a chargen web export"
 
 def is_web_export(path: Path) -> bool:
     """Whether ``path`` holds a web export (its ``model.json`` says so): only that may be overwritten."""
-    import json
-
     try:
         with open(Path(path) / "model.json", encoding="utf-8") as f:
             meta = json.load(f)

@@ -425,19 +425,71 @@ def test_the_web_export_needs_neither_torch_nor_onnx(tmp_path):
 
 
 def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    import os
+    import types
+
     import chargen.generate.web_export as web
 
-    def fail(*a, **k):
-        raise OSError(28, "No space left on device")
+    class Full(types.ModuleType):  # os, but the disk fills up as the files are written
+        def __getattr__(self, name):
+            return getattr(os, name)
 
-    monkeypatch.setattr(web, "write_json", fail)
+        def chmod(self, *a, **k):
+            raise OSError(28, "No space left on device")
+
+    fail = Full("os")
+    monkeypatch.setattr(web, "os", fail)
     with pytest.raises(chargen.ChargenError, match=r"cannot write the export into .* \(No space left on device\)"):
         export_web(GOLDEN, tmp_path / "a" / "b" / "x")
     assert list(tmp_path.iterdir()) == []  # the folders it made are gone
     monkeypatch.undo()
     export_web(GOLDEN, tmp_path / "old")
     before = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
-    monkeypatch.setattr(web, "write_json", fail)
+    monkeypatch.setattr(web, "os", fail)
     with pytest.raises(chargen.ChargenError):
         export_web(GOLDEN, tmp_path / "old", checkpoint="last", overwrite=True)
     assert {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()} == before
+
+
+def test_the_guides_example_runs_in_a_page(browser, site):
+    base, runs = site
+    guide = (REPO / "docs" / "guides" / "browser.md").read_text()
+    example = re.search(r"```javascript\n(.*?)```", guide, re.S).group(1)
+    assert "await load(" in example and "model.stream(" in example
+    open_page(browser, base, "lstm")
+    example = example.replace('"ROMEO:"', '"the"').replace('"JULIET:"', '"a dog"')  # this vocabulary's prompts
+    browser.execute_script(
+        "const story = document.createElement('div'); story.id = 'story'; document.body.append(story);"
+        "const script = document.createElement('script'); script.type = 'module';"
+        "script.textContent = arguments[0] + '\\nwindow.exampleReply = reply;'; document.body.append(script);",
+        example,
+    )
+    reply = until(lambda: browser.execute_script("return window.exampleReply"))
+    sampler = Sampler.load(runs["lstm"], backend="numpy")
+    assert reply == sampler.generate("a dog", length=200, top_p=0.95, seed=2, stop=["\n\n"])
+    story = browser.execute_script("return document.getElementById('story').textContent")
+    assert story == sampler.generate("the", length=300, temperature=0.8, seed=1)
+
+
+def test_a_damaged_or_mismatched_folder_is_named_on_the_page(browser, site):
+    import shutil
+
+    base, runs = site
+    root = runs["lstm"].parent.parent / "site"
+    for name in ("flipped", "short", "missing"):
+        shutil.rmtree(root / name, ignore_errors=True)
+        shutil.copytree(root / "lstm", root / name)
+    data = bytearray((root / "flipped" / "model.safetensors").read_bytes())
+    data[-5] ^= 0x40
+    (root / "flipped" / "model.safetensors").write_bytes(bytes(data))
+    (root / "short" / "model.safetensors").write_bytes(bytes(data[:-100]))
+    (root / "missing" / "model.safetensors").unlink()
+    for name, message in [
+        ("flipped", "model.safetensors is not the one model.json was written with; copy the export's folder again"),
+        ("short", f"model.safetensors has {len(data) - 100} bytes where model.json says {len(data)}: a file is "),
+        ("missing", f"cannot read {base}/missing/model.safetensors (HTTP 404); serve the export's whole folder"),
+    ]:
+        open_page(browser, base, name, dict(seed=1))
+        assert wait_done(browser) == "error"
+        assert browser.find_element("id", "message").text.startswith(f"cannot load the model: {message}"), name
+        assert browser.find_element("id", "generate").get_property("disabled")

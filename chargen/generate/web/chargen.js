@@ -34,6 +34,7 @@ export class ChargenError extends Error {
 /** Load the export in the folder `base` (a URL, relative to the page): model.json and model.safetensors.
  * `{ wasm: false }` uses the plain-JavaScript products even where WebAssembly SIMD works. */
 export async function load(base = "./", { wasm = true } = {}) {
+  base = String(base);
   const root = new URL(base.endsWith("/") ? base : base + "/", globalThis.document?.baseURI ?? import.meta.url);
   const [meta, weights] = await Promise.all([
     fetchOk(new URL("model.json", root)).then((r) => r.json()),
@@ -53,10 +54,32 @@ export async function fromBytes(meta, weights, { wasm = true } = {}) {
   if (!meta || meta.chargen_web_export !== FORMAT) {
     throw new ChargenError(`model.json is not a chargen web export of format ${FORMAT}; export the run again`);
   }
-  const tensors = readSafetensors(weights);
+  if (weights.byteLength !== meta.weights_bytes) {
+    throw new ChargenError(`model.safetensors has ${weights.byteLength} bytes where model.json says ` +
+      `${meta.weights_bytes}: a file is incomplete or from another export; copy the export's folder again`);
+  }
+  if (globalThis.crypto?.subtle) { // (secure pages only: https, or this machine)
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", weights));
+    const hex = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+    if (hex !== meta.weights_sha256) {
+      throw new ChargenError("model.safetensors is not the one model.json was written with; copy the export's folder again");
+    }
+  }
+  let tensors;
+  try {
+    tensors = readSafetensors(weights);
+  } catch (e) {
+    if (e instanceof ChargenError) throw e;
+    throw new ChargenError(`model.safetensors cannot be read (${e.message}); export the run again`);
+  }
   const plan = new Plan(meta, tensors);
-  const kernel = wasm && MATVEC_WASM ? await wasmKernel(plan.size) : null;
-  return new Model(meta, plan, kernel ?? jsKernel(plan.size));
+  let kernel = null;
+  try {
+    kernel = (wasm && MATVEC_WASM ? await wasmKernel(plan.size) : null) ?? jsKernel(plan.size);
+  } catch (e) {
+    throw new ChargenError(`the model needs ${Math.ceil(plan.size * 4 / 1e6)} MB of memory, which this page did not get (${e.message})`);
+  }
+  return new Model(meta, plan, kernel);
 }
 
 /** name -> { dtype, shape, data } of a safetensors file: an 8-byte little-endian header length, the JSON
