@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from chargen import Sampler  # noqa: E402
-from chargen.generate.web_export import export_web  # noqa: E402
+from chargen import Sampler
+from chargen.generate.web_export import export_web
 
 PROMPT = "ROMEO:"
 
@@ -142,7 +142,9 @@ def random_run(cell: str, layers: int, hidden: int, folder: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="2x256", help="LAYERSxHIDDEN, comma-separated (default 2x256)")
+    parser.add_argument(
+        "--sizes", default="2x256", help="LAYERSxHIDDEN, comma-separated (default 2x256; '' for none: agreement only)"
+    )
     parser.add_argument("--cell", default="lstm", choices=("lstm", "gru"))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--length", type=int, default=2000, help="characters per timed call")
@@ -150,10 +152,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20)
     args = parser.parse_args()
     driver = chromium()
-    print(f"Chromium {driver.capabilities.get('browserVersion')}, headless, this machine's CPU; median of {args.rounds} rounds")
+    print(
+        f"Chromium {driver.capabilities.get('browserVersion')}, headless, this machine's CPU; median of {args.rounds} rounds"
+    )
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for size in args.sizes.split(","):
+            for size in filter(None, args.sizes.split(",")):
                 layers, hidden = (int(x) for x in size.lower().split("x"))
                 run = random_run(args.cell, layers, hidden, Path(tmp) / size)
                 export_web(run, Path(tmp) / size / "web")

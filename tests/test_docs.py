@@ -211,7 +211,7 @@ def test_the_examples_of_a_page_run(page, workspace):
 # --------------------------------------------------------------------------- names the docs give exist
 
 # Dotted names that are not Python objects: file names, and the old module paths the docs list as moved.
-NOT_OBJECTS = {"chargen.json", "chargen.lock", "chargen.sample", "chargen.trainer"}
+NOT_OBJECTS = {"chargen.js", "chargen.json", "chargen.lock", "chargen.sample", "chargen.trainer"}  # file names
 
 
 def _resolves(name: str) -> bool:

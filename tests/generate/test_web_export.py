@@ -167,7 +167,11 @@ def test_streamed_pieces_are_the_samplers(browser, site):
         "const out = []; for (const o of args[0]) { const pieces = [];"
         "for await (const p of model.stream('the ', o)) pieces.push(p); out.push(pieces); } return out;"
     )
-    options = [dict(length=120, seed=1), dict(length=120, seed=2, stop=["at", "ay"]), dict(length=60, seed=3, stop="\n")]
+    options = [
+        dict(length=120, seed=1),
+        dict(length=120, seed=2, stop=["at", "ay"]),
+        dict(length=60, seed=3, stop="\n"),
+    ]
     got = js(browser, code, options)
     for pieces, o in zip(got, options):
         assert pieces == list(sampler.stream("the ", **o))
@@ -184,7 +188,9 @@ def test_the_address_generates_at_once_into_output(browser, site):
     want = sampler.generate("the dog", length=150, seed=7, temperature=0.9, top_k=12, top_p=0.95, stop=["!", "way"])
     assert _text(browser) == want
     assert browser.find_element("id", "name").text == "lstm"
-    assert re.search(r"LSTM 2×32, [\d,]+ parameters, [\d.]+ MB, \d+ characters", browser.find_element("id", "about").text)
+    assert re.search(
+        r"LSTM 2×32, [\d,]+ parameters, [\d.]+ MB, \d+ characters", browser.find_element("id", "about").text
+    )
 
 
 def _text(browser) -> str:
@@ -215,7 +221,7 @@ def test_streaming_shows_text_before_the_end_and_the_stop_button_stops(browser, 
         (dict(length="-3"), "length must be a whole number of characters, 0 or more, got -3"),
         (dict(seed="-5"), 'seed must be a whole number from 0 to 9223372036854775807, got "-5"'),
         (dict(seed="9223372036854775808"), "seed must be a whole number from 0 to 9223372036854775807"),
-        (dict(prompt="the CAT"), "characters not in the vocabulary: \"A\" \"C\" \"T\"; remove them"),
+        (dict(prompt="the CAT"), 'characters not in the vocabulary: "A" "C" "T"; remove them'),
         (dict(temprature="1"), "unknown setting(s) temprature in the address; the settings are prompt, length"),
     ],
 )
@@ -276,8 +282,7 @@ def test_the_module_refuses_bad_options_with_chargen_errors(browser, site):
         "ChargenError: stop must be a list of non-empty strings",
         'ChargenError: unknown must be "error" or "unk", got "skip"',
         'ChargenError: seed must be a whole number from 0 to 9223372036854775807, got "1.5"',
-        'ChargenError: characters not in the vocabulary: "Z" "b"; remove them: this vocabulary has no unknown '
-        "token",
+        'ChargenError: characters not in the vocabulary: "Z" "b"; remove them: this vocabulary has no unknown token',
         'ChargenError: seed must be a whole number from 0 to 9223372036854775807, got "9007199254740992"',
     ]
 
@@ -317,7 +322,11 @@ def test_pairwise_sum_is_numpys(browser, site):
     open_page(browser, base, "gru")
     rng = np.random.default_rng(0)
     rows = [np.exp(rng.normal(size=n) * 4) for n in (1, 7, 8, 9, 65, 128, 129, 300, 1000)]
-    got = js(browser, "return args[0].map((r) => m.pairwiseSum(Float64Array.from(r), 0, r.length));", [r.tolist() for r in rows])
+    got = js(
+        browser,
+        "return args[0].map((r) => m.pairwiseSum(Float64Array.from(r), 0, r.length));",
+        [r.tolist() for r in rows],
+    )
     assert got == [float(r.sum()) for r in rows]
 
 
@@ -358,7 +367,6 @@ def test_the_webassembly_in_chargen_js_is_matvec_wat():
     found = re.search(r'const MATVEC_WASM = // [^\n]*\n  "([A-Za-z0-9+/=]+)";', js_source)
     assert found, "no MATVEC_WASM line in chargen.js"
     assert base64.b64decode(found.group(1)) == bytes(wasmtime.wat2wasm((WEB / "matvec.wat").read_text()))
-
 
 
 GOLDEN = REPO / "tests" / "fixtures" / "golden" / "run"
