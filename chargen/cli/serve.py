@@ -51,6 +51,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     )
     _add_cache_and_cors(p)
     p.add_argument(
+        "--offer-browser",
+        action="store_true",
+        help="also serve the run's browser export at /web/, where visitors generate on their own machine "
+        "(chargen export --web); it hands every visitor the weights, with no API key",
+    )
+    p.add_argument(
         "--threads",
         type=WholeNumber(1, 1024),
         default=None,
@@ -120,5 +126,6 @@ def run(args: argparse.Namespace) -> int:
         stream_interval=args.stream_interval / 1000,
         prompt_cache=args.prompt_cache,
         cors_origins=args.cors_origin,
+        offer_browser=args.offer_browser,
     )
     return 0

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import inspecting, routes, tokens
+from . import browser, inspecting, routes, tokens
 from .metrics import Metrics
 from .schema import ApiError, clip
 from .state import STREAM_INTERVAL, AppState, Limits
@@ -61,6 +61,7 @@ def create_app(
     stream_interval: float = STREAM_INTERVAL,
     prompt_cache: int = 256,
     cors_origins: list[str] | None = None,
+    browser_files: dict[str, bytes] | None = None,
 ) -> Starlette:
     """The Starlette application serving ``sampler`` under the name ``model_name`` (and, for ``/v1/run``,
     the run folder it was loaded from). ``decode_process``: decode in a process of its own
@@ -70,7 +71,7 @@ def create_app(
     ``stream_interval``: seconds a stream waits after a chunk before the next (what is ready then goes in
     one chunk); 0 sends every step's text. ``prompt_cache``: prompts whose state is kept (0: none).
     ``cors_origins``: the web origins (``https://example.org``) whose pages may call the API (CORS); none by
-    default."""
+    default. ``browser_files``: the run's browser export (``web_export.web_files``), served at ``/web/``."""
     state = AppState(
         sampler,
         model_name,
@@ -83,6 +84,7 @@ def create_app(
         decode_process=decode_process,
         threads=threads,
         prompt_cache=prompt_cache,
+        browser_files=browser_files,
     )
     state.metrics = Metrics(lambda: state.batcher.stats() if state.batcher is not None else None)
     app = Starlette(
@@ -100,6 +102,8 @@ def create_app(
             _post("/v1/inspect", inspecting.inspect),
             _route("/inspect.js", inspecting.asset),
             _route("/inspect.css", inspecting.asset),
+            _route("/web/", browser.asset),
+            _route("/web/{name}", browser.asset),
         ],
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: bad_method},

@@ -41,9 +41,11 @@ def serve(
     stream_interval: float = STREAM_INTERVAL,
     prompt_cache: int = 256,
     cors_origins: list[str] | None = None,
+    offer_browser: bool = False,
 ) -> None:
     """Load a run and serve it until Ctrl-C (see the module docstring). ``backend``: ``torch``, ``numpy`` (the
-    CPU, no torch needed), or ``auto``: torch where it is installed, else NumPy."""
+    CPU, no torch needed), or ``auto``: torch where it is installed, else NumPy. ``offer_browser``: also serve the
+    run's browser export at ``/web/`` (``serve/browser.py``)."""
     backend = _check_the_extra(backend)
     import ipaddress
     from pathlib import Path
@@ -57,6 +59,11 @@ def serve(
         from .app import create_app  # after the address: it imports torch, starlette and pydantic
 
         sampler = Sampler.load(run_dir, device=device, checkpoint=checkpoint, backend=backend)
+        browser_files = None
+        if offer_browser:
+            from ..generate.web_export import web_files
+
+            browser_files = web_files(run_dir, checkpoint)
         # On a loopback address, only requests naming this machine: a web page cannot reach the server through
         # a name of its own (DNS rebinding).
         local = ipaddress.ip_address(address[0].split("%")[0]).is_loopback
@@ -71,6 +78,7 @@ def serve(
             stream_interval=stream_interval,
             prompt_cache=prompt_cache,
             cors_origins=cors_origins,
+            browser_files=browser_files,
             allowed_hosts={"localhost", "127.0.0.1", "::1", host} if local else None,
         )
         limits = limits or Limits()

@@ -50,3 +50,4 @@ class AppState:
     scores_waiting: int = 0
     scoring: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))  # one score at a time
     metrics: Any = None  # the server's counters (metrics.Metrics)
+    browser_files: dict[str, bytes] | None = None  # the browser export served at /web/ (--offer-browser)
