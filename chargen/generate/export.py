@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import ChargenError
 from ..files import write_json
-from .publish import check_target, publish
+from .publish import check_outside, check_target, publish
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -64,6 +64,7 @@ def export(
     if not isinstance(run_dir, (str, os.PathLike)) or not isinstance(out, (str, os.PathLike)) or str(out) == "":
         raise ChargenError("give the run folder and an output folder as paths")
     out = Path(out)
+    check_outside(out, run_dir)
     check_target(out, FILES, overwrite, is_export, "a chargen export")
     run = open_run_dir(run_dir)
     path = run.dir / "model.safetensors" if checkpoint == "best" else run.dir / "last" / "model.safetensors"

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import ChargenError, StorageError, write_failure
 from ..files import DIR_MODE, fsync_dir
 
-__all__ = ["STAGE", "publish"]
+__all__ = ["STAGE", "check_outside", "check_target", "publish"]
 
 STAGE = ".chargen-export-"
 
@@ -38,12 +38,15 @@ def publish(
     made = make_dirs(out)
     stage = None
     try:
-        stage = Path(tempfile.mkdtemp(prefix=STAGE, dir=out))
+        _remove_dead_stages(out)
+        stage = Path(tempfile.mkdtemp(prefix=f"{STAGE}{os.getpid()}-", dir=out))
         write(stage)
         check_target(out, files, overwrite, is_ours, kind)  # again: another export may have landed meanwhile
-        from ..signals import ctrl_c_deferred
+        from ..signals import StopRequest
 
-        with ctrl_c_deferred():  # the renames go through together
+        # The renames take moments and go through together: Ctrl-C, SIGTERM or SIGHUP meanwhile is held, and
+        # then moot, since the export is whole (a second one still stops at once).
+        with StopRequest():
             for name in files:
                 os.replace(stage / name, out / name)
         fsync_dir(out)
@@ -60,6 +63,31 @@ def publish(
             with contextlib.suppress(OSError):
                 d.rmdir()
     return out
+
+
+def check_outside(out: Path, run_dir: str | os.PathLike[str]) -> None:
+    """A ChargenError when ``out`` is the run folder or inside it: an export is a folder of its own."""
+    try:
+        inside = Path(out).resolve().is_relative_to(Path(run_dir).resolve())
+    except (OSError, RuntimeError):  # a loop of links: check_target and open_run_dir name it
+        return
+    if inside:
+        raise ChargenError(f"{out} is inside the run folder {run_dir}; choose a folder outside the run for the export")
+
+
+def _remove_dead_stages(out: Path) -> None:
+    """Remove the stages of exports whose process is gone (killed outright: SIGKILL, out of memory), so that
+    a static host never publishes their partial files. A stage is named by its process's id."""
+    for stage in out.glob(f"{STAGE}*"):
+        pid = stage.name[len(STAGE) :].partition("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(stage, ignore_errors=True)
+        except OSError:  # alive, another user's: leave it
+            pass
 
 
 def check_target(

@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import ChargenError
 from ..files import FILE_MODE
 from .export import describe
-from .publish import check_target, publish
+from .publish import check_outside, check_target, publish
 
 if TYPE_CHECKING:
     from .numpy_step import NumpyStep
@@ -50,9 +50,10 @@ def export_web(
 ) -> Path:
     """Write the browser export of ``run_dir`` into the folder ``out`` (see the module docstring); returns it.
     ``out`` must be new, or empty, or (with ``overwrite``) hold an earlier web export and nothing else."""
-    if not isinstance(out, (str, os.PathLike)) or str(out) == "":
+    if not isinstance(run_dir, (str, os.PathLike)) or not isinstance(out, (str, os.PathLike)) or str(out) == "":
         raise ChargenError("give the run folder and an output folder as paths")
     out = Path(out)
+    check_outside(out, run_dir)
     check_target(out, FILES, overwrite, is_web_export, KIND)
     files = web_files(run_dir, checkpoint)
 

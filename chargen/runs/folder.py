@@ -64,6 +64,8 @@ def read_json(path: Path) -> dict:
 def check_run_dir(run_dir: Path) -> Path:
     """The run folder, if it holds the documented files; else a ChargenError saying what is missing."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ChargenError(f"{run_dir} is a file, not a run folder; give the folder chargen train --out wrote")
     if not run_dir.is_dir():
         raise ChargenError(f"run folder {run_dir} does not exist; train one with chargen train --out {run_dir}")
     missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]

@@ -102,6 +102,7 @@ def create_app(
             _post("/v1/inspect", inspecting.inspect),
             _route("/inspect.js", inspecting.asset),
             _route("/inspect.css", inspecting.asset),
+            _route("/web", browser.folder),
             _route("/web/", browser.asset),
             _route("/web/{name}", browser.asset),
         ],

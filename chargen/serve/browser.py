@@ -7,7 +7,7 @@ weights to anyone who can reach the server (no API key guards them; a browser's 
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
 from .routes import _state
 from .schema import ApiError
@@ -29,3 +29,10 @@ async def asset(request: Request) -> Response:
     if name not in files:
         raise ApiError(404, f"no file /web/{name}; the page is /web/")
     return Response(files[name], media_type=TYPES[name], headers={"Cache-Control": "no-cache"})
+
+
+async def folder(request: Request) -> Response:
+    """``GET /web``: the page is ``/web/`` (its files are fetched relative to it)."""
+    if _state(request).browser_files is None:
+        raise ApiError(404, "this server does not offer generation in the browser; start it with --offer-browser")
+    return RedirectResponse("/web/", status_code=308)

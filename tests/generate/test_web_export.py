@@ -38,6 +38,7 @@ RUNS = {
 # Fullwidth letters and capitals that NFKC and lowercasing fold away; "é" once only: below min_char_count, so
 # the vocabulary gets the unknown token.
 FOLDED = TEXT[:3000] + " ＴＨＥ Cat Sat ON THE MAT é " + TEXT[3000:]
+GREEK = "ο δρόμος σας είναι καλός. ΟΔΟΣ ΣΟΦΟΣ. the cat sat. "  # a final Σ lowercases to σ, one letter at a time
 SETTINGS = [
     dict(),
     dict(temperature=1.0),
@@ -61,12 +62,14 @@ def site(tmp_path_factory) -> tuple[str, dict[str, Path]]:
     d = tmp_path_factory.mktemp("web")
     (d / "text.txt").write_text(TEXT)
     (d / "folded.txt").write_text(FOLDED)
+    (d / "greek.txt").write_text(GREEK * 60)
     train = dict(max_steps=15, num_layers=2, hidden_size=32, batch_size=4, bptt=32, lr=1e-2, warmup_steps=0)
     train.update(eval_every=15, eval_chars=256, preview_chars=0, progress=False)
     kinds = {**RUNS, "folded": dict(cell="lstm", normalize="nfkc", lowercase=True, min_char_count=2)}
+    kinds["greek"] = dict(cell="gru", lowercase=True, num_layers=1)
     runs = {}
     for name, kw in kinds.items():
-        source = d / ("folded.txt" if name == "folded" else "text.txt")
+        source = d / {"folded": "folded.txt", "greek": "greek.txt"}.get(name, "text.txt")
         chargen.train(str(source), out=d / "runs" / name, **{**train, **kw})
         runs[name] = d / "runs" / name
         export_web(runs[name], d / "site" / name)
@@ -188,9 +191,8 @@ def test_the_address_generates_at_once_into_output(browser, site):
     want = sampler.generate("the dog", length=150, seed=7, temperature=0.9, top_k=12, top_p=0.95, stop=["!", "way"])
     assert _text(browser) == want
     assert browser.find_element("id", "name").text == "lstm"
-    assert re.search(
-        r"LSTM 2×32, [\d,]+ parameters, [\d.]+ MB, \d+ characters", browser.find_element("id", "about").text
-    )
+    about = browser.find_element("id", "about").text
+    assert re.search(r"LSTM 2×32, [\d,]+ parameters, \d+ kB, \d+ characters · runs here, on WebAssembly SIMD", about)
 
 
 def _text(browser) -> str:
@@ -222,7 +224,7 @@ def test_streaming_shows_text_before_the_end_and_the_stop_button_stops(browser, 
         (dict(seed="-5"), 'seed must be a whole number from 0 to 9223372036854775807, got "-5"'),
         (dict(seed="9223372036854775808"), "seed must be a whole number from 0 to 9223372036854775807"),
         (dict(prompt="the CAT"), 'characters not in the vocabulary: "A" "C" "T"; remove them'),
-        (dict(temprature="1"), "unknown setting(s) temprature in the address; the settings are prompt, length"),
+        (dict(temprature="1"), 'unknown setting(s) "temprature" in the address; the settings are prompt, length'),
     ],
 )
 def test_bad_settings_are_refused_with_a_message_on_the_page(browser, site, query, message):
@@ -501,3 +503,175 @@ def test_a_damaged_or_mismatched_folder_is_named_on_the_page(browser, site):
         assert wait_done(browser) == "error"
         assert browser.find_element("id", "message").text.startswith(f"cannot load the model: {message}"), name
         assert browser.find_element("id", "generate").get_property("disabled")
+
+
+def test_lowercasing_is_one_character_at_a_time_as_in_tokenizers(browser, site):
+    base, runs = site
+    sampler = Sampler.load(runs["greek"], backend="numpy")
+    prompts = ["ΟΔΟΣ", "ΣΟΦΟΣ. ΟΔΟΣ", "ο δρόμος ΣΑΣ", "ΣΣ Σ"]
+    open_page(browser, base, "greek")
+    code = (
+        "const out = args[0].map((p) => model.encode(p));"
+        "for (const p of args[0]) out.push(await model.generate(p, {length: 60, seed: 3, temperature: 1}));"
+        "return out;"
+    )
+    got = js(browser, code, prompts)
+    assert got[:4] == [sampler.encode(p).tolist() for p in prompts]
+    assert sampler.vocab.encode_array("ς").size and got[0][-1] == sampler.vocab.chars.index("σ")  # not ς
+    assert got[4:] == [sampler.generate(p, length=60, seed=3, temperature=1.0) for p in prompts]
+
+
+def test_stop_strings_in_the_address_are_taken_as_given(browser, site):
+    base, runs = site
+    sampler = Sampler.load(runs["lstm"], backend="numpy")
+    for stops in (["\n"], ["t\nd"], ["y", "a d"], ["at", "\\n"]):
+        open_page(browser, base, "lstm", dict(prompt="the", seed=2, length=200, temperature=1.0, stop=stops))
+        assert wait_done(browser) == "true"
+        assert _text(browser) == sampler.generate("the", seed=2, length=200, temperature=1.0, stop=stops), stops
+        shown = browser.find_element("id", "stop").get_property("value")
+        assert shown.split("\n") == [s.replace("\\", "\\\\").replace("\n", "\\n") for s in stops]
+        browser.find_element("id", "generate").click()  # the form, as the address filled it, gives the same text
+        assert wait_done(browser) == "true"
+        assert _text(browser) == sampler.generate("the", seed=2, length=200, temperature=1.0, stop=stops), stops
+
+
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("seed=1&seed=2", "seed is given 2 times in the address; give it once"),
+        ("length=40&length=50", "length is given 2 times in the address; give it once"),
+        ("seed=", "seed is empty in the address; give a value or leave it out"),
+        ("length=0x10", 'length must be a number, got "0x10"'),
+        ("temperature=Infinity", 'temperature must be a number, got "Infinity"'),
+        ("=5", 'unknown setting(s) "" in the address'),
+        ("unknown=skip", 'unknown must be error or unk, got "skip"'),
+        ("min_p=2", "min_p must be a number from 0 to 1, got 2"),
+    ],
+)
+def test_odd_addresses_are_refused_by_name(browser, site, query, message):
+    base, _ = site
+    browser.get(f"{base}/lstm/index.html?{query}")
+    assert wait_done(browser) == "error"
+    assert browser.find_element("id", "message").text.startswith(message)
+
+
+def test_min_p_and_the_unknown_token_from_the_address(browser, site):
+    base, runs = site
+    sampler = Sampler.load(runs["folded"], backend="numpy")
+    query = dict(prompt="The ž cat", seed=9, length=150, temperature=1.3, min_p=0.05, unknown="unk")
+    open_page(browser, base, "folded", query)
+    assert wait_done(browser) == "true"
+    assert browser.find_element("id", "unknown-label").is_displayed()
+    want = sampler.generate("The ž cat", seed=9, length=150, temperature=1.3, min_p=0.05, unknown="unk")
+    assert _text(browser) == want
+    open_page(browser, base, "lstm")
+    until(lambda: not browser.find_element("id", "generate").get_property("disabled"))
+    assert not browser.find_element("id", "unknown-label").is_displayed()  # no unknown token: no choice
+
+
+def test_a_long_stream_keeps_few_text_nodes_and_stops_at_once(browser, site):
+    base, _ = site
+    open_page(browser, base, "gru", dict(seed=1, length=10**9))
+    until(lambda: len(_text(browser)) > 30_000)
+    clicked = time.monotonic()
+    browser.find_element("id", "stop-button").click()
+    assert wait_done(browser) == "stopped"
+    assert time.monotonic() - clicked < 3
+    count = len(_text(browser))
+    nodes = browser.execute_script("return document.getElementById('output').childNodes.length")
+    assert nodes < count / 20, (nodes, count)
+
+
+def test_a_missing_module_a_broken_model_json_and_a_file_address_are_said_on_the_page(browser, site):
+    import shutil
+
+    base, runs = site
+    root = runs["lstm"].parent.parent / "site"
+    for name in ("nojs", "badjson"):
+        shutil.rmtree(root / name, ignore_errors=True)
+        shutil.copytree(root / "lstm", root / name)
+    (root / "nojs" / "chargen.js").unlink()
+    (root / "badjson" / "model.json").write_text("{chargen")
+    open_page(browser, base, "nojs", dict(seed=1))
+    assert wait_done(browser) == "error"
+    assert browser.find_element("id", "message").text.startswith("cannot load the model: ")
+    open_page(browser, base, "badjson", dict(seed=1))
+    assert wait_done(browser) == "error"
+    assert browser.find_element("id", "message").text.startswith("cannot load the model: model.json cannot be read (")
+    browser.get((root / "lstm" / "index.html").as_uri() + "?seed=1")
+    assert wait_done(browser) == "error"
+    assert browser.find_element("id", "message").text.endswith(
+        "(open the page through a web server: python -m http.server)"
+    )
+
+
+def test_sha256_is_hashlibs(browser, site):
+    base, _ = site
+    open_page(browser, base, "gru")
+    rng = np.random.default_rng(1)
+    blobs = [bytes(rng.integers(0, 256, n, dtype=np.uint8)) for n in (0, 1, 55, 56, 63, 64, 65, 1000, 100_003)]
+    code = (
+        "return args[0].map((hex) => { const b = Uint8Array.from(hex.match(/../g) || [], (x) => parseInt(x, 16));"
+        "return Array.from(m.sha256(b), (v) => v.toString(16).padStart(2, '0')).join(''); });"
+    )
+    assert js(browser, code, [b.hex() for b in blobs]) == [hashlib.sha256(b).hexdigest() for b in blobs]
+
+
+def test_the_module_refuses_a_bad_signal_and_a_list_of_options(browser, site):
+    base, _ = site
+    open_page(browser, base, "gru")
+    code = (
+        "const out = []; for (const o of args[0]) { try { model.stream('the', o); out.push('accepted'); }"
+        "catch (e) { out.push(e.message); } } return out;"
+    )
+    assert js(browser, code, [dict(signal="nope"), [1, 2]]) == [
+        "signal must be an AbortSignal (new AbortController().signal)",
+        "options must be an object, such as { length: 300, seed: 1 }",
+    ]
+
+
+def test_an_export_inside_the_run_and_a_file_for_a_run_are_refused(cli, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(GOLDEN, run)
+    for target in (run / "web", run, run / "last" / "x"):
+        code, _, err = cli("export", str(run), "--web", str(target))
+        assert (code, err) == (
+            2,
+            f"chargen export: error: {target} is inside the run folder {run}; choose a folder outside the run for "
+            "the export\n",
+        )
+    code, _, err = cli("export", str(run / "config.json"), "--web", str(tmp_path / "w"))
+    assert (code, err) == (
+        2,
+        f"chargen export: error: {run / 'config.json'} is a file, not a run folder; give the folder chargen train "
+        "--out wrote\n",
+    )
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in GOLDEN.iterdir())
+
+
+def test_a_signal_during_the_renames_waits_for_them_and_a_killed_exports_stage_is_removed(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys\nfrom chargen.cli import entry\nreal = os.replace; n = [0]\n"
+        "def replace(a, b):\n    real(a, b); n[0] += 1\n"
+        "    if n[0] == 2: os.kill(os.getpid(), signal.SIGTERM)\n"
+        "os.replace = replace\n"
+        f"sys.argv = ['chargen', 'export', {str(GOLDEN)!r}, '--web', {str(tmp_path / 'x')!r}]\nsys.exit(entry.main())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("exported "), done.stderr
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == sorted(FILES)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tmp_path / "x" / f".chargen-export-{gone.pid}-abc"
+    alive = tmp_path / "x" / f".chargen-export-{os.getpid()}-def"  # a live process's stage stays
+    for stage in (dead, alive):
+        stage.mkdir()
+        (stage / "model.safetensors").write_bytes(b"partial")
+    export_web(GOLDEN, tmp_path / "x", overwrite=True)
+    assert not dead.exists() and alive.exists()

@@ -47,6 +47,8 @@ def test_the_files_are_the_exports_without_a_key(offered, golden_run):
     ]:
         r = httpx.get(offered + path)  # no key: a browser's module imports cannot send one
         assert r.status_code == 200 and r.content == want[name] and r.headers["content-type"].startswith(kind), path
+    r = httpx.get(offered + "/web")
+    assert r.status_code == 308 and r.headers["location"] == "/web/"
     r = httpx.get(offered + "/web/secrets.txt")
     assert r.status_code == 404 and r.json()["error"]["message"] == "no file /web/secrets.txt; the page is /web/"
     assert httpx.get(offered + "/v1/models").status_code == 401  # the API still needs the key
@@ -75,6 +77,7 @@ def test_without_the_flag_there_is_no_browser_export(golden_run, browser):
             "this server does not offer generation in the browser; start it with --offer-browser"
         )
         assert httpx.get(url + "/web/model.json").status_code == 404
+        assert httpx.get(url + "/web").status_code == 404
         browser.get(url + "/")
         until(lambda: browser.find_element("id", "model-name").text)  # the page has loaded the run
         time.sleep(0.3)  # the HEAD request for /web/model.json has had time to answer

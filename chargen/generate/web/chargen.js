@@ -37,7 +37,13 @@ export async function load(base = "./", { wasm = true } = {}) {
   base = String(base);
   const root = new URL(base.endsWith("/") ? base : base + "/", globalThis.document?.baseURI ?? import.meta.url);
   const [meta, weights] = await Promise.all([
-    fetchOk(new URL("model.json", root)).then((r) => r.json()),
+    fetchOk(new URL("model.json", root)).then((r) => r.text()).then((text) => {
+      try {
+        return JSON.parse(text);
+      } catch (e) {
+        throw new ChargenError(`model.json cannot be read (${e.message}); copy the export's folder again`);
+      }
+    }),
     fetchOk(new URL("model.safetensors", root)).then((r) => r.arrayBuffer()),
   ]);
   return fromBytes(meta, weights, { wasm });
@@ -51,15 +57,16 @@ async function fetchOk(url) {
 
 /** The model of model.json's object `meta` and model.safetensors' bytes `weights` (an ArrayBuffer). */
 export async function fromBytes(meta, weights, { wasm = true } = {}) {
-  if (!meta || meta.chargen_web_export !== FORMAT) {
+  if (!meta || typeof meta !== "object" || meta.chargen_web_export !== FORMAT) {
     throw new ChargenError(`model.json is not a chargen web export of format ${FORMAT}; export the run again`);
   }
   if (weights.byteLength !== meta.weights_bytes) {
     throw new ChargenError(`model.safetensors has ${weights.byteLength} bytes where model.json says ` +
       `${meta.weights_bytes}: a file is incomplete or from another export; copy the export's folder again`);
   }
-  if (globalThis.crypto?.subtle) { // (secure pages only: https, or this machine)
-    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", weights));
+  {
+    const digest = globalThis.crypto?.subtle // the browser's own on secure pages (https, this machine)
+      ? new Uint8Array(await crypto.subtle.digest("SHA-256", weights)) : sha256(new Uint8Array(weights));
     const hex = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
     if (hex !== meta.weights_sha256) {
       throw new ChargenError("model.safetensors is not the one model.json was written with; copy the export's folder again");
@@ -222,7 +229,8 @@ export class Model {
     if (typeof text !== "string") throw new ChargenError(`the prompt must be text, got ${typeof text}`);
     const norm = this.config.normalize;
     if (norm === "nfc" || norm === "nfkc") text = text.normalize(norm.toUpperCase());
-    if (this.config.lowercase) text = text.toLowerCase();
+    // Each character lowercased on its own, as the tokenizers library does (no final sigma from context).
+    if (this.config.lowercase) text = Array.from(text, (c) => c.toLowerCase()).join("");
     const ids = [], missing = new Set();
     for (const ch of text) { // code points, as Python's str
       const id = this.ids.get(ch);
@@ -442,7 +450,9 @@ export class Model {
 
 /** The options with their defaults, or a ChargenError naming the first bad one. */
 export function checkOptions(options) {
-  if (options === null || typeof options !== "object") throw new ChargenError("options must be an object");
+  if (options === null || typeof options !== "object" || Array.isArray(options)) {
+    throw new ChargenError("options must be an object, such as { length: 300, seed: 1 }");
+  }
   const unknown = Object.keys(options).filter((k) => !OPTIONS.includes(k));
   if (unknown.length) {
     throw new ChargenError(`unknown option(s) ${unknown.join(", ")}; the options are ${OPTIONS.join(", ")}`);
@@ -467,6 +477,9 @@ export function checkOptions(options) {
   }
   if (o.unknown !== "error" && o.unknown !== "unk") {
     throw new ChargenError(`unknown must be "error" or "unk", got ${JSON.stringify(o.unknown)}`);
+  }
+  if (o.signal != null && (typeof o.signal !== "object" || typeof o.signal.aborted !== "boolean")) {
+    throw new ChargenError("signal must be an AbortSignal (new AbortController().signal)");
   }
   o.seed = checkSeed(options.seed);
   return o;
@@ -556,6 +569,46 @@ function partialStopSuffix(text, stops) { // the longest end of text that begins
     }
   }
   return best;
+}
+
+const K256 = Uint32Array.from([
+  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01,
+  0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc,
+  0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147,
+  0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+  0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08,
+  0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208,
+  0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+]);
+
+/** SHA-256 of `bytes` (FIPS 180-4), for pages where crypto.subtle is missing (plain HTTP from another machine). */
+export function sha256(bytes) {
+  const n = bytes.length, blocks = Math.ceil((n + 9) / 64), data = new Uint8Array(blocks * 64);
+  data.set(bytes);
+  data[n] = 0x80;
+  const view = new DataView(data.buffer);
+  view.setUint32(data.length - 8, Math.floor(n / 0x20000000)); // the length in bits, big-endian
+  view.setUint32(data.length - 4, (n * 8) >>> 0);
+  const h = Uint32Array.from([0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]);
+  const w = new Uint32Array(64), rot = (x, r) => (x >>> r) | (x << (32 - r));
+  for (let b = 0; b < blocks; b++) {
+    for (let t = 0; t < 16; t++) w[t] = view.getUint32(b * 64 + t * 4);
+    for (let t = 16; t < 64; t++) {
+      const s0 = rot(w[t - 15], 7) ^ rot(w[t - 15], 18) ^ (w[t - 15] >>> 3);
+      const s1 = rot(w[t - 2], 17) ^ rot(w[t - 2], 19) ^ (w[t - 2] >>> 10);
+      w[t] = w[t - 16] + s0 + w[t - 7] + s1;
+    }
+    let [a, bb, c, d, e, f, g, hh] = h;
+    for (let t = 0; t < 64; t++) {
+      const t1 = (hh + (rot(e, 6) ^ rot(e, 11) ^ rot(e, 25)) + ((e & f) ^ (~e & g)) + K256[t] + w[t]) >>> 0;
+      const t2 = ((rot(a, 2) ^ rot(a, 13) ^ rot(a, 22)) + ((a & bb) ^ (a & c) ^ (bb & c))) >>> 0;
+      [hh, g, f, e, d, c, bb, a] = [g, f, e, (d + t1) >>> 0, c, bb, a, (t1 + t2) >>> 0];
+    }
+    [a, bb, c, d, e, f, g, hh].forEach((v, i) => { h[i] += v; });
+  }
+  const out = new Uint8Array(32);
+  h.forEach((v, i) => new DataView(out.buffer).setUint32(i * 4, v));
+  return out;
 }
 
 const now = () => (globalThis.performance ?? Date).now();
