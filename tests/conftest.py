@@ -192,6 +192,17 @@ class FailingStep:
         return self.step.to_fast(state)
 
 
+def until(condition, timeout: float = 30.0):
+    """``condition()``'s first true value, polled; an AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"not true within {timeout} s")
+
+
 def one_error_line(err: str, *fragments: str):
     """``err`` is one line, no traceback, holding every fragment: the CLI's way of saying what went wrong."""
     lines = err.strip().splitlines()

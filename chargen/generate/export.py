@@ -21,7 +21,6 @@ Nothing here imports torch: ``pip install "chargen[export]"`` (onnx) is all it n
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 
 from ..errors import ChargenError
 from ..files import write_json
-from .publish import check_outside, check_target, publish
+from .publish import check_outside, check_target, holds_mark, publish
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -83,12 +82,7 @@ def export(
 
 def is_export(path: Path) -> bool:
     """Whether ``path`` holds a chargen export (its ``chargen.json`` says so): only that may be overwritten."""
-    try:
-        with open(Path(path) / "chargen.json", encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and type(meta.get("chargen_export")) is int
+    return holds_mark(path, "chargen.json", "chargen_export")
 
 
 def _meta(run: RunFolder, step: NumpyStep, checkpoint: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ hold an earlier export of the same kind and nothing else.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -18,7 +19,7 @@ from pathlib import Path
 from ..errors import ChargenError, StorageError, write_failure
 from ..files import DIR_MODE, fsync_dir
 
-__all__ = ["STAGE", "check_outside", "check_target", "publish"]
+__all__ = ["STAGE", "check_outside", "check_target", "holds_mark", "publish"]
 
 STAGE = ".chargen-export-"
 
@@ -63,6 +64,16 @@ def publish(
             with contextlib.suppress(OSError):
                 d.rmdir()
     return out
+
+
+def holds_mark(path: Path, name: str, key: str) -> bool:
+    """Whether ``path``'s JSON file ``name`` marks it as an export: an object whose ``key`` is a format number."""
+    try:
+        with open(Path(path) / name, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and type(meta.get(key)) is int
 
 
 def check_outside(out: Path, run_dir: str | os.PathLike[str]) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import ChargenError
 from ..files import FILE_MODE
 from .export import describe
-from .publish import check_outside, check_target, publish
+from .publish import check_outside, check_target, holds_mark, publish
 
 if TYPE_CHECKING:
     from .numpy_step import NumpyStep
@@ -110,12 +110,7 @@ KIND = "a chargen web export"
 
 def is_web_export(path: Path) -> bool:
     """Whether ``path`` holds a web export (its ``model.json`` says so): only that may be overwritten."""
-    try:
-        with open(Path(path) / "model.json", encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and type(meta.get("chargen_web_export")) is int
+    return holds_mark(path, "model.json", "chargen_web_export")
 
 
 def web_arrays(step: NumpyStep) -> dict[str, np.ndarray]:

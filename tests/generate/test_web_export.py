@@ -24,7 +24,7 @@ import chargen
 from chargen import Sampler
 from chargen.generate.numpy_step import NumpyStep, log_softmax, prime
 from chargen.generate.web_export import FILES, export_web, web_arrays
-from conftest import REPO
+from conftest import REPO, until
 
 WEB = REPO / "chargen" / "generate" / "web"
 TEXT = "".join(f"{w} " for w in ("the cat sat on a mat and the dog ran far away; what a day it was! " * 80).split())
@@ -94,17 +94,6 @@ def js(browser, code: str, *args):
 
 def open_page(browser, base: str, name: str, query: dict | None = None) -> None:
     browser.get(f"{base}/{name}/index.html" + (f"?{urlencode(query, doseq=True)}" if query else ""))
-
-
-def until(condition, timeout: float = 30.0):
-    """``condition()``'s first true value, polled; an AssertionError after ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("the page never got there")
 
 
 def wait_done(browser) -> str:

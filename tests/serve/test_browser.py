@@ -14,7 +14,7 @@ pytest.importorskip("uvicorn", reason="chargen[serve] is not installed")
 
 from chargen import Sampler  # noqa: E402
 from chargen.generate.web_export import web_files  # noqa: E402
-from conftest import serve_process  # noqa: E402
+from conftest import serve_process, until  # noqa: E402
 
 KEY = "sk-browser-key"
 
@@ -25,16 +25,6 @@ def offered(golden_run):
     yield url
     proc.terminate()
     proc.wait(timeout=30)
-
-
-def until(condition, timeout: float = 20.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("the page never got there")
 
 
 def test_the_files_are_the_exports_without_a_key(offered, golden_run):
