@@ -43,9 +43,8 @@ def serve(
     cors_origins: list[str] | None = None,
     offer_browser: bool = False,
 ) -> None:
-    """Load a run and serve it until Ctrl-C (see the module docstring). ``backend``: ``torch``, ``numpy`` (the
-    CPU, no torch needed), or ``auto``: torch where it is installed, else NumPy. ``offer_browser``: also serve the
-    run's browser export at ``/web/`` (``serve/browser.py``)."""
+    """Load a run and serve it until Ctrl-C (see the module docstring). ``backend``: ``torch``, ``numpy`` (the CPU,
+    no torch), or ``auto`` (torch where installed). ``offer_browser``: the browser export at ``/web/`` too."""
     backend = _check_the_extra(backend)
     import ipaddress
     from pathlib import Path
@@ -59,13 +58,7 @@ def serve(
         from .app import create_app  # after the address: it imports torch, starlette and pydantic
 
         sampler = Sampler.load(run_dir, device=device, checkpoint=checkpoint, backend=backend)
-        browser_files = None
-        if offer_browser:
-            from ..generate.web_export import web_files
-
-            browser_files = web_files(run_dir, checkpoint)
-        # On a loopback address, only requests naming this machine: a web page cannot reach the server through
-        # a name of its own (DNS rebinding).
+        # On a loopback address, only requests naming this machine: no page reaches it by a name (DNS rebinding).
         local = ipaddress.ip_address(address[0].split("%")[0]).is_loopback
         app = create_app(
             sampler,
@@ -78,7 +71,7 @@ def serve(
             stream_interval=stream_interval,
             prompt_cache=prompt_cache,
             cors_origins=cors_origins,
-            browser_files=browser_files,
+            browser_files=_browser_files(run_dir, checkpoint) if offer_browser else None,
             allowed_hosts={"localhost", "127.0.0.1", "::1", host} if local else None,
         )
         limits = limits or Limits()
@@ -102,6 +95,13 @@ def serve(
     if failed:
         raise ChargenError(f"the decoding loop failed ({failed}), so the server stopped; start it again")
     print("chargen serve: stopped", file=sys.stderr)
+
+
+def _browser_files(run_dir: str | os.PathLike[str], checkpoint: str) -> dict[str, bytes]:
+    """The run's browser export, served at /web/ (``serve/browser.py``)."""
+    from ..generate.web_export import web_files
+
+    return web_files(run_dir, checkpoint)
 
 
 def _check_the_extra(backend: str) -> str:
