@@ -16,7 +16,17 @@ nothing to build, and its names are re-exported here: ``from chargen.config
 import TrainConfig``.
 """
 
-from .model import ADAPTIVE_DIV, ADAPTIVE_FROM, CELLS, COVER, MIN_SHORTLIST, SOFTMAXES, ModelConfig, default_cutoffs
+from .model import (
+    ADAPTIVE_DIV,
+    ADAPTIVE_FROM,
+    CELLS,
+    COVER,
+    GATES,
+    MIN_SHORTLIST,
+    SOFTMAXES,
+    ModelConfig,
+    default_cutoffs,
+)
 from .prepare import ERRORS_CHOICES, NORMALIZE_CHOICES, PrepareOptions
 from .presets import OPTION_CLASSES, PRESETS, RESUMABLE, Options, layer_options, preset
 from .sample import DEFAULT_TEMPERATURE, SampleOptions
@@ -48,6 +58,7 @@ __all__ = [
     "ERRORS_CHOICES",
     "EVALUATION",
     "EVAL_CHARS",
+    "GATES",
     "LAYOUTS",
     "MIN_SHORTLIST",
     "NORMALIZE_CHOICES",

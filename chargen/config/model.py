@@ -10,7 +10,10 @@ from typing import Any
 from ..errors import ChargenError
 from .options import check_fields, option, parse_int_list
 
-CELLS = ("lstm", "gru")
+CELLS = ("lstm", "gru", "rnn")
+# The gates of each cell, stacked in its weight matrices' rows: LSTM i, f, g, o; GRU r, z, n; the Elman RNN's
+# one tanh of the input and the state (the plain recurrent cell the tutorials teach).
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 SOFTMAXES = ("full", "adaptive", "auto")
 # --softmax auto picks the adaptive softmax from this many characters on. Measured (scripts/bench_softmax.py,
 # the cpu preset for 3 minutes on Chinese and Japanese manual pages, the alphabet cut with --min-char-count):
@@ -28,7 +31,7 @@ class ModelConfig:
     """Shape of a CharRNN; saved in the run's config.json."""
 
     vocab_size: int  # set from the corpus, not an option
-    cell: str = option("lstm", "recurrent cell", choices=CELLS, group="model")
+    cell: str = option("lstm", "recurrent cell (rnn: Elman's, one tanh and no gates)", choices=CELLS, group="model")
     num_layers: int = option(2, "stacked layers", flag="layers", minimum=1, metavar="L", group="model")
     hidden_size: int = option(256, "hidden size", flag="hidden", minimum=1, metavar="H", group="model")
     embedding_size: int | None = option(
@@ -133,7 +136,7 @@ class ModelConfig:
         """The stored tensors' names and shapes, as CharRNN names them (nn.LSTM/nn.GRU layout; the
         adaptive softmax as nn.AdaptiveLogSoftmaxWithLoss, and ``head.rank``, each id's place in the
         frequency order its clusters follow)."""
-        E, H, G = self.embedding_size, self.hidden_size, 4 if self.cell == "lstm" else 3
+        E, H, G = self.embedding_size, self.hidden_size, GATES[self.cell]
         assert E is not None  # __post_init__ sets it
         shapes = {"embedding.weight": (self.vocab_size, E), **self._head_shapes()}
         for k in range(self.num_layers):
@@ -171,7 +174,7 @@ class ModelConfig:
         """The parameter count, computed without building anything (closed form, any size)."""
         V, E, H, L = self.vocab_size, self.embedding_size, self.hidden_size, self.num_layers
         assert E is not None  # __post_init__ sets it
-        G = 4 if self.cell == "lstm" else 3
+        G = GATES[self.cell]
         rnn = G * H * (E + H + 2) + (L - 1) * G * H * (2 * H + 2)
         head = sum(math.prod(shape) for name, shape in self._head_shapes().items() if name != "head.rank")
         return V * E + rnn + head

@@ -184,6 +184,8 @@ def build_model(step: NumpyStep) -> ModelProto:
         if c.cell == "lstm":
             x, cell = _lstm_layer(g, k, layer, x, h, layer_state["c"][k], half, step.H)
             new["c"].append(cell)
+        elif c.cell == "rnn":
+            x = _rnn_layer(g, k, layer, x, h)
         else:
             x = _gru_layer(g, k, layer, x, h, half, step.H)
         new["h"].append(x)
@@ -218,6 +220,19 @@ def _lstm_layer(
     tg = g.op("Split", t, quarters, axis=1, outputs=4)[2]
     cell = g.op("Add", g.op("Mul", f, c_prev), g.op("Mul", i, tg))
     return g.op("Mul", o, g.op("Tanh", cell)), cell
+
+
+def _rnn_layer(g: _Graph, k: int, layer: tuple[np.ndarray, np.ndarray], x: str | None, h: str) -> str:
+    """Layer ``k`` of an Elman RNN step: tanh of the table's row (or [x, h] @ w + b) and h @ w_hh."""
+    a, w = layer
+    if k == 0:
+        pre = g.op(
+            "Add", g.op("Gather", g.const(a, "l0.table"), "ids", axis=0), g.op("MatMul", h, g.const(w, "l0.w_hh"))
+        )
+    else:
+        assert x is not None  # the output of the layer below
+        pre = g.op("Add", g.op("MatMul", g.op("Concat", x, h, axis=1), g.const(w, f"l{k}.w")), g.const(a, f"l{k}.b"))
+    return g.op("Tanh", pre)
 
 
 def _gru_layer(

@@ -148,8 +148,8 @@ def _step_of(sampler: Any) -> NumpyStep:
     return NumpyStep(weights, model.config)
 
 
-GATE_NAMES = {"lstm": ("input", "forget", "cell", "output"), "gru": ("reset", "update", "new")}
-SIGMOID = {"lstm": ("input", "forget", "output"), "gru": ("reset", "update")}
+GATE_NAMES = {"lstm": ("input", "forget", "cell", "output"), "gru": ("reset", "update", "new"), "rnn": ("new",)}
+SIGMOID = {"lstm": ("input", "forget", "output"), "gru": ("reset", "update"), "rnn": ()}
 
 
 def inspect(
@@ -260,7 +260,10 @@ def _read(
 
 
 def _gates(got: dict[str, np.ndarray], cell: str, span: slice) -> np.ndarray:
-    """(t, G*H) gate values from one layer's record: sigmoid gates as sigmoids, the cell's g or n as tanh."""
+    """(t, G*H) gate values from one layer's record: sigmoid gates as sigmoids, the cell's g or n as tanh (an
+    RNN's one "gate" is its new state)."""
+    if cell == "rnn":
+        return np.tanh(got["pre"][0, span])
     if cell == "lstm":
         g = np.tanh(got["pre"][0, span])
         H = g.shape[1] // 4

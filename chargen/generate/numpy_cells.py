@@ -1,5 +1,6 @@
-"""The recurrent cells in NumPy: one step of each (``lstm_cell``, ``gru_cell``) on a batch, and one layer
-over a sequence (``lstm_steps``, ``gru_steps``), which ``NumpyStep.features`` runs and ``inspect`` records.
+"""The recurrent cells in NumPy: one step of each (``lstm_cell``, ``gru_cell``; the Elman cell's is one tanh)
+on a batch, and one layer over a sequence (``lstm_steps``, ``gru_steps``, ``rnn_steps``), which
+``NumpyStep.features`` runs and ``inspect`` records.
 The sigmoid gates' columns are pre-halved (``half_gates``): sigmoid(x) = 0.5 tanh(x / 2) + 0.5, so one
 tanh covers every gate. Nothing here imports torch."""
 
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["gru_cell", "gru_steps", "half_gates", "log_softmax", "lstm_cell", "lstm_steps"]
+__all__ = ["gru_cell", "gru_steps", "half_gates", "log_softmax", "lstm_cell", "lstm_steps", "rnn_steps"]
 
 
 def half_gates(gates: int, hidden: int, halved: tuple) -> np.ndarray:
@@ -69,6 +70,19 @@ def gru_steps(
         h = out[:, t] = gru_cell(gin[:, t], gh, h, H)
         if kept is not None:
             kept["gh"][:, t] = gh
+    return h
+
+
+def rnn_steps(gin: np.ndarray, w_hh: np.ndarray, h: np.ndarray, out: np.ndarray, kept: dict | None) -> np.ndarray:
+    """One Elman layer over T steps (gin (B, T, H), the input part with both biases): h = tanh(gin + h @ w_hh),
+    into ``out``; h after the last; ``kept`` (a dict, or None) takes each step's pre-activation ``pre``."""
+    if kept is not None:
+        kept["pre"] = np.empty_like(gin)
+    for t in range(gin.shape[1]):
+        pre = gin[:, t] + h @ w_hh
+        h = out[:, t] = np.tanh(pre)
+        if kept is not None:
+            kept["pre"][:, t] = pre
     return h
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import ModelConfig, SampleOptions
 from .draws import draw_loop
-from .numpy_cells import gru_cell, gru_steps, half_gates, log_softmax, lstm_cell, lstm_steps
+from .numpy_cells import gru_cell, gru_steps, half_gates, log_softmax, lstm_cell, lstm_steps, rnn_steps
 from .rules import NUMPY_OPS, History
 
 __all__ = ["NumpyRuntime", "NumpyStep", "Scorer", "log_softmax", "pick", "prime", "sample_ids"]
@@ -32,7 +32,7 @@ NumpyState: TypeAlias = list[list[np.ndarray]]
 
 class NumpyStep:
     """A CharRNN step on NumPy arrays. The state is a list of per-layer arrays (B, H), as
-    ``FastStep``'s: ``[hs, cs]`` for an LSTM, ``[hs]`` for a GRU."""
+    ``FastStep``'s: ``[hs, cs]`` for an LSTM, ``[hs]`` for a GRU or an RNN."""
 
     def __init__(self, weights: dict[str, np.ndarray], config: ModelConfig):
         c = config
@@ -44,13 +44,13 @@ class NumpyStep:
         # The sigmoid gates' columns are halved once here (exact: a power of two), so that a step takes one
         # tanh per gate group (see lstm_cell): LSTM i, f, o; GRU r, z.
         H = c.hidden_size
-        # LSTM: (input table or bias, weight); GRU: (input part, w_ih or None, w_hh, b_hh)
+        # LSTM and RNN: (input table or bias, weight); GRU: (input part, w_ih or None, w_hh, b_hh)
         self.layers: list[tuple[Any, ...]] = []
         for k in range(c.num_layers):
             w_ih, w_hh = w[f"rnn.weight_ih_l{k}"], w[f"rnn.weight_hh_l{k}"]  # (G*H, in), (G*H, H)
             b_ih, b_hh = w[f"rnn.bias_ih_l{k}"], w[f"rnn.bias_hh_l{k}"]
-            if c.cell == "lstm":
-                half = half_gates(4, H, (0, 1, 3))
+            if c.cell != "gru":  # LSTM, and the RNN: its layout with one gate, a tanh, not halved (x 1 is exact)
+                half = half_gates(4, H, (0, 1, 3)) if c.cell == "lstm" else np.ones(H, dtype=np.float32)
                 if k == 0:  # the input projection of every id, biases folded in: (V, 4H)
                     self.layers.append(((emb @ w_ih.T + (b_ih + b_hh)) * half, np.ascontiguousarray(w_hh.T * half)))
                 else:  # one matmul over [x, h]: (in + H, 4H)
@@ -118,8 +118,9 @@ class NumpyStep:
         """ids (B, T) -> the top layer's outputs (B, T, H) and the state after them. Layer by layer: each
         layer's input projection is one matmul over the whole sequence, then one matmul per step. With
         ``record`` (a list), each layer's arrays over the steps are appended to it, the same arithmetic:
-        ``h``, and ``c`` and the gates' pre-activations ``pre`` (B, T, 4H) for an LSTM, or the input and
-        hidden parts ``gin`` and ``gh`` (B, T, 3H) for a GRU (sigmoid columns pre-halved)."""
+        ``h``, and ``c`` and the gates' pre-activations ``pre`` (B, T, 4H) for an LSTM, the pre-activation
+        ``pre`` (B, T, H) for an RNN, or the input and hidden parts ``gin`` and ``gh`` (B, T, 3H) for a GRU
+        (sigmoid columns pre-halved)."""
         ids = np.asarray(ids)
         B, T = ids.shape
         H = self.H
@@ -129,12 +130,15 @@ class NumpyStep:
         for k, layer in enumerate(self.layers):
             out = np.empty((B, T, H), dtype=np.float32)
             kept: dict[str, np.ndarray] | None = None if record is None else {"h": out}
-            if self.cell == "lstm":
+            if self.cell in ("lstm", "rnn"):
                 a, w = layer
-                gin, w_hh = (a[ids], w) if k == 0 else (x @ w[:H] + a, w[H:])  # (B, T, 4H)
-                h, c = lstm_steps(gin, w_hh, state[0][k], state[1][k], out, kept)
-                new_state[0].append(h)
-                new_state[1].append(c)
+                gin, w_hh = (a[ids], w) if k == 0 else (x @ w[:H] + a, w[H:])  # (B, T, G*H)
+                if self.cell == "rnn":
+                    new_state[0].append(rnn_steps(gin, w_hh, state[0][k], out, kept))
+                else:
+                    h, c = lstm_steps(gin, w_hh, state[0][k], state[1][k], out, kept)
+                    new_state[0].append(h)
+                    new_state[1].append(c)
             else:
                 gi_src, w_ih, w_hh, b_hh = layer
                 gin = gi_src[ids] if k == 0 else x @ w_ih + gi_src  # (B, T, 3H)
@@ -148,7 +152,15 @@ class NumpyStep:
         """ids (B,), per-layer state -> logits (B, V), new per-layer state."""
         H, x = self.H, ids  # x: each layer's input; layer 0 reads the ids through its table
         rows = ids[0] if len(ids) == 1 else ids  # one id: its table row as a view, not a gathered copy
-        if self.cell == "lstm":
+        if self.cell == "rnn":
+            (hs,) = state
+            new_h = []
+            for k, (a, w) in enumerate(self.layers):
+                pre = hs[0] @ w + a[rows] if k == 0 else np.concatenate([x, hs[k]], axis=1) @ w + a
+                x = np.tanh(pre)
+                new_h.append(x)
+            state = [new_h]
+        elif self.cell == "lstm":
             hs, cs = state
             new_h, new_c = [], []
             for k, (a, w) in enumerate(self.layers):

@@ -1,11 +1,5 @@
-"""Fast single-step decoding and the sampling rules.
-
-Calling ``nn.LSTM`` once per character costs far more than its arithmetic:
-each call validates arguments, picks a kernel and allocates. ``FastStep``
-applies the same weights directly: prepared once (the first layer's input
-projection becomes a (V, 4H) lookup table, biases are pre-summed), gates
-fused into one matmul per layer, under ``inference_mode``. It computes what
-``nn.LSTM``/``nn.GRU`` compute, in the same gate order (a test checks it).
+"""Decoding on torch: the sampling rules (``pick``), the draw-and-step loop, and ``TorchRuntime``, the sampler's
+torch backend, which steps the network with ``fast_step.FastStep`` (the step with prepared weights).
 
 Random draws come from a counter-based generator (splitmix64 of seed, row and
 step), not from a shared RNG: a call's draws depend only on its own seed, so
@@ -20,14 +14,15 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..config import DEFAULT_TEMPERATURE, SampleOptions
-from ..model.network import AdaptiveHead, CharRNN
+from ..model.network import CharRNN
 from .draws import draw_loop, uniforms, uniforms_at
+from .fast_step import FastState, FastStep
 from .rules import NUMPY_OPS, ArrayOps
 
 
@@ -43,13 +38,9 @@ if hasattr(os, "register_at_fork"):  # POSIX
 
 if TYPE_CHECKING:
     from ..data.vocab import CharVocab
-    from ..model.network import RNNState
     from .rules import History
 
 __all__ = ["FastStep", "SampleOptions", "TorchRuntime", "pick", "preview", "sample_ids", "uniforms", "uniforms_at"]
-
-# FastStep's state: per-layer (B, H) tensors, [hs, cs] for an LSTM, [hs] for a GRU.
-FastState: TypeAlias = list[list[torch.Tensor]]
 
 
 def sample_ids(
@@ -150,103 +141,6 @@ def pick(
     # probability > 0 (a zero-probability id repeats the cdf before it and is skipped).
     target = torch.minimum(u.to(cdf)[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, target, right=True)[:, 0]
-
-
-class FastStep:
-    """One recurrent step of a CharRNN with prepared weights.
-
-    The state is kept as a list of per-layer tensors (``to_fast``/``from_fast``
-    convert from and to the (L, B, H) layout of nn.LSTM/nn.GRU), so a step
-    does no stacking or slicing.
-    """
-
-    def __init__(self, model: CharRNN):
-        c = model.config
-        self.cell, self.L, self.H = c.cell, c.num_layers, c.hidden_size
-        H = c.hidden_size
-        rnn = model.rnn
-        with torch.no_grad():
-            emb = model.embedding.weight  # (V, E)
-            # LSTM: (input table or bias, weight); GRU: (input part, w_ih or None, w_hh, b_hh)
-            self.layers: list[tuple[Any, ...]] = []
-            for layer in range(c.num_layers):
-                w_ih = getattr(rnn, f"weight_ih_l{layer}")  # (G*H, in)
-                w_hh = getattr(rnn, f"weight_hh_l{layer}")  # (G*H, H)
-                b_ih = getattr(rnn, f"bias_ih_l{layer}")
-                b_hh = getattr(rnn, f"bias_hh_l{layer}")
-                if c.cell == "lstm":
-                    # tanh(x) = 2 sigmoid(2x) - 1: doubling the g rows lets one sigmoid cover all gates.
-                    scale = torch.ones(4 * H, 1, dtype=w_ih.dtype, device=w_ih.device)
-                    scale[2 * H : 3 * H] = 2.0
-                    if layer == 0:  # input projection of every id, biases folded in: (V, 4H)
-                        table = torch.addmm((b_ih + b_hh), emb, w_ih.t()) * scale.t()
-                        self.layers.append((table, (w_hh * scale).t().contiguous()))
-                    else:  # one matmul over [x, h]: (in + H, 4H)
-                        w = (torch.cat([w_ih, w_hh], dim=1) * scale).t().contiguous()
-                        self.layers.append(((b_ih + b_hh) * scale[:, 0], w))
-                else:  # GRU keeps input and hidden parts apart: r gates only the hidden part of n
-                    if layer == 0:
-                        self.layers.append((torch.addmm(b_ih, emb, w_ih.t()), None, w_hh.t().contiguous(), b_hh))
-                    else:
-                        self.layers.append((b_ih, w_ih.t().contiguous(), w_hh.t().contiguous(), b_hh))
-            # The adaptive softmax is applied as the model applies it; a full one as one matmul.
-            head = model.head  # an AdaptiveHead exactly when the config is adaptive
-            self.adaptive = head if isinstance(head, AdaptiveHead) else None
-            if not isinstance(head, AdaptiveHead):
-                self.head_w = head.weight.t().contiguous()  # (H, V)
-                self.head_b = head.bias.clone()
-        self.device = model.embedding.weight.device
-
-    def to_fast(self, state: RNNState) -> FastState:
-        """(L, B, H) state(s) of nn.LSTM/nn.GRU -> per-layer lists."""
-        if isinstance(state, tuple):  # an LSTM's (h, c)
-            return [list(state[0].unbind(0)), list(state[1].unbind(0))]
-        return [list(state.unbind(0))]
-
-    def from_fast(self, fast: FastState) -> RNNState:
-        """Per-layer lists -> the (L, B, H) layout of nn.LSTM/nn.GRU."""
-        if self.cell == "lstm":
-            return torch.stack(fast[0]), torch.stack(fast[1])
-        return torch.stack(fast[0])
-
-    @torch.inference_mode()
-    def __call__(self, ids: torch.Tensor, fast: FastState) -> tuple[torch.Tensor, FastState]:
-        """ids (B,), per-layer state -> logits (B, V), new per-layer state."""
-        H = self.H
-        x = ids  # each layer's input: the ids for layer 0 (read through its table), then the layer below's output
-        if self.cell == "lstm":
-            hs, cs = fast
-            new_h, new_c = [], []
-            for layer, (a, w) in enumerate(self.layers):
-                if layer == 0:
-                    gates = torch.addmm(a.index_select(0, ids), hs[0], w)  # (B, 4H)
-                else:
-                    gates = torch.addmm(a, torch.cat([x, hs[layer]], dim=1), w)
-                gates = gates.sigmoid_()
-                i, f, g, o = gates.split(H, dim=1)
-                c = torch.addcmul(f * cs[layer], i, g.mul(2.0).sub_(1.0))  # f*c + i*tanh(g)
-                x = o * c.tanh()
-                new_h.append(x)
-                new_c.append(c)
-            fast = [new_h, new_c]
-        else:
-            (hs,) = fast
-            new_h = []
-            for layer, (gi_src, w_ih, w_hh, b_hh) in enumerate(self.layers):
-                h = hs[layer]
-                gi = gi_src.index_select(0, ids) if layer == 0 else torch.addmm(gi_src, x, w_ih)  # (B, 3H)
-                gh = torch.addmm(b_hh, h, w_hh)  # (B, 3H)
-                i_r, i_z, i_n = gi.split(H, dim=1)
-                h_r, h_z, h_n = gh.split(H, dim=1)
-                r = torch.sigmoid(i_r + h_r)
-                z = torch.sigmoid(i_z + h_z)
-                n = torch.tanh(torch.addcmul(i_n, r, h_n))
-                x = torch.lerp(n, h, z)  # (1 - z) * n + z * h
-                new_h.append(x)
-            fast = [new_h]
-        if self.adaptive is not None:
-            return self.adaptive.log_probs(x), fast  # (B, V)
-        return torch.addmm(self.head_b, x, self.head_w), fast  # (B, V)
 
 
 class HostCopy:

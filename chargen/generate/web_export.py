@@ -115,13 +115,13 @@ def is_web_export(path: Path) -> bool:
 
 def web_arrays(step: NumpyStep) -> dict[str, np.ndarray]:
     """The arrays chargen.js reads, by name (the ONNX export's names): per layer ``l{k}.table`` (layer 0's
-    input projection of every id, biases folded in), ``l{k}.w`` and ``l{k}.b`` (an LSTM's weights over
+    input projection of every id, biases folded in), ``l{k}.w`` and ``l{k}.b`` (an LSTM's or RNN's weights over
     [x, h] and its bias above layer 0; ``l0.w_hh`` at layer 0) or ``l{k}.w_ih``, ``l{k}.b_ih``, ``l{k}.w_hh``,
     ``l{k}.b_hh`` (a GRU's); ``head.w``, ``head.b``; the adaptive softmax's ``tail{i}.project``,
     ``tail{i}.out`` and ``head.rank``."""
     out: dict[str, Any] = {}
     for k, layer in enumerate(step.layers):
-        if step.cell == "lstm":
+        if step.cell in ("lstm", "rnn"):
             a, w = layer
             out.update({"l0.table": a, "l0.w_hh": w} if k == 0 else {f"l{k}.b": a, f"l{k}.w": w})
         else:

@@ -1,4 +1,4 @@
-"""The language model: embedding -> LSTM or GRU stack -> output layer (a full or an adaptive softmax).
+"""The language model: embedding -> LSTM, GRU or Elman RNN stack -> output layer (a full or an adaptive softmax).
 
 ``CharRNN.forward(ids, state)`` maps ids (B, T) and a carried state to logits
 (B, T, V) and the state after the last step, so a long sequence can be run in
@@ -115,7 +115,7 @@ class LockedDropout(nn.Module):
 
 
 class CharRNN(nn.Module):
-    """Embedding -> locked dropout -> ``nn.LSTM``/``nn.GRU`` (batch first) -> dropout, locked dropout ->
+    """Embedding -> locked dropout -> ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (batch first) -> dropout, locked dropout ->
     output layer."""
 
     def __init__(self, config: ModelConfig):
@@ -123,7 +123,7 @@ class CharRNN(nn.Module):
         self.config = c = config
         assert c.embedding_size is not None  # ModelConfig.__post_init__ sets it
         self.embedding = nn.Embedding(c.vocab_size, c.embedding_size)
-        rnn = nn.LSTM if c.cell == "lstm" else nn.GRU
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[c.cell]  # nn.RNN: tanh
         # nn.LSTM applies dropout between layers only; the head gets its own below.
         self.rnn = rnn(
             c.embedding_size,

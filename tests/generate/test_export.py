@@ -31,6 +31,7 @@ RUNS = {
     "gru": dict(cell="gru"),
     "tied": dict(cell="lstm", tie_weights=True, embedding_size=32),
     "adaptive": dict(cell="gru", softmax="adaptive", cutoffs=[8, 16]),
+    "rnn": dict(cell="rnn"),
 }
 
 

@@ -17,7 +17,7 @@ from chargen.model.network import CharRNN, ModelConfig
 TEXT = "the king said, all is well.\nAnd the BIG one? she said HI! 'CHE'\n" * 3
 
 
-@pytest.fixture(scope="module", params=["lstm-torch", "gru-torch", "lstm-numpy", "gru-numpy"])
+@pytest.fixture(scope="module", params=["lstm-torch", "gru-torch", "rnn-torch", "lstm-numpy", "gru-numpy", "rnn-numpy"])
 def sampler(request):
     cell, backend = request.param.split("-")
     return make_sampler(cell, backend=backend)

@@ -28,6 +28,8 @@ MODELS = [
     dict(cell="lstm", tie_weights=True, embedding_size=24),
     dict(cell="lstm", softmax="adaptive", cutoffs=[10, 30]),
     dict(cell="gru", softmax="adaptive", cutoffs=[5]),
+    dict(cell="rnn"),
+    dict(cell="rnn", softmax="adaptive", cutoffs=[10, 30]),
 ]
 
 
@@ -38,10 +40,12 @@ def numpy_weights(model: CharRNN) -> dict[str, np.ndarray]:
 def _model(kw) -> CharRNN:
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=50, num_layers=3, hidden_size=24, **kw)).eval()
+    # Weights three times larger saturate the gates (harder cases); an Elman RNN's tanh of such weights is chaotic
+    # instead, where float32's rounding alone grows past the tolerance within 40 steps: it keeps its own.
     with torch.no_grad():
         for p in model.parameters():
             if p.is_floating_point():
-                p.mul_(3.0)
+                p.mul_(1.0 if kw["cell"] == "rnn" else 3.0)
     if model.config.adaptive:
         model.head.set_order(np.random.default_rng(1).permutation(50))
     return model
@@ -182,13 +186,13 @@ def test_streams_and_scores_agree_across_backends(both, tmp_path):
         n.score_split(None)
 
 
-@pytest.mark.parametrize("run", ["gru", "adaptive"])
+@pytest.mark.parametrize("run", ["gru", "rnn", "adaptive"])
 def test_other_cells_and_output_layers_agree_across_backends(run, tmp_path):
     import chargen
 
     text = tmp_path / "t.txt"
     text.write_text("".join(chr(0x4E00 + (i * 7919) % 500) + " abc\n"[i % 5] for i in range(6000)), encoding="utf-8")
-    kw = dict(cell="gru") if run == "gru" else dict(softmax="adaptive", cutoffs=[20, 200])
+    kw = dict(cell=run) if run != "adaptive" else dict(softmax="adaptive", cutoffs=[20, 200])
     chargen.train(
         str(text),
         out=tmp_path / "run",

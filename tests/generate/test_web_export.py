@@ -34,6 +34,7 @@ RUNS = {
     "tied": dict(cell="lstm", tie_weights=True, embedding_size=32),
     "adaptive": dict(cell="gru", softmax="adaptive", cutoffs=[8, 16]),
     "adaptive-lstm": dict(cell="lstm", softmax="adaptive", cutoffs=[10]),
+    "rnn": dict(cell="rnn"),
 }
 # Fullwidth letters and capitals that NFKC and lowercasing fold away; "é" once only: below min_char_count, so
 # the vocabulary gets the unknown token.

@@ -1,4 +1,4 @@
-"""CharRNN: shapes, whole-vs-chunked equality with carried state, config validation."""
+"""CharRNN: shapes, whole-vs-chunked equality with carried state, config validation; the Elman cell is tanh."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from chargen import ChargenError
 from chargen.model.network import CharRNN, ModelConfig, detach_state
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("layers", [1, 3])
 def test_whole_sequence_equals_chunks_with_carried_state(cell, layers):
     torch.manual_seed(0)
@@ -26,7 +26,7 @@ def test_whole_sequence_equals_chunks_with_carried_state(cell, layers):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_init_state_is_the_zero_state(cell):
     model = CharRNN(ModelConfig(vocab_size=9, cell=cell, num_layers=2, hidden_size=8)).eval()
     ids = torch.randint(0, 9, (4, 6))
@@ -53,7 +53,7 @@ def test_config_round_trips_through_dict():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(cell="rnn"), "--cell must be one of lstm, gru, got 'rnn'"),
+        (dict(cell="transformer"), "--cell must be one of lstm, gru, rnn, got 'transformer'"),
         (dict(num_layers=0), "--layers must be at least 1, got 0"),
         (dict(hidden_size=-4), "--hidden must be at least 1, got -4"),
         (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
@@ -83,7 +83,7 @@ def test_locked_dropout_keeps_one_mask_across_time():
     assert drop.eval()(x) is x and LockedDropout(0.0).train()(x) is x
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_input_and_output_dropout_act_in_training_only(cell):
     torch.manual_seed(0)
     cfg = dict(vocab_size=13, cell=cell, num_layers=2, hidden_size=16)
@@ -97,3 +97,25 @@ def test_input_and_output_dropout_act_in_training_only(cell):
     assert torch.equal(h == 0, (h == 0)[:, :1].expand_as(h))  # the output mask is locked too
     assert (h == 0).any()
     assert ModelConfig.from_dict(ModelConfig(**cfg, input_dropout=0.1).to_dict()).input_dropout == 0.1
+
+
+def test_the_rnn_cell_is_elmans_tanh_and_its_parameters_are_counted():
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=11, cell="rnn", num_layers=2, hidden_size=8, embedding_size=5)
+    model = CharRNN(config).eval()
+    assert model.num_parameters == config.num_parameters
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == config.parameter_shapes()
+    ids = torch.randint(0, 11, (2, 7))
+    x, h = model.embedding(ids), [torch.zeros(2, 8), torch.zeros(2, 8)]
+    outs = []
+    for t in range(7):  # by hand: h = tanh(W_ih x + b_ih + W_hh h + b_hh), layer by layer
+        inp = x[:, t]
+        for k in range(2):
+            w_ih, w_hh = getattr(model.rnn, f"weight_ih_l{k}"), getattr(model.rnn, f"weight_hh_l{k}")
+            b = getattr(model.rnn, f"bias_ih_l{k}") + getattr(model.rnn, f"bias_hh_l{k}")
+            h[k] = torch.tanh(inp @ w_ih.T + h[k] @ w_hh.T + b)
+            inp = h[k]
+        outs.append(inp)
+    features, state = model.features(ids)
+    torch.testing.assert_close(features, torch.stack(outs, 1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(state, torch.stack(h), rtol=1e-5, atol=1e-6)

@@ -149,7 +149,8 @@ class Plan {
     this.size = 0;
     this.copies = [];
     const H = meta.hidden_size, L = meta.num_layers, lstm = meta.cell === "lstm";
-    const G = pad4((lstm ? 4 : 3) * H);
+    const G = pad4(({ lstm: 4, gru: 3, rnn: 1 })[meta.cell] * H);
+    if (!G) throw new ChargenError(`this chargen.js does not know the cell ${JSON.stringify(meta.cell)}; export again`);
     // The state first, in one piece: a stream saves and restores it around each character it yields, so that
     // streams taking turns on one model each keep their own.
     this.stateSize = L * pad4(H) * (lstm ? 2 : 1);
@@ -157,8 +158,8 @@ class Plan {
     this.layers = [];
     for (let k = 0; k < L; k++) {
       const layer = { h: state + k * pad4(H), gates: this.buffer(G) };
-      if (lstm) {
-        layer.c = state + (L + k) * pad4(H);
+      if (meta.cell !== "gru") { // the LSTM's and the RNN's: a table or a bias, and weights over [x, h]
+        if (lstm) layer.c = state + (L + k) * pad4(H);
         if (k === 0) layer.table = this.weight(tensors, "l0.table");
         else layer.b = this.weight(tensors, `l${k}.b`);
         layer.w = this.weight(tensors, k === 0 ? "l0.w_hh" : `l${k}.w`); // layers above: rows of x, then of h
@@ -325,11 +326,12 @@ export class Model {
 
   /** Read one id: the state moves on; returns the next character's logits (a view, valid until the next step). */
   #step(id) {
-    const lstm = this.config.cell === "lstm";
+    const cell = this.config.cell;
     let x = -1, xn = 0; // the layer's input: the output of the layer below (layer 0 reads its table)
     for (let k = 0; k < this.plan.layers.length; k++) {
       const layer = this.plan.layers[k];
-      if (lstm) this.#lstmLayer(layer, k, id, x, xn);
+      if (cell === "lstm") this.#lstmLayer(layer, k, id, x, xn);
+      else if (cell === "rnn") this.#rnnLayer(layer, k, id, x, xn);
       else this.#gruLayer(layer, k, id, x, xn);
       [x, xn] = [layer.h, this.H];
     }
@@ -351,6 +353,15 @@ export class Model {
       f[c + j] = cell;
       f[h + j] = fr(so * fr(tanh(cell)));
     }
+  }
+
+  #rnnLayer(layer, k, id, x, xn) { // Elman's: h = tanh(table row or [x, h] @ w + b, with h @ w_hh)
+    const f = this.f, H = this.H, g = layer.gates, G = layer.w.m, fr = Math.fround;
+    f.fill(0, g, g + G);
+    if (k > 0) this.matvec(x, xn, layer.w.at, G, g);
+    this.matvec(layer.h, H, layer.w.at + xn * G, G, g);
+    const add = k === 0 ? layer.table.at + id * layer.table.m : layer.b.at;
+    for (let j = 0; j < H; j++) f[layer.h + j] = fr(Math.tanh(fr(f[g + j] + f[add + j])));
   }
 
   #gruLayer(layer, k, id, x, xn) {
