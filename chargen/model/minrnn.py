@@ -87,7 +87,7 @@ class MinRNN(nn.Module):
         return log_f - total, log_i - total + log_g(c)
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        B, T, H = x.shape[0], x.shape[1], self.hidden_size
+        B, H = x.shape[0], self.hidden_size
         if h0 is None:
             h0 = x.new_zeros(self.num_layers, B, H)
         last = []
