@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chargen.model.minrnn import MinRNN  # noqa: E402
+from chargen.model.minrnn import MinRNN
 
 CELLS = ("lstm", "gru", "rnn", "mingru", "minlstm")
 
