@@ -205,15 +205,7 @@ def _lstm_layer(
     g: _Graph, k: int, layer: tuple[np.ndarray, np.ndarray], x: str | None, h: str, c_prev: str, half: str, H: int
 ) -> tuple[str, str]:
     """Layer ``k`` of an LSTM step: its output and its new cell state."""
-    a, w = layer
-    if k == 0:
-        gates = g.op(
-            "Add", g.op("Gather", g.const(a, "l0.table"), "ids", axis=0), g.op("MatMul", h, g.const(w, "l0.w_hh"))
-        )
-    else:
-        assert x is not None  # the output of the layer below
-        gates = g.op("Add", g.op("MatMul", g.op("Concat", x, h, axis=1), g.const(w, f"l{k}.w")), g.const(a, f"l{k}.b"))
-    t = g.op("Tanh", gates)  # the i, f, o columns are halved: their sigmoids are
+    t = g.op("Tanh", _table_or_products(g, k, layer, x, h))  # the i, f, o columns are halved: their sigmoids are
     sig = g.op("Add", g.op("Mul", t, half), half)  # 0.5 tanh + 0.5 (numpy_cells.lstm_cell)
     quarters = g.const(_i64(H, H, H, H))
     i, f, _, o = g.op("Split", sig, quarters, axis=1, outputs=4)
@@ -223,16 +215,19 @@ def _lstm_layer(
 
 
 def _rnn_layer(g: _Graph, k: int, layer: tuple[np.ndarray, np.ndarray], x: str | None, h: str) -> str:
-    """Layer ``k`` of an Elman RNN step: tanh of the table's row (or [x, h] @ w + b) and h @ w_hh."""
+    """Layer ``k`` of an Elman RNN step: its output, which is also its new state."""
+    return g.op("Tanh", _table_or_products(g, k, layer, x, h))
+
+
+def _table_or_products(g: _Graph, k: int, layer: tuple[np.ndarray, np.ndarray], x: str | None, h: str) -> str:
+    """An LSTM's or RNN's pre-activations: layer 0's table row plus h @ w_hh, or [x, h] @ w + b above it."""
     a, w = layer
     if k == 0:
-        pre = g.op(
+        return g.op(
             "Add", g.op("Gather", g.const(a, "l0.table"), "ids", axis=0), g.op("MatMul", h, g.const(w, "l0.w_hh"))
         )
-    else:
-        assert x is not None  # the output of the layer below
-        pre = g.op("Add", g.op("MatMul", g.op("Concat", x, h, axis=1), g.const(w, f"l{k}.w")), g.const(a, f"l{k}.b"))
-    return g.op("Tanh", pre)
+    assert x is not None  # the output of the layer below
+    return g.op("Add", g.op("MatMul", g.op("Concat", x, h, axis=1), g.const(w, f"l{k}.w")), g.const(a, f"l{k}.b"))
 
 
 def _gru_layer(
