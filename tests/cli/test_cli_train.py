@@ -65,7 +65,7 @@ def test_train_then_info(cli, corpus, tmp_path):
         (["--max-time", "soon"], ["argument --max-time: must be a duration such as 90s, 5m or 1h"]),
         (["--dropout", "1.0"], ["argument --dropout: must be in [0, 1), got 1.0"]),
         (["--dropout", "-0.5"], ["argument --dropout: must be in [0, 1), got -0.5"]),
-        (["--cell", "rnn"], ["invalid choice: 'rnn'"]),
+        (["--cell", "transformer"], ["invalid choice: 'transformer'"]),
         (["--device", "tpu"], ["invalid choice: 'tpu'"]),
         (["--preset", "huge"], ["unknown preset 'huge'"]),
         (["--batch-size", "64", "--bptt", "128"], ["too short for one batch", "needs at least 8,193"]),
