@@ -338,13 +338,20 @@ export class Model {
     return this.#output(x);
   }
 
-  #lstmLayer(layer, k, id, x, xn) {
-    const f = this.f, H = this.H, g = layer.gates, G = layer.w.m, fr = Math.fround, tanh = Math.tanh;
+  /** An LSTM's or RNN's pre-activations (n of them) into layer.gates: [x, h] @ w (the rows of x, then those of
+   * h; layer 0 has no x), plus layer 0's table row for `id` or the bias above it. */
+  #preActivations(layer, k, id, x, xn, n) {
+    const f = this.f, g = layer.gates, G = layer.w.m, fr = Math.fround;
     f.fill(0, g, g + G);
-    if (k > 0) this.matvec(x, xn, layer.w.at, G, g); // [x, h] @ w: the rows of x, then those of h
-    this.matvec(layer.h, H, layer.w.at + xn * G, G, g);
-    const add = k === 0 ? layer.table.at + id * layer.table.m : layer.b.at; // the table's row, or the bias
-    for (let j = 0; j < 4 * H; j++) f[g + j] = fr(f[g + j] + f[add + j]);
+    if (k > 0) this.matvec(x, xn, layer.w.at, G, g);
+    this.matvec(layer.h, this.H, layer.w.at + xn * G, G, g);
+    const add = k === 0 ? layer.table.at + id * layer.table.m : layer.b.at;
+    for (let j = 0; j < n; j++) f[g + j] = fr(f[g + j] + f[add + j]);
+  }
+
+  #lstmLayer(layer, k, id, x, xn) {
+    const f = this.f, H = this.H, g = layer.gates, fr = Math.fround, tanh = Math.tanh;
+    this.#preActivations(layer, k, id, x, xn, 4 * H);
     const h = layer.h, c = layer.c; // numpy_cells.lstm_cell: the i, f, o columns are pre-halved
     for (let j = 0; j < H; j++) {
       const si = fr(fr(tanh(f[g + j])) * 0.5 + 0.5), sf = fr(fr(tanh(f[g + H + j])) * 0.5 + 0.5);
@@ -356,13 +363,11 @@ export class Model {
   }
 
   #rnnLayer(layer, k, id, x, xn) { // Elman's: h = tanh(table row or [x, h] @ w + b, with h @ w_hh)
-    const f = this.f, H = this.H, g = layer.gates, G = layer.w.m, fr = Math.fround;
-    f.fill(0, g, g + G);
-    if (k > 0) this.matvec(x, xn, layer.w.at, G, g);
-    this.matvec(layer.h, H, layer.w.at + xn * G, G, g);
-    const add = k === 0 ? layer.table.at + id * layer.table.m : layer.b.at;
-    for (let j = 0; j < H; j++) f[layer.h + j] = fr(Math.tanh(fr(f[g + j] + f[add + j])));
+    const f = this.f, g = layer.gates, fr = Math.fround;
+    this.#preActivations(layer, k, id, x, xn, this.H);
+    for (let j = 0; j < this.H; j++) f[layer.h + j] = fr(Math.tanh(f[g + j]));
   }
+
 
   #gruLayer(layer, k, id, x, xn) {
     const f = this.f, H = this.H, gi = layer.gates, gh = layer.hidden, G = layer.w_hh.m, fr = Math.fround;
