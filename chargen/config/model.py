@@ -10,10 +10,12 @@ from typing import Any
 from ..errors import ChargenError
 from .options import check_fields, option, parse_int_list
 
-CELLS = ("lstm", "gru", "rnn")
+CELLS = ("lstm", "gru", "rnn", "mingru", "minlstm")
 # The gates of each cell, stacked in its weight matrices' rows: LSTM i, f, g, o; GRU r, z, n; the Elman RNN's
-# one tanh of the input and the state (the plain recurrent cell the tutorials teach).
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+# one tanh of the input and the state (the plain recurrent cell the tutorials teach); minGRU z, c and minLSTM
+# f, i, c (Feng et al., 2024), whose gates read the input only (model/minrnn.py).
+GATES = {"lstm": 4, "gru": 3, "rnn": 1, "mingru": 2, "minlstm": 3}
+MIN_CELLS = ("mingru", "minlstm")  # no weights on the state; a LayerNorm before each layer instead
 SOFTMAXES = ("full", "adaptive", "auto")
 # --softmax auto picks the adaptive softmax from this many characters on. Measured (scripts/bench_softmax.py,
 # the cpu preset for 3 minutes on Chinese and Japanese manual pages, the alphabet cut with --min-char-count):
@@ -31,7 +33,13 @@ class ModelConfig:
     """Shape of a CharRNN; saved in the run's config.json."""
 
     vocab_size: int  # set from the corpus, not an option
-    cell: str = option("lstm", "recurrent cell (rnn: Elman's, one tanh and no gates)", choices=CELLS, group="model")
+    cell: str = option(
+        "lstm",
+        "recurrent cell (rnn: Elman's, one tanh and no gates; mingru, minlstm: gates on the input only, "
+        "trained over a window at once)",
+        choices=CELLS,
+        group="model",
+    )
     num_layers: int = option(2, "stacked layers", flag="layers", minimum=1, metavar="L", group="model")
     hidden_size: int = option(256, "hidden size", flag="hidden", minimum=1, metavar="H", group="model")
     embedding_size: int | None = option(
@@ -133,21 +141,20 @@ class ModelConfig:
         return 1 + 4 * self.num_layers + len(self._head_shapes())
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The stored tensors' names and shapes, as CharRNN names them (nn.LSTM/nn.GRU layout; the
+        """The stored tensors' names and shapes, as CharRNN names them (nn.LSTM/nn.GRU layout; a min cell's
+        LayerNorm as ``rnn.norm_weight_l{k}``, ``rnn.norm_bias_l{k}`` in place of the state's weights; the
         adaptive softmax as nn.AdaptiveLogSoftmaxWithLoss, and ``head.rank``, each id's place in the
         frequency order its clusters follow)."""
         E, H, G = self.embedding_size, self.hidden_size, GATES[self.cell]
         assert E is not None  # __post_init__ sets it
         shapes = {"embedding.weight": (self.vocab_size, E), **self._head_shapes()}
         for k in range(self.num_layers):
-            shapes.update(
-                {
-                    f"rnn.weight_ih_l{k}": (G * H, E if k == 0 else H),
-                    f"rnn.weight_hh_l{k}": (G * H, H),
-                    f"rnn.bias_ih_l{k}": (G * H,),
-                    f"rnn.bias_hh_l{k}": (G * H,),
-                }
-            )
+            size = E if k == 0 else H
+            if self.cell in MIN_CELLS:
+                layer = {"norm_weight": (size,), "norm_bias": (size,), "weight_ih": (G * H, size), "bias_ih": (G * H,)}
+            else:
+                layer = {"weight_ih": (G * H, size), "weight_hh": (G * H, H), "bias_ih": (G * H,), "bias_hh": (G * H,)}
+            shapes.update({f"rnn.{name}_l{k}": shape for name, shape in layer.items()})
         return shapes
 
     def _head_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -175,7 +182,10 @@ class ModelConfig:
         V, E, H, L = self.vocab_size, self.embedding_size, self.hidden_size, self.num_layers
         assert E is not None  # __post_init__ sets it
         G = GATES[self.cell]
-        rnn = G * H * (E + H + 2) + (L - 1) * G * H * (2 * H + 2)
+        if self.cell in MIN_CELLS:  # per layer: a LayerNorm of the input, then its gates
+            rnn = (2 * E + G * H * (E + 1)) + (L - 1) * (2 * H + G * H * (H + 1))
+        else:
+            rnn = G * H * (E + H + 2) + (L - 1) * G * H * (2 * H + 2)
         head = sum(math.prod(shape) for name, shape in self._head_shapes().items() if name != "head.rank")
         return V * E + rnn + head
 

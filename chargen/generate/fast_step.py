@@ -3,17 +3,20 @@
 Calling ``nn.LSTM`` once per character costs far more than its arithmetic: each call validates arguments,
 picks a kernel and allocates. ``FastStep`` applies the same weights directly: the first layer's input
 projection becomes a (V, G*H) lookup table with the biases folded in, deeper LSTM and RNN layers take one
-matmul over [x, h], under ``inference_mode``. It computes what ``nn.LSTM``/``nn.GRU``/``nn.RNN`` compute, in
-the same gate order (a test checks it). ``numpy_step.NumpyStep`` is its twin on NumPy.
+matmul over [x, h], under ``inference_mode``. It computes what ``nn.LSTM``/``nn.GRU``/``nn.RNN`` and
+``MinRNN`` compute, in the same gate order (a test checks it). ``numpy_step.NumpyStep`` is its twin on NumPy.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import torch
+import torch.nn.functional as F
 
+from ..model.minrnn import mix
 from ..model.network import AdaptiveHead, CharRNN, RNNState
 
 __all__ = ["FastState", "FastStep"]
@@ -38,7 +41,9 @@ class FastStep:
             # LSTM and RNN: (input table or bias, weight); GRU: (input part, w_ih or None, w_hh, b_hh)
             self.layers: list[tuple[Any, ...]] = [
                 _PREPARE[c.cell](
-                    emb if k == 0 else None, *(getattr(rnn, f"{name}_l{k}") for name in _NAMES), c.hidden_size
+                    emb if k == 0 else None,
+                    *(getattr(rnn, f"{name}_l{k}") for name in _NAMES.get(c.cell, _NAMES["lstm"])),
+                    c.hidden_size,
                 )
                 for k in range(c.num_layers)
             ]
@@ -71,7 +76,13 @@ class FastStep:
         return torch.addmm(self.head_b, x, self.head_w), fast  # (B, V)
 
 
-_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # (G*H, in), (G*H, H), (G*H,), (G*H,)
+# Each layer's tensors, as the prepare functions take them: (G*H, in), (G*H, H), (G*H,), (G*H,), and a min
+# cell's LayerNorm (in,), (in,) with its gates (G*H, in), (G*H,).
+_NAMES = {
+    "lstm": ("weight_ih", "weight_hh", "bias_ih", "bias_hh"),
+    "mingru": ("norm_weight", "norm_bias", "weight_ih", "bias_ih"),
+}
+_NAMES["minlstm"] = _NAMES["mingru"]
 _T = torch.Tensor
 
 
@@ -96,6 +107,31 @@ def _prepare_rnn(emb: _T | None, w_ih: _T, w_hh: _T, b_ih: _T, b_hh: _T, H: int)
     if emb is not None:
         return torch.addmm(b_ih + b_hh, emb, w_ih.t()), w_hh.t().contiguous()
     return b_ih + b_hh, torch.cat([w_ih, w_hh], dim=1).t().contiguous()
+
+
+def _prepare_min(emb: _T | None, norm_w: _T, norm_b: _T, w_ih: _T, b_ih: _T, H: int) -> tuple[Any, ...]:
+    # The gates read the input only, so layer 0's are a table over the ids (normalized embedding, product,
+    # bias), kept beside the embedding when it is added back (the residual path, where E = H).
+    if emb is not None:
+        table = F.linear(F.layer_norm(emb, emb.shape[-1:], norm_w, norm_b), w_ih, b_ih)  # (V, G*H)
+        return table, emb if emb.shape[1] == H else None
+    return b_ih, w_ih.t().contiguous(), norm_w, norm_b
+
+
+def _min(cell: str, layers: list, ids: _T, fast: FastState, H: int) -> tuple[_T, FastState]:
+    (hs,), x = fast, ids
+    new_h = []
+    for layer, prepared in enumerate(layers):
+        if layer == 0:
+            table, emb = prepared
+            pre, res = table.index_select(0, ids), None if emb is None else emb.index_select(0, ids)
+        else:
+            b, w, norm_w, norm_b = prepared
+            pre, res = torch.addmm(b, F.layer_norm(x, (H,), norm_w, norm_b), w), x
+        h = mix(cell, pre, hs[layer])
+        new_h.append(h)
+        x = h if res is None else h + res
+    return x, [new_h]
 
 
 def _lstm(layers: list, ids: _T, fast: FastState, H: int) -> tuple[_T, FastState]:
@@ -144,5 +180,17 @@ def _rnn(layers: list, ids: _T, fast: FastState, H: int) -> tuple[_T, FastState]
     return x, [new_h]
 
 
-_PREPARE: dict[str, Callable[..., tuple[Any, ...]]] = {"lstm": _prepare_lstm, "gru": _prepare_gru, "rnn": _prepare_rnn}
-_STEP: dict[str, Callable[[list, _T, FastState, int], tuple[_T, FastState]]] = {"lstm": _lstm, "gru": _gru, "rnn": _rnn}
+_PREPARE: dict[str, Callable[..., tuple[Any, ...]]] = {
+    "lstm": _prepare_lstm,
+    "gru": _prepare_gru,
+    "rnn": _prepare_rnn,
+    "mingru": _prepare_min,
+    "minlstm": _prepare_min,
+}
+_STEP: dict[str, Callable[[list, _T, FastState, int], tuple[_T, FastState]]] = {
+    "lstm": _lstm,
+    "gru": _gru,
+    "rnn": _rnn,
+    "mingru": functools.partial(_min, "mingru"),
+    "minlstm": functools.partial(_min, "minlstm"),
+}

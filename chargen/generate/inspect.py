@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from ..config import GATES, MIN_CELLS
 from ..errors import ChargenError
+from .numpy_cells import candidate, sigmoid
 from .numpy_step import NumpyStep, Scorer
 
 __all__ = ["FEATURES", "MAX_KEPT", "Inspection", "features_of", "inspect"]
@@ -148,8 +150,20 @@ def _step_of(sampler: Any) -> NumpyStep:
     return NumpyStep(weights, model.config)
 
 
-GATE_NAMES = {"lstm": ("input", "forget", "cell", "output"), "gru": ("reset", "update", "new"), "rnn": ("new",)}
-SIGMOID = {"lstm": ("input", "forget", "output"), "gru": ("reset", "update"), "rnn": ()}
+GATE_NAMES = {
+    "lstm": ("input", "forget", "cell", "output"),
+    "gru": ("reset", "update", "new"),
+    "rnn": ("new",),
+    "mingru": ("update", "candidate"),
+    "minlstm": ("forget", "input", "candidate"),
+}
+SIGMOID = {
+    "lstm": ("input", "forget", "output"),
+    "gru": ("reset", "update"),
+    "rnn": (),
+    "mingru": ("update",),
+    "minlstm": ("forget", "input"),
+}
 
 
 def inspect(
@@ -261,7 +275,11 @@ def _read(
 
 def _gates(got: dict[str, np.ndarray], cell: str, span: slice) -> np.ndarray:
     """(t, G*H) gate values from one layer's record: sigmoid gates as sigmoids, the cell's g or n as tanh (an
-    RNN's one "gate" is its new state)."""
+    RNN's one "gate" is its new state; a min cell's candidate is g(c), not a gate that saturates)."""
+    if cell in MIN_CELLS:
+        pre = got["pre"][0, span]
+        H = pre.shape[1] // GATES[cell]
+        return np.concatenate([sigmoid(pre[:, :-H]), candidate(pre[:, -H:])], axis=1)
     if cell == "rnn":
         return np.tanh(got["pre"][0, span])
     if cell == "lstm":

@@ -1,14 +1,32 @@
-"""The recurrent cells in NumPy: one step of each (``lstm_cell``, ``gru_cell``; the Elman cell's is one tanh)
-on a batch, and one layer over a sequence (``lstm_steps``, ``gru_steps``, ``rnn_steps``), which
-``NumpyStep.features`` runs and ``inspect`` records.
+"""The recurrent cells in NumPy: one step of each (``lstm_cell``, ``gru_cell``, ``min_cell``; the Elman cell's
+is one tanh) on a batch, and one layer over a sequence (``lstm_steps``, ``gru_steps``, ``rnn_steps``,
+``min_steps``), which ``NumpyStep.features`` runs and ``inspect`` records.
 The sigmoid gates' columns are pre-halved (``half_gates``): sigmoid(x) = 0.5 tanh(x / 2) + 0.5, so one
 tanh covers every gate. Nothing here imports torch."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-__all__ = ["gru_cell", "gru_steps", "half_gates", "log_softmax", "lstm_cell", "lstm_steps", "rnn_steps"]
+__all__ = [
+    "candidate",
+    "gru_cell",
+    "gru_steps",
+    "half_gates",
+    "layer_norm",
+    "log_softmax",
+    "lstm_cell",
+    "lstm_steps",
+    "min_cell",
+    "min_coefficients",
+    "min_input",
+    "min_layers",
+    "min_steps",
+    "rnn_steps",
+    "sigmoid",
+]
 
 
 def half_gates(gates: int, hidden: int, halved: tuple) -> np.ndarray:
@@ -84,6 +102,80 @@ def rnn_steps(gin: np.ndarray, w_hh: np.ndarray, h: np.ndarray, out: np.ndarray,
         if kept is not None:
             kept["pre"][:, t] = pre
     return h
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """torch's sigmoid, 1 / (1 + exp(-x)), to its rounding (exp overflowing to inf gives the 0 it should)."""
+    with np.errstate(over="ignore"):
+        return np.float32(1) / (np.float32(1) + np.exp(-x))
+
+
+def candidate(c: np.ndarray) -> np.ndarray:
+    """A min cell's g(c): c + 1/2 from 0 on, sigmoid(c) below (``minrnn.g``)."""
+    return np.where(c >= 0, c + np.float32(0.5), sigmoid(c))
+
+
+def min_coefficients(cell: str, pre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """a and b (..., H) of a min cell's h_t = a_t h_{t-1} + b_t from its pre-activations (..., G*H):
+    ``minrnn.coefficients`` in NumPy (minGRU z, c; minLSTM f, i, c; g(x) = x + 1/2 or sigmoid(x) below 0)."""
+    parts = np.split(pre, 2 if cell == "mingru" else 3, axis=-1)
+    g = candidate(parts[-1])
+    if cell == "mingru":
+        z = sigmoid(parts[0])
+        return 1 - z, z * g
+    f, i = sigmoid(parts[0]), sigmoid(parts[1])
+    total = f + i
+    return f / total, i / total * g
+
+
+def min_cell(cell: str, pre: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """A min cell's new state (B, H) from its pre-activations (B, G*H) and the state h."""
+    a, b = min_coefficients(cell, pre)
+    return a * h + b
+
+
+def min_steps(cell: str, gin: np.ndarray, h: np.ndarray, out: np.ndarray, kept: dict | None) -> np.ndarray:
+    """One min-cell layer over T steps (gin (B, T, G*H), every gate read from the input): its states into
+    ``out``, h after the last; ``kept`` (a dict, or None) takes the pre-activations ``pre``."""
+    a, b = min_coefficients(cell, gin)
+    if kept is not None:
+        kept["pre"] = gin
+    for t in range(gin.shape[1]):
+        h = out[:, t] = a[:, t] * h + b[:, t]
+    return h
+
+
+def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """LayerNorm over the last axis, as torch's (the biased variance, eps inside the root)."""
+    mean = x.mean(axis=-1, keepdims=True)
+    centred = x - mean
+    var = np.square(centred).mean(axis=-1, keepdims=True)
+    return centred / np.sqrt(var + np.float32(eps)) * weight + bias
+
+
+def min_layers(w: dict[str, np.ndarray], num_layers: int, H: int) -> list[tuple[Any, ...]]:
+    """A min cell's layers prepared from a run's arrays ``w``: layer 0's gates as a table over the ids (the gates read the input only),
+    with the embedding kept where it is added back; then each deeper layer's bias, weight and LayerNorm."""
+    emb = w["embedding.weight"]
+    layers: list[tuple[Any, ...]] = []
+    for k in range(num_layers):
+        norm_w, norm_b = w[f"rnn.norm_weight_l{k}"], w[f"rnn.norm_bias_l{k}"]
+        w_ih, b_ih = w[f"rnn.weight_ih_l{k}"], w[f"rnn.bias_ih_l{k}"]
+        if k == 0:
+            layers.append((layer_norm(emb, norm_w, norm_b) @ w_ih.T + b_ih, emb if emb.shape[1] == H else None))
+        else:
+            layers.append((b_ih, np.ascontiguousarray(w_ih.T), norm_w, norm_b))
+    return layers
+
+
+def min_input(layer: tuple[Any, ...], k: int, ids: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, Any]:
+    """A min-cell layer's pre-activations (..., G*H) and what its output adds back (or None), from the ids
+    (layer 0) or the layer below's output x."""
+    if k == 0:
+        table, emb = layer
+        return table[ids], None if emb is None else emb[ids]
+    b, w, norm_w, norm_b = layer
+    return layer_norm(x, norm_w, norm_b) @ w + b, x
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

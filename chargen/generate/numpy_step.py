@@ -19,9 +19,21 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
-from ..config import ModelConfig, SampleOptions
+from ..config import MIN_CELLS, ModelConfig, SampleOptions
 from .draws import draw_loop
-from .numpy_cells import gru_cell, gru_steps, half_gates, log_softmax, lstm_cell, lstm_steps, rnn_steps
+from .numpy_cells import (
+    gru_cell,
+    gru_steps,
+    half_gates,
+    log_softmax,
+    lstm_cell,
+    lstm_steps,
+    min_cell,
+    min_input,
+    min_layers,
+    min_steps,
+    rnn_steps,
+)
 from .rules import NUMPY_OPS, History
 
 __all__ = ["NumpyRuntime", "NumpyStep", "Scorer", "log_softmax", "pick", "prime", "sample_ids"]
@@ -44,9 +56,12 @@ class NumpyStep:
         # The sigmoid gates' columns are halved once here (exact: a power of two), so that a step takes one
         # tanh per gate group (see lstm_cell): LSTM i, f, o; GRU r, z.
         H = c.hidden_size
-        # LSTM and RNN: (input table or bias, weight); GRU: (input part, w_ih or None, w_hh, b_hh)
-        self.layers: list[tuple[Any, ...]] = []
-        for k in range(c.num_layers):
+        # LSTM and RNN: (input table or bias, weight); GRU: (input part, w_ih or None, w_hh, b_hh); a min cell:
+        # (table, the embedding added back or None), then (bias, weight, LayerNorm weight, LayerNorm bias)
+        self.layers: list[tuple[Any, ...]] = (
+            [] if c.cell not in MIN_CELLS else min_layers(w, c.num_layers, c.hidden_size)
+        )
+        for k in range(c.num_layers if c.cell not in MIN_CELLS else 0):
             w_ih, w_hh = w[f"rnn.weight_ih_l{k}"], w[f"rnn.weight_hh_l{k}"]  # (G*H, in), (G*H, H)
             b_ih, b_hh = w[f"rnn.bias_ih_l{k}"], w[f"rnn.bias_hh_l{k}"]
             if c.cell != "gru":  # LSTM, and the RNN: its layout with one gate, a tanh, not halved (x 1 is exact)
@@ -130,7 +145,12 @@ class NumpyStep:
         for k, layer in enumerate(self.layers):
             out = np.empty((B, T, H), dtype=np.float32)
             kept: dict[str, np.ndarray] | None = None if record is None else {"h": out}
-            if self.cell in ("lstm", "rnn"):
+            if self.cell in MIN_CELLS:
+                gin, res = min_input(layer, k, ids, x)  # (B, T, G*H)
+                new_state[0].append(min_steps(self.cell, gin, state[0][k], out, kept))
+                if res is not None:
+                    out = out + res
+            elif self.cell in ("lstm", "rnn"):
                 a, w = layer
                 gin, w_hh = (a[ids], w) if k == 0 else (x @ w[:H] + a, w[H:])  # (B, T, G*H)
                 if self.cell == "rnn":
@@ -152,7 +172,16 @@ class NumpyStep:
         """ids (B,), per-layer state -> logits (B, V), new per-layer state."""
         H, x = self.H, ids  # x: each layer's input; layer 0 reads the ids through its table
         rows = ids[0] if len(ids) == 1 else ids  # one id: its table row as a view, not a gathered copy
-        if self.cell == "rnn":
+        if self.cell in MIN_CELLS:
+            (hs,) = state
+            new_h = []
+            for k, layer in enumerate(self.layers):
+                pre, res = min_input(layer, k, rows, x)
+                h = min_cell(self.cell, pre.reshape(len(ids), -1), hs[k])
+                new_h.append(h)
+                x = h if res is None else h + res.reshape(len(ids), -1)
+            state = [new_h]
+        elif self.cell == "rnn":
             (hs,) = state
             new_h = []
             for k, (a, w) in enumerate(self.layers):

@@ -1,4 +1,5 @@
-"""The language model: embedding -> LSTM, GRU or Elman RNN stack -> output layer (a full or an adaptive softmax).
+"""The language model: embedding -> LSTM, GRU, Elman RNN, minGRU or minLSTM stack -> output layer (a full or an
+adaptive softmax).
 
 ``CharRNN.forward(ids, state)`` maps ids (B, T) and a carried state to logits
 (B, T, V) and the state after the last step, so a long sequence can be run in
@@ -20,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ADAPTIVE_DIV, ModelConfig
+from ..config import ADAPTIVE_DIV, MIN_CELLS, ModelConfig
+from .minrnn import MinRNN
 from .precision import rnn_under_autocast
 
 __all__ = [
@@ -115,23 +117,22 @@ class LockedDropout(nn.Module):
 
 
 class CharRNN(nn.Module):
-    """Embedding -> locked dropout -> ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (batch first) -> dropout, locked dropout ->
-    output layer."""
+    """Embedding -> locked dropout -> ``nn.LSTM``/``nn.GRU``/``nn.RNN``/:class:`MinRNN` (batch first) -> dropout,
+    locked dropout -> output layer."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = c = config
         assert c.embedding_size is not None  # ModelConfig.__post_init__ sets it
         self.embedding = nn.Embedding(c.vocab_size, c.embedding_size)
-        rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[c.cell]  # nn.RNN: tanh
-        # nn.LSTM applies dropout between layers only; the head gets its own below.
-        self.rnn = rnn(
-            c.embedding_size,
-            c.hidden_size,
-            c.num_layers,
-            batch_first=True,
-            dropout=c.dropout if c.num_layers > 1 else 0.0,
-        )
+        # The RNN applies dropout between layers only; the head gets its own below.
+        between = c.dropout if c.num_layers > 1 else 0.0
+        self.rnn: nn.Module
+        if c.cell in MIN_CELLS:
+            self.rnn = MinRNN(c.cell, c.embedding_size, c.hidden_size, c.num_layers, dropout=between)
+        else:
+            rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[c.cell]  # nn.RNN: tanh
+            self.rnn = rnn(c.embedding_size, c.hidden_size, c.num_layers, batch_first=True, dropout=between)
         self.drop = nn.Dropout(c.dropout)
         self.input_drop, self.output_drop = LockedDropout(c.input_dropout), LockedDropout(c.output_dropout)
         self.head: AdaptiveHead | nn.Linear
@@ -147,7 +148,7 @@ class CharRNN(nn.Module):
     def _init_weights(self) -> None:
         nn.init.normal_(self.embedding.weight, std=0.1)
         for name, p in self.rnn.named_parameters():
-            if name.startswith("bias"):
+            if name.startswith("bias"):  # (a min cell's LayerNorm keeps its own: ones and zeros)
                 nn.init.zeros_(p)
                 if self.config.cell == "lstm":
                     # Forget-gate bias 1 (gates are i, f, g, o): remember by default early on.

@@ -50,7 +50,7 @@ def test_every_flag_of_every_subcommand_completes(name):
 
 
 def test_choices_complete_after_their_flag_and_files_elsewhere(tmp_path):
-    assert complete(["chargen", "train", "--cell", ""]) == ["lstm", "gru", "rnn"]
+    assert complete(["chargen", "train", "--cell", ""]) == ["lstm", "gru", "rnn", "mingru", "minlstm"]
     assert complete(["chargen", "sample", "run", "--backend", "n"]) == ["numpy"]
     (tmp_path / "notes.txt").write_text("x")
     assert complete(["chargen", "train", str(tmp_path / "no")]) == [str(tmp_path / "notes.txt")]

@@ -64,7 +64,7 @@ def test_the_cpu_presets_earlier_recipes_are_reachable_by_the_flags_the_docs_giv
         ("embedding = 2.5", "embedding must be a whole number, got 2.5"),
         ('seed = "1"', "seed must be a whole number, got '1'"),
         ('lowercase = "no"', "lowercase must be true or false, got 'no'"),
-        ('cell = "transformer"', "cell must be one of lstm, gru, rnn, got 'transformer'"),
+        ('cell = "transformer"', "cell must be one of lstm, gru, rnn, mingru, minlstm, got 'transformer'"),
         ("hidden = 0", "hidden must be at least 1, got 0"),
         ('max-time = "soon"', "max-time must be a duration such as 90s, 5m or 1h"),
         ("hiden = 3", "unknown key 'hiden'"),

@@ -17,7 +17,12 @@ from chargen.model.network import CharRNN, ModelConfig
 TEXT = "the king said, all is well.\nAnd the BIG one? she said HI! 'CHE'\n" * 3
 
 
-@pytest.fixture(scope="module", params=["lstm-torch", "gru-torch", "rnn-torch", "lstm-numpy", "gru-numpy", "rnn-numpy"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        f"{cell}-{backend}" for backend in ("torch", "numpy") for cell in ("lstm", "gru", "rnn", "mingru", "minlstm")
+    ],
+)
 def sampler(request):
     cell, backend = request.param.split("-")
     return make_sampler(cell, backend=backend)
@@ -35,11 +40,19 @@ def test_logprobs_are_exactly_the_scores(sampler):
 
 def test_units_are_the_models_own_states(sampler):
     """The top layer's h at every position is what the model computes reading the text whole (nn.LSTM or
-    nn.GRU for the reference), and the last position's state is the state after the text."""
+    nn.GRU for the reference; a min cell's states, before its residual path adds the layer's input, from its
+    steps), and the last position's state is the state after the text."""
     got = sampler.inspect(TEXT)
     ids = [sampler.vocab.start_id] + sampler.vocab.encode(TEXT)
+    rnn, x = sampler.reference.rnn, sampler.reference.embedding(torch.tensor([ids]))
     with torch.no_grad():
-        out, state = sampler.reference.rnn(sampler.reference.embedding(torch.tensor([ids])))
+        out, state = rnn(x)
+        if sampler.reference.config.cell in ("mingru", "minlstm"):
+            h, tops = torch.zeros_like(state), []
+            for t in range(len(ids)):
+                _, h = rnn.step(x[:, t], h)
+                tops.append(h[-1])
+            out = torch.stack(tops, 1)
     top = f"layer {sampler.reference.config.num_layers - 1}"
     np.testing.assert_allclose(got.units[top]["h"], out[0, 1:].numpy(), atol=1e-4)
     if sampler.reference.config.cell == "lstm":
@@ -117,6 +130,23 @@ def test_a_planted_unit_is_found_with_its_feature_and_its_gates_saturate():
     for name in gates:
         for left, right in zip(gates[name]["left"], gates[name]["right"]):
             assert min(left, right) >= 0 and left + right <= 1
+
+
+@pytest.mark.parametrize("cell,names", [("mingru", {"update"}), ("minlstm", {"forget", "input"})])
+def test_a_min_cells_gates_are_its_sigmoids_counted_at_every_position(cell, names):
+    s = make_sampler(cell, layers=2, hidden=6, backend="numpy")
+    got = s.inspect(TEXT)
+    ids = np.concatenate([[s.vocab.start_id], s.encode(TEXT)])
+    record: list = []
+    s.runtime.step.features(ids[None, :], None, record)
+    for k, layer in enumerate(record):
+        pre = layer["pre"][0, 1:].astype(np.float64)  # the states after each character of the text
+        assert set(got.gates[f"layer {k}"]) == names
+        for g, name in enumerate(inspector.GATE_NAMES[cell]):
+            if name in names:
+                sig = 1 / (1 + np.exp(-pre[:, g * 6 : (g + 1) * 6]))
+                assert got.gates[f"layer {k}"][name]["left"] == np.round((sig < 0.1).mean(0), 4).tolist()
+                assert got.gates[f"layer {k}"][name]["right"] == np.round((sig > 0.9).mean(0), 4).tolist()
 
 
 def test_kept_layers_and_units_and_the_cap(sampler, monkeypatch):

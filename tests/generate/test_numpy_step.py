@@ -30,6 +30,10 @@ MODELS = [
     dict(cell="gru", softmax="adaptive", cutoffs=[5]),
     dict(cell="rnn"),
     dict(cell="rnn", softmax="adaptive", cutoffs=[10, 30]),
+    dict(cell="mingru"),
+    dict(cell="minlstm"),
+    dict(cell="mingru", embedding_size=16),  # no residual path around the first layer
+    dict(cell="minlstm", softmax="adaptive", cutoffs=[10, 30], embedding_size=16),
 ]
 
 
@@ -186,7 +190,7 @@ def test_streams_and_scores_agree_across_backends(both, tmp_path):
         n.score_split(None)
 
 
-@pytest.mark.parametrize("run", ["gru", "rnn", "adaptive"])
+@pytest.mark.parametrize("run", ["gru", "rnn", "mingru", "minlstm", "adaptive"])
 def test_other_cells_and_output_layers_agree_across_backends(run, tmp_path):
     import chargen
 

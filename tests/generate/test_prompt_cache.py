@@ -13,7 +13,7 @@ def _host(x):
 
 
 @pytest.mark.parametrize("backend", ["torch", "numpy"])
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "mingru", "minlstm"])
 def test_a_kept_prompt_gives_exactly_what_reading_it_gives(backend, cell):
     s = make_sampler(cell, backend=backend)
     cache = PromptCache(s._prime, s.runtime.repeat, entries=4, min_chars=8)

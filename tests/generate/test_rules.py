@@ -88,7 +88,7 @@ RULES = [
 ]
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "mingru", "minlstm"])
 @pytest.mark.parametrize("rules", RULES, ids=lambda r: ",".join(r))
 def test_the_backends_give_the_same_text_per_seed_under_every_rule(cell, rules):
     t, n = make_sampler(cell, backend="torch"), make_sampler(cell, backend="numpy")

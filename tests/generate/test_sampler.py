@@ -25,8 +25,10 @@ def make_sampler(cell="lstm", layers=2, hidden=24, seed=0, with_unk=False, backe
     vocab = CharVocab.build(ALPHABET, with_unk=with_unk)
     model = CharRNN(ModelConfig(vocab_size=len(vocab), cell=cell, num_layers=layers, hidden_size=hidden))
     with torch.no_grad():  # sharper distributions than the default init, so tests see structure
-        for p in model.parameters():  # (an Elman RNN's tanh of such weights is chaotic: float32 noise grows)
-            p.mul_(1.0 if cell == "rnn" else 3.0)
+        # (an Elman RNN's tanh of such weights is chaotic: float32 noise grows; a min cell's unbounded states
+        # make them near one-hot, where no rule changes the text)
+        for p in model.parameters():
+            p.mul_(1.0 if cell in ("rnn", "mingru", "minlstm") else 3.0)
     if backend == "torch":
         s = Sampler(model, vocab)
     else:
@@ -69,7 +71,7 @@ def test_temperature_zero_is_greedy_and_equals_top_k_1(sampler):
 
 
 def test_fast_step_equals_nn_rnn_for_every_step():
-    for cell in ("lstm", "gru", "rnn"):
+    for cell in ("lstm", "gru", "rnn", "mingru", "minlstm"):
         s = make_sampler(cell, layers=3, hidden=20)
         fs = FastStep(s.model)
         ids = torch.randint(0, len(s.vocab), (5, 60), generator=torch.Generator().manual_seed(1))
@@ -307,7 +309,7 @@ def test_top_p_keeps_the_lower_ids_among_ties():
     assert pick(logits, u, 1.0, None, 0.5, banned).tolist() == pick(logits, u, 1.0, None, 0.5, 1).tolist()
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "mingru", "minlstm"])
 def test_a_pickled_torch_sampler_holds_cpu_weights_and_decodes_the_same(cell):
     """The server's decoding process is sent the sampler by pickle: it must carry plain CPU tensors (CUDA
     ones would travel as IPC handles into the server's memory) and rebuild to the same text."""

@@ -57,7 +57,7 @@ def test_a_beam_ends_at_stop_strings_and_never_shows_them(sampler):
     assert sampler.generate("the ", length=0, beam=3, n=2) == ["", ""]
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "mingru", "minlstm"])
 def test_the_backends_search_alike(cell):
     t, n = make_sampler(cell, backend="torch"), make_sampler(cell, backend="numpy")
     for settings in (dict(beam=4, n=2), dict(beam=3, stop=("e",)), dict(best_of=6, n=2, seed=8, temperature=1.2)):

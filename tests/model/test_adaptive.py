@@ -138,7 +138,7 @@ def test_the_stored_layout_is_the_configs(model):
 # --------------------------------------------------------------------------- sampling and scoring
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "mingru", "minlstm"])
 def test_the_fast_step_is_the_model_at_every_step(cell):
     model = adaptive_model(cell)
     step = FastStep(model)

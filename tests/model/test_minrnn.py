@@ -1,12 +1,13 @@
-"""minGRU and minLSTM (issue 36): the log-space scan equals the step-by-step recurrence at every position, a
-window read whole equals it read in chunks with the state carried, g and the scan by hand, gradients finite."""
+"""minGRU and minLSTM (issue 36): the log-space scan and the looped recurrence (with its written-out backward)
+equal the step-by-step recurrence at every position, and each other in values and gradients; a window read
+whole equals it read in chunks with the state carried; g and the scan by hand; gradients finite."""
 
 import math
 
 import pytest
 import torch
 
-from chargen.model.minrnn import MinRNN, g, log_g, scan
+from chargen.model.minrnn import MinRNN, g, log_g, recurrence, scan
 
 
 def test_g_and_log_g():
@@ -28,16 +29,43 @@ def test_the_scan_is_the_recurrence_at_every_position():
         want.append(h)
     got = torch.exp(scan(a.log(), b.log(), h0.log()))
     torch.testing.assert_close(got, torch.stack(want, 1), rtol=1e-12, atol=0)
+    torch.testing.assert_close(recurrence(a, b, h0[:, 0]), torch.stack(want, 1), rtol=1e-12, atol=0)
     zero = torch.exp(scan(a.log(), b.log(), torch.full_like(h0, -math.inf)))  # from the zero state
     torch.testing.assert_close(zero[:, 0], b[:, 0])
 
 
+def test_the_recurrences_backward_is_autograds():
+    torch.manual_seed(5)
+    a = (torch.rand(2, 30, 3, dtype=torch.float64) * 0.98 + 0.01).requires_grad_()
+    b = torch.rand(2, 30, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.rand(2, 3, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(recurrence, (a, b, h0))
+
+
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+def test_scan_and_recurrence_give_the_same_states_and_gradients(cell):
+    torch.manual_seed(6)
+    ways = {m: MinRNN(cell, 8, 8, num_layers=2, method=m).double() for m in ("scan", "recurrence")}
+    ways["recurrence"].load_state_dict(ways["scan"].state_dict())
+    x = torch.randn(3, 70, 8, dtype=torch.float64)
+    h0 = torch.rand(2, 3, 8, dtype=torch.float64) + 0.1
+    got = {}
+    for m, rnn in ways.items():
+        xs, hs = x.clone().requires_grad_(), h0.clone().requires_grad_()
+        out, h_n = rnn(xs, hs)
+        loss = (out * torch.linspace(-1, 1, 70, dtype=torch.float64)[:, None]).sum() + h_n.square().sum()
+        got[m] = (out, h_n, *torch.autograd.grad(loss, [xs, hs, *rnn.parameters()]))
+    for one, other in zip(got["scan"], got["recurrence"]):
+        torch.testing.assert_close(one, other, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["scan", "recurrence"])
 @pytest.mark.parametrize("cell", ["mingru", "minlstm"])
 @pytest.mark.parametrize("sizes", [(16, 16), (8, 16)])  # with the first layer's residual, and without
-def test_forward_is_the_step_recurrence_at_every_position(cell, sizes):
+def test_forward_is_the_step_recurrence_at_every_position(cell, sizes, method):
     torch.manual_seed(1)
     E, H = sizes
-    rnn = MinRNN(cell, E, H, num_layers=3).eval()
+    rnn = MinRNN(cell, E, H, num_layers=3, method=method).eval()
     x = torch.randn(2, 40, E)
     h0 = torch.rand(3, 2, H) + 0.1  # a carried state: positive, as the cells keep it
     with torch.no_grad():
@@ -51,10 +79,11 @@ def test_forward_is_the_step_recurrence_at_every_position(cell, sizes):
     assert (h_n > 0).all()
 
 
+@pytest.mark.parametrize("method", ["scan", "recurrence"])
 @pytest.mark.parametrize("cell", ["mingru", "minlstm"])
-def test_whole_equals_chunks_with_the_state_carried(cell):
+def test_whole_equals_chunks_with_the_state_carried(cell, method):
     torch.manual_seed(2)
-    rnn = MinRNN(cell, 12, 12, num_layers=2).eval()
+    rnn = MinRNN(cell, 12, 12, num_layers=2, method=method).eval()
     x = torch.randn(3, 64, 12)
     with torch.no_grad():
         whole, whole_h = rnn(x)
@@ -66,10 +95,11 @@ def test_whole_equals_chunks_with_the_state_carried(cell):
     torch.testing.assert_close(h, whole_h, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["scan", "recurrence"])
 @pytest.mark.parametrize("cell", ["mingru", "minlstm"])
-def test_gradients_are_finite_over_a_long_window_and_reach_every_parameter(cell):
+def test_gradients_are_finite_over_a_long_window_and_reach_every_parameter(cell, method):
     torch.manual_seed(3)
-    rnn = MinRNN(cell, 16, 16, num_layers=2, dropout=0.1).train()
+    rnn = MinRNN(cell, 16, 16, num_layers=2, dropout=0.1, method=method).train()
     x = torch.randn(2, 1024, 16) * 5  # saturating inputs, a long window
     out, h = rnn(x)
     (out.square().mean() + h.mean()).backward()
@@ -93,3 +123,5 @@ def test_parameters_are_named_as_nn_grus_and_counted():
     }
     with pytest.raises(ValueError, match="cell must be one of mingru, minlstm"):
         MinRNN("lstm", 8, 16, 1)
+    with pytest.raises(ValueError, match="method must be one of auto, scan, recurrence"):
+        MinRNN("mingru", 8, 16, 1, method="parallel")

@@ -7,7 +7,7 @@ from chargen import ChargenError
 from chargen.model.network import CharRNN, ModelConfig, detach_state
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "mingru", "minlstm"])
 @pytest.mark.parametrize("layers", [1, 3])
 def test_whole_sequence_equals_chunks_with_carried_state(cell, layers):
     torch.manual_seed(0)
@@ -26,7 +26,7 @@ def test_whole_sequence_equals_chunks_with_carried_state(cell, layers):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "mingru", "minlstm"])
 def test_init_state_is_the_zero_state(cell):
     model = CharRNN(ModelConfig(vocab_size=9, cell=cell, num_layers=2, hidden_size=8)).eval()
     ids = torch.randint(0, 9, (4, 6))
@@ -53,7 +53,7 @@ def test_config_round_trips_through_dict():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(cell="transformer"), "--cell must be one of lstm, gru, rnn, got 'transformer'"),
+        (dict(cell="transformer"), "--cell must be one of lstm, gru, rnn, mingru, minlstm, got 'transformer'"),
         (dict(num_layers=0), "--layers must be at least 1, got 0"),
         (dict(hidden_size=-4), "--hidden must be at least 1, got -4"),
         (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
@@ -83,7 +83,7 @@ def test_locked_dropout_keeps_one_mask_across_time():
     assert drop.eval()(x) is x and LockedDropout(0.0).train()(x) is x
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "mingru", "minlstm"])
 def test_input_and_output_dropout_act_in_training_only(cell):
     torch.manual_seed(0)
     cfg = dict(vocab_size=13, cell=cell, num_layers=2, hidden_size=16)

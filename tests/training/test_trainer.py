@@ -23,7 +23,7 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "mingru", "minlstm"])
 def test_loss_falls_clearly_within_50_steps(text_file, tmp_path, cell):
     result = train(text_file, out=tmp_path / "run", cell=cell, max_steps=50, **TINY)
     rows = [r for r in metrics(tmp_path / "run") if "loss" in r]
@@ -74,6 +74,8 @@ def _snapshot(run: Path) -> dict:
         ("lstm", dict(schedule="constant")),
         ("gru", dict(schedule="cosine", decay_steps=40)),
         ("rnn", dict(schedule="constant")),
+        ("mingru", dict(schedule="cosine", decay_steps=40)),
+        ("minlstm", dict(schedule="constant")),
         ("lstm", dict(schedule="cosine", decay_steps=40, layout="random")),
     ],
 )
