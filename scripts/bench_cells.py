@@ -2,15 +2,16 @@
 
 Usage::
 
-    python scripts/bench_cells.py                       # LSTM 2x256's recurrent parameters; T = 64, 256, 1024
+    python scripts/bench_cells.py                       # as an LSTM 2x256 CharRNN; T = 64, 256, 1024
     python scripts/bench_cells.py --hidden 512 --rounds 5 --chars 32768
 
-For each cell, the recurrent stack alone (what the cells change: the embedding and the output layer are the
-same for all) at the hidden size whose parameter count is nearest the LSTM's: ``nn.LSTM``, ``nn.GRU``,
-``nn.RNN`` (tanh), and chargen's ``MinRNN`` for minGRU and minLSTM (a parallel scan in log space over the
-window). Each step is a forward and backward pass over ``--chars`` characters cut into windows of T
-(batch = chars / T), on this machine's CPU threads. Median over ``--rounds`` after one warm-up, in
-characters per second, and each cell against the LSTM at the same T (measured in the same run).
+For each cell, a whole ``CharRNN`` (65 characters, the embedding as wide as the state, a full softmax) at the
+hidden size whose parameter count (``ModelConfig.num_parameters``) is nearest the LSTM's. A min cell is timed
+both ways it can solve a window: ``recurrence`` (the loop with its written-out backward, what a CPU runs) and
+``scan`` (the parallel scan in log space, what a GPU runs). Each step is what training does: forward, loss,
+backward and an AdamW step over ``--chars`` characters cut into windows of T (batch = chars / T), on this
+machine's CPU threads. Median over ``--rounds`` after one warm-up, in characters per second, and each against
+the LSTM at the same T (measured in the same run).
 """
 
 from __future__ import annotations
@@ -25,45 +26,42 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from chargen.config import ModelConfig
 from chargen.model.minrnn import MinRNN
+from chargen.model.network import CharRNN
 
-CELLS = ("lstm", "gru", "rnn", "mingru", "minlstm")
+VOCAB = 65  # tiny shakespeare's characters
+ROWS = (
+    ("lstm", None),
+    ("gru", None),
+    ("rnn", None),
+    ("mingru", "recurrence"),
+    ("mingru", "scan"),
+    ("minlstm", "recurrence"),
+    ("minlstm", "scan"),
+)
 
 
-def stack(cell: str, hidden: int, layers: int) -> torch.nn.Module:
-    if cell in ("mingru", "minlstm"):
-        return MinRNN(cell, hidden, hidden, layers)
-    return {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](
-        hidden, hidden, layers, batch_first=True
-    )
-
-
-def count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def config(cell: str, hidden: int, layers: int) -> ModelConfig:
+    return ModelConfig(vocab_size=VOCAB, cell=cell, num_layers=layers, hidden_size=hidden)
 
 
 def matched_hidden(cell: str, target: int, layers: int) -> int:
-    """The hidden size (a multiple of 8) whose stack's parameter count is nearest ``target``."""
-    best = min(range(8, 4097, 8), key=lambda h: abs(_closed_form(cell, h, layers) - target))
-    return best
+    """The hidden size (a multiple of 8) whose model's parameter count is nearest ``target``."""
+    return min(range(8, 4097, 8), key=lambda h: abs(config(cell, h, layers).num_parameters - target))
 
 
-def _closed_form(cell: str, h: int, layers: int) -> int:
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}
-    if cell in gates:
-        return layers * gates[cell] * h * (2 * h + 2)
-    g = {"mingru": 2, "minlstm": 3}[cell]
-    return layers * (g * h * (h + 1) + 2 * h)
-
-
-def timed(module: torch.nn.Module, hidden: int, T: int, chars: int, rounds: int) -> float:
+def timed(model: CharRNN, T: int, chars: int, rounds: int) -> float:
     B = max(1, chars // T)
-    x = torch.randn(B, T, hidden)
+    ids = torch.randint(0, VOCAB, (B, T + 1), generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     rates = []
     for r in range(rounds + 1):
         t0 = time.perf_counter()
-        out, _ = module(x)
-        out.square().mean().backward()
+        loss, _ = model(ids[:, :-1], targets=ids[:, 1:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
         seconds = time.perf_counter() - t0
         if r:  # the first is a warm-up
             rates.append(B * T / seconds)
@@ -79,24 +77,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
-    target = count(stack("lstm", args.hidden, args.layers))
+    target = config("lstm", args.hidden, args.layers).num_parameters
     lengths = [int(t) for t in args.lengths.split(",")]
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.layers} layers, recurrent parameters "
-        f"nearest the LSTM {args.layers}x{args.hidden}'s {target:,}; {args.chars:,} characters a step, forward and "
-        f"backward; median of {args.rounds}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; CharRNN {args.layers} layers, parameters "
+        f"nearest the LSTM {args.layers}x{args.hidden}'s {target:,}; {args.chars:,} characters a step (forward, "
+        f"loss, backward, AdamW); median of {args.rounds}"
     )
-    print(f"{'cell':8} {'hidden':>6} {'params':>10} " + " ".join(f"{'T=' + str(t):>17}" for t in lengths))
+    print(f"{'cell':19} {'hidden':>6} {'params':>10} " + " ".join(f"{'T=' + str(t):>17}" for t in lengths))
     base: dict[int, float] = {}
-    for cell in CELLS:
+    for cell, method in ROWS:
         hidden = args.hidden if cell == "lstm" else matched_hidden(cell, target, args.layers)
-        module = stack(cell, hidden, args.layers).train()
+        model = CharRNN(config(cell, hidden, args.layers)).train()
+        if isinstance(model.rnn, MinRNN) and method:
+            model.rnn.method = method
         cols = []
         for T in lengths:
-            rate = timed(module, hidden, T, args.chars, args.rounds)
+            rate = timed(model, T, args.chars, args.rounds)
             base.setdefault(T, rate)
             cols.append(f"{rate:>9,.0f} ({rate / base[T]:.2f}x)")
-        print(f"{cell:8} {hidden:>6} {count(module):>10,} " + " ".join(cols))
+        name = f"{cell} ({method})" if method else cell
+        print(f"{name:19} {hidden:>6} {model.num_parameters:>10,} " + " ".join(cols))
 
 
 if __name__ == "__main__":

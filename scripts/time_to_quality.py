@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -75,16 +76,29 @@ def main() -> None:
         if score.returncode != 0:
             sys.exit(f"eval failed: {score.stderr.strip()}")
         nats = json.loads(score.stdout)["nats"]
+        info = json.loads(chargen("info", str(run), "--json").stdout)
+        speed = re.search(r"\(([\d,]+) chars/s", done.stdout + done.stderr)
+        chars_per_sec = int(speed.group(1).replace(",", "")) if speed else None
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         steps = max((r.get("step", 0) for r in rows), default=0)
         train_loss = next((r["loss"] for r in reversed(rows) if "loss" in r), float("nan"))
         sampled = min((r["val_loss"] for r in rows if "val_loss" in r), default=float("nan"))
         results.append(
-            dict(seed=int(seed), val_nats=nats, sampled_best=sampled, steps=steps, train_loss=train_loss, wall_s=wall)
+            dict(
+                seed=int(seed),
+                val_nats=nats,
+                sampled_best=sampled,
+                steps=steps,
+                train_loss=train_loss,
+                wall_s=wall,
+                chars_per_sec=chars_per_sec,
+                parameters=info["parameters"],
+            )
         )
         print(
             f"{args.name} seed {seed}: exact val {nats:.4f} nats/char (sampled best {sampled:.4f}), {steps} "
-            f"steps, last train loss {train_loss:.3f}, {wall:.0f} s in chargen train",
+            f"steps, last train loss {train_loss:.3f}, {wall:.0f} s in chargen train, {chars_per_sec or 0:,} chars/s, "
+            f"{info['parameters']:,} parameters",
             flush=True,
         )
     vals = [r["val_nats"] for r in results]

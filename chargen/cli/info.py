@@ -19,6 +19,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the run's description: a few lines, or one JSON object."""
+    from ..config import CELL_NAMES
     from ..runs.info import run_info
 
     info = run_info(args.run)
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     m, t = info["model"], info["train"]
     head = f", adaptive softmax (cutoffs {','.join(map(str, m['cutoffs']))})" if m.get("softmax") == "adaptive" else ""
     print(
-        f"{info['run']}: {m['cell'].upper()} {m['num_layers']}x{m['hidden_size']}, "
+        f"{info['run']}: {CELL_NAMES.get(m['cell'], m['cell'])} {m['num_layers']}x{m['hidden_size']}, "
         f"{info['parameters']:,} parameters, vocabulary {m['vocab_size']}{head}"
     )
     print(f"  corpus: {info['corpus']['source']} ({info['corpus']['chars']:,} characters)")

@@ -19,6 +19,7 @@ import TrainConfig``.
 from .model import (
     ADAPTIVE_DIV,
     ADAPTIVE_FROM,
+    CELL_NAMES,
     CELLS,
     COVER,
     GATES,
@@ -51,6 +52,7 @@ __all__ = [
     "ADAPTIVE_FROM",
     "BUDGET",
     "CELLS",
+    "CELL_NAMES",
     "COVER",
     "DEFAULT_EPOCHS",
     "DEFAULT_TEMPERATURE",

@@ -16,6 +16,7 @@ CELLS = ("lstm", "gru", "rnn", "mingru", "minlstm")
 # f, i, c (Feng et al., 2024), whose gates read the input only (model/minrnn.py).
 GATES = {"lstm": 4, "gru": 3, "rnn": 1, "mingru": 2, "minlstm": 3}
 MIN_CELLS = ("mingru", "minlstm")  # no weights on the state; a LayerNorm before each layer instead
+CELL_NAMES = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN", "mingru": "minGRU", "minlstm": "minLSTM"}  # as written
 SOFTMAXES = ("full", "adaptive", "auto")
 # --softmax auto picks the adaptive softmax from this many characters on. Measured (scripts/bench_softmax.py,
 # the cpu preset for 3 minutes on Chinese and Japanese manual pages, the alphabet cut with --min-char-count):

@@ -12,9 +12,10 @@ The graph is built from the same prepared arrays as the NumPy backend (``numpy_s
 first layer's input projection is a (V, G*H) table gathered by id, deeper LSTM layers take one matmul
 over [x, h], and the output layer is the full softmax's matrix or the adaptive softmax's clusters (whose
 outputs are log-probabilities; ``chargen.json`` says so). The sigmoid gates' columns come halved, as the
-NumPy step keeps them, so each sigmoid is 0.5 tanh + 0.5. The batch is a dynamic dimension. Only opset-17
-operators that every ONNX runtime has: Gather, MatMul, Add, Mul, Sub, Tanh, Split, Concat, Unsqueeze,
-Slice, LogSoftmax.
+NumPy step keeps them, so each sigmoid is 0.5 tanh + 0.5. A min cell's deeper layers take a
+LayerNormalization, then one matmul. The batch is a dynamic dimension. Only opset-17 operators that every
+ONNX runtime has: Gather, MatMul, Add, Mul, Sub, Div, Tanh, Sigmoid, GreaterOrEqual, Where,
+LayerNormalization, Split, Concat, Unsqueeze, Slice, LogSoftmax.
 
 Nothing here imports torch: ``pip install "chargen[export]"`` (onnx) is all it needs.
 """
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
+from ..config import MIN_CELLS
 from ..errors import ChargenError
 from ..files import write_json
 from .publish import check_outside, check_target, holds_mark, publish
@@ -181,6 +183,10 @@ def build_model(step: NumpyStep) -> ModelProto:
     x = None
     for k, layer in enumerate(step.layers):
         h = layer_state["h"][k]
+        if c.cell in MIN_CELLS:  # the layer's output adds its input back to the new state
+            x, state = _min_layer(g, c.cell, k, layer, x, h, step.H)
+            new["h"].append(state)
+            continue
         if c.cell == "lstm":
             x, cell = _lstm_layer(g, k, layer, x, h, layer_state["c"][k], half, step.H)
             new["c"].append(cell)
@@ -254,6 +260,38 @@ def _gru_layer(
     r, z = g.op("Split", rz, g.const(_i64(H, H)), axis=1, outputs=2)
     n = g.op("Tanh", g.op("Add", i_n, g.op("Mul", r, h_n)))
     return g.op("Add", n, g.op("Mul", z, g.op("Sub", h, n)))  # (1 - z) * n + z * h
+
+
+def _min_layer(g: _Graph, cell: str, k: int, layer: tuple[Any, ...], x: str | None, h: str, H: int) -> tuple[str, str]:
+    """Layer ``k`` of a minGRU or minLSTM step: its output and its new state (numpy_cells.min_cell)."""
+    if k == 0:
+        table, emb = layer
+        pre = g.op("Gather", g.const(table, "l0.table"), "ids", axis=0)
+        res = None if emb is None else g.op("Gather", g.const(emb, "l0.embedding"), "ids", axis=0)
+    else:
+        assert x is not None  # the output of the layer below
+        b, w, norm_w, norm_b = layer
+        u = g.op("LayerNormalization", x, g.const(norm_w, f"l{k}.norm_w"), g.const(norm_b, f"l{k}.norm_b"), axis=-1)
+        pre, res = g.op("Add", g.op("MatMul", u, g.const(w, f"l{k}.w")), g.const(b, f"l{k}.b")), x
+    parts = g.op(
+        "Split", pre, g.const(_i64(*[H] * (2 if cell == "mingru" else 3))), axis=1, outputs=2 if cell == "mingru" else 3
+    )
+    c = parts[-1]
+    cand = g.op(
+        "Where",
+        g.op("GreaterOrEqual", c, g.const(np.float32(0))),
+        g.op("Add", c, g.const(np.float32(0.5))),
+        g.op("Sigmoid", c),
+    )
+    if cell == "mingru":
+        z = g.op("Sigmoid", parts[0])
+        a, b_ = g.op("Sub", g.const(np.float32(1)), z), g.op("Mul", z, cand)
+    else:
+        f, i = g.op("Sigmoid", parts[0]), g.op("Sigmoid", parts[1])
+        total = g.op("Add", f, i)
+        a, b_ = g.op("Div", f, total), g.op("Mul", g.op("Div", i, total), cand)
+    state = g.op("Add", g.op("Mul", a, h), b_)
+    return (state if res is None else g.op("Add", state, res)), state
 
 
 def _head(g: _Graph, step: NumpyStep, x: str) -> None:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..config import MIN_CELLS
 from ..errors import ChargenError
 from ..files import FILE_MODE
 from .export import describe
@@ -117,11 +118,17 @@ def web_arrays(step: NumpyStep) -> dict[str, np.ndarray]:
     """The arrays chargen.js reads, by name (the ONNX export's names): per layer ``l{k}.table`` (layer 0's
     input projection of every id, biases folded in), ``l{k}.w`` and ``l{k}.b`` (an LSTM's or RNN's weights over
     [x, h] and its bias above layer 0; ``l0.w_hh`` at layer 0) or ``l{k}.w_ih``, ``l{k}.b_ih``, ``l{k}.w_hh``,
-    ``l{k}.b_hh`` (a GRU's); ``head.w``, ``head.b``; the adaptive softmax's ``tail{i}.project``,
-    ``tail{i}.out`` and ``head.rank``."""
+    ``l{k}.b_hh`` (a GRU's), or a min cell's ``l0.table`` with ``l0.embedding`` where it is added back and
+    ``l{k}.w``, ``l{k}.b``, ``l{k}.norm_w``, ``l{k}.norm_b`` above; ``head.w``, ``head.b``; the adaptive
+    softmax's ``tail{i}.project``, ``tail{i}.out`` and ``head.rank``."""
     out: dict[str, Any] = {}
     for k, layer in enumerate(step.layers):
-        if step.cell in ("lstm", "rnn"):
+        if step.cell in MIN_CELLS:
+            if k == 0:
+                out.update({"l0.table": layer[0], **({} if layer[1] is None else {"l0.embedding": layer[1]})})
+            else:
+                out.update(dict(zip((f"l{k}.b", f"l{k}.w", f"l{k}.norm_w", f"l{k}.norm_b"), layer)))
+        elif step.cell in ("lstm", "rnn"):
             a, w = layer
             out.update({"l0.table": a, "l0.w_hh": w} if k == 0 else {f"l{k}.b": a, f"l{k}.w": w})
         else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..config import CELL_NAMES
 from ..errors import ChargenError
 from .network import AdaptiveHead, CharRNN
 from .precision import autocast
@@ -53,7 +54,7 @@ def _probe(model: CharRNN, precision: str, device: torch.device) -> dict[str, to
             loss, _ = model(x, targets=x)
     except RuntimeError as e:  # e.g. oneDNN without bf16 LSTM kernels on this CPU
         raise ChargenError(
-            f"--precision {precision} does not run a {model.config.cell.upper()} on this "
+            f"--precision {precision} does not run a {CELL_NAMES[model.config.cell]} on this "
             f"{device.type} ({str(e).splitlines()[0][:80]}); use --precision fp32"
         ) from None
     finally:

@@ -75,18 +75,20 @@ def rnn_under_autocast(device_type: str) -> bool:
 
 def resolve_precision(name: str, device: torch.device, cell: str | None = None) -> str:
     """``auto``: bf16 on CUDA where the card computes it natively (compute capability 8.0 on; else fp16
-    with a grad scaler, not bf16 emulated); on the CPU, bf16 for a GRU where the CPU has native bf16,
-    else fp32.
+    with a grad scaler, not bf16 emulated); on the CPU, bf16 for a GRU, minGRU or minLSTM where the CPU
+    has native bf16, else fp32.
 
     On the CPU a GRU under bf16 autocast runs its matrix products and gates in bf16 and keeps its state
     in float32: measured on tiny shakespeare with the cpu preset, 1.4-1.8x the steps in the same time
-    and a loss as good (docs, "Time to quality"). An LSTM runs oneDNN's bf16 kernel end to end, state
-    included, so it stays fp32 unless asked.
+    and a loss as good (docs, "Time to quality"). A min cell runs its products in bf16 and its recurrence
+    in float32 (``MinRNN``): a minGRU 3x512 made 1.53x the steps in 5 minutes and a better loss (1.4767
+    against 1.4980, docs/measurements/cells-2026-12-07.txt). An LSTM runs oneDNN's bf16 kernel end to
+    end, state included, so it stays fp32 unless asked.
     """
     if name == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-        if device.type == "cpu" and cell == "gru" and native_bf16():
+        if device.type == "cpu" and cell in ("gru", "mingru", "minlstm") and native_bf16():
             return "bf16"
         return "fp32"
     precision_plan(device.type, name)  # refuses what this device cannot run

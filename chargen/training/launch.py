@@ -24,7 +24,16 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from ..config import DEFAULT_EPOCHS, RESUMABLE, ModelConfig, Options, PrepareOptions, TrainConfig, layer_options
+from ..config import (
+    CELL_NAMES,
+    DEFAULT_EPOCHS,
+    RESUMABLE,
+    ModelConfig,
+    Options,
+    PrepareOptions,
+    TrainConfig,
+    layer_options,
+)
 from ..config.options import specs
 from ..data.batches import RandomWindows, StatefulStreams
 from ..data.prepared import PreparedCorpus, prepare
@@ -217,7 +226,7 @@ def _check_fits(cfg: ModelConfig, device: torch.device) -> None:
         return
     if need > have:
         raise ChargenError(
-            f"a {cfg.cell.upper()} {cfg.num_layers}x{cfg.hidden_size} model (embedding "
+            f"a {CELL_NAMES[cfg.cell]} {cfg.num_layers}x{cfg.hidden_size} model (embedding "
             f"{cfg.embedding_size}) has {cfg.num_parameters:,} parameters, about {need // 2**30:,} "
             f"GiB to train, more than the {have / 2**30:,.1f} GiB of {device.type} memory here; "
             "use a smaller --hidden, --layers or --embedding"

@@ -43,8 +43,9 @@ from . import checkpointing, distributed
 from .budget import Budget, schedule_lr, step_budget
 from .evaluation import Evaluation, make_scorer
 from .finetune import fine_tune_message
-from .guard import DEFERRED_ON, StepGuard
+from .guard import StepGuard
 from .launch import AlreadyFinished, Run, open_run
+from .optimizer import adamw
 from .result import TrainResult, finished_result
 
 
@@ -137,14 +138,7 @@ class Trainer:
         elif run.counts is not None and not run.resuming:
             cast(AdaptiveHead, self.model.head).set_order(run.counts)  # its clusters follow the counts
         self.model.train()
-        # beta2 0.99 rather than Adam's default 0.999 (as nanoGPT's character-level recipe does): a step
-        # sees few targets (B*T characters), and a shorter memory of squared gradients lets the step size
-        # follow the fast early changes of short, high-learning-rate runs like the cpu preset's.
-        # Fused AdamW where the step guard keeps its decision on the device (it reads found_inf there).
-        fused = {"fused": True} if self.device.type in DEFERRED_ON else {}
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay, **fused
-        )
+        self.optimizer = adamw(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=precision_plan(self.device.type, run.precision).grad_scaler
         )

@@ -32,6 +32,8 @@ RUNS = {
     "tied": dict(cell="lstm", tie_weights=True, embedding_size=32),
     "adaptive": dict(cell="gru", softmax="adaptive", cutoffs=[8, 16]),
     "rnn": dict(cell="rnn"),
+    "mingru": dict(cell="mingru"),
+    "minlstm": dict(cell="minlstm", embedding_size=16),  # no residual path around the first layer
 }
 
 

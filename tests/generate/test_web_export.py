@@ -35,6 +35,8 @@ RUNS = {
     "adaptive": dict(cell="gru", softmax="adaptive", cutoffs=[8, 16]),
     "adaptive-lstm": dict(cell="lstm", softmax="adaptive", cutoffs=[10]),
     "rnn": dict(cell="rnn"),
+    "mingru": dict(cell="mingru"),
+    "minlstm": dict(cell="minlstm", embedding_size=16),  # no residual path around the first layer
 }
 # Fullwidth letters and capitals that NFKC and lowercasing fold away; "é" once only: below min_char_count, so
 # the vocabulary gets the unknown token.

@@ -61,13 +61,13 @@ def model(cell, adaptive=False):
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "mingru", "minlstm"])
 def test_layer_dtypes_on_the_cpu(cell, adaptive):
     fp32 = layer_dtypes(model(cell, adaptive), "fp32", CPU)
     assert fp32 == dict(embedding="float32", rnn="float32", head="float32", state="float32", loss="float32")
     bf16 = layer_dtypes(model(cell, adaptive), "bf16", CPU)
-    # oneDNN runs an LSTM in bf16, state included; a GRU's products in bf16 with float32 out. The head's
-    # products are bf16 and the loss float32 either way.
+    # oneDNN runs an LSTM in bf16, state included; a GRU's products in bf16 with float32 out; a min cell's
+    # products in bf16 and its recurrence in float32. The head's products are bf16 and the loss float32 either way.
     rnn = "bfloat16" if cell == "lstm" else "float32"
     assert bf16 == dict(embedding="float32", rnn=rnn, head="bfloat16", state=rnn, loss="float32")
 

@@ -434,9 +434,19 @@ def test_bf16_where_the_cpu_cannot_is_one_clear_error(text_file, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "native,cell,want", [("1", "gru", "bf16"), ("0", "gru", "fp32"), ("1", "lstm", "fp32"), ("0", "lstm", "fp32")]
+    "native,cell,want",
+    [
+        ("1", "gru", "bf16"),
+        ("0", "gru", "fp32"),
+        ("1", "lstm", "fp32"),
+        ("0", "lstm", "fp32"),
+        ("1", "rnn", "fp32"),
+        ("1", "mingru", "bf16"),
+        ("1", "minlstm", "bf16"),
+        ("0", "minlstm", "fp32"),
+    ],
 )
-def test_auto_precision_on_the_cpu_is_bf16_for_a_gru_where_the_cpu_has_native_bf16(native, cell, want, monkeypatch):
+def test_auto_precision_on_the_cpu_is_bf16_for_a_gru_or_a_min_cell_where_the_cpu_has_native_bf16(native, cell, want, monkeypatch):
     from chargen.model.devices import native_bf16
     from chargen.model.precision import resolve_precision
 

@@ -149,7 +149,7 @@ class Plan {
     this.size = 0;
     this.copies = [];
     const H = meta.hidden_size, L = meta.num_layers, lstm = meta.cell === "lstm";
-    const G = pad4(({ lstm: 4, gru: 3, rnn: 1 })[meta.cell] * H);
+    const G = pad4(({ lstm: 4, gru: 3, rnn: 1, mingru: 2, minlstm: 3 })[meta.cell] * H);
     if (!G) throw new ChargenError(`this chargen.js does not know the cell ${JSON.stringify(meta.cell)}; export again`);
     // The state first, in one piece: a stream saves and restores it around each character it yields, so that
     // streams taking turns on one model each keep their own.
@@ -158,7 +158,17 @@ class Plan {
     this.layers = [];
     for (let k = 0; k < L; k++) {
       const layer = { h: state + k * pad4(H), gates: this.buffer(G) };
-      if (meta.cell !== "gru") { // the LSTM's and the RNN's: a table or a bias, and weights over [x, h]
+      if (meta.cell === "mingru" || meta.cell === "minlstm") { // gates on the input only: a table, or norm + product
+        layer.out = this.buffer(H); // the state, plus the layer's input where the residual path adds it
+        if (k === 0) {
+          layer.table = this.weight(tensors, "l0.table");
+          if (tensors["l0.embedding"]) layer.emb = this.weight(tensors, "l0.embedding");
+        } else {
+          [layer.w, layer.b] = [this.weight(tensors, `l${k}.w`), this.weight(tensors, `l${k}.b`)];
+          [layer.norm_w, layer.norm_b] = [this.weight(tensors, `l${k}.norm_w`), this.weight(tensors, `l${k}.norm_b`)];
+          layer.u = this.buffer(H);
+        }
+      } else if (meta.cell !== "gru") { // the LSTM's and the RNN's: a table or a bias, and weights over [x, h]
         if (lstm) layer.c = state + (L + k) * pad4(H);
         if (k === 0) layer.table = this.weight(tensors, "l0.table");
         else layer.b = this.weight(tensors, `l${k}.b`);
@@ -332,8 +342,9 @@ export class Model {
       const layer = this.plan.layers[k];
       if (cell === "lstm") this.#lstmLayer(layer, k, id, x, xn);
       else if (cell === "rnn") this.#rnnLayer(layer, k, id, x, xn);
-      else this.#gruLayer(layer, k, id, x, xn);
-      [x, xn] = [layer.h, this.H];
+      else if (cell === "gru") this.#gruLayer(layer, k, id, x, xn);
+      else this.#minLayer(layer, k, id, x, xn, cell === "mingru");
+      [x, xn] = [layer.out ?? layer.h, this.H];
     }
     return this.#output(x);
   }
@@ -368,6 +379,37 @@ export class Model {
     for (let j = 0; j < this.H; j++) f[layer.h + j] = fr(Math.tanh(f[g + j]));
   }
 
+
+  /** A minGRU or minLSTM layer (numpy_cells.min_cell): gates from the input only, h = a h + b, and the layer's
+   * output h plus its input where the widths agree. */
+  #minLayer(layer, k, id, x, xn, gru) {
+    const f = this.f, H = this.H, g = layer.gates, fr = Math.fround;
+    let res = -1; // where the input added back lives, if it is
+    if (k === 0) {
+      const row = layer.table.at + id * layer.table.m;
+      f.copyWithin(g, row, row + layer.table.m);
+      if (layer.emb) res = layer.emb.at + id * layer.emb.m;
+    } else {
+      layerNorm(f, x, xn, layer.norm_w.at, layer.norm_b.at, layer.u);
+      this.#affine(layer.u, xn, layer.w, layer.b, g);
+      res = x;
+    }
+    const c0 = g + (gru ? 1 : 2) * H;
+    for (let j = 0; j < H; j++) {
+      const c = f[c0 + j], cand = c >= 0 ? fr(c + 0.5) : sigmoid(c);
+      let a, b;
+      if (gru) {
+        const z = sigmoid(f[g + j]);
+        [a, b] = [fr(1 - z), fr(z * cand)];
+      } else {
+        const fg = sigmoid(f[g + j]), ig = sigmoid(f[g + H + j]), total = fr(fg + ig);
+        [a, b] = [fr(fg / total), fr(fr(ig / total) * cand)];
+      }
+      const h = fr(fr(a * f[layer.h + j]) + b);
+      f[layer.h + j] = h;
+      f[layer.out + j] = res < 0 ? h : fr(h + f[res + j]);
+    }
+  }
 
   #gruLayer(layer, k, id, x, xn) {
     const f = this.f, H = this.H, gi = layer.gates, gh = layer.hidden, G = layer.w_hh.m, fr = Math.fround;
@@ -557,6 +599,21 @@ export function pairwiseSum(a, lo, n, round = (v) => v) {
   let half = Math.floor(n / 2);
   half -= half % 8;
   return round(pairwiseSum(a, lo, half, round) + pairwiseSum(a, lo + half, n - half, round));
+}
+
+function sigmoid(x) { // numpy_cells.sigmoid in float32: 1 / (1 + exp(-x))
+  const fr = Math.fround;
+  return fr(1 / fr(1 + fr(Math.exp(-x))));
+}
+
+/** numpy_cells.layer_norm of the n floats at x into out: float32, NumPy's pairwise sums for both means. */
+function layerNorm(f, x, n, w, b, out) {
+  const fr = Math.fround, centred = new Float32Array(n);
+  const mean = fr(pairwiseSum(f, x, n, fr) / n);
+  for (let i = 0; i < n; i++) centred[i] = fr(f[x + i] - mean);
+  const squares = centred.map((v) => fr(v * v));
+  const root = fr(Math.sqrt(fr(fr(pairwiseSum(squares, 0, n, fr) / n) + fr(1e-5))));
+  for (let i = 0; i < n; i++) f[out + i] = fr(fr(fr(centred[i] / root) * f[w + i]) + f[b + i]);
 }
 
 function logSoftmax(f, at, n) { // in place, as numpy_cells.log_softmax in float32
