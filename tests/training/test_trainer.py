@@ -446,7 +446,9 @@ def test_bf16_where_the_cpu_cannot_is_one_clear_error(text_file, tmp_path):
         ("0", "minlstm", "fp32"),
     ],
 )
-def test_auto_precision_on_the_cpu_is_bf16_for_a_gru_or_a_min_cell_where_the_cpu_has_native_bf16(native, cell, want, monkeypatch):
+def test_auto_precision_on_the_cpu_is_bf16_for_a_gru_or_a_min_cell_where_the_cpu_has_native_bf16(
+    native, cell, want, monkeypatch
+):
     from chargen.model.devices import native_bf16
     from chargen.model.precision import resolve_precision
 
