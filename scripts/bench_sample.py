@@ -46,6 +46,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np
 import torch
 
+from chargen.config import CELL_NAMES, CELLS, GATES, MIN_CELLS
 from chargen.data.vocab import CharVocab
 from chargen.generate.numpy_step import NumpyStep
 from chargen.generate.numpy_step import pick as numpy_pick
@@ -114,12 +115,14 @@ class OnnxSampler:
 
 
 def step_shapes(cell: str, layers: int, hidden: int, vocab: int) -> list[tuple[int, int]]:
-    """The (rows, cols) of every matrix one step multiplies a vector by, as the NumPy step does."""
-    g = 4 if cell == "lstm" else 3
-    shapes = [(hidden, g * hidden)]
-    for _ in range(1, layers):
-        shapes += [(2 * hidden, g * hidden)] if cell == "lstm" else [(hidden, g * hidden), (hidden, g * hidden)]
-    return shapes + [(hidden, vocab)]
+    """The (rows, cols) of every matrix one step multiplies a vector by, as the NumPy step does: layer 0's
+    state product (none for a min cell, whose first layer is a table), then each deeper layer's."""
+    g, H = GATES[cell], hidden
+    if cell in MIN_CELLS:  # gates on the input only
+        return [(H, g * H)] * (layers - 1) + [(H, vocab)]
+    if cell == "gru":  # input and hidden parts apart
+        return [(H, g * H)] + [(H, g * H), (H, g * H)] * (layers - 1) + [(H, vocab)]
+    return [(H, g * H)] + [(2 * H, g * H)] * (layers - 1) + [(H, vocab)]  # one product over [x, h]
 
 
 _GFLOPS_CHILD = r"""
@@ -256,7 +259,7 @@ def on_device(model: CharRNN, vocab, device: torch.device, rounds: int) -> None:
     base = statistics.median(naive_len / naive(s.model, vocab, naive_len, seed=r)[1] for r in range(rounds))
     one = statistics.median(length / timed(s, length, seed=r)[1] for r in range(rounds))
     print(
-        f"  one stream: torch {one:,.0f} chars/s, naive nn.{model.config.cell.upper()} loop {base:,.0f} "
+        f"  one stream: torch {one:,.0f} chars/s, naive {CELL_NAMES[model.config.cell]} loop {base:,.0f} "
         f"({one / base:.1f}x)",
         flush=True,
     )
@@ -330,7 +333,7 @@ def sizes(text: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cell", default="lstm", choices=("lstm", "gru"))
+    ap.add_argument("--cell", default="lstm", choices=CELLS)
     ap.add_argument("--rounds", type=positive, default=5)
     ap.add_argument("--sizes", type=sizes, default="2x256,3x512", help="LAYERSxHIDDEN, comma-separated")
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps: the torch backend there (see above)")
@@ -352,7 +355,7 @@ def main() -> None:
         for size in args.sizes.split(","):
             layers, hidden = (int(v) for v in size.split("x"))
             torch.manual_seed(0)
-            print(f"\n{layers}x{hidden} {args.cell.upper()} on {device}", flush=True)
+            print(f"\n{layers}x{hidden} {CELL_NAMES[args.cell]} on {device}", flush=True)
             model = CharRNN(ModelConfig(vocab_size=len(vocab), cell=args.cell, num_layers=layers, hidden_size=hidden))
             on_device(model, vocab, device, args.rounds)
         return
@@ -399,7 +402,7 @@ def main() -> None:
         flops = sum(2 * r_ * c_ for r_, c_ in shapes)
         limit = matvec_limit(shapes)
         print(
-            f"\n{layers}x{hidden} {args.cell.upper()}, one stream ({flops / 1e6:.2f} MFLOP per character; "
+            f"\n{layers}x{hidden} {CELL_NAMES[args.cell]}, one stream ({flops / 1e6:.2f} MFLOP per character; "
             f"single-thread fp32 matvec at these shapes: {limit['gflops']:.1f} GFLOP/s, a limit of "
             f"{1 / limit['step_s']:,.0f} chars/s); same text on all: {'yes' if identical else 'NO'}",
             flush=True,

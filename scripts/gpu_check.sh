@@ -14,6 +14,8 @@
 #   tests_gpu.txt           the tests marked gpu
 #   train_throughput.txt    chars/s in fp32, bf16 and fp16 against a bare nn.LSTM loop at the same shapes
 #   decode.txt              one stream, batches, 64 streams through the batcher, CUDA graphs (scripts/bench_sample.py)
+#   cells.txt               each cell's training throughput against the LSTM's at equal parameters, T = 64 to 1024:
+#                           the min cells' parallel scan on the GPU (scripts/bench_cells.py)
 #   time_to_quality.txt     tiny shakespeare, --preset gpu, 4 minutes: best validation loss (with
 #                           time_to_quality_metrics.jsonl), while utilisation.csv samples nvidia-smi each second
 #   tests_cpu.txt           the rest of the suite, on that machine's CPUs, beside the time-to-quality run
@@ -65,12 +67,14 @@ if [ "$dry" = 1 ]; then
   export CUDA_VISIBLE_DEVICES=""
   train_args=(--preset tiny --steps 3 --warmup 1 --rounds 1)
   decode_args=(--sizes 1x32 --rounds 1)
+  cells_args=(--hidden 16 --lengths 8,32 --chars 256 --rounds 1)
   tq_preset=tiny; tq_seconds=10
   cpu_tests=(tests/model/test_precision.py)  # the suite runs this dry run: one module, never itself again
 else
   device=cuda
   train_args=(--preset gpu --steps 50 --warmup 10 --rounds 3)
   decode_args=(--sizes 3x512 --rounds 3)
+  cells_args=(--hidden 512 --lengths 64,256,1024 --chars 65536 --rounds 3)
   tq_preset=gpu; tq_seconds=240
   cpu_tests=(-m "not gpu")
   "$PY" -c "import xdist" 2>/dev/null && cpu_tests+=(-n 8)
@@ -117,6 +121,9 @@ done
 : > "$OUT/decode.txt"
 step decode 60 "$PY" scripts/bench_sample.py --device "$device" "${decode_args[@]}"
 
+: > "$OUT/cells.txt"
+step cells 60 "$PY" scripts/bench_cells.py --device "$device" "${cells_args[@]}"
+
 # Time to quality, with the CPU suite beside it and nvidia-smi sampling the GPU each second.
 source_args=(tinyshakespeare)
 if ! ls "${CHARGEN_CORPORA:-/nonexistent}"/tinyshakespeare.txt >/dev/null 2>&1; then
@@ -158,6 +165,7 @@ cut -f1-3 "$OUT/steps.tsv"
 echo "== figures"
 grep -h "^median:" "$OUT/train_throughput.txt"
 grep -h "one stream:\|n=64 \|64 streams\|CUDA graph" "$OUT/decode.txt"
+grep -h "^lstm\|^gru\|^rnn\|^min" "$OUT/cells.txt"
 grep -h "^trained \|best validation" "$OUT/time_to_quality.txt"
 tail -n 1 "$OUT/tests_gpu.txt" "$OUT/tests_cpu.txt"
 if awk -F'\t' '$2 != 0 {bad = 1} END {exit !bad}' "$OUT/steps.tsv"; then

@@ -105,14 +105,16 @@ def test_the_gpu_checks_dry_run_runs_every_step_on_the_cpu(tmp_path):
     steps = [line.split("\t") for line in (out / "steps.tsv").read_text().splitlines()]
     names = [s[0] for s in steps]
     assert sorted(set(names)) == sorted(
-        ["env", "tests_gpu", "train_throughput", "decode", "tests_cpu", "time_to_quality"]
+        ["env", "tests_gpu", "train_throughput", "decode", "cells", "tests_cpu", "time_to_quality"]
     ) and all(s[1] == "0" for s in steps)
     files = {p.name for p in out.iterdir()}
-    for name in ("env", "tests_gpu", "train_throughput", "decode", "time_to_quality", "tests_cpu"):
+    for name in ("env", "tests_gpu", "train_throughput", "decode", "cells", "time_to_quality", "tests_cpu"):
         assert f"{name}.txt" in files
     assert "layer dtypes" in (out / "env.txt").read_text()
     assert (out / "train_throughput.txt").read_text().count("median: bare") == 2  # fp32, bf16 (fp16 needs CUDA)
     assert "64 streams through the batcher" in (out / "decode.txt").read_text()
+    cells = (out / "cells.txt").read_text()
+    assert all(f"\n{row}" in cells for row in ("lstm ", "gru ", "rnn ", "mingru (scan)", "minlstm (recurrence)"))
     assert "best validation" in (out / "time_to_quality.txt").read_text()
     assert "every step passed" in done.stdout
 

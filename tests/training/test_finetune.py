@@ -98,6 +98,29 @@ def test_the_first_loss_on_the_base_characters_is_the_bases(texts, base):
     assert losses[0] <= losses[1] <= losses[0] + 6 * 1e-4 * 1.01
 
 
+@pytest.mark.parametrize("cell", ["gru", "rnn", "mingru", "minlstm"])
+def test_every_cell_grows_from_its_base_and_keeps_its_loss(texts, tmp_path, cell):
+    """Each cell's base weights are copied exactly into the grown model, which scores the base's text as the
+    base does at step 0; then the fine-tune trains."""
+    base = tmp_path / "base"
+    chargen.train(texts["base"], out=base, max_steps=10, cell=cell, **SHAPE, **TRAIN)
+    base_model = Sampler.load(base, backend="torch").model
+    grown = CharRNN(replace(base_model.config, vocab_size=base_model.config.vocab_size + 6))
+    init_from_base(grown, base / "model.safetensors", base_model.config.vocab_size)
+    for name, value in base_model.state_dict().items():
+        assert torch.equal(grown.state_dict()[name][: value.shape[0]], value), name
+    ids = torch.from_numpy(Sampler.load(base, backend="torch").encode(texts["base"].read_text()[:1000]))[None]
+    with torch.no_grad():
+        losses = [
+            torch.nn.functional.cross_entropy(m.eval()(ids[:, :-1])[0][0], ids[0, 1:]).item()
+            for m in (base_model, grown)
+        ]
+    assert losses[0] <= losses[1] <= losses[0] + 6 * 1e-4 * 1.01
+    out = tmp_path / "ft"
+    chargen.train(texts["new"], out=out, max_steps=5, init_from=base, **TRAIN)
+    assert config(out)["model"]["cell"] == cell and config(out)["init"]["added_chars"] == 6
+
+
 def test_a_fine_tune_learns_the_new_text_faster_than_from_scratch(texts, base, tmp_path):
     tuned = chargen.train(texts["new"], out=tmp_path / "tuned", max_steps=40, init_from=base, **TRAIN)
     scratch = chargen.train(texts["new"], out=tmp_path / "scratch", max_steps=40, **SHAPE, **TRAIN)
