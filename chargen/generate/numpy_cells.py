@@ -12,6 +12,7 @@ import numpy as np
 
 __all__ = [
     "candidate",
+    "gated_layers",
     "gru_cell",
     "gru_steps",
     "half_gates",
@@ -151,6 +152,30 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float =
     centred = x - mean
     var = np.square(centred).mean(axis=-1, keepdims=True)
     return centred / np.sqrt(var + np.float32(eps)) * weight + bias
+
+
+def gated_layers(w: dict[str, np.ndarray], num_layers: int, H: int, cell: str) -> list[tuple[Any, ...]]:
+    """An LSTM's, GRU's or RNN's layers prepared from a run's arrays ``w``. The sigmoid gates' columns are halved
+    once here (exact: a power of two), so that a step takes one tanh per gate group (see lstm_cell): LSTM i, f,
+    o; GRU r, z. LSTM and RNN: (layer 0's input table or the bias, the weight over h or [x, h]); GRU: (input
+    part, w_ih or None, w_hh, b_hh)."""
+    emb = w["embedding.weight"]  # (V, E)
+    layers: list[tuple[Any, ...]] = []
+    for k in range(num_layers):
+        w_ih, w_hh = w[f"rnn.weight_ih_l{k}"], w[f"rnn.weight_hh_l{k}"]  # (G*H, in), (G*H, H)
+        b_ih, b_hh = w[f"rnn.bias_ih_l{k}"], w[f"rnn.bias_hh_l{k}"]
+        if cell != "gru":  # LSTM, and the RNN: its layout with one gate, a tanh, not halved (x 1 is exact)
+            half = half_gates(4, H, (0, 1, 3)) if cell == "lstm" else np.ones(H, dtype=np.float32)
+            if k == 0:  # the input projection of every id, biases folded in: (V, 4H)
+                layers.append(((emb @ w_ih.T + (b_ih + b_hh)) * half, np.ascontiguousarray(w_hh.T * half)))
+            else:  # one matmul over [x, h]: (in + H, 4H)
+                layers.append(((b_ih + b_hh) * half, np.ascontiguousarray(np.concatenate([w_ih, w_hh], 1).T * half)))
+        else:  # GRU keeps input and hidden parts apart: r gates only the hidden part of n
+            half = half_gates(3, H, (0, 1))
+            gi_src = (emb @ w_ih.T + b_ih) * half if k == 0 else b_ih * half
+            w_in = None if k == 0 else np.ascontiguousarray(w_ih.T * half)
+            layers.append((gi_src, w_in, np.ascontiguousarray(w_hh.T * half), b_hh * half))
+    return layers
 
 
 def min_layers(w: dict[str, np.ndarray], num_layers: int, H: int) -> list[tuple[Any, ...]]:

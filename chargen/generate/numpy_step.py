@@ -12,6 +12,7 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -22,9 +23,9 @@ import numpy as np
 from ..config import MIN_CELLS, ModelConfig, SampleOptions
 from .draws import draw_loop
 from .numpy_cells import (
+    gated_layers,
     gru_cell,
     gru_steps,
-    half_gates,
     log_softmax,
     lstm_cell,
     lstm_steps,
@@ -53,36 +54,10 @@ class NumpyStep:
             k: np.asarray(v, dtype=np.int64 if k == "head.rank" else np.float32) for k, v in weights.items()
         }
         emb = w["embedding.weight"]  # (V, E)
-        # The sigmoid gates' columns are halved once here (exact: a power of two), so that a step takes one
-        # tanh per gate group (see lstm_cell): LSTM i, f, o; GRU r, z.
-        H = c.hidden_size
         # LSTM and RNN: (input table or bias, weight); GRU: (input part, w_ih or None, w_hh, b_hh); a min cell:
         # (table, the embedding added back or None), then (bias, weight, LayerNorm weight, LayerNorm bias)
-        self.layers: list[tuple[Any, ...]] = (
-            [] if c.cell not in MIN_CELLS else min_layers(w, c.num_layers, c.hidden_size)
-        )
-        for k in range(c.num_layers if c.cell not in MIN_CELLS else 0):
-            w_ih, w_hh = w[f"rnn.weight_ih_l{k}"], w[f"rnn.weight_hh_l{k}"]  # (G*H, in), (G*H, H)
-            b_ih, b_hh = w[f"rnn.bias_ih_l{k}"], w[f"rnn.bias_hh_l{k}"]
-            if c.cell != "gru":  # LSTM, and the RNN: its layout with one gate, a tanh, not halved (x 1 is exact)
-                half = half_gates(4, H, (0, 1, 3)) if c.cell == "lstm" else np.ones(H, dtype=np.float32)
-                if k == 0:  # the input projection of every id, biases folded in: (V, 4H)
-                    self.layers.append(((emb @ w_ih.T + (b_ih + b_hh)) * half, np.ascontiguousarray(w_hh.T * half)))
-                else:  # one matmul over [x, h]: (in + H, 4H)
-                    self.layers.append(
-                        ((b_ih + b_hh) * half, np.ascontiguousarray(np.concatenate([w_ih, w_hh], 1).T * half))
-                    )
-            else:  # GRU keeps input and hidden parts apart: r gates only the hidden part of n
-                half = half_gates(3, H, (0, 1))
-                gi_src = (emb @ w_ih.T + b_ih) * half if k == 0 else b_ih * half
-                self.layers.append(
-                    (
-                        gi_src,
-                        None if k == 0 else np.ascontiguousarray(w_ih.T * half),
-                        np.ascontiguousarray(w_hh.T * half),
-                        b_hh * half,
-                    )
-                )
+        prepare = min_layers if c.cell in MIN_CELLS else functools.partial(gated_layers, cell=c.cell)
+        self.layers: list[tuple[Any, ...]] = prepare(w, c.num_layers, c.hidden_size)
         if c.adaptive:
             assert c.cutoffs is not None  # an adaptive config has its cutoffs (ModelConfig.resolve_softmax)
             self.head_w = np.ascontiguousarray(w["head.head.weight"].T)  # (H, shortlist + clusters)

@@ -18,8 +18,8 @@ tolerance (a test checks every position):
   time, and no overflow however long the window. This is the method on GPUs, where positions run in parallel.
 - ``recurrence``, a loop over time of one fused multiply-add on (B, H), with its backward pass written out
   (:class:`_Recurrence`): no graph per step. On a CPU, whose few cores gain nothing from working on every
-  position at once, it does less arithmetic: measured 2.4-3.4x the scan's training throughput on 2 cores
-  (docs/measurements/cells-2026-12-07.txt), so ``method="auto"`` takes it there.
+  position at once, it does less arithmetic: measured 2.1-2.4x the scan's training throughput on 2 cores
+  (the whole model with AdamW, docs/measurements/cells-2026-12-07.txt), so ``method="auto"`` takes it there.
 
 Sampling steps the same recurrence one character at a time (``MinRNN.step``).
 
