@@ -14,7 +14,7 @@ over [x, h], and the output layer is the full softmax's matrix or the adaptive s
 outputs are log-probabilities; ``chargen.json`` says so). The sigmoid gates' columns come halved, as the
 NumPy step keeps them, so each sigmoid is 0.5 tanh + 0.5. A min cell's deeper layers take a
 LayerNormalization, then one matmul. The batch is a dynamic dimension. Only opset-17 operators that every
-ONNX runtime has: Gather, MatMul, Add, Mul, Sub, Div, Tanh, Sigmoid, GreaterOrEqual, Where,
+ONNX runtime has: Gather, MatMul, Add, Mul, Sub, Neg, Tanh, Sigmoid, Softplus, GreaterOrEqual, Where,
 LayerNormalization, Split, Concat, Unsqueeze, Slice, LogSoftmax.
 
 Nothing here imports torch: ``pip install "chargen[export]"`` (onnx) is all it needs.
@@ -287,9 +287,9 @@ def _min_layer(g: _Graph, cell: str, k: int, layer: tuple[Any, ...], x: str | No
         z = g.op("Sigmoid", parts[0])
         a, b_ = g.op("Sub", g.const(np.float32(1)), z), g.op("Mul", z, cand)
     else:
-        f, i = g.op("Sigmoid", parts[0]), g.op("Sigmoid", parts[1])
-        total = g.op("Add", f, i)
-        a, b_ = g.op("Div", f, total), g.op("Mul", g.op("Div", i, total), cand)
+        # f / (f + i) = sigmoid(log f - log i) with log sigmoid(x) = -softplus(-x): finite where both underflow
+        d = g.op("Sub", g.op("Softplus", g.op("Neg", parts[1])), g.op("Softplus", g.op("Neg", parts[0])))
+        a, b_ = g.op("Sigmoid", d), g.op("Mul", g.op("Sigmoid", g.op("Neg", d)), cand)
     state = g.op("Add", g.op("Mul", a, h), b_)
     return (state if res is None else g.op("Add", state, res)), state
 

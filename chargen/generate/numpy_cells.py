@@ -17,6 +17,7 @@ __all__ = [
     "gru_steps",
     "half_gates",
     "layer_norm",
+    "log_sigmoid",
     "log_softmax",
     "lstm_cell",
     "lstm_steps",
@@ -111,6 +112,11 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
         return np.float32(1) / (np.float32(1) + np.exp(-x))
 
 
+def log_sigmoid(x: np.ndarray) -> np.ndarray:
+    """log sigmoid(x) = -log(1 + exp(-x)), finite for every finite x."""
+    return -np.logaddexp(np.float32(0), -x)
+
+
 def candidate(c: np.ndarray) -> np.ndarray:
     """A min cell's g(c): c + 1/2 from 0 on, sigmoid(c) below (``minrnn.g``)."""
     return np.where(c >= 0, c + np.float32(0.5), sigmoid(c))
@@ -124,9 +130,8 @@ def min_coefficients(cell: str, pre: np.ndarray) -> tuple[np.ndarray, np.ndarray
     if cell == "mingru":
         z = sigmoid(parts[0])
         return 1 - z, z * g
-    f, i = sigmoid(parts[0]), sigmoid(parts[1])
-    total = f + i
-    return f / total, i / total * g
+    d = log_sigmoid(parts[0]) - log_sigmoid(parts[1])  # f / (f + i) = sigmoid(log f - log i): no 0 / 0
+    return sigmoid(d), sigmoid(-d) * g
 
 
 def min_cell(cell: str, pre: np.ndarray, h: np.ndarray) -> np.ndarray:

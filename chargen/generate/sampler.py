@@ -169,8 +169,16 @@ class Sampler:
 
     def _prime(self, prompt_ids: np.ndarray, batch: int) -> tuple[Any, Any]:
         """Logits (batch, V) for the character after [start, prompt], and the per-layer state (in the
-        backend's arrays)."""
-        return self.runtime.prime(np.concatenate([[self.vocab.start_id], prompt_ids]).astype(np.int64), batch)
+        backend's arrays); a model whose scores are not numbers (a run that diverged) is one clear error."""
+        logits: Any
+        logits, state = self.runtime.prime(np.concatenate([[self.vocab.start_id], prompt_ids]).astype(np.int64), batch)
+        first = self.runtime.host_logits(logits[:1])
+        if np.isnan(first).any() or np.isposinf(first).any():  # (-inf is a log-probability of 0: allowed)
+            raise ChargenError(
+                "this model's scores after the prompt are not numbers (NaN or infinite): its training diverged; "
+                "sample an earlier run, or train again with a lower --lr"
+            )
+        return logits, state
 
     # -- generation --------------------------------------------------------
 

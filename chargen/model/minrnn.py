@@ -103,9 +103,9 @@ def coefficients(cell: str, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         z = torch.sigmoid(z)
         return 1 - z, z * g(c)
     f, i, c = pre.chunk(3, dim=-1)
-    f, i = torch.sigmoid(f), torch.sigmoid(i)
-    total = f + i
-    return f / total, i / total * g(c)
+    # f / (f + i) = sigmoid(log f - log i), with log f = logsigmoid(f): finite where both gates underflow to 0
+    d = F.logsigmoid(f) - F.logsigmoid(i)
+    return torch.sigmoid(d), torch.sigmoid(-d) * g(c)
 
 
 def mix(cell: str, pre: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -132,6 +132,10 @@ class MinRNN(nn.Module):
             raise ValueError(f"cell must be one of {', '.join(GATES)}, got {cell!r}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if min(input_size, hidden_size, num_layers) < 1:
+            raise ValueError(
+                f"input_size, hidden_size and num_layers must be at least 1, got {input_size}, {hidden_size}, {num_layers}"
+            )
         self.cell, self.hidden_size, self.num_layers, self.dropout = cell, hidden_size, num_layers, dropout
         self.method = method
         G, H = GATES[cell], hidden_size
@@ -168,8 +172,12 @@ class MinRNN(nn.Module):
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         B, H = x.shape[0], self.hidden_size
+        if x.dim() != 3 or x.shape[1] < 1:
+            raise ValueError(f"x must be (batch, time, features) with time at least 1, got {tuple(x.shape)}")
         if h0 is None:
             h0 = x.new_zeros(self.num_layers, B, H, dtype=torch.float32)
+        elif h0.shape != (self.num_layers, B, H):
+            raise ValueError(f"h0 must be (layers, batch, hidden) = {(self.num_layers, B, H)}, got {tuple(h0.shape)}")
         last = []
         for k in range(self.num_layers):
             if k > 0 and self.dropout and self.training:

@@ -3,7 +3,9 @@ preview printed. Under --max-time an evaluation that would not end by the budget
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -11,6 +13,7 @@ import torch
 from ..config import TrainConfig
 from ..data.prepared import PreparedCorpus
 from ..data.vocab import CharVocab
+from ..errors import ChargenError
 from ..generate.torch_step import preview
 from ..model.network import CharRNN
 from ..model.scoring import WARMUP, Autocast, Sample, SampleScorer, mean_loss
@@ -41,9 +44,17 @@ class Evaluation:
     """
 
     def __init__(
-        self, scorer: SampleScorer, budget: Budget, cfg: TrainConfig, vocab: CharVocab, log: MetricsLog, timing: Timing
+        self,
+        scorer: SampleScorer,
+        budget: Budget,
+        cfg: TrainConfig,
+        vocab: CharVocab,
+        log: MetricsLog,
+        timing: Timing,
+        diverged: Callable[[str], ChargenError],
     ):
         self.scorer, self.budget, self.cfg, self.vocab, self.log, self.timing = scorer, budget, cfg, vocab, log, timing
+        self.diverged = diverged  # the error that stops a run whose validation loss is not a number
         self.skipping = False  # --max-time: the last evaluation due was skipped
 
     def __call__(self, model: CharRNN, progress: ResumeState, run_dir: Path, row: dict, final: bool = False) -> bool:
@@ -63,6 +74,8 @@ class Evaluation:
             return False
         self.skipping = False
         loss, bpc = mean_loss(*result)
+        if not math.isfinite(loss):  # finite weights that score no better than NaN: never the best, and no preview
+            raise self.diverged(f"the validation loss is {loss} at step {progress.step}")
         row.update(val_loss=round(loss, 5), val_bpc=round(bpc, 5), val_chars=result[1])
         if progress.best_val_loss is None or loss < progress.best_val_loss:
             progress.best_val_loss, progress.best_step, progress.evals_since_best = loss, progress.step, 0

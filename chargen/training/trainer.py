@@ -156,7 +156,9 @@ class Trainer:
         self.timing = Timing(run.model_config.num_parameters)
         self.scorer = make_scorer(run.corpus, cfg, self.device, self.autocast)
         self.budget = Budget(cfg, step_budget(cfg, len(self.batches)), self.timing, self.scorer)
-        self.evaluation = Evaluation(self.scorer, self.budget, cfg, self.vocab, self.log, self.timing)
+        self.evaluation = Evaluation(
+            self.scorer, self.budget, cfg, self.vocab, self.log, self.timing, diverged=self._divergence
+        )
         if run.resuming:
             self._restore()
 
@@ -299,15 +301,17 @@ class Trainer:
             self.bar.update(1)
 
     def _diverged(self, streak: int, step: int) -> ChargenError:
-        kept = (
-            f"the last good checkpoint is in {self.run.dir}/last"
-            if self.run.claim is None
-            else "it had no checkpoint yet, so nothing is kept"
-        )
-        return ChargenError(
-            f"training diverged: {streak} steps in a row with a non-finite loss or "
-            f"gradient by step {step}; {kept}; lower --lr or --clip and resume or start again"
-        )
+        return self._divergence(f"{streak} steps in a row with a non-finite loss or gradient by step {step}")
+
+    def _divergence(self, what: str) -> ChargenError:
+        """Training diverged (``what`` says how): where the last checkpoint is, or that there is none."""
+        if self.run.claim is None:
+            kept = (
+                f"the last good checkpoint is in {self.run.dir}/last; lower --lr or --clip and resume, or start again"
+            )
+        else:
+            kept = "it had no checkpoint yet, so nothing is kept; lower --lr or --clip and start again"
+        return ChargenError(f"training diverged: {what}; {kept}")
 
     def _log_and_evaluate(self) -> None:
         """Write a metrics line every --log-every steps, and evaluate every --eval-every, and at the end."""

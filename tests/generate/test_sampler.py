@@ -360,3 +360,17 @@ def test_a_pickle_for_a_device_that_is_not_here_is_one_error(monkeypatch):
     moved = data.replace(b"\x8c\x03cpu", b"\x8c\x04cuda")  # the same sampler, as if saved on a GPU machine
     with pytest.raises(ChargenError, match="--device cuda asked for, but this machine has no CUDA device"):
         pickle.loads(moved)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+@pytest.mark.parametrize("cell", ["lstm", "minlstm"])
+def test_a_model_whose_scores_are_not_numbers_is_one_clear_error(cell, backend):
+    s = make_sampler(cell)
+    with torch.no_grad():
+        s.model.head.bias[3] = float("nan")
+    if backend == "numpy":
+        weights = {k: v.numpy() for k, v in s.model.state_dict().items()}
+        s = Sampler._with(NumpyRuntime(NumpyStep(weights, s.model.config)), s.vocab)
+    for call in (lambda: s.generate("the ", length=20, seed=1), lambda: "".join(s.stream("", length=5, seed=1))):
+        with pytest.raises(ChargenError, match=r"^this model's scores after the prompt are not numbers \(NaN or"):
+            call()

@@ -4,10 +4,11 @@ whole equals it read in chunks with the state carried; g and the scan by hand; g
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from chargen.model.minrnn import MinRNN, g, log_g, recurrence, scan
+from chargen.model.minrnn import MinRNN, coefficients, g, log_g, recurrence, scan
 
 
 def test_g_and_log_g():
@@ -125,3 +126,37 @@ def test_parameters_are_named_as_nn_grus_and_counted():
         MinRNN("lstm", 8, 16, 1)
     with pytest.raises(ValueError, match="method must be one of auto, scan, recurrence"):
         MinRNN("mingru", 8, 16, 1, method="parallel")
+
+
+def test_a_minlstm_with_both_gates_shut_stays_finite_on_every_path():
+    """f / (f + i) where both sigmoids underflow to 0 (pre-activations below about -104) is 1/2 each, not
+    0 / 0: in torch's coefficients, the loop, the scan, and NumPy's (which the browser and ONNX follow)."""
+    from chargen.generate.numpy_cells import min_coefficients
+
+    pre = torch.tensor([[-120.0, -120.0, 1.0], [-200.0, 50.0, -3.0], [30.0, -40.0, 2.0], [0.3, -0.2, 0.1]])
+    a, b = coefficients("minlstm", pre)
+    assert torch.isfinite(a).all() and torch.isfinite(b).all()
+    torch.testing.assert_close(a[:, 0], torch.tensor([0.5, 0.0, 1.0, 0.5606458]), rtol=1e-6, atol=1e-30)
+    torch.testing.assert_close(a + b / g(pre[:, 2:]), torch.ones(4, 1))  # f' + i' = 1
+    na, nb = min_coefficients("minlstm", pre.numpy())
+    np.testing.assert_allclose(na, a.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(nb, b.numpy(), rtol=1e-6)
+    rnn = MinRNN("minlstm", 4, 4, num_layers=2)
+    with torch.no_grad():
+        rnn.weight_ih_l0[:8] = 0.0  # f and i of layer 0 read nothing: their biases alone, far below -104
+        rnn.bias_ih_l0[:8] = -150.0
+    x = torch.randn(2, 30, 4)
+    for method in ("scan", "recurrence"):
+        rnn.method = method
+        out, h = rnn(x, torch.rand(2, 2, 4) + 0.1)
+        assert torch.isfinite(out).all() and torch.isfinite(h).all(), method
+
+
+def test_bad_shapes_are_one_clear_error():
+    with pytest.raises(ValueError, match="at least 1, got 4, 0, 2"):
+        MinRNN("mingru", 4, 0, 2)
+    rnn = MinRNN("mingru", 4, 4, 2)
+    with pytest.raises(ValueError, match=r"h0 must be \(layers, batch, hidden\) = \(2, 3, 4\), got \(1, 3, 4\)"):
+        rnn(torch.randn(3, 5, 4), torch.rand(1, 3, 4))
+    with pytest.raises(ValueError, match="time at least 1"):
+        rnn(torch.randn(3, 0, 4))

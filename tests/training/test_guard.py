@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import chargen.training.guard as guard
-import chargen.training.trainer as trainer
+import chargen.training.optimizer as optimizer
 from chargen import ChargenError
 from chargen.model.network import CharRNN
 from chargen.runs.checkpoint import ResumeState
@@ -22,7 +22,7 @@ def on_device(monkeypatch):
     """The CPU treated as CUDA is: fused AdamW, the guard's decisions kept on the device."""
     both = frozenset({"cpu", "cuda"})
     monkeypatch.setattr(guard, "DEFERRED_ON", both)
-    monkeypatch.setattr(trainer, "DEFERRED_ON", both)
+    monkeypatch.setattr(optimizer, "DEFERRED_ON", both)
 
 
 def nan_losses(monkeypatch, bad) -> None:
@@ -159,7 +159,7 @@ def test_a_log_interval_of_skipped_steps_has_no_loss(text_file, tmp_path, monkey
     if deferred:
         both = frozenset({"cpu", "cuda"})
         monkeypatch.setattr(guard, "DEFERRED_ON", both)
-        monkeypatch.setattr(trainer, "DEFERRED_ON", both)
+        monkeypatch.setattr(optimizer, "DEFERRED_ON", both)
     nan_losses(monkeypatch, lambda n: 5 <= n <= 8)  # steps 4-7 bad: the interval ending at step 8 is all skipped
     run = tmp_path / "run"
     train(text_file, out=run, max_steps=12, max_bad_steps=10, **{**TINY, "log_every": 4})

@@ -119,6 +119,35 @@ def test_nonfinite_steps_are_skipped_then_training_stops(text_file, tmp_path, mo
         assert all(torch.isfinite(v).all() for v in load_file(str(path)).values())
 
 
+@pytest.mark.parametrize("first_bad", [1, 3])  # before the first checkpoint, and after two
+def test_a_validation_loss_that_is_not_a_number_stops_the_run_and_is_never_the_best(
+    text_file, tmp_path, monkeypatch, first_bad
+):
+    from chargen.training import evaluation
+
+    calls = {"n": 0}
+    original = evaluation.mean_loss
+
+    def nan_from(*args):
+        calls["n"] += 1
+        loss, bpc = original(*args)
+        return (float("nan"), float("nan")) if calls["n"] >= first_bad else (loss, bpc)
+
+    monkeypatch.setattr(evaluation, "mean_loss", nan_from)
+    run = tmp_path / "run"
+    if first_bad == 1:
+        want = r"training diverged: the validation loss is nan at step 10; it had no checkpoint yet, so nothing is kept; lower --lr or --clip and start again$"
+    else:
+        want = r"training diverged: the validation loss is nan at step 30; the last good checkpoint is in .*/last; lower --lr or --clip and resume, or start again$"
+    with pytest.raises(ChargenError, match=want):
+        train(text_file, out=run, max_steps=100, **{**TINY, "eval_every": 10, "checkpoint_every": 10})
+    if first_bad == 1:
+        assert not run.exists()
+    else:
+        assert json.loads((run / "last" / "trainer.json").read_text())["best_step"] == 20
+        assert all(math.isfinite(r["val_loss"]) for r in metrics(run) if "val_loss" in r)
+
+
 def test_existing_run_is_not_clobbered(text_file, tmp_path):
     run = tmp_path / "run"
     train(text_file, out=run, max_steps=5, **TINY)

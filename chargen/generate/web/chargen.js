@@ -402,8 +402,8 @@ export class Model {
         const z = sigmoid(f[g + j]);
         [a, b] = [fr(1 - z), fr(z * cand)];
       } else {
-        const fg = sigmoid(f[g + j]), ig = sigmoid(f[g + H + j]), total = fr(fg + ig);
-        [a, b] = [fr(fg / total), fr(fr(ig / total) * cand)];
+        const d = fr(logSigmoid(f[g + j]) - logSigmoid(f[g + H + j])); // f / (f + i), with no 0 / 0
+        [a, b] = [sigmoid(d), fr(sigmoid(-d) * cand)];
       }
       const h = fr(fr(a * f[layer.h + j]) + b);
       f[layer.h + j] = h;
@@ -604,6 +604,12 @@ export function pairwiseSum(a, lo, n, round = (v) => v) {
 function sigmoid(x) { // numpy_cells.sigmoid in float32: 1 / (1 + exp(-x))
   const fr = Math.fround;
   return fr(1 / fr(1 + fr(Math.exp(-x))));
+}
+
+function logSigmoid(x) { // numpy_cells.log_sigmoid in float32: -np.logaddexp(0, -x), as NumPy computes it
+  const fr = Math.fround;
+  if (x === 0) return fr(-Math.LN2);
+  return x > 0 ? -fr(Math.log1p(fr(Math.exp(-x)))) : -fr(-x + fr(Math.log1p(fr(Math.exp(x)))));
 }
 
 /** numpy_cells.layer_norm of the n floats at x into out: float32, NumPy's pairwise sums for both means. */
