@@ -9,7 +9,7 @@ from ..errors import ChargenError
 from .options import check_fields, option, parse_duration
 
 LAYOUTS = ("stateful", "random")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "linear", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_EPOCHS = 10  # the budget when none is given
@@ -49,13 +49,13 @@ class TrainConfig:
     schedule: str = option("cosine", "learning-rate schedule", choices=SCHEDULES, group=OPTIMIZATION)
     decay_steps: int | None = option(
         None,
-        "cosine length (default: the step or time budget the run is created with)",
+        "the decay's length (default: the step or time budget the run is created with)",
         minimum=1,
         metavar="N",
         group=OPTIMIZATION,
     )
     min_lr_ratio: float = option(
-        0.1, "the cosine ends at lr times this", minimum=0.0, maximum=1.0, metavar="R", group=OPTIMIZATION
+        0.1, "the decay ends at lr times this", minimum=0.0, maximum=1.0, metavar="R", group=OPTIMIZATION
     )
     layout: str = option(
         "stateful",

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # types only: this module stays free of torch
 def schedule_lr(
     cfg: TrainConfig, step: int, elapsed: float, decay_steps: int | None, decay_time: float | None
 ) -> float:
-    """Linear warmup, then constant or cosine down to ``min_lr_ratio * lr``.
+    """Linear warmup, then constant, or a cosine or a straight line down to ``min_lr_ratio * lr``.
 
     Written by hand rather than with ``torch.optim.lr_scheduler`` because the
     cosine's length can be wall-clock time (a ``--max-time`` budget), which a
@@ -41,8 +41,11 @@ def schedule_lr(
         progress = max(progress, elapsed / decay_time)
     progress = min(max(progress, 0.0), 1.0)
     floor = cfg.lr * cfg.min_lr_ratio
-    cosine = floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return cosine if warm is None else min(warm, cosine)
+    if cfg.schedule == "linear":
+        decayed = floor + (cfg.lr - floor) * (1.0 - progress)
+    else:
+        decayed = floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return decayed if warm is None else min(warm, decayed)
 
 
 def step_budget(cfg: TrainConfig, batches_per_epoch: int) -> int | None:

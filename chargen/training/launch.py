@@ -58,8 +58,8 @@ class Run:
     corpus: PreparedCorpus
     model_config: ModelConfig
     train_config: TrainConfig
-    decay_steps: int | None  # cosine length in steps, or None
-    decay_time: float | None  # cosine length in seconds (a --max-time budget), or None
+    decay_steps: int | None  # the decay's length in steps, or None
+    decay_time: float | None  # the decay's length in seconds (a --max-time budget), or None
     resuming: bool
     device: torch.device
     precision: str  # resolved: fp32, bf16 or fp16

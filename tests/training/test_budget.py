@@ -53,3 +53,19 @@ def test_leaving_the_warmup_under_a_time_budget_never_jumps():
 def test_a_constant_schedule_keeps_its_warmup_ramp():
     cfg = TrainConfig(lr=1e-2, warmup_steps=4, schedule="constant")
     assert [schedule_lr(cfg, s, 1e9, None, 10.0) for s in range(6)] == [2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2]
+
+
+def test_a_linear_schedule_falls_in_a_straight_line_to_its_floor():
+    """--schedule linear: from the peak after the warmup to the floor at the end, by equal steps, in steps
+    and on the clock; it meets the cosine at both ends and the middle, and lies below it in the first half."""
+    cfg = TrainConfig(lr=1e-2, warmup_steps=10, min_lr_ratio=0.1, schedule="linear")
+    rates = [schedule_lr(cfg, s, 0.0, 110, None) for s in range(10, 111)]
+    assert rates[0] == pytest.approx(1e-2) and rates[-1] == pytest.approx(1e-3)
+    assert all(b - a == pytest.approx(-9e-5) for a, b in itertools.pairwise(rates))
+    cosine = TrainConfig(lr=1e-2, warmup_steps=10, min_lr_ratio=0.1)
+    assert schedule_lr(cfg, 60, 0.0, 110, None) == pytest.approx(schedule_lr(cosine, 60, 0.0, 110, None))
+    assert all(schedule_lr(cfg, s, 0.0, 110, None) < schedule_lr(cosine, s, 0.0, 110, None) for s in range(11, 60))
+    clock = TrainConfig(lr=1e-2, warmup_steps=0, min_lr_ratio=0.0, schedule="linear")
+    assert [schedule_lr(clock, 0, t, None, 40.0) for t in (0.0, 10.0, 30.0, 40.0, 50.0)] == pytest.approx(
+        [1e-2, 7.5e-3, 2.5e-3, 0.0, 0.0]
+    )
