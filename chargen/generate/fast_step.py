@@ -16,6 +16,7 @@ from typing import Any, TypeAlias
 import torch
 import torch.nn.functional as F
 
+from ..config import MIN_CELLS
 from ..model.minrnn import mix
 from ..model.network import AdaptiveHead, CharRNN, RNNState
 
@@ -38,11 +39,12 @@ class FastStep:
         rnn = model.rnn
         with torch.no_grad():
             emb = model.embedding.weight  # (V, E)
-            # LSTM and RNN: (input table or bias, weight); GRU: (input part, w_ih or None, w_hh, b_hh)
+            # LSTM and RNN: (input table or bias, weight); GRU: (input part, w_ih or None, w_hh, b_hh);
+            # minGRU and minLSTM: layer 0 a table over the ids, above it (norm weight, norm bias, gates w, b)
             self.layers: list[tuple[Any, ...]] = [
                 _PREPARE[c.cell](
                     emb if k == 0 else None,
-                    *(getattr(rnn, f"{name}_l{k}") for name in _NAMES.get(c.cell, _NAMES["lstm"])),
+                    *(getattr(rnn, f"{name}_l{k}") for name in _NAMES[c.cell in MIN_CELLS]),
                     c.hidden_size,
                 )
                 for k in range(c.num_layers)
@@ -78,11 +80,10 @@ class FastStep:
 
 # Each layer's tensors, as the prepare functions take them: (G*H, in), (G*H, H), (G*H,), (G*H,), and a min
 # cell's LayerNorm (in,), (in,) with its gates (G*H, in), (G*H,).
-_NAMES = {
-    "lstm": ("weight_ih", "weight_hh", "bias_ih", "bias_hh"),
-    "mingru": ("norm_weight", "norm_bias", "weight_ih", "bias_ih"),
+_NAMES = {  # keyed by "is a min cell"
+    False: ("weight_ih", "weight_hh", "bias_ih", "bias_hh"),
+    True: ("norm_weight", "norm_bias", "weight_ih", "bias_ih"),
 }
-_NAMES["minlstm"] = _NAMES["mingru"]
 _T = torch.Tensor
 
 
