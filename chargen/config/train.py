@@ -112,7 +112,8 @@ class TrainConfig:
     device: str = option("auto", "auto: CUDA when present", choices=DEVICES, resumable=True, group=DEVICE)
     precision: str = option(
         "auto",
-        "auto: bf16 (else fp16) on CUDA; on the CPU, bf16 for a GRU where the CPU has native bf16, else fp32",
+        "auto: bf16 (else fp16) on CUDA; on the CPU, bf16 for a GRU, minGRU or minLSTM where the CPU has "
+        "native bf16, else fp32",
         choices=PRECISIONS,
         resumable=True,
         group=DEVICE,
