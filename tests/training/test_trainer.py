@@ -73,7 +73,7 @@ def _snapshot(run: Path) -> dict:
     [
         ("lstm", dict(schedule="constant")),
         ("gru", dict(schedule="cosine", decay_steps=40)),
-        ("rnn", dict(schedule="constant")),
+        ("rnn", dict(schedule="linear", decay_steps=40)),
         ("mingru", dict(schedule="cosine", decay_steps=40)),
         ("minlstm", dict(schedule="constant")),
         ("lstm", dict(schedule="cosine", decay_steps=40, layout="random")),
