@@ -249,7 +249,7 @@ def _batches_per_epoch(corpus: PreparedCorpus, cfg: TrainConfig) -> int:
 
 
 def _decay(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int | None, float | None]:
-    """The cosine's length: --decay-steps, else the budget the run is created with (steps or time)."""
+    """The decay's length: --decay-steps, else the budget the run is created with (steps or time)."""
     if cfg.decay_steps is not None:
         return cfg.decay_steps, None
     return step_budget(cfg, batches_per_epoch), cfg.max_time
@@ -314,9 +314,8 @@ def _resumed_train_config(folder: RunFolder, opts: Options) -> TrainConfig:
                 if what == "train"
                 else f"a resumed run keeps its {what} options"
             )
-            raise ChargenError(
-                f"the run was created with --{flag} {created[what][k]!r}, not {v!r}; {rule} (drop the flag)"
-            )
+            was = f"without --{flag}" if created[what][k] is None else f"with --{flag} {created[what][k]!r}"
+            raise ChargenError(f"the run was created {was}, not {v!r}; {rule} (drop the flag)")
     merged = created["train"]
     merged.update({k: v for k, v in opts.train.items() if k in opts.explicit and k in RESUMABLE})
     budget = {"max_steps", "epochs", "max_time"}
@@ -367,7 +366,7 @@ def _check_budget_left(last: Path, cfg: TrainConfig, batches_per_epoch: int, con
         == 0.0
     ):
         raise ChargenError(
-            f"{last.parent} is at step {info.get('step')}, past the end of its cosine, where "
+            f"{last.parent} is at step {info.get('step')}, past the end of its learning-rate decay, where "
             "--min-lr-ratio 0 puts the learning rate at 0: more steps would change nothing; to "
             f"train on, start a new run from its weights: chargen train {_source_arg(config)}--init-from "
             f"{shlex.quote(str(last.parent))} --out NEW_RUN"

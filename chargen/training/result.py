@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import dataclass
 
 from . import distributed
@@ -25,10 +26,13 @@ class TrainResult:
 
     def finished_message(self) -> str:
         """The one line a resume of a finished run reports."""
-        return (
-            f"{self.run_dir} already finished (stopped: {self.stopped} at step {self.steps}): nothing to do; "
-            "to train on, give it a new budget (--max-steps, --epochs or --max-time)"
-        )
+        head = f"{self.run_dir} already finished (stopped: {self.stopped} at step {self.steps}): nothing to do; "
+        if self.stopped == "schedule":  # its rate is 0: a new budget would be refused
+            return head + (
+                "its learning rate has reached 0, so to train on, start a new run from its weights: "
+                f"chargen train SOURCE --init-from {shlex.quote(self.run_dir)} --out NEW_RUN"
+            )
+        return head + "to train on, give it a new budget (--max-steps, --epochs or --max-time)"
 
 
 def finished_result(done: AlreadyFinished) -> TrainResult:

@@ -240,8 +240,8 @@ class Trainer:
         return self.budget.spent(self.progress.step, self.progress.elapsed)
 
     def _schedule_over(self) -> bool:
-        """An extended run whose cosine has reached a floor of 0: more steps would change nothing, so it
-        stops ("stopped: schedule"). A run's own budget always ends before its cosine does."""
+        """An extended run whose decay has reached a floor of 0: more steps would change nothing, so it
+        stops ("stopped: schedule"). A run's own budget always ends before its decay does."""
         p = self.progress
         if schedule_lr(self.cfg, p.step, p.elapsed, self.run.decay_steps, self.run.decay_time) == 0.0:
             self.stop_reason = self.stop_reason or "schedule"

@@ -180,6 +180,8 @@ def test_resume_refuses_another_corpus_or_changed_options(text_file, tmp_path):
     assert train(text_file, out=run, max_steps=6, resume=True, normalize="none", lr=0.01).steps == 6
     with pytest.raises(ChargenError, match="created with --lr 0.01, not 0.5"):
         train(text_file, out=run, max_steps=10, resume=True, lr=0.5)
+    with pytest.raises(ChargenError, match="created without --decay-steps, not 50; only budget"):
+        train(text_file, out=run, max_steps=10, resume=True, decay_steps=50)
     result = train(out=run, max_steps=10, resume=True)  # no source: the run's own
     assert result.steps == 10
 
@@ -566,7 +568,7 @@ def test_a_run_whose_cosine_reached_a_floor_of_0_is_not_resumed_into_steps_that_
     assert code == 2
     assert err.strip().splitlines() == [
         f"chargen train: error: {run} is at step {json.loads((run / 'last' / 'trainer.json').read_text())['step']}, "
-        "past the end of its cosine, where --min-lr-ratio 0 puts the learning rate at 0: more steps would change "
+        "past the end of its learning-rate decay, where --min-lr-ratio 0 puts the learning rate at 0: more steps would change "
         f"nothing; to train on, start a new run from its weights: chargen train {text_file} --init-from {run} "
         "--out NEW_RUN"  # the run's own text: without it the new run would train on the default corpus
     ]
@@ -620,7 +622,15 @@ def test_an_extended_time_run_stops_where_its_rate_reaches_a_floor_of_0(text_fil
     rows = metrics(run)
     assert rows[-1] == {"step": again.steps, "event": "stopped", "reason": "schedule"}
     assert all(r["lr"] > 0 for r in rows if "lr" in r)  # no step was taken at rate 0
-    assert train(out=run, resume=True).already_finished
+    done = train(out=run, resume=True)
+    assert done.already_finished
+    assert done.finished_message() == (  # not "give it a new budget", which would be refused
+        f"{run} already finished (stopped: schedule at step {again.steps}): nothing to do; its learning rate "
+        f"has reached 0, so to train on, start a new run from its weights: chargen train SOURCE --init-from {run} "
+        "--out NEW_RUN"
+    )
+    with pytest.raises(ChargenError, match=r"past the end of its learning-rate decay, where --min-lr-ratio 0"):
+        train(out=run, resume=True, max_time=90.0)
 
 
 @pytest.mark.parametrize(
