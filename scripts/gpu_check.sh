@@ -68,14 +68,16 @@ if [ "$dry" = 1 ]; then
   train_args=(--preset tiny --steps 3 --warmup 1 --rounds 1)
   decode_args=(--sizes 1x32 --rounds 1)
   cells_args=(--hidden 16 --lengths 8,32 --chars 256 --rounds 1)
-  tq_preset=tiny; tq_seconds=10
+  # an evaluation of 16k characters fits the 10 s budget even with the CPU tests beside it (the default
+  # 128k could take over half the budget on a loaded 2-core machine, and then the run kept no best)
+  tq_preset=tiny; tq_seconds=10; tq_args=(--eval-chars 16384)
   cpu_tests=(tests/model/test_precision.py)  # the suite runs this dry run: one module, never itself again
 else
   device=cuda
   train_args=(--preset gpu --steps 50 --warmup 10 --rounds 3)
   decode_args=(--sizes 3x512 --rounds 3)
   cells_args=(--hidden 512 --lengths 64,256,1024 --chars 65536 --rounds 3)
-  tq_preset=gpu; tq_seconds=240
+  tq_preset=gpu; tq_seconds=240; tq_args=()
   cpu_tests=(-m "not gpu")
   "$PY" -c "import xdist" 2>/dev/null && cpu_tests+=(-n 8)
 fi
@@ -152,7 +154,7 @@ fi
 start tests_cpu $((tq_seconds + 40)) env CUDA_VISIBLE_DEVICES= "${pin_tests[@]}" "$PY" -m pytest -q -p no:cacheprovider \
   "${cpu_tests[@]}"
 step time_to_quality $((tq_seconds + 40)) "${pin_train[@]}" "$PY" -m chargen train "${source_args[@]}" \
-  --out "$work/tq" --preset "$tq_preset" --device "$device" --max-time "${tq_seconds}s" --no-progress
+  --out "$work/tq" --preset "$tq_preset" --device "$device" --max-time "${tq_seconds}s" --no-progress "${tq_args[@]}"
 [ -n "$smi" ] && kill "$smi" 2>/dev/null
 smi=""
 cp "$work/tq/metrics.jsonl" "$OUT/time_to_quality_metrics.jsonl" 2>/dev/null

@@ -150,7 +150,9 @@ class SampleScorer:
         return None if self.seconds_per_chunk is None else self.chunks * self.seconds_per_chunk
 
     def probe(self, model: CharRNN) -> None:
-        """Time one chunk of the first segments, to estimate an evaluation before the first one."""
+        """Time a chunk of the first segments, to estimate an evaluation before the first one: the second
+        where there are two (the first call pays one-time costs, which would make an evaluation look too
+        long for a short --max-time budget, and then none would run)."""
         if len(self.sample.starts):
             self.__call__(model, probe=True)
 
@@ -185,8 +187,12 @@ class SampleScorer:
                     now = time.perf_counter()
                     if probe:
                         float(total)  # wait for the device
-                        self.seconds_per_chunk = time.perf_counter() - began
-                        return None
+                        now = time.perf_counter()
+                        self.seconds_per_chunk = now - began
+                        if done == min(2, self.chunks):
+                            return None
+                        began = now  # the first chunk was the warm-up: time the next
+                        continue
                     if deadline is not None and now + (now - began) / done * (self.chunks - done) > deadline:
                         return None
             result = 0.0 - float(total), sample.count  # not -total: a text scored perfectly is 0.0, not -0.0

@@ -299,3 +299,24 @@ def test_eval_split_finds_the_corpus_under_another_name(cli, text, trained, isol
     code2, after, err = cli("eval", trained, "--split", "val", "--json", "--source", moved)
     assert code == code2 == 0, err
     assert json.loads(before) == json.loads(after)
+
+
+def test_the_probe_times_a_warm_chunk_not_the_first_call(text, tmp_path, monkeypatch):
+    """The first chunk of an evaluation pays one-time costs; estimated from it, a short --max-time budget could
+    skip every evaluation and keep no best (seen in a loaded CI run of the GPU check's dry run)."""
+    chargen.train(text, out=tmp_path / "run", max_steps=2, **TINY)
+    model = Sampler.load(tmp_path / "run", backend="torch").model
+    corpus = chargen.prepare(text)
+    scorer = SampleScorer(corpus.val, corpus.train[-300:], Sample.plan(len(corpus.val), 5000), batch_size=4)
+    assert scorer.chunks >= 2
+    real, calls = StreamScorer.__call__, []
+
+    def cold_first(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(1.0)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(StreamScorer, "__call__", cold_first)
+    scorer.probe(model)
+    assert len(calls) == 2 and scorer.seconds_per_chunk is not None and scorer.seconds_per_chunk < 0.5
